@@ -1,0 +1,62 @@
+# outreach-sync — `make run` for the demo, `make test` for the suite. Both set up everything.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: help install redis run test check lint format bench flower worker api sandbox clean
+
+help:
+	@echo "make run     - sandbox + API + worker + sample traffic, with a summary (Ctrl-C stops)"
+	@echo "make test    - the whole test suite (unit + integration against real Redis/Celery/sandbox)"
+	@echo "make check   - ruff + mypy strict"
+	@echo "make bench   - benchmarks, writes docs/benchmarks.md"
+	@echo "make flower  - Flower dashboard on http://127.0.0.1:5555"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	  || { echo "error: Python >= 3.11 is required ($(PYTHON) is $$($(PYTHON) -V 2>&1))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+redis: $(STAMP)
+	@bash deploy/ensure-redis.sh "$(PY)"
+
+run: install redis
+	$(PY) -m app demo
+
+test: install redis
+	$(PY) -m pytest -q
+
+check: install
+	$(VENV)/bin/ruff check app workers tests bench
+	$(VENV)/bin/ruff format --check app workers tests bench
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format app workers tests bench
+	$(VENV)/bin/ruff check --fix app workers tests bench
+
+bench: install redis
+	$(PY) -m bench
+
+flower: install redis
+	$(PY) -m celery -A workers.celery_app flower --port=5555
+
+worker: install redis
+	$(PY) -m app worker
+
+api: install redis
+	$(PY) -m app api
+
+sandbox: install
+	$(PY) -m app sandbox
+
+clean:
+	rm -rf $(VENV) .run *.egg-info .pytest_cache .mypy_cache .ruff_cache

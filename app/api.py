@@ -1,0 +1,101 @@
+"""The producers' HTTP API (aiohttp.web)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from app.ingest import ingest_async, read_profiles
+from app.registry import Registry
+from app.settings import Settings
+from app.store import ProspectStore
+
+log = logging.getLogger(__name__)
+
+STORE = web.AppKey("store", ProspectStore)
+REGISTRY = web.AppKey("registry", Registry)
+SETTINGS = web.AppKey("settings", Settings)
+
+
+def error(status: int, title: str, detail: str, *, pointer: str | None = None) -> web.Response:
+    """A JSON:API-style error answer."""
+    err: dict[str, Any] = {"status": str(status), "title": title, "detail": detail}
+    if pointer:
+        err["source"] = {"pointer": pointer}
+    return web.json_response({"errors": [err]}, status=status)
+
+
+async def post_profiles(request: web.Request) -> web.Response:
+    dest_id = request.match_info["destination_id"]
+    dest = await request.app[REGISTRY].destination(dest_id)
+    if dest is None:
+        return error(404, "Unknown destination", f"no destination {dest_id!r}")
+    try:
+        text = await request.text()
+    except UnicodeDecodeError:
+        return error(400, "Bad encoding", "the body must be UTF-8")
+    profiles = list(read_profiles(text.splitlines(keepends=True)))
+    if not profiles:
+        return error(400, "Empty body", "send one profile, {\"profiles\": [...]}, or NDJSON")
+    settings = request.app[SETTINGS]
+    batch = await ingest_async(
+        request.app[STORE], dest, profiles, window_ms=settings.coalesce_window_ms
+    )
+    status = 202 if batch.report.accepted else 422
+    return web.json_response(batch.report.as_dict(results=batch.results), status=status)
+
+
+async def get_status(request: web.Request) -> web.Response:
+    dest_id = request.match_info["destination_id"]
+    if await request.app[REGISTRY].destination(dest_id) is None:
+        return error(404, "Unknown destination", f"no destination {dest_id!r}")
+    store = request.app[STORE]
+    pending, in_flight = await store.backlog(dest_id)
+    counters = await store.counters(dest_id)
+    return web.json_response(
+        {"destination": dest_id, "pending": pending, "in_flight": in_flight, "counters": counters}
+    )
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].redis.ping()
+    except Exception as exc:  # any failure means "not ready"; the reason is in the answer
+        return web.json_response({"status": "unavailable", "redis": str(exc)}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+@web.middleware
+async def too_large(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error(413, "Body too large", exc.text or "request body too large")
+
+
+def make_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[too_large])
+    client = aioredis.from_url(str(settings.redis_url))
+    app[SETTINGS] = settings
+    app[STORE] = ProspectStore(client, settings.keys)
+    app[REGISTRY] = Registry(client, settings.keys)
+    app.router.add_post("/v1/destinations/{destination_id}/profiles", post_profiles)
+    app.router.add_get("/v1/destinations/{destination_id}/status", get_status)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+    async def close_redis(_: web.Application) -> None:
+        await client.aclose()
+
+    app.on_cleanup.append(close_redis)
+    return app
+
+

@@ -1,0 +1,201 @@
+"""Draining a destination: claim due prospects, take permits, send one PATCH each, settle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+from app.classify import classify
+from app.destinations import Connection, Destination
+from app.errors import DeliveryError, Permanent, RateLimited, Retryable, Unauthorized
+from app.outreach import OutreachClient
+from app.ratelimit import QuotaGate
+from app.registry import Registry
+from app.settings import Settings
+from app.store import Claimed, Outcome, ProspectStore
+
+log = logging.getLogger(__name__)
+
+#: Backoff of a transient failure: base * 2**attempts, capped, with jitter.
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 600.0
+
+
+def backoff_s(attempts: int, *, rng: random.Random | None = None) -> float:
+    raw = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(attempts, 20))
+    return raw * (0.5 + 0.5 * (rng or random).random())
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Lot:
+    """One destination's claimed batch with what sending it needs."""
+
+    dest: Destination
+    conn: Connection
+    token: str
+
+
+class Deliverer:
+    def __init__(
+        self,
+        *,
+        store: ProspectStore,
+        registry: Registry,
+        client: OutreachClient,
+        gate: QuotaGate,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.client = client
+        self.gate = gate
+        self.settings = settings
+        self._http = asyncio.Semaphore(settings.http_concurrency)
+
+    async def drain(self, dest_id: str, slot: str | None = None) -> Counter[str]:
+        """Send due prospects of one destination until none is due or the budget is spent."""
+        stats: Counter[str] = Counter()
+        deadline = time.monotonic() + self.settings.drain_budget_s
+        token = uuid.uuid4().hex
+        try:
+            while time.monotonic() < deadline:
+                lot = await self._lot(dest_id, token)
+                if lot is None:
+                    break
+                claimed = await self.store.claim(
+                    dest_id,
+                    now_ms=_now_ms(),
+                    lease_ms=self.settings.lease_ms,
+                    batch=self.settings.claim_batch,
+                    token=token,
+                )
+                if not claimed:
+                    break
+                stats["claimed"] += len(claimed)
+                await self._send_batch(lot, claimed, stats)
+        finally:
+            if slot is not None:
+                await self.store.release_slot(dest_id, slot)
+            await self.store.count(dest_id, **{f"drain_{k}": v for k, v in stats.items()})
+        return stats
+
+    async def _lot(self, dest_id: str, token: str) -> Lot | None:
+        dest = await self.registry.destination(dest_id)
+        if dest is None or not dest.enabled:
+            return None
+        conn = await self.registry.connection(dest.connection)
+        if conn is None:
+            log.error("destination %s names unknown connection %s", dest_id, dest.connection)
+            return None
+        return Lot(dest, conn, token)
+
+    async def _send_batch(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> None:
+        grant = await self.gate.acquire(lot.conn.user, len(claimed), limit=lot.conn.rate_limit)
+        go, wait = claimed[: grant.granted], claimed[grant.granted :]
+        if wait:
+            # No permit: back to pending, still coalescing, due when the budget allows.
+            due = _now_ms() + int(max(grant.wait_s, 0.05) * 1000)
+            for c in wait:
+                await self._settle(lot, c, "defer", due_ms=due)
+            stats["deferred"] += len(wait)
+        await asyncio.gather(*(self._send_one(lot, c, stats) for c in go))
+
+    async def _send_one(self, lot: Lot, c: Claimed, stats: Counter[str]) -> None:
+        access = lot.conn.access_token
+        err: DeliveryError | None
+        async with self._http:
+            stats["requests"] += 1
+            try:
+                if access is None:
+                    raise Unauthorized(None, f"connection {lot.conn.id} has no access token")
+                resp = await self.client.patch_prospect(
+                    access.get_secret_value(), c.prospect, c.fields
+                )
+            except (Retryable, Unauthorized) as exc:
+                err = exc
+            else:
+                await self.gate.observe(lot.conn.user, resp.status, resp.headers, resp.body)
+                err = classify(
+                    resp.status,
+                    resp.headers,
+                    resp.body,
+                    fallback_pause_s=self.settings.rate_limit_fallback_pause_s,
+                )
+        await self._outcome(lot, c, err, stats)
+
+    async def _outcome(
+        self, lot: Lot, c: Claimed, err: DeliveryError | None, stats: Counter[str]
+    ) -> None:
+        if err is None:
+            stats["delivered"] += 1
+            if not await self._settle(lot, c, "ok", delivered=tuple(c.fields)):
+                stats["duplicates"] += 1
+            return
+        stats[f"error_{type(err).__name__.lower()}"] += 1
+        if isinstance(err, RateLimited):
+            await self._settle(lot, c, "defer", due_ms=int(err.reset_s * 1000))
+        elif isinstance(err, Permanent):
+            await self._fail(lot, c, err)
+        else:
+            age_s = (_now_ms() - c.first_seen_ms) / 1000
+            if age_s > self.settings.max_retry_age_s:
+                await self._fail(lot, c, err)
+                return
+            after = err.after_s if isinstance(err, Retryable) and err.after_s else None
+            delay = max(after or 0.0, backoff_s(c.attempts))
+            await self._settle(lot, c, "retry", due_ms=_now_ms() + int(delay * 1000))
+
+    async def _fail(self, lot: Lot, c: Claimed, err: DeliveryError) -> None:
+        record = {
+            "destination": lot.dest.id,
+            "prospect": c.prospect,
+            "fields": c.fields,
+            "status": err.status,
+            "error": type(err).__name__,
+            "detail": err.detail,
+            "error_id": getattr(err, "error_id", None),
+            "pointers": list(getattr(err, "pointers", ())),
+            "attempts": c.attempts + 1,
+            "at_ms": _now_ms(),
+        }
+        fid = f"{c.prospect}:{record['at_ms']}"
+        await self.store.redis.hset(self.store.keys.failures(lot.dest.id), fid, json.dumps(record))
+        await self.store.count(lot.dest.id, prospects_failed=1)
+        log.warning(
+            "prospect update failed: destination=%s status=%s error=%s",
+            lot.dest.id,
+            err.status,
+            type(err).__name__,
+        )
+        await self._settle(lot, c, "drop")
+
+    async def _settle(
+        self,
+        lot: Lot,
+        c: Claimed,
+        outcome: Outcome,
+        *,
+        due_ms: int = 0,
+        delivered: tuple[str, ...] = (),
+    ) -> bool:
+        window = lot.dest.coalesce_window_ms
+        return await self.store.settle(
+            lot.dest.id,
+            c.prospect,
+            lot.token,
+            outcome,
+            now_ms=_now_ms(),
+            window_ms=self.settings.coalesce_window_ms if window is None else window,
+            due_ms=due_ms,
+            delivered=delivered,
+        )

@@ -1,0 +1,78 @@
+"""Wakes drain tasks when prospects fall due, without polling in a tight loop.
+
+One dispatcher runs in each worker's main process. It blocks on Redis (``BLPOP`` on the wake
+list, with a timeout until the next due time) and asks ``poll.lua`` how many drain slots to
+start; slots are allotted atomically in Redis, so several hosts' dispatchers never start more
+than ``max_drainers`` drains for one destination between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from app import keys as K
+from app.settings import Settings
+from app.store import poll_sync
+
+log = logging.getLogger(__name__)
+
+StartDrain = Callable[[str, str], None]
+
+
+class Dispatcher:
+    def __init__(self, client: redis.Redis, settings: Settings, start_drain: StartDrain) -> None:
+        self._redis = client
+        self._settings = settings
+        self._keys = settings.keys
+        self._start_drain = start_drain
+        self._stop = threading.Event()
+        # A drain slot outlives its task's budget a little, in case the task never started.
+        self._slot_ttl_ms = int(settings.drain_budget_s * 1000) + settings.lease_ms
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sleep_s = self.tick()
+            except redis.RedisError as exc:
+                log.warning("dispatcher cannot reach Redis: %s", exc)
+                sleep_s = K.DISPATCH_MAX_SLEEP_S
+            self._wait(sleep_s)
+
+    def tick(self) -> float:
+        """Start the drains that are due; return how long to sleep until the next is."""
+        now = int(time.time() * 1000)
+        next_ms: int | None = None
+        for raw in self._redis.hkeys(self._keys.destinations()):
+            dest = raw.decode() if isinstance(raw, bytes) else str(raw)
+            poll = poll_sync(
+                self._redis,
+                self._keys,
+                dest,
+                now_ms=now,
+                batch=self._settings.claim_batch,
+                max_drainers=self._settings.max_drainers,
+                slot_ttl_ms=self._slot_ttl_ms,
+            )
+            for slot in poll.new_slots:
+                self._start_drain(dest, slot)
+            if poll.next_ms is not None and poll.next_ms > now:
+                next_ms = poll.next_ms if next_ms is None else min(next_ms, poll.next_ms)
+        if next_ms is None:
+            return K.DISPATCH_MAX_SLEEP_S
+        return min(K.DISPATCH_MAX_SLEEP_S, max(0.005, (next_ms - now) / 1000))
+
+    def _wait(self, timeout_s: float) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            self._redis.blpop([self._keys.wake()], timeout=timeout_s)
+        except redis.RedisError:
+            self._stop.wait(timeout_s)

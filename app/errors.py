@@ -1,0 +1,52 @@
+"""A shallow tree of errors that carry what is needed to act on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class OutreachSyncError(Exception):
+    """Base of the service's own errors."""
+
+
+class StoreUnavailable(OutreachSyncError):
+    """Redis could not be reached or refused a command."""
+
+
+@dataclass
+class DeliveryError(OutreachSyncError):
+    """Outreach did not take a PATCH; subclasses say what to do about it."""
+
+    status: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}): {self.detail}"
+
+
+@dataclass
+class RateLimited(DeliveryError):
+    """429: nobody sends for this user before ``reset_s`` (epoch seconds)."""
+
+    reset_s: float = 0.0
+
+
+@dataclass
+class Retryable(DeliveryError):
+    """Transient (5xx, maintenance, timeout, dropped connection): try again later."""
+
+    after_s: float | None = None
+
+
+@dataclass
+class Unauthorized(DeliveryError):
+    """401: the access token expired or was revoked."""
+
+
+@dataclass
+class Permanent(DeliveryError):
+    """400/403/404/415/422: sending the same thing again cannot succeed."""
+
+    error_id: str | None = None
+    title: str | None = None
+    pointers: tuple[str, ...] = field(default_factory=tuple)

@@ -1,0 +1,212 @@
+"""Producers' one way in: validate profiles, coalesce their changes, merge them into Redis.
+
+The HTTP API, the Python function, the Celery task and the CLI all call ``evaluate_batch``
+and then one of the two merge adapters, so every producer gets the same rules.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from app.destinations import Destination
+from app.keys import Keys
+from app.profiles import ProfileResult, evaluate_profile
+from app.store import Change, MergeResult, ProspectStore, encode, merge_sync
+
+
+@dataclass
+class IngestReport:
+    accepted: int = 0
+    excluded: int = 0
+    rejected: int = 0
+    ignored_audiences: int = 0
+    fields_applied: int = 0
+    fields_stale: int = 0
+    excluded_reasons: Counter[str] = field(default_factory=Counter)
+    problems: list[ProfileResult] = field(default_factory=list)
+
+    @property
+    def received(self) -> int:
+        return self.accepted + self.excluded + self.rejected
+
+    def add(self, other: IngestReport) -> None:
+        for name in ("accepted", "excluded", "rejected", "ignored_audiences"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.fields_applied += other.fields_applied
+        self.fields_stale += other.fields_stale
+        self.excluded_reasons.update(other.excluded_reasons)
+        self.problems.extend(other.problems)
+
+    def as_dict(self, *, results: list[ProfileResult] | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "received": self.received,
+            "accepted": self.accepted,
+            "excluded": self.excluded,
+            "rejected": self.rejected,
+            "ignored_audiences": self.ignored_audiences,
+            "fields_applied": self.fields_applied,
+            "fields_stale": self.fields_stale,
+        }
+        if results is not None:
+            doc["profiles"] = [
+                {
+                    "index": r.index,
+                    "outcome": r.outcome,
+                    "reason": r.reason,
+                    "prospects": list(r.prospect_ids),
+                }
+                for r in results
+            ]
+        return doc
+
+    def counters(self) -> dict[str, int]:
+        out = {
+            "profiles_received": self.received,
+            "profiles_accepted": self.accepted,
+            "profiles_excluded": self.excluded,
+            "profiles_rejected": self.rejected,
+            "audiences_ignored": self.ignored_audiences,
+        }
+        for reason, n in self.excluded_reasons.items():
+            out[f"excluded:{_reason_key(reason)}"] = n
+        return out
+
+
+def _reason_key(reason: str) -> str:
+    # "OutreachId 'abc' is not a positive integer" -> one counter, not one per bad value.
+    return "no_identity" if reason.startswith("no ") else "bad_identity"
+
+
+@dataclass
+class Batch:
+    report: IngestReport
+    results: list[ProfileResult]
+    changes: dict[int, list[Change]]
+
+
+def evaluate_batch(
+    profiles: Iterable[Any], destination: Destination, *, received_ms: int, start: int = 0
+) -> Batch:
+    """Validate profiles and coalesce their changes per prospect and field (newest wins)."""
+    report = IngestReport()
+    results: list[ProfileResult] = []
+    latest: dict[int, dict[str, tuple[int, str]]] = {}
+    for i, raw in enumerate(profiles, start):
+        if isinstance(raw, InvalidJSON):
+            res = ProfileResult(i, "rejected", raw.reason, (), (), 0)
+        else:
+            res = evaluate_profile(raw, destination, index=i, received_ms=received_ms)
+        results.append(res)
+        report.ignored_audiences += res.ignored_audiences
+        if res.outcome != "accepted":
+            report.problems.append(res)
+            if res.outcome == "excluded":
+                report.excluded += 1
+                report.excluded_reasons[res.reason or "excluded"] += 1
+            else:
+                report.rejected += 1
+            continue
+        report.accepted += 1
+        for pid in res.prospect_ids:
+            fields = latest.setdefault(pid, {})
+            for ch in res.changes:
+                seen = fields.get(ch.field)
+                if seen is None or ch.ts_ms >= seen[0]:
+                    fields[ch.field] = (ch.ts_ms, encode(ch.value))
+    changes = {
+        pid: [(f, value, ts) for f, (ts, value) in fields.items()]
+        for pid, fields in latest.items()
+    }
+    return Batch(report, results, changes)
+
+
+def _merged(batch: Batch, merge: MergeResult) -> IngestReport:
+    batch.report.fields_applied = merge.applied
+    batch.report.fields_stale = merge.stale
+    return batch.report
+
+
+def ingest_sync(
+    client: redis.Redis,
+    keys: Keys,
+    destination: Destination,
+    profiles: Iterable[Any],
+    *,
+    window_ms: int,
+    start: int = 0,
+) -> Batch:
+    """Ingest from a synchronous producer; returns the batch with its report filled in."""
+    now = int(time.time() * 1000)
+    batch = evaluate_batch(profiles, destination, received_ms=now, start=start)
+    window = destination.coalesce_window_ms if destination.coalesce_window_ms is not None else window_ms
+    merge = merge_sync(client, keys, destination.id, batch.changes, now_ms=now, window_ms=window)
+    _merged(batch, merge)
+    _count_sync(client, keys, destination.id, batch.report)
+    return batch
+
+
+async def ingest_async(
+    store: ProspectStore, destination: Destination, profiles: Iterable[Any], *, window_ms: int
+) -> Batch:
+    now = int(time.time() * 1000)
+    batch = evaluate_batch(profiles, destination, received_ms=now)
+    window = destination.coalesce_window_ms if destination.coalesce_window_ms is not None else window_ms
+    merge = await store.merge(destination.id, batch.changes, now_ms=now, window_ms=window)
+    _merged(batch, merge)
+    await store.count(destination.id, **batch.report.counters())
+    return batch
+
+
+def _count_sync(client: redis.Redis, keys: Keys, dest: str, report: IngestReport) -> None:
+    pipe = client.pipeline(transaction=False)
+    for name, n in report.counters().items():
+        if n:
+            pipe.hincrby(keys.counters(dest), name, n)
+    pipe.execute()
+
+
+def read_profiles(lines: Iterable[str]) -> Iterator[Any]:
+    """Profiles from JSON or NDJSON text: one profile, ``{"profiles": [...]}``, a list, or
+    one profile per line. A line that is not JSON yields an ``InvalidJSON`` marker that
+    validation rejects on its own, so it never takes its neighbours down."""
+    buffered = list(lines)
+    text = "".join(buffered).strip()
+    if not text:
+        return
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    else:
+        yield from _documents(doc)
+        return
+    for n, line in enumerate(buffered, 1):
+        if line.strip():
+            try:
+                yield from _documents(json.loads(line), ndjson=True)
+            except ValueError as exc:
+                yield InvalidJSON(f"line {n}: not JSON ({exc.msg})")
+
+
+def _documents(doc: Any, *, ndjson: bool = False) -> Iterator[Any]:
+    if isinstance(doc, dict) and "profiles" in doc and not ndjson:
+        profiles = doc["profiles"]
+        yield from profiles if isinstance(profiles, list) else [profiles]
+    elif isinstance(doc, list) and not ndjson:
+        yield from doc
+    else:
+        yield doc
+
+
+@dataclass(frozen=True)
+class InvalidJSON:
+    """A line that could not be parsed: rejected with this reason by validation."""
+
+    reason: str

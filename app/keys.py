@@ -1,0 +1,99 @@
+"""Every Redis key, TTL and default of the service, each with why it is what it is.
+
+Keys of one destination carry the destination id in a hash tag (``{dest}``) so a Redis
+Cluster keeps them in one slot and the Lua scripts may touch them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Defaults -------------------------------------------------------------------------------
+
+#: How long changes to one prospect are gathered before it is sent: one request per burst.
+COALESCE_WINDOW_MS = 1000
+#: A claimed prospect not acknowledged within this time goes back to pending (crashed worker).
+LEASE_MS = 60_000
+#: Prospects one claim takes at once: large enough to keep the HTTP pipe full.
+CLAIM_BATCH = 50
+#: Most drain tasks running at once for one destination (across all hosts).
+MAX_DRAINERS = 8
+#: A drain task stops after this long so that Celery sees progress and fairness holds.
+DRAIN_BUDGET_S = 20.0
+#: The dispatcher never sleeps longer than this, so it notices new destinations and leases.
+DISPATCH_MAX_SLEEP_S = 1.0
+#: Outreach's documented quota: 10,000 requests per hour per user.
+DEFAULT_RATE_LIMIT = "10000/hour"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Names of the keys; ``prefix`` isolates deployments and test runs on one Redis."""
+
+    prefix: str = "os"
+
+    # One destination ----------------------------------------------------------------
+    def pending(self, dest: str, prospect: int) -> str:
+        """Hash field -> JSON value: what is waiting to be sent."""
+        return f"{self.prefix}:{{{dest}}}:pend:{prospect}"
+
+    def versions(self, dest: str, prospect: int) -> str:
+        """Hash field -> ms timestamp of the newest accepted value (newer-wins high mark)."""
+        return f"{self.prefix}:{{{dest}}}:ver:{prospect}"
+
+    def inflight(self, dest: str, prospect: int) -> str:
+        """Hash field -> JSON value: the snapshot a worker is sending now."""
+        return f"{self.prefix}:{{{dest}}}:fly:{prospect}"
+
+    def delivered(self, dest: str, prospect: int) -> str:
+        """Hash field -> JSON value last confirmed by Outreach (for no-op skipping)."""
+        return f"{self.prefix}:{{{dest}}}:dlv:{prospect}"
+
+    def due(self, dest: str) -> str:
+        """Sorted set prospect -> ms when it may be sent ("not before")."""
+        return f"{self.prefix}:{{{dest}}}:due"
+
+    def leases(self, dest: str) -> str:
+        """Sorted set prospect -> ms when its claim expires."""
+        return f"{self.prefix}:{{{dest}}}:lease"
+
+    def lease_tokens(self, dest: str) -> str:
+        """Hash prospect -> claim token, so a late ack of an expired claim is recognised."""
+        return f"{self.prefix}:{{{dest}}}:ltok"
+
+    def first_seen(self, dest: str) -> str:
+        """Hash prospect -> ms of its oldest pending change (lag and fairness)."""
+        return f"{self.prefix}:{{{dest}}}:first"
+
+    def attempts(self, dest: str) -> str:
+        """Hash prospect -> failed attempts since its last delivery (backoff)."""
+        return f"{self.prefix}:{{{dest}}}:tries"
+
+    def drainers(self, dest: str) -> str:
+        """Sorted set drain-slot id -> ms expiry: how many drain tasks are live."""
+        return f"{self.prefix}:{{{dest}}}:drainers"
+
+    def counters(self, dest: str) -> str:
+        """Hash counter name -> integer: dataflow totals of the destination."""
+        return f"{self.prefix}:{{{dest}}}:count"
+
+    def failures(self, dest: str) -> str:
+        """Hash failure id -> JSON record: changes that could not be delivered."""
+        return f"{self.prefix}:{{{dest}}}:fail"
+
+    # Shared ---------------------------------------------------------------------------
+    def wake(self) -> str:
+        """List the dispatchers block on: pushed when a prospect becomes pending."""
+        return f"{self.prefix}:wake"
+
+    def destinations(self) -> str:
+        """Hash destination id -> JSON configuration (loaded from the file or the admin API)."""
+        return f"{self.prefix}:destinations"
+
+    def connections(self) -> str:
+        """Hash connection id -> JSON connection (tokens)."""
+        return f"{self.prefix}:connections"
+
+    def quota(self, user: str) -> str:
+        """Namespace of one Outreach user's shared request budget."""
+        return f"{self.prefix}:quota:{user}"

@@ -1,0 +1,58 @@
+-- Claim up to `batch` due prospects of one destination under a lease.
+-- Expired leases (a crashed worker) are first put back to pending. Fields whose pending value
+-- equals the value Outreach last confirmed are dropped: a prospect left with nothing costs no
+-- request.
+-- KEYS[1] due, KEYS[2] leases, KEYS[3] lease tokens, KEYS[4] first-seen, KEYS[5] counters,
+-- KEYS[6] attempts hash.
+-- ARGV: now_ms, lease_ms, batch, token, key prefix of per-prospect keys ("<p>:{dest}:").
+-- Returns a flat list: per prospect id, first_seen_ms, attempts, n_fields, (field, value) * n.
+local now, lease, batch, token, kp = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
+
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, batch)
+for _, pid in ipairs(expired) do
+  local fly, pend = kp .. 'fly:' .. pid, kp .. 'pend:' .. pid
+  local snap = redis.call('HGETALL', fly)
+  for i = 1, #snap, 2 do redis.call('HSETNX', pend, snap[i], snap[i + 1]) end
+  redis.call('DEL', fly)
+  redis.call('ZREM', KEYS[2], pid)
+  redis.call('HDEL', KEYS[3], pid)
+  redis.call('HSETNX', KEYS[4], pid, now)
+  redis.call('ZADD', KEYS[1], now, pid)
+  redis.call('HINCRBY', KEYS[5], 'lease_expired', 1)
+end
+
+local out = {}
+local noop = 0
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, batch)
+for _, pid in ipairs(due) do
+  redis.call('ZREM', KEYS[1], pid)
+  local pend, fly, dlv = kp .. 'pend:' .. pid, kp .. 'fly:' .. pid, kp .. 'dlv:' .. pid
+  local fields = redis.call('HGETALL', pend)
+  redis.call('DEL', pend)
+  -- first-seen stays until delivery: it is the age that bounds retries.
+  local first = redis.call('HGET', KEYS[4], pid) or now
+  local keep = {}
+  for i = 1, #fields, 2 do
+    if redis.call('HGET', dlv, fields[i]) ~= fields[i + 1] then
+      keep[#keep + 1] = fields[i]
+      keep[#keep + 1] = fields[i + 1]
+    else
+      noop = noop + 1
+    end
+  end
+  if #keep > 0 then
+    redis.call('HSET', fly, unpack(keep))
+    redis.call('ZADD', KEYS[2], now + lease, pid)
+    redis.call('HSET', KEYS[3], pid, token)
+    out[#out + 1] = pid
+    out[#out + 1] = first
+    out[#out + 1] = redis.call('HGET', KEYS[6], pid) or 0
+    out[#out + 1] = #keep / 2
+    for i = 1, #keep do out[#out + 1] = keep[i] end
+  else
+    redis.call('HDEL', KEYS[4], pid)
+    redis.call('HINCRBY', KEYS[5], 'prospects_noop', 1)
+  end
+end
+if noop > 0 then redis.call('HINCRBY', KEYS[5], 'fields_noop', noop) end
+return out

@@ -1,0 +1,24 @@
+-- The dispatcher's look at one destination: how much is ready and how many drain slots to
+-- start so that ceil(ready / batch) drainers run, at most max_drainers across all hosts.
+-- KEYS[1] due, KEYS[2] leases, KEYS[3] drainers zset.
+-- ARGV: now_ms, batch, max_drainers, slot_ttl_ms.
+-- Returns {ready, next due time after now in ms or -1, new slot ids...}.
+local now, batch, maxd, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local ready = redis.call('ZCOUNT', KEYS[1], '-inf', now) + redis.call('ZCOUNT', KEYS[2], '-inf', now)
+-- The next moment after now when something falls due (what is due now, drains take).
+local nxt = -1
+local d = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if #d > 0 then nxt = tonumber(d[2]) end
+local l = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if #l > 0 and (nxt < 0 or tonumber(l[2]) < nxt) then nxt = tonumber(l[2]) end
+local out = {ready, nxt}
+if ready > 0 then
+  local want = math.min(math.ceil(ready / batch), maxd) - redis.call('ZCARD', KEYS[3])
+  for _ = 1, want do
+    local id = redis.call('INCR', KEYS[3] .. ':seq')
+    redis.call('ZADD', KEYS[3], now + ttl, id)
+    out[#out + 1] = id
+  end
+end
+return out

@@ -1,0 +1,41 @@
+-- Settle a claimed prospect: delivered, returned to pending, or failed.
+-- A claim whose lease expired and was taken over is recognised by its token: the late
+-- outcome then changes nothing (the other worker's claim decides) and is counted.
+-- KEYS[1] due, KEYS[2] leases, KEYS[3] lease tokens, KEYS[4] first-seen, KEYS[5] counters,
+-- KEYS[6] attempts, KEYS[7] in-flight hash, KEYS[8] pending hash, KEYS[9] delivered hash.
+-- ARGV: pid, token, now_ms, window_ms, outcome ("ok" | "retry" | "defer" | "drop"),
+--       ("defer" returns the change like "retry" without counting a failed attempt),
+--       due_ms (for retry), then fields that were delivered (for ok: all; may be partial).
+-- Returns 1 when settled, 0 when the claim was no longer ours.
+local pid, token, now, window, outcome, due_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+if redis.call('HGET', KEYS[3], pid) ~= token then
+  redis.call('HINCRBY', KEYS[5], 'late_settles', 1)
+  return 0
+end
+redis.call('ZREM', KEYS[2], pid)
+redis.call('HDEL', KEYS[3], pid)
+if outcome == 'ok' then
+  for i = 7, #ARGV do
+    local v = redis.call('HGET', KEYS[7], ARGV[i])
+    if v then redis.call('HSET', KEYS[9], ARGV[i], v) end
+    redis.call('HDEL', KEYS[7], ARGV[i])
+  end
+  redis.call('HDEL', KEYS[6], pid)
+end
+if outcome == 'retry' or outcome == 'defer' then
+  -- Newer pending values win over the snapshot that could not be sent.
+  local snap = redis.call('HGETALL', KEYS[7])
+  for i = 1, #snap, 2 do redis.call('HSETNX', KEYS[8], snap[i], snap[i + 1]) end
+  if outcome == 'retry' then redis.call('HINCRBY', KEYS[6], pid, 1) end
+end
+redis.call('DEL', KEYS[7])
+if outcome == 'ok' or outcome == 'drop' then redis.call('HDEL', KEYS[4], pid) end
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  -- Changes that arrived during the flight: their window starts now at the latest.
+  redis.call('HSETNX', KEYS[4], pid, now)
+  local first = tonumber(redis.call('HGET', KEYS[4], pid))
+  local when = math.max(now, first + window)
+  if outcome == 'retry' or outcome == 'defer' then when = math.max(due_ms, now) end
+  redis.call('ZADD', KEYS[1], when, pid)
+end
+return 1

@@ -1,0 +1,41 @@
+"""In-process producers: ``Producer().send("demo", profiles)`` validates and records them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from app.ingest import Batch, ingest_sync
+from app.registry import destination_sync
+from app.settings import Settings, get_settings
+
+
+class UnknownDestination(LookupError):
+    def __init__(self, destination_id: str) -> None:
+        super().__init__(f"unknown destination {destination_id!r}")
+        self.destination_id = destination_id
+
+
+class Producer:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.redis = redis.Redis.from_url(str(self.settings.redis_url))
+
+    def send(self, destination_id: str, profiles: Iterable[Any], *, start: int = 0) -> Batch:
+        """Validate ``profiles`` and merge their changes; bad ones are reported, not raised."""
+        dest = destination_sync(self.redis, self.settings.keys, destination_id)
+        if dest is None:
+            raise UnknownDestination(destination_id)
+        return ingest_sync(
+            self.redis,
+            self.settings.keys,
+            dest,
+            profiles,
+            window_ms=self.settings.coalesce_window_ms,
+            start=start,
+        )
+
+    def close(self) -> None:
+        self.redis.close()

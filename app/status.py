@@ -1,0 +1,72 @@
+"""What operators read: backlog, dataflow counters and quota per destination."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from app.ratelimit import QuotaGate
+from app.registry import Registry
+from app.settings import Settings
+from app.store import ProspectStore
+
+
+async def collect_status(settings: Settings, only: str | None = None) -> list[dict[str, Any]]:
+    client = aioredis.from_url(str(settings.redis_url))
+    try:
+        store = ProspectStore(client, settings.keys)
+        registry = Registry(client, settings.keys)
+        gate = QuotaGate(
+            client, storage_uri="async+" + str(settings.redis_url), prefix=settings.redis_key_prefix
+        )
+        out = []
+        for dest_id in await registry.destination_ids():
+            if only and dest_id != only:
+                continue
+            dest = await registry.destination(dest_id)
+            conn = await registry.connection(dest.connection) if dest else None
+            pending, in_flight = await store.backlog(dest_id)
+            doc: dict[str, Any] = {
+                "destination": dest_id,
+                "enabled": bool(dest and dest.enabled),
+                "pending": pending,
+                "in_flight": in_flight,
+                "counters": await store.counters(dest_id),
+            }
+            if conn is not None:
+                q = await gate.state(conn.user, limit=conn.rate_limit)
+                doc["quota"] = {"user": conn.user, **dataclasses.asdict(q)}
+            out.append(doc)
+        return out
+    finally:
+        await client.aclose()
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for d in rows:
+        c = d["counters"]
+        lines.append(
+            f"{d['destination']}: pending={d['pending']} in_flight={d['in_flight']} "
+            f"received={c.get('profiles_received', 0)} accepted={c.get('profiles_accepted', 0)} "
+            f"excluded={c.get('profiles_excluded', 0)} rejected={c.get('profiles_rejected', 0)} "
+            f"requests={c.get('drain_requests', 0)} delivered={c.get('drain_delivered', 0)} "
+            f"failed={c.get('prospects_failed', 0)} noop={c.get('prospects_noop', 0)}"
+        )
+        q = d.get("quota")
+        if q:
+            paused = q.get("paused_until_s")
+            until = f" paused until {time.strftime('%H:%M:%S', time.gmtime(paused))}Z" if paused else ""
+            lines.append(
+                f"  quota {q['user']}: used={q.get('used')} remaining={q.get('remaining')}{until}"
+            )
+    return "\n".join(lines) or "no destinations configured"
+
+
+async def render_status(settings: Settings, only: str | None, *, as_json: bool) -> str:
+    rows = await collect_status(settings, only)
+    return json.dumps(rows, indent=2, default=str) if as_json else _table(rows)

@@ -1,0 +1,243 @@
+"""The coalescing store: pending changes per destination and prospect, kept in Redis.
+
+All multi-key updates run as the Lua scripts in ``app/lua`` (atomic, one round trip).
+``encode`` gives every value one canonical JSON text, so equal values compare equal in Lua.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+import redis
+import redis.asyncio as aioredis
+
+from app.errors import StoreUnavailable
+from app.keys import Keys
+
+#: How a claimed prospect ends: delivered, retried (counts an attempt), deferred (no
+#: attempt: rate limit), or dropped (recorded as failed).
+Outcome = Literal["ok", "retry", "defer", "drop"]
+#: (field, encoded JSON value, version in ms)
+Change = tuple[str, str, int]
+#: Prospects per merge call: bounds how long one script holds Redis.
+MERGE_CHUNK = 500
+#: Wake signals kept while no dispatcher listens: one is enough to wake one.
+WAKE_KEEP = 16
+
+
+def encode(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def _lua(name: str) -> str:
+    return resources.files("app").joinpath("lua", f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    newly_due: int = 0
+    applied: int = 0
+    stale: int = 0
+
+    def __add__(self, other: MergeResult) -> MergeResult:
+        return MergeResult(
+            self.newly_due + other.newly_due,
+            self.applied + other.applied,
+            self.stale + other.stale,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    prospect: int
+    first_seen_ms: int
+    attempts: int
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    ready: int
+    next_ms: int | None
+    new_slots: tuple[str, ...]
+
+
+def parse_poll(res: list[Any]) -> Poll:
+    nxt = int(res[1])
+    return Poll(int(res[0]), None if nxt < 0 else nxt, tuple(str(int(s)) for s in res[2:]))
+
+
+def poll_sync(
+    client: redis.Redis,
+    keys: Keys,
+    dest: str,
+    *,
+    now_ms: int,
+    batch: int,
+    max_drainers: int,
+    slot_ttl_ms: int,
+) -> Poll:
+    """The dispatcher's look at a destination (see ``lua/poll.lua``)."""
+    script = client.register_script(_lua("poll"))
+    res = script(
+        keys=[keys.due(dest), keys.leases(dest), keys.drainers(dest)],
+        args=[now_ms, batch, max_drainers, slot_ttl_ms],
+    )
+    return parse_poll(res)
+
+
+def _merge_call(
+    keys: Keys, dest: str, chunk: Sequence[tuple[int, Sequence[Change]]], now_ms: int, window_ms: int
+) -> tuple[list[str], list[str | int]]:
+    kk = [keys.due(dest), keys.leases(dest), keys.first_seen(dest), keys.counters(dest)]
+    args: list[str | int] = [now_ms, window_ms]
+    for prospect, changes in chunk:
+        kk += [keys.pending(dest, prospect), keys.versions(dest, prospect)]
+        args += [prospect, len(changes)]
+        for field, value, ts in changes:
+            args += [field, value, ts]
+    return kk, args
+
+
+def _chunks(
+    changes: Mapping[int, Sequence[Change]],
+) -> Iterable[Sequence[tuple[int, Sequence[Change]]]]:
+    items = [(p, c) for p, c in changes.items() if c]
+    for start in range(0, len(items), MERGE_CHUNK):
+        yield items[start : start + MERGE_CHUNK]
+
+
+def merge_sync(
+    client: redis.Redis,
+    keys: Keys,
+    dest: str,
+    changes: Mapping[int, Sequence[Change]],
+    *,
+    now_ms: int,
+    window_ms: int,
+) -> MergeResult:
+    """Merge changes from a synchronous producer (CLI, Python API, Celery task)."""
+    script = client.register_script(_lua("merge"))
+    total = MergeResult()
+    try:
+        for chunk in _chunks(changes):
+            kk, args = _merge_call(keys, dest, chunk, now_ms, window_ms)
+            total += MergeResult(*script(keys=kk, args=args))
+        if total.newly_due:
+            client.pipeline().rpush(keys.wake(), dest).ltrim(keys.wake(), -WAKE_KEEP, -1).execute()
+    except redis.RedisError as exc:
+        raise StoreUnavailable(str(exc)) from exc
+    return total
+
+
+class ProspectStore:
+    """Async adapter used by the HTTP API and the workers."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+        self._merge = client.register_script(_lua("merge"))
+        self._claim = client.register_script(_lua("claim"))
+        self._settle = client.register_script(_lua("settle"))
+        self._poll = client.register_script(_lua("poll"))
+
+    async def merge(
+        self, dest: str, changes: Mapping[int, Sequence[Change]], *, now_ms: int, window_ms: int
+    ) -> MergeResult:
+        total = MergeResult()
+        try:
+            for chunk in _chunks(changes):
+                kk, args = _merge_call(self.keys, dest, chunk, now_ms, window_ms)
+                total += MergeResult(*await self._merge(keys=kk, args=args))
+            if total.newly_due:
+                wake = self.keys.wake()
+                await self.redis.pipeline().rpush(wake, dest).ltrim(wake, -WAKE_KEEP, -1).execute()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return total
+
+    def _dest_keys(self, dest: str) -> list[str]:
+        k = self.keys
+        return [
+            k.due(dest),
+            k.leases(dest),
+            k.lease_tokens(dest),
+            k.first_seen(dest),
+            k.counters(dest),
+            k.attempts(dest),
+        ]
+
+    async def claim(
+        self, dest: str, *, now_ms: int, lease_ms: int, batch: int, token: str
+    ) -> list[Claimed]:
+        prefix = self.keys.pending(dest, 0)[: -len("pend:0")]
+        flat = await self._claim(
+            keys=self._dest_keys(dest), args=[now_ms, lease_ms, batch, token, prefix]
+        )
+        out: list[Claimed] = []
+        i = 0
+        while i < len(flat):
+            n = int(flat[i + 3])
+            pairs = flat[i + 4 : i + 4 + 2 * n]
+            fields = {pairs[j].decode(): json.loads(pairs[j + 1]) for j in range(0, 2 * n, 2)}
+            out.append(Claimed(int(flat[i]), int(flat[i + 1]), int(flat[i + 2]), fields))
+            i += 4 + 2 * n
+        return out
+
+    async def settle(
+        self,
+        dest: str,
+        prospect: int,
+        token: str,
+        outcome: Outcome,
+        *,
+        now_ms: int,
+        window_ms: int,
+        due_ms: int = 0,
+        delivered: Iterable[str] = (),
+    ) -> bool:
+        k = self.keys
+        kk = [
+            *self._dest_keys(dest),
+            k.inflight(dest, prospect),
+            k.pending(dest, prospect),
+            k.delivered(dest, prospect),
+        ]
+        args = [prospect, token, now_ms, window_ms, outcome, due_ms, *delivered]
+        return bool(await self._settle(keys=kk, args=args))
+
+    async def poll(
+        self, dest: str, *, now_ms: int, batch: int, max_drainers: int, slot_ttl_ms: int
+    ) -> Poll:
+        k = self.keys
+        res = await self._poll(
+            keys=[k.due(dest), k.leases(dest), k.drainers(dest)],
+            args=[now_ms, batch, max_drainers, slot_ttl_ms],
+        )
+        return parse_poll(res)
+
+    async def release_slot(self, dest: str, slot: str) -> None:
+        await self.redis.zrem(self.keys.drainers(dest), slot)
+
+    async def count(self, dest: str, **increments: int) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for name, n in increments.items():
+            if n:
+                pipe.hincrby(self.keys.counters(dest), name, n)
+        await pipe.execute()
+
+    async def counters(self, dest: str) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keys.counters(dest))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def backlog(self, dest: str) -> tuple[int, int]:
+        """(prospects pending, prospects in flight)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(self.keys.due(dest))
+        pipe.zcard(self.keys.leases(dest))
+        due, flying = await pipe.execute()
+        return int(due), int(flying)

@@ -1,0 +1,81 @@
+"""One event loop, one aiohttp session and one Redis pool per worker process.
+
+Created on first use in the process that runs tasks (after the prefork fork), closed at
+process shutdown; tasks hand coroutines to the loop and never call ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from app.delivery import Deliverer
+from app.outreach import OutreachClient
+from app.ratelimit import QuotaGate
+from app.registry import Registry
+from app.settings import Settings, get_settings
+from app.store import ProspectStore
+
+T = TypeVar("T")
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="outreach-io", daemon=True)
+        self._thread.start()
+        self.deliverer: Deliverer = self.run(self._build())
+
+    async def _build(self) -> Deliverer:
+        s = self.settings
+        self.redis = aioredis.from_url(str(s.redis_url))
+        limit = aiohttp.TCPConnector(limit=s.http_concurrency * 2)
+        self.session = aiohttp.ClientSession(connector=limit)
+        store = ProspectStore(self.redis, s.keys)
+        gate = QuotaGate(
+            self.redis,
+            storage_uri="async+" + str(s.redis_url),
+            prefix=s.redis_key_prefix,
+            fallback_pause_s=s.rate_limit_fallback_pause_s,
+        )
+        client = OutreachClient(self.session, api_url=s.outreach_api_url, timeout_s=s.outreach_timeout_s)
+        registry = Registry(self.redis, s.keys)
+        return Deliverer(store=store, registry=registry, client=client, gate=gate, settings=s)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def _close(self) -> None:
+        await self.session.close()
+        await self.redis.aclose()
+
+    def close(self) -> None:
+        self.run(self._close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(get_settings())
+        return _runtime
+
+
+def close_runtime() -> None:
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            _runtime.close()
+            _runtime = None
