@@ -30,18 +30,25 @@ def iso(ms: int) -> str:
 @dataclass
 class Sample:
     profiles: list[dict[str, Any]]
-    #: prospect -> field -> (version ms, order, value): the newest wins, ties to the later.
-    truth: dict[int, dict[str, tuple[int, int, Any]]] = field(default_factory=dict)
+    #: (event order, prospect, field, version ms, value) of every field change sent.
+    notes: list[tuple[int, int, str, int, Any]] = field(default_factory=list)
     excluded: int = 0
 
-    def expected(self) -> dict[int, dict[str, Any]]:
-        return {p: {f: v for f, (_, _, v) in fs.items()} for p, fs in self.truth.items()}
+    def expected(self, upto: int | None = None) -> dict[int, dict[str, Any]]:
+        """Each prospect's final fields after the first ``upto`` events (default: all):
+        per field the newest version wins, ties going to the later event."""
+        best: dict[int, dict[str, tuple[int, int, Any]]] = {}
+        for order, prospect, name, ts, value in self.notes:
+            if upto is not None and order >= upto:
+                break
+            fields = best.setdefault(prospect, {})
+            seen = fields.get(name)
+            if seen is None or (ts, order) >= (seen[0], seen[1]):
+                fields[name] = (ts, order, value)
+        return {p: {f: v for f, (_, _, v) in fs.items()} for p, fs in best.items()}
 
     def note(self, prospect: int, name: str, ts: int, order: int, value: Any) -> None:
-        fields = self.truth.setdefault(prospect, {})
-        seen = fields.get(name)
-        if seen is None or (ts, order) >= (seen[0], seen[1]):
-            fields[name] = (ts, order, value)
+        self.notes.append((order, prospect, name, ts, value))
 
 
 def generate(

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     redis_url: RedisDsn = Field(RedisDsn("redis://127.0.0.1:6379/0"))
     redis_key_prefix: str = Field("os", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     broker_url: str | None = None  # Celery broker; defaults to REDIS_URL
+    celery_queue: str = Field("outreach-sync", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 
     outreach_api_url: str = "https://api.outreach.io/api/v2"
     outreach_authorize_url: str = "https://api.outreach.io/oauth/authorize"

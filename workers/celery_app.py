@@ -18,7 +18,7 @@ settings = get_settings()
 
 app = Celery("outreach_sync", broker=settings.celery_broker_url, include=["workers.tasks"])
 app.conf.update(
-    task_default_queue="outreach-sync",
+    task_default_queue=settings.celery_queue,
     task_ignore_result=True,
     task_acks_late=True,
     task_reject_on_worker_lost=True,

@@ -1,0 +1,131 @@
+"""The coalescing store's rules, run against real Redis through the Lua scripts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from app.keys import Keys
+from app.store import ProspectStore, encode, merge_sync, poll_sync
+from tests.conftest import TEST_REDIS_URL
+
+D = "dest-a"
+T0 = 1_800_000_000_000
+W = 1000
+
+
+@pytest.fixture
+async def store(prefix: str, rclient: redis.Redis) -> AsyncIterator[ProspectStore]:
+    client = aioredis.from_url(TEST_REDIS_URL)
+    yield ProspectStore(client, Keys(prefix))
+    await client.aclose()
+
+
+def ch(field: str, value: object, ts: int) -> tuple[str, str, int]:
+    return (field, encode(value), ts)
+
+
+async def claim_all(store: ProspectStore, now: int, token: str = "tok") -> dict[int, dict[str, object]]:
+    got = await store.claim(D, now_ms=now, lease_ms=30_000, batch=100, token=token)
+    return {c.prospect: c.fields for c in got}
+
+
+async def test_newer_version_wins_and_late_older_evaluation_is_ignored(store: ProspectStore) -> None:
+    await store.merge(D, {7: [ch("custom1", "realized", 200)]}, now_ms=T0, window_ms=W)
+    res = await store.merge(D, {7: [ch("custom1", "exited", 100)]}, now_ms=T0, window_ms=W)
+    assert (res.applied, res.stale) == (0, 1)
+    await store.merge(D, {7: [ch("custom1", "existing", 200)]}, now_ms=T0, window_ms=W)
+    assert await claim_all(store, T0 + W) == {7: {"custom1": "existing"}}
+
+
+async def test_many_changes_to_one_prospect_become_one_claim_after_the_window(
+    store: ProspectStore,
+) -> None:
+    first = await store.merge(D, {1: [ch("custom1", "realized", 1)]}, now_ms=T0, window_ms=W)
+    later = await store.merge(
+        D, {1: [ch("custom2", "exited", 2), ch("firstName", "Ada", 2)]}, now_ms=T0 + 500, window_ms=W
+    )
+    assert (first.newly_due, later.newly_due) == (1, 0)
+    assert await claim_all(store, T0 + W - 1) == {}
+    assert await claim_all(store, T0 + W) == {
+        1: {"custom1": "realized", "custom2": "exited", "firstName": "Ada"}
+    }
+
+
+async def test_change_arriving_in_flight_is_kept_and_sent_next(store: ProspectStore) -> None:
+    await store.merge(D, {5: [ch("custom1", "realized", 1)]}, now_ms=T0, window_ms=W)
+    assert await claim_all(store, T0 + W, "t1") == {5: {"custom1": "realized"}}
+    await store.merge(D, {5: [ch("custom1", "exited", 2)]}, now_ms=T0 + W + 10, window_ms=W)
+    # Not claimable while in flight: two PATCHes to one prospect must never race.
+    assert await claim_all(store, T0 + 10 * W, "t2") == {}
+    ok = await store.settle(D, 5, "t1", "ok", now_ms=T0 + W + 50, window_ms=W, delivered=["custom1"])
+    assert ok
+    assert await claim_all(store, T0 + 10 * W, "t3") == {5: {"custom1": "exited"}}
+
+
+async def test_value_equal_to_delivered_costs_no_claim(store: ProspectStore) -> None:
+    await store.merge(D, {9: [ch("custom3", "realized", 1)]}, now_ms=T0, window_ms=W)
+    await claim_all(store, T0 + W, "t1")
+    await store.settle(D, 9, "t1", "ok", now_ms=T0 + W, window_ms=W, delivered=["custom3"])
+    await store.merge(D, {9: [ch("custom3", "exited", 2)]}, now_ms=T0 + 2 * W, window_ms=W)
+    await store.merge(D, {9: [ch("custom3", "realized", 3)]}, now_ms=T0 + 2 * W, window_ms=W)
+    assert await claim_all(store, T0 + 4 * W, "t2") == {}
+    counters = await store.counters(D)
+    assert counters["prospects_noop"] == 1 and counters["fields_noop"] == 1
+
+
+async def test_retry_returns_snapshot_but_newer_pending_values_win(store: ProspectStore) -> None:
+    await store.merge(
+        D, {3: [ch("custom1", "realized", 1), ch("title", "CTO", 1)]}, now_ms=T0, window_ms=W
+    )
+    await claim_all(store, T0 + W, "t1")
+    await store.merge(D, {3: [ch("title", "VP", 2)]}, now_ms=T0 + W, window_ms=W)
+    settled = await store.settle(
+        D, 3, "t1", "retry", now_ms=T0 + W, window_ms=W, due_ms=T0 + 5 * W
+    )
+    assert settled
+    assert await claim_all(store, T0 + 5 * W - 1, "t2") == {}
+    got = await store.claim(D, now_ms=T0 + 5 * W, lease_ms=30_000, batch=10, token="t3")
+    assert [(c.prospect, c.fields, c.attempts) for c in got] == [
+        (3, {"custom1": "realized", "title": "VP"}, 1)
+    ]
+
+
+async def test_expired_lease_comes_back_and_late_settle_changes_nothing(store: ProspectStore) -> None:
+    await store.merge(D, {4: [ch("custom1", "realized", 1)]}, now_ms=T0, window_ms=W)
+    await store.claim(D, now_ms=T0 + W, lease_ms=5000, batch=10, token="crashed")
+    assert await claim_all(store, T0 + W + 4999, "t2") == {}
+    assert await claim_all(store, T0 + W + 5000, "t2") == {4: {"custom1": "realized"}}
+    late = await store.settle(D, 4, "crashed", "ok", now_ms=T0, window_ms=W, delivered=["custom1"])
+    assert late is False
+    counters = await store.counters(D)
+    assert counters["lease_expired"] == 1 and counters["late_settles"] == 1
+
+
+async def test_sync_merge_matches_async_and_wakes_dispatchers(
+    prefix: str, rclient: redis.Redis, store: ProspectStore
+) -> None:
+    keys = Keys(prefix)
+    res = merge_sync(rclient, keys, D, {1: [ch("custom1", "realized", 1)]}, now_ms=T0, window_ms=W)
+    assert res.newly_due == 1
+    assert rclient.lrange(keys.wake(), 0, -1) == [D.encode()]
+    assert await claim_all(store, T0 + W) == {1: {"custom1": "realized"}}
+
+
+def test_poll_allots_slots_for_the_backlog_up_to_the_maximum(prefix: str, rclient: redis.Redis) -> None:
+    keys = Keys(prefix)
+    changes = {p: [ch("custom1", "realized", 1)] for p in range(1, 251)}
+    merge_sync(rclient, keys, D, changes, now_ms=T0, window_ms=W)
+    before = poll_sync(rclient, keys, D, now_ms=T0, batch=50, max_drainers=3, slot_ttl_ms=10_000)
+    assert (before.ready, before.next_ms, before.new_slots) == (0, T0 + W, ())
+    first = poll_sync(rclient, keys, D, now_ms=T0 + W, batch=50, max_drainers=3, slot_ttl_ms=10_000)
+    assert first.ready == 250 and len(first.new_slots) == 3
+    again = poll_sync(rclient, keys, D, now_ms=T0 + W, batch=50, max_drainers=3, slot_ttl_ms=10_000)
+    assert again.new_slots == ()
+    expired = poll_sync(
+        rclient, keys, D, now_ms=T0 + W + 10_000, batch=50, max_drainers=3, slot_ttl_ms=10_000
+    )
+    assert len(expired.new_slots) == 3
