@@ -96,9 +96,9 @@ def cmd_worker(ns: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(ns: argparse.Namespace) -> int:
-    from app.sandbox.server import config_from_args, run
+    from app.sandbox.cli import main as sandbox_main
 
-    run(ns.host, ns.port, config_from_args(ns))
+    sandbox_main(ns.sandbox_args)
     return 0
 
 
@@ -109,8 +109,6 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.sandbox.server import add_arguments
-
     p = argparse.ArgumentParser(prog="outreach-sync", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -143,8 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("celery_args", nargs=argparse.REMAINDER)
     wk.set_defaults(func=cmd_worker)
 
-    sb = sub.add_parser("sandbox", help="run the local Outreach sandbox")
-    add_arguments(sb)
+    sb = sub.add_parser(
+        "sandbox", help="run the local Outreach sandbox (its options: sandbox -- --help)"
+    )
+    sb.add_argument("sandbox_args", nargs=argparse.REMAINDER)
     sb.set_defaults(func=cmd_sandbox)
 
     demo = sub.add_parser("demo", help="sandbox + API + worker + sample traffic (make run)")

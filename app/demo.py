@@ -78,7 +78,7 @@ def _clear_prefix(env: dict[str, str]) -> None:
 def _start(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     py = sys.executable
     cmds = [
-        [py, "-m", "app", "sandbox", "--port", str(SANDBOX_PORT), "--static-token", f"{DEMO_TOKEN}=demo-user"],
+        [py, "-m", "app.sandbox", "--port", str(SANDBOX_PORT), "--static-token", f"{DEMO_TOKEN}=demo-user"],
         [py, "-m", "app", "api"],
         [py, "-m", "celery", "-A", "workers.celery_app", "worker", "-c", "2", "--loglevel", "WARNING",
          "-n", f"demo-{os.getpid()}@%h"],

@@ -1,0 +1,168 @@
+"""Producers' ways in: the HTTP API (a real server), the CLI and the Celery task."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+from aiohttp import web
+
+from app.api import make_app
+from app.keys import Keys
+from app.registry import publish_sync
+from tests.conftest import ROOT, free_port, make_settings, settings_env, wait_until
+from tests.test_end_to_end import e2e_config
+
+
+def profile(pid: object, status: str = "realized", audience: str = "aud-1", **attrs: Any) -> dict[str, Any]:
+    return {
+        "identityMap": {"OutreachId": [{"id": pid}]},
+        "segmentMembership": {
+            "ups": {audience: {"status": status, "lastQualificationTime": "2026-11-20T13:15:49Z"}}
+        },
+        "attributes": {k: {"value": v} for k, v in attrs.items()},
+    }
+
+
+@pytest.fixture
+async def api(prefix: str, rclient: redis.Redis) -> AsyncIterator[str]:
+    publish_sync(rclient, Keys(prefix), e2e_config())
+    settings = make_settings(settings_env(prefix, None, MAX_BODY_BYTES="200000"))
+    runner = web.AppRunner(make_app(settings))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}/v1/destinations"
+    await runner.cleanup()
+
+
+async def post(url: str, body: bytes, ctype: str = "application/json") -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(url, data=body, headers={"Content-Type": ctype}) as r,
+    ):
+        return r.status, await r.json()
+
+
+async def test_one_profile_is_accepted_and_pending(api: str, rclient: redis.Redis, prefix: str) -> None:
+    status, doc = await post(f"{api}/e2e/profiles", json.dumps(profile("42", firstName="Ada")).encode())
+    assert status == 202
+    assert doc["accepted"] == 1 and doc["profiles"][0]["prospects"] == [42]
+    pending = rclient.hgetall(Keys(prefix).pending("e2e", 42))
+    assert {k.decode(): json.loads(v) for k, v in pending.items()} == {
+        "custom1": "realized",
+        "firstName": "Ada",
+    }
+
+
+async def test_one_malformed_profile_in_a_thousand_rejects_only_itself(api: str) -> None:
+    profiles: list[Any] = [profile(str(1000 + i)) for i in range(1000)]
+    profiles[500] = profile("77", status="gone")
+    status, doc = await post(f"{api}/e2e/profiles", json.dumps({"profiles": profiles}).encode())
+    assert status == 202
+    assert (doc["accepted"], doc["rejected"]) == (999, 1)
+    bad = doc["profiles"][500]
+    assert bad["outcome"] == "rejected" and "status" in bad["reason"] and "gone" in bad["reason"]
+
+
+async def test_ndjson_with_a_broken_line_and_an_excluded_profile(api: str) -> None:
+    lines = [
+        json.dumps(profile("5")),
+        "{not json",
+        json.dumps(profile("abc")),
+        json.dumps(profile("6", audience="not-in-this-destination")),
+    ]
+    status, doc = await post(f"{api}/e2e/profiles", "\n".join(lines).encode(), "application/x-ndjson")
+    assert status == 202
+    outcomes = [p["outcome"] for p in doc["profiles"]]
+    assert outcomes == ["accepted", "rejected", "excluded", "accepted"]
+    assert "line 2" in doc["profiles"][1]["reason"]
+    assert "OutreachId" in doc["profiles"][2]["reason"]
+    assert doc["ignored_audiences"] == 1
+
+
+async def test_unknown_destination_and_oversize_body_are_refused(api: str) -> None:
+    status, doc = await post(f"{api}/nope/profiles", json.dumps(profile("1")).encode())
+    assert status == 404 and "nope" in doc["errors"][0]["detail"]
+    huge = json.dumps({"profiles": [profile(str(i)) for i in range(2000)]}).encode()
+    assert len(huge) > 200_000
+    status, doc = await post(f"{api}/e2e/profiles", huge)
+    assert status == 413 and doc["errors"][0]["title"] == "Body too large"
+
+
+async def test_status_reports_backlog_and_counters(api: str) -> None:
+    await post(f"{api}/e2e/profiles", json.dumps({"profiles": [profile("1"), profile("x")]}).encode())
+    async with aiohttp.ClientSession() as s, s.get(f"{api}/e2e/status") as r:
+        doc = await r.json()
+    assert doc["pending"] == 1
+    assert doc["counters"]["profiles_received"] == 2
+    assert doc["counters"]["profiles_excluded"] == 1
+
+
+def test_cli_ingest_reads_ndjson_from_stdin_and_summarises(prefix: str, rclient: redis.Redis) -> None:
+    publish_sync(rclient, Keys(prefix), e2e_config())
+    env = {**settings_env(prefix, None)}
+    text = "\n".join(json.dumps(profile(str(p))) for p in range(1, 2501)) + "\n{bad\n"
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "ingest", "-", "-d", "e2e"],
+        input=text,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**_base_env(), **env},
+        check=True,
+    )
+    summary = json.loads(out.stdout)
+    assert (summary["accepted"], summary["rejected"]) == (2500, 1)
+    assert "2501" in out.stderr  # the progress bar's count
+    assert "profile 2500: rejected" in out.stderr
+    assert rclient.zcard(Keys(prefix).due("e2e")) == 2500
+
+
+def test_cli_ingest_names_an_unknown_destination(prefix: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "ingest", "-", "-d", "missing"],
+        input=json.dumps(profile("1")),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**_base_env(), **settings_env(prefix, None)},
+    )
+    assert out.returncode == 2 and "unknown destination 'missing'" in out.stderr
+
+
+def test_celery_ingest_task_records_profiles(
+    prefix: str, rclient: redis.Redis, worker_factory: Callable[..., Any]
+) -> None:
+    env = settings_env(prefix, None)
+    publish_sync(rclient, Keys(prefix), e2e_config())
+    worker_factory(env, concurrency=1)
+    code = (
+        "from workers.tasks import ingest; import json, sys; "
+        "ingest.delay('e2e', json.loads(sys.stdin.read()))"
+    )
+    profiles = [profile("11"), profile("12"), profile("bad-id")]
+    subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(profiles),
+        text=True,
+        cwd=ROOT,
+        env={**_base_env(), **env},
+        check=True,
+    )
+    keys = Keys(prefix)
+    wait_until(lambda: rclient.zcard(keys.due("e2e")) == 2, timeout_s=30, what="the task to run")
+    counters = rclient.hgetall(keys.counters("e2e"))
+    assert int(counters[b"profiles_excluded"]) == 1
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
