@@ -144,7 +144,7 @@ def worker_factory(prefix: str) -> Iterator[Callable[..., subprocess.Popen[bytes
 
     def start(env: dict[str, str], *, concurrency: int = 2, name: str = "w") -> subprocess.Popen[bytes]:
         full = {**os.environ, **env}
-        cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker"]
+        cmd = [sys.executable, "-m", "celery", "-q", "-A", "workers.celery_app", "worker"]
         cmd += ["-c", str(concurrency), "--loglevel", "WARNING", "-n", f"{prefix}-{name}@%h"]
         cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full)
