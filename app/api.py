@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -16,6 +16,7 @@ from app.store import ProspectStore
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STORE = web.AppKey("store", ProspectStore)
 REGISTRY = web.AppKey("registry", Registry)
 SETTINGS = web.AppKey("settings", Settings)
@@ -40,7 +41,7 @@ async def post_profiles(request: web.Request) -> web.Response:
         return error(400, "Bad encoding", "the body must be UTF-8")
     profiles = list(read_profiles(text.splitlines(keepends=True)))
     if not profiles:
-        return error(400, "Empty body", "send one profile, {\"profiles\": [...]}, or NDJSON")
+        return error(400, "Empty body", 'send one profile, {"profiles": [...]}, or NDJSON')
     settings = request.app[SETTINGS]
     batch = await ingest_async(
         request.app[STORE], dest, profiles, window_ms=settings.coalesce_window_ms
@@ -67,14 +68,14 @@ async def healthz(_: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     try:
-        await request.app[STORE].redis.ping()
+        await cast("Awaitable[bool]", request.app[STORE].redis.ping())
     except Exception as exc:  # any failure means "not ready"; the reason is in the answer
         return web.json_response({"status": "unavailable", "redis": str(exc)}, status=503)
     return web.json_response({"status": "ready"})
 
 
 @web.middleware
-async def too_large(request: web.Request, handler: Any) -> web.StreamResponse:
+async def too_large(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:
@@ -97,5 +98,3 @@ def make_app(settings: Settings) -> web.Application:
 
     app.on_cleanup.append(close_redis)
     return app
-
-

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -28,7 +27,7 @@ BACKOFF_CAP_S = 600.0
 
 
 def backoff_s(attempts: int, *, rng: random.Random | None = None) -> float:
-    raw = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(attempts, 20))
+    raw = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** min(attempts, 20))
     return raw * (0.5 + 0.5 * (rng or random).random())
 
 
@@ -169,7 +168,7 @@ class Deliverer:
             "at_ms": _now_ms(),
         }
         fid = f"{c.prospect}:{record['at_ms']}"
-        await self.store.redis.hset(self.store.keys.failures(lot.dest.id), fid, json.dumps(record))
+        await self.store.record_failure(lot.dest.id, fid, record)
         await self.store.count(lot.dest.id, prospects_failed=1)
         log.warning(
             "prospect update failed: destination=%s status=%s error=%s",

@@ -78,10 +78,30 @@ def _clear_prefix(env: dict[str, str]) -> None:
 def _start(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     py = sys.executable
     cmds = [
-        [py, "-m", "app.sandbox", "--port", str(SANDBOX_PORT), "--static-token", f"{DEMO_TOKEN}=demo-user"],
+        [
+            py,
+            "-m",
+            "app.sandbox",
+            "--port",
+            str(SANDBOX_PORT),
+            "--static-token",
+            f"{DEMO_TOKEN}=demo-user",
+        ],
         [py, "-m", "app", "api"],
-        [py, "-m", "celery", "-A", "workers.celery_app", "worker", "-c", "2", "--loglevel", "WARNING",
-         "-n", f"demo-{os.getpid()}@%h"],
+        [
+            py,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "-c",
+            "2",
+            "--loglevel",
+            "WARNING",
+            "-n",
+            f"demo-{os.getpid()}@%h",
+        ],
     ]
     return [subprocess.Popen(c, env=env, cwd=ROOT) for c in cmds]
 
@@ -127,13 +147,21 @@ def run_demo(*, events: int, keep_serving: bool) -> int:
     try:
         _wait_http(f"{sandbox}/_sandbox/stats", procs[0], "the sandbox")
         _wait_http(f"{api}/healthz", procs[1], "the API")
-        subprocess.run([sys.executable, "-m", "app", "config", "load", str(CONFIG)], env=env, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "app", "config", "load", str(CONFIG)], env=env, check=True
+        )
         totals = _feed(sample, api)
         expected = sample.expected()
         _wait_delivered(api, sandbox, len(expected))
-        _summary(totals, sample, _http(f"{sandbox}/_sandbox/stats"), _http(f"{sandbox}/_sandbox/prospects"))
+        _summary(
+            totals,
+            sample,
+            _http(f"{sandbox}/_sandbox/stats"),
+            _http(f"{sandbox}/_sandbox/prospects"),
+        )
         print(f"\nsandbox:  {sandbox}/_sandbox/stats   {sandbox}/_sandbox/prospects")
-        print(f"API:      POST {api}/v1/destinations/{DEST}/profiles   GET {api}/v1/destinations/{DEST}/status")
+        dest_url = f"{api}/v1/destinations/{DEST}"
+        print(f"API:      POST {dest_url}/profiles   GET {dest_url}/status")
         print("flower:   make flower (http://127.0.0.1:5555)")
         if keep_serving:
             print("serving; Ctrl-C stops everything")
@@ -156,10 +184,15 @@ def _summary(
     wrong = [p for p, fields in expected.items() if _differs(state.get(str(p), {}), fields)]
     print("\nsummary")
     print(f"  events sent          {len(sample.profiles)}")
-    print(f"  accepted / excluded  {totals['accepted']} / {totals['excluded']}   rejected {totals['rejected']}")
+    accepted, excluded, rejected = totals["accepted"], totals["excluded"], totals["rejected"]
+    print(f"  accepted / excluded  {accepted} / {excluded}   rejected {rejected}")
     print(f"  prospects updated    {len(state)}")
-    print(f"  requests spent       {stats['requests']}  (one per event would be {totals['accepted']})")
-    print(f"  final state          {len(expected) - len(wrong)}/{len(expected)} prospects as expected")
+    print(
+        f"  requests spent       {stats['requests']}  (one per event would be {totals['accepted']})"
+    )
+    print(
+        f"  final state          {len(expected) - len(wrong)}/{len(expected)} prospects as expected"
+    )
 
 
 def _differs(actual: dict[str, Any], expected: dict[str, Any]) -> bool:

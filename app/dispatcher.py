@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 import redis
 
@@ -50,7 +51,7 @@ class Dispatcher:
         """Start the drains that are due; return how long to sleep until the next is."""
         now = int(time.time() * 1000)
         next_ms: int | None = None
-        for raw in self._redis.hkeys(self._keys.destinations()):
+        for raw in cast("list[bytes]", self._redis.hkeys(self._keys.destinations())):
             dest = raw.decode() if isinstance(raw, bytes) else str(raw)
             poll = poll_sync(
                 self._redis,

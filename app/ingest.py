@@ -121,8 +121,7 @@ def evaluate_batch(
                 if seen is None or ch.ts_ms >= seen[0]:
                     fields[ch.field] = (ch.ts_ms, encode(ch.value))
     changes = {
-        pid: [(f, value, ts) for f, (ts, value) in fields.items()]
-        for pid, fields in latest.items()
+        pid: [(f, value, ts) for f, (ts, value) in fields.items()] for pid, fields in latest.items()
     }
     return Batch(report, results, changes)
 
@@ -145,7 +144,9 @@ def ingest_sync(
     """Ingest from a synchronous producer; returns the batch with its report filled in."""
     now = int(time.time() * 1000)
     batch = evaluate_batch(profiles, destination, received_ms=now, start=start)
-    window = destination.coalesce_window_ms if destination.coalesce_window_ms is not None else window_ms
+    window = (
+        destination.coalesce_window_ms if destination.coalesce_window_ms is not None else window_ms
+    )
     merge = merge_sync(client, keys, destination.id, batch.changes, now_ms=now, window_ms=window)
     _merged(batch, merge)
     _count_sync(client, keys, destination.id, batch.report)
@@ -157,7 +158,9 @@ async def ingest_async(
 ) -> Batch:
     now = int(time.time() * 1000)
     batch = evaluate_batch(profiles, destination, received_ms=now)
-    window = destination.coalesce_window_ms if destination.coalesce_window_ms is not None else window_ms
+    window = (
+        destination.coalesce_window_ms if destination.coalesce_window_ms is not None else window_ms
+    )
     merge = await store.merge(destination.id, batch.changes, now_ms=now, window_ms=window)
     _merged(batch, merge)
     await store.count(destination.id, **batch.report.counters())
@@ -191,7 +194,7 @@ def read_profiles(lines: Iterable[str]) -> Iterator[Any]:
         if line.strip():
             try:
                 yield from _documents(json.loads(line), ndjson=True)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 yield InvalidJSON(f"line {n}: not JSON ({exc.msg})")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,5 +42,5 @@ class OutreachClient:
             ) as resp:
                 text = await resp.text()
                 return Response(resp.status, dict(resp.headers), text)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise Retryable(None, f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc

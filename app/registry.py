@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -39,7 +39,7 @@ def publish_sync(client: redis.Redis, keys: Keys, config: Config) -> None:
 
 
 def destination_sync(client: redis.Redis, keys: Keys, dest_id: str) -> Destination | None:
-    raw = client.hget(keys.destinations(), dest_id)
+    raw = cast("bytes | None", client.hget(keys.destinations(), dest_id))
     return None if raw is None else Destination.model_validate_json(raw)
 
 
@@ -62,7 +62,9 @@ class Registry:
         self._destinations = {
             k.decode(): Destination.model_validate_json(v) for k, v in dests.items()
         }
-        self._connections = {k.decode(): Connection.model_validate_json(v) for k, v in conns.items()}
+        self._connections = {
+            k.decode(): Connection.model_validate_json(v) for k, v in conns.items()
+        }
         self._loaded_at = time.monotonic()
 
     async def destination(self, dest_id: str) -> Destination | None:

@@ -115,7 +115,9 @@ def _attribute(rng: random.Random, name: str) -> str:
 
 
 def _excluded(rng: random.Random, audience: str, now: int) -> dict[str, Any]:
-    identity: dict[str, Any] = {} if rng.random() < 0.5 else {"OutreachId": [{"id": "not-a-number"}]}
+    identity: dict[str, Any] = (
+        {} if rng.random() < 0.5 else {"OutreachId": [{"id": "not-a-number"}]}
+    )
     return {
         "identityMap": identity,
         "segmentMembership": {"ups": {audience: {"status": "realized"}}},

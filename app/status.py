@@ -60,7 +60,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
         q = d.get("quota")
         if q:
             paused = q.get("paused_until_s")
-            until = f" paused until {time.strftime('%H:%M:%S', time.gmtime(paused))}Z" if paused else ""
+            until = (
+                f" paused until {time.strftime('%H:%M:%S', time.gmtime(paused))}Z" if paused else ""
+            )
             lines.append(
                 f"  quota {q['user']}: used={q.get('used')} remaining={q.get('remaining')}{until}"
             )

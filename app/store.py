@@ -7,10 +7,10 @@ All multi-key updates run as the Lua scripts in ``app/lua`` (atomic, one round t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -91,7 +91,11 @@ def poll_sync(
 
 
 def _merge_call(
-    keys: Keys, dest: str, chunk: Sequence[tuple[int, Sequence[Change]]], now_ms: int, window_ms: int
+    keys: Keys,
+    dest: str,
+    chunk: Sequence[tuple[int, Sequence[Change]]],
+    now_ms: int,
+    window_ms: int,
 ) -> tuple[list[str], list[str | int]]:
     kk = [keys.due(dest), keys.leases(dest), keys.first_seen(dest), keys.counters(dest)]
     args: list[str | int] = [now_ms, window_ms]
@@ -128,7 +132,10 @@ def merge_sync(
             kk, args = _merge_call(keys, dest, chunk, now_ms, window_ms)
             total += MergeResult(*script(keys=kk, args=args))
         if total.newly_due:
-            client.pipeline().rpush(keys.wake(), dest).ltrim(keys.wake(), -WAKE_KEEP, -1).execute()
+            pipe = client.pipeline(transaction=False)
+            pipe.rpush(keys.wake(), dest)
+            pipe.ltrim(keys.wake(), -WAKE_KEEP, -1)
+            pipe.execute()
     except redis.RedisError as exc:
         raise StoreUnavailable(str(exc)) from exc
     return total
@@ -155,7 +162,10 @@ class ProspectStore:
                 total += MergeResult(*await self._merge(keys=kk, args=args))
             if total.newly_due:
                 wake = self.keys.wake()
-                await self.redis.pipeline().rpush(wake, dest).ltrim(wake, -WAKE_KEEP, -1).execute()
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.rpush(wake, dest)
+                pipe.ltrim(wake, -WAKE_KEEP, -1)
+                await pipe.execute()
         except redis.RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
         return total
@@ -221,7 +231,7 @@ class ProspectStore:
         return parse_poll(res)
 
     async def release_slot(self, dest: str, slot: str) -> None:
-        await self.redis.zrem(self.keys.drainers(dest), slot)
+        await cast("Awaitable[int]", self.redis.zrem(self.keys.drainers(dest), slot))
 
     async def count(self, dest: str, **increments: int) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -230,8 +240,16 @@ class ProspectStore:
                 pipe.hincrby(self.keys.counters(dest), name, n)
         await pipe.execute()
 
+    async def record_failure(self, dest: str, failure_id: str, record: dict[str, Any]) -> None:
+        await cast(
+            "Awaitable[int]",
+            self.redis.hset(self.keys.failures(dest), failure_id, json.dumps(record)),
+        )
+
     async def counters(self, dest: str) -> dict[str, int]:
-        raw = await self.redis.hgetall(self.keys.counters(dest))
+        raw = await cast(
+            "Awaitable[dict[bytes, bytes]]", self.redis.hgetall(self.keys.counters(dest))
+        )
         return {k.decode(): int(v) for k, v in raw.items()}
 
     async def backlog(self, dest: str) -> tuple[int, int]:

@@ -40,7 +40,9 @@ def http_json(url: str, body: Any = None, method: str | None = None) -> Any:
         return json.loads(resp.read() or b"null")
 
 
-def wait_until(check: Callable[[], bool], *, timeout_s: float, what: str, every_s: float = 0.1) -> None:
+def wait_until(
+    check: Callable[[], bool], *, timeout_s: float, what: str, every_s: float = 0.1
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
@@ -142,7 +144,9 @@ def make_settings(env: dict[str, str]) -> Settings:
 def worker_factory(prefix: str) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(env: dict[str, str], *, concurrency: int = 2, name: str = "w") -> subprocess.Popen[bytes]:
+    def start(
+        env: dict[str, str], *, concurrency: int = 2, name: str = "w"
+    ) -> subprocess.Popen[bytes]:
         full = {**os.environ, **env}
         cmd = [sys.executable, "-m", "celery", "-q", "-A", "workers.celery_app", "worker"]
         cmd += ["-c", str(concurrency), "--loglevel", "WARNING", "-n", f"{prefix}-{name}@%h"]

@@ -30,7 +30,11 @@ def e2e_config(dest: str = "e2e", **extra: Any) -> Config:
                     "name": "End to end",
                     "connection": "conn",
                     "audiences": AUDIENCES,
-                    "attributes": {"firstName": "firstName", "lastName": "lastName", "title": "title"},
+                    "attributes": {
+                        "firstName": "firstName",
+                        "lastName": "lastName",
+                        "title": "title",
+                    },
                     **extra,
                 }
             ],

@@ -20,7 +20,9 @@ from tests.conftest import ROOT, free_port, make_settings, settings_env, wait_un
 from tests.test_end_to_end import e2e_config
 
 
-def profile(pid: object, status: str = "realized", audience: str = "aud-1", **attrs: Any) -> dict[str, Any]:
+def profile(
+    pid: object, status: str = "realized", audience: str = "aud-1", **attrs: Any
+) -> dict[str, Any]:
     return {
         "identityMap": {"OutreachId": [{"id": pid}]},
         "segmentMembership": {
@@ -50,8 +52,12 @@ async def post(url: str, body: bytes, ctype: str = "application/json") -> tuple[
         return r.status, await r.json()
 
 
-async def test_one_profile_is_accepted_and_pending(api: str, rclient: redis.Redis, prefix: str) -> None:
-    status, doc = await post(f"{api}/e2e/profiles", json.dumps(profile("42", firstName="Ada")).encode())
+async def test_one_profile_is_accepted_and_pending(
+    api: str, rclient: redis.Redis, prefix: str
+) -> None:
+    status, doc = await post(
+        f"{api}/e2e/profiles", json.dumps(profile("42", firstName="Ada")).encode()
+    )
     assert status == 202
     assert doc["accepted"] == 1 and doc["profiles"][0]["prospects"] == [42]
     pending = rclient.hgetall(Keys(prefix).pending("e2e", 42))
@@ -78,7 +84,9 @@ async def test_ndjson_with_a_broken_line_and_an_excluded_profile(api: str) -> No
         json.dumps(profile("abc")),
         json.dumps(profile("6", audience="not-in-this-destination")),
     ]
-    status, doc = await post(f"{api}/e2e/profiles", "\n".join(lines).encode(), "application/x-ndjson")
+    status, doc = await post(
+        f"{api}/e2e/profiles", "\n".join(lines).encode(), "application/x-ndjson"
+    )
     assert status == 202
     outcomes = [p["outcome"] for p in doc["profiles"]]
     assert outcomes == ["accepted", "rejected", "excluded", "accepted"]
@@ -97,7 +105,9 @@ async def test_unknown_destination_and_oversize_body_are_refused(api: str) -> No
 
 
 async def test_status_reports_backlog_and_counters(api: str) -> None:
-    await post(f"{api}/e2e/profiles", json.dumps({"profiles": [profile("1"), profile("x")]}).encode())
+    await post(
+        f"{api}/e2e/profiles", json.dumps({"profiles": [profile("1"), profile("x")]}).encode()
+    )
     async with aiohttp.ClientSession() as s, s.get(f"{api}/e2e/status") as r:
         doc = await r.json()
     assert doc["pending"] == 1
@@ -105,7 +115,9 @@ async def test_status_reports_backlog_and_counters(api: str) -> None:
     assert doc["counters"]["profiles_excluded"] == 1
 
 
-def test_cli_ingest_reads_ndjson_from_stdin_and_summarises(prefix: str, rclient: redis.Redis) -> None:
+def test_cli_ingest_reads_ndjson_from_stdin_and_summarises(
+    prefix: str, rclient: redis.Redis
+) -> None:
     publish_sync(rclient, Keys(prefix), e2e_config())
     env = {**settings_env(prefix, None)}
     text = "\n".join(json.dumps(profile(str(p))) for p in range(1, 2501)) + "\n{bad\n"

@@ -28,12 +28,16 @@ def ch(field: str, value: object, ts: int) -> tuple[str, str, int]:
     return (field, encode(value), ts)
 
 
-async def claim_all(store: ProspectStore, now: int, token: str = "tok") -> dict[int, dict[str, object]]:
+async def claim_all(
+    store: ProspectStore, now: int, token: str = "tok"
+) -> dict[int, dict[str, object]]:
     got = await store.claim(D, now_ms=now, lease_ms=30_000, batch=100, token=token)
     return {c.prospect: c.fields for c in got}
 
 
-async def test_newer_version_wins_and_late_older_evaluation_is_ignored(store: ProspectStore) -> None:
+async def test_newer_version_wins_and_late_older_evaluation_is_ignored(
+    store: ProspectStore,
+) -> None:
     await store.merge(D, {7: [ch("custom1", "realized", 200)]}, now_ms=T0, window_ms=W)
     res = await store.merge(D, {7: [ch("custom1", "exited", 100)]}, now_ms=T0, window_ms=W)
     assert (res.applied, res.stale) == (0, 1)
@@ -46,7 +50,10 @@ async def test_many_changes_to_one_prospect_become_one_claim_after_the_window(
 ) -> None:
     first = await store.merge(D, {1: [ch("custom1", "realized", 1)]}, now_ms=T0, window_ms=W)
     later = await store.merge(
-        D, {1: [ch("custom2", "exited", 2), ch("firstName", "Ada", 2)]}, now_ms=T0 + 500, window_ms=W
+        D,
+        {1: [ch("custom2", "exited", 2), ch("firstName", "Ada", 2)]},
+        now_ms=T0 + 500,
+        window_ms=W,
     )
     assert (first.newly_due, later.newly_due) == (1, 0)
     assert await claim_all(store, T0 + W - 1) == {}
@@ -61,7 +68,9 @@ async def test_change_arriving_in_flight_is_kept_and_sent_next(store: ProspectSt
     await store.merge(D, {5: [ch("custom1", "exited", 2)]}, now_ms=T0 + W + 10, window_ms=W)
     # Not claimable while in flight: two PATCHes to one prospect must never race.
     assert await claim_all(store, T0 + 10 * W, "t2") == {}
-    ok = await store.settle(D, 5, "t1", "ok", now_ms=T0 + W + 50, window_ms=W, delivered=["custom1"])
+    ok = await store.settle(
+        D, 5, "t1", "ok", now_ms=T0 + W + 50, window_ms=W, delivered=["custom1"]
+    )
     assert ok
     assert await claim_all(store, T0 + 10 * W, "t3") == {5: {"custom1": "exited"}}
 
@@ -83,9 +92,7 @@ async def test_retry_returns_snapshot_but_newer_pending_values_win(store: Prospe
     )
     await claim_all(store, T0 + W, "t1")
     await store.merge(D, {3: [ch("title", "VP", 2)]}, now_ms=T0 + W, window_ms=W)
-    settled = await store.settle(
-        D, 3, "t1", "retry", now_ms=T0 + W, window_ms=W, due_ms=T0 + 5 * W
-    )
+    settled = await store.settle(D, 3, "t1", "retry", now_ms=T0 + W, window_ms=W, due_ms=T0 + 5 * W)
     assert settled
     assert await claim_all(store, T0 + 5 * W - 1, "t2") == {}
     got = await store.claim(D, now_ms=T0 + 5 * W, lease_ms=30_000, batch=10, token="t3")
@@ -94,7 +101,9 @@ async def test_retry_returns_snapshot_but_newer_pending_values_win(store: Prospe
     ]
 
 
-async def test_expired_lease_comes_back_and_late_settle_changes_nothing(store: ProspectStore) -> None:
+async def test_expired_lease_comes_back_and_late_settle_changes_nothing(
+    store: ProspectStore,
+) -> None:
     await store.merge(D, {4: [ch("custom1", "realized", 1)]}, now_ms=T0, window_ms=W)
     await store.claim(D, now_ms=T0 + W, lease_ms=5000, batch=10, token="crashed")
     assert await claim_all(store, T0 + W + 4999, "t2") == {}
@@ -115,7 +124,9 @@ async def test_sync_merge_matches_async_and_wakes_dispatchers(
     assert await claim_all(store, T0 + W) == {1: {"custom1": "realized"}}
 
 
-def test_poll_allots_slots_for_the_backlog_up_to_the_maximum(prefix: str, rclient: redis.Redis) -> None:
+def test_poll_allots_slots_for_the_backlog_up_to_the_maximum(
+    prefix: str, rclient: redis.Redis
+) -> None:
     keys = Keys(prefix)
     changes = {p: [ch("custom1", "realized", 1)] for p in range(1, 251)}
     merge_sync(rclient, keys, D, changes, now_ms=T0, window_ms=W)

@@ -35,7 +35,7 @@ app.conf.update(
 class DispatcherStep(bootsteps.StartStopStep):
     """Runs the dispatcher thread in the worker's main process."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)

@@ -28,7 +28,9 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="outreach-io", daemon=True)
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="outreach-io", daemon=True
+        )
         self._thread.start()
         self.deliverer: Deliverer = self.run(self._build())
 
@@ -44,7 +46,9 @@ class Runtime:
             prefix=s.redis_key_prefix,
             fallback_pause_s=s.rate_limit_fallback_pause_s,
         )
-        client = OutreachClient(self.session, api_url=s.outreach_api_url, timeout_s=s.outreach_timeout_s)
+        client = OutreachClient(
+            self.session, api_url=s.outreach_api_url, timeout_s=s.outreach_timeout_s
+        )
         registry = Registry(self.redis, s.keys)
         return Deliverer(store=store, registry=registry, client=client, gate=gate, settings=s)
 
