@@ -105,7 +105,7 @@ def cmd_sandbox(ns: argparse.Namespace) -> int:
 def cmd_demo(ns: argparse.Namespace) -> int:
     from app.demo import run_demo
 
-    return run_demo(events=ns.events, keep_serving=not ns.once)
+    return run_demo(keep_serving=not ns.once)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     sb.set_defaults(func=cmd_sandbox)
 
     demo = sub.add_parser("demo", help="sandbox + API + worker + sample traffic (make run)")
-    demo.add_argument("--events", type=int, default=3000)
     demo.add_argument("--once", action="store_true", help="exit after the summary")
     demo.set_defaults(func=cmd_demo)
     return p

@@ -20,19 +20,26 @@ from app.sample import Sample, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "destinations.json"
+SAMPLE_FILE = ROOT / "examples" / "sample-profiles.ndjson"
 DEST = "demo"
 DEMO_TOKEN = "demo-token"
 SANDBOX_PORT = int(os.environ.get("DEMO_SANDBOX_PORT", "8099"))
 API_PORT = int(os.environ.get("DEMO_API_PORT", "8080"))
-#: The demo sample's shape: the bundled examples/sample-profiles.ndjson is exactly this.
+#: The bundled sample's shape: examples/sample-profiles.ndjson is exactly this (a test checks).
+SAMPLE_EVENTS = 3000
 SAMPLE_PROSPECTS = 400
 SAMPLE_SEED = 7
 
 
-def demo_sample(events: int) -> Sample:
+def demo_sample(events: int = SAMPLE_EVENTS) -> Sample:
+    os.environ.setdefault("OUTREACH_SYNC_DEMO_TOKEN", DEMO_TOKEN)
     dest = load_config(CONFIG).destination(DEST)
     return generate(
-        events=events, prospects=SAMPLE_PROSPECTS, audiences=dest.audiences, seed=SAMPLE_SEED
+        events=events,
+        prospects=SAMPLE_PROSPECTS,
+        audiences=dest.audiences,
+        attributes=tuple(dest.attributes),
+        seed=SAMPLE_SEED,
     )
 
 
@@ -106,11 +113,11 @@ def _start(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen(c, env=env, cwd=ROOT) for c in cmds]
 
 
-def _feed(sample: Sample, api: str) -> dict[str, int]:
+def _feed(api: str) -> dict[str, int]:
     from tqdm import tqdm
 
     totals = {"accepted": 0, "excluded": 0, "rejected": 0}
-    lines = [json.dumps(p, separators=(",", ":")) for p in sample.profiles]
+    lines = SAMPLE_FILE.read_text().splitlines()
     with tqdm(total=len(lines), unit=" events", desc="sending  ") as bar:
         for i in range(0, len(lines), 250):
             chunk = "\n".join(lines[i : i + 250]).encode()
@@ -137,11 +144,11 @@ def _wait_delivered(api: str, sandbox: str, expected: int) -> None:
             time.sleep(0.3)
 
 
-def run_demo(*, events: int, keep_serving: bool) -> int:
+def run_demo(*, keep_serving: bool) -> int:
     env = _env()
     os.environ.update(env)
     _clear_prefix(env)
-    sample = demo_sample(events)
+    sample = demo_sample()
     procs = _start(env)
     sandbox, api = f"http://127.0.0.1:{SANDBOX_PORT}", f"http://127.0.0.1:{API_PORT}"
     try:
@@ -150,7 +157,7 @@ def run_demo(*, events: int, keep_serving: bool) -> int:
         subprocess.run(
             [sys.executable, "-m", "app", "config", "load", str(CONFIG)], env=env, check=True
         )
-        totals = _feed(sample, api)
+        totals = _feed(api)
         expected = sample.expected()
         _wait_delivered(api, sandbox, len(expected))
         _summary(

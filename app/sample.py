@@ -19,6 +19,7 @@ STATUSES = ("realized", "existing", "exited")
 FIRST_NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken")
 LAST_NAMES = ("Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson")
 TITLES = ("CTO", "Engineer", "Director", "VP Sales", "Analyst")
+COMPANIES = ("Analytical Engines", "Bell Labs", "Mathematisch Centrum", "Stanford", "IBM")
 #: 2026-11-01T00:00:00Z: the sample's clock starts here and moves a few seconds per event.
 EPOCH_MS = 1_793_491_200_000
 
@@ -110,7 +111,8 @@ def _next_status(rng: random.Random, prev: str | None) -> str:
 
 
 def _attribute(rng: random.Random, name: str) -> str:
-    pool = {"firstName": FIRST_NAMES, "lastName": LAST_NAMES, "title": TITLES}.get(name, TITLES)
+    pools = {"firstName": FIRST_NAMES, "lastName": LAST_NAMES, "company": COMPANIES}
+    pool = pools.get(name, TITLES)
     return rng.choice(pool)
 
 

@@ -178,3 +178,10 @@ def _base_env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_bundled_sample_is_the_generators_output() -> None:
+    from app.demo import SAMPLE_FILE, demo_sample
+
+    lines = SAMPLE_FILE.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == demo_sample().profiles

@@ -1,0 +1,83 @@
+"""Command-line options of the sandbox, reusable by the project CLI."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from app.sandbox.config import SandboxConfig
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8099
+
+# Options left at None fall back to SandboxConfig's defaults, kept in one place.
+_CONFIG_OPTIONS = (
+    "quota_limit",
+    "quota_window_s",
+    "quota_mode",
+    "usable_custom_fields",
+    "access_token_ttl_s",
+    "client_id",
+    "client_secret",
+    "fault_5xx_rate",
+    "fault_drop_rate",
+    "fault_seed",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the sandbox's options (host, port and every config knob) to `parser`."""
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--quota-limit", type=int, help="requests per window and user")
+    parser.add_argument("--quota-window-s", type=float, help="quota window in seconds")
+    parser.add_argument("--quota-mode", choices=("fixed", "sliding"))
+    parser.add_argument("--usable-custom-fields", type=int, help="custom1..customK usable")
+    parser.add_argument("--prospect-ids", type=int, nargs=2, metavar=("LOW", "HIGH"))
+    parser.add_argument("--access-token-ttl-s", type=int)
+    parser.add_argument("--client-id")
+    parser.add_argument("--client-secret")
+    parser.add_argument(
+        "--static-token", action="append", default=[], type=_token_pair, metavar="TOKEN=USER"
+    )
+    parser.add_argument("--fault-5xx-rate", type=float)
+    parser.add_argument("--fault-latency-ms", type=int, nargs=2, metavar=("MIN", "MAX"))
+    parser.add_argument("--fault-drop-rate", type=float)
+    parser.add_argument("--fault-seed", type=int)
+    parser.add_argument("--no-ratelimit-headers", action="store_true")
+    parser.add_argument("--no-retry-after", action="store_true")
+
+
+def config_from_args(ns: argparse.Namespace) -> SandboxConfig:
+    """The SandboxConfig described by parsed options."""
+    values: dict[str, Any] = {
+        name: getattr(ns, name) for name in _CONFIG_OPTIONS if getattr(ns, name) is not None
+    }
+    if ns.prospect_ids is not None:
+        values["prospect_ids"] = tuple(ns.prospect_ids)
+    if ns.fault_latency_ms is not None:
+        values["fault_latency_ms"] = tuple(ns.fault_latency_ms)
+    values["static_tokens"] = dict(ns.static_token)
+    values["send_ratelimit_headers"] = not ns.no_ratelimit_headers
+    values["send_retry_after"] = not ns.no_retry_after
+    return SandboxConfig.model_validate(values)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m app.sandbox`."""
+    from app.sandbox.server import run
+
+    parser = argparse.ArgumentParser(
+        prog="python -m app.sandbox", description="Outreach API v2 sandbox server."
+    )
+    add_arguments(parser)
+    ns = parser.parse_args(argv)
+    run(ns.host, ns.port, config_from_args(ns))
+
+
+def _token_pair(text: str) -> tuple[str, str]:
+    token, sep, user = text.partition("=")
+    if not sep or not token or not user:
+        raise argparse.ArgumentTypeError(f"expected TOKEN=USER, got {text!r}")
+    return token, user

@@ -1,0 +1,51 @@
+"""Configuration of the Outreach sandbox."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_CUSTOM_FIELDS = 150
+
+
+class SandboxConfig(BaseModel):
+    """Every knob of the sandbox; `POST /_sandbox/config` applies partial updates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quota_limit: Annotated[int, Field(ge=0)] = 10_000
+    quota_window_s: Annotated[float, Field(gt=0)] = 3600.0
+    quota_mode: Literal["fixed", "sliding"] = "fixed"
+    usable_custom_fields: Annotated[int, Field(ge=0, le=MAX_CUSTOM_FIELDS)] = MAX_CUSTOM_FIELDS
+    prospect_ids: tuple[int, int] = (1, 10_000_000)
+    access_token_ttl_s: Annotated[int, Field(ge=0)] = 7200
+    client_id: str = "sandbox-client"
+    client_secret: str = "sandbox-secret"
+    static_tokens: dict[str, str] = Field(default_factory=dict)
+    deny_authorize: bool = False
+    token_429_next: Annotated[int, Field(ge=0)] = 0
+    send_ratelimit_headers: bool = True
+    send_retry_after: bool = True
+    fault_5xx_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    fault_latency_ms: tuple[int, int] = (0, 0)
+    fault_drop_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    fault_seed: int | None = None
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> SandboxConfig:
+        low, high = self.prospect_ids
+        if low > high:
+            raise ValueError("prospect_ids must be (low, high) with low <= high")
+        low_ms, high_ms = self.fault_latency_ms
+        if not 0 <= low_ms <= high_ms:
+            raise ValueError("fault_latency_ms must be (min, max) with 0 <= min <= max")
+        return self
+
+    def updated(self, changes: dict[str, Any]) -> SandboxConfig:
+        """A validated copy with `changes` applied (unknown keys are rejected)."""
+        return SandboxConfig.model_validate({**self.model_dump(), **changes})
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as plain JSON data."""
+        return self.model_dump(mode="json")

@@ -1,0 +1,58 @@
+"""The live sandbox: config plus every in-memory store, shared by all handlers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from app.sandbox.config import SandboxConfig
+from app.sandbox.faults import Faults
+from app.sandbox.quota import Clock, Quota
+from app.sandbox.state import SandboxState
+from app.sandbox.tokens import TokenStore
+
+
+class Sandbox:
+    """Config, quota, tokens, state and fault generator of one sandbox server."""
+
+    def __init__(self, config: SandboxConfig, clock: Clock = time.time) -> None:
+        self.clock = clock
+        self.config = config
+        self.quota = Quota(config.quota_limit, config.quota_window_s, config.quota_mode, clock)
+        self.tokens = TokenStore(config.access_token_ttl_s, clock)
+        self.tokens.set_static(config.static_tokens)
+        self.state = SandboxState()
+        self.faults = Faults(config.fault_seed)
+
+    def update_config(self, changes: dict[str, Any]) -> SandboxConfig:
+        """Apply a partial config update (validated; raises pydantic.ValidationError)."""
+        self._apply(self.config.updated(changes), reseed="fault_seed" in changes)
+        return self.config
+
+    def reset(self, config: SandboxConfig | None = None) -> SandboxConfig:
+        """Clear prospects, log, counters and quotas; tokens survive."""
+        self._apply(config or self.config, reseed=True)
+        self.quota.clear()
+        self.state.clear()
+        return self.config
+
+    def take_token_429(self) -> bool:
+        """Whether this token call must be refused (consumes one `token_429_next`)."""
+        pending = self.config.token_429_next
+        if pending <= 0:
+            return False
+        self.config = self.config.model_copy(update={"token_429_next": pending - 1})
+        return True
+
+    def _apply(self, config: SandboxConfig, reseed: bool) -> None:
+        self.config = config
+        self.quota.configure(config.quota_limit, config.quota_window_s, config.quota_mode)
+        self.tokens.access_ttl_s = config.access_token_ttl_s
+        self.tokens.set_static(config.static_tokens)
+        if reseed:
+            self.faults.reseed(config.fault_seed)
+
+
+SANDBOX_KEY = web.AppKey("sandbox", Sandbox)

@@ -1,0 +1,71 @@
+"""The sandbox HTTP server: routes, and a blocking runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+from aiohttp import web
+
+from app.sandbox import api, control, oauth
+from app.sandbox.config import SandboxConfig
+from app.sandbox.context import SANDBOX_KEY, Sandbox
+from app.sandbox.quota import Clock
+
+# 150 custom fields of 32,000 characters plus two 64 KiB notes must fit in one PATCH.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def make_app(config: SandboxConfig, *, clock: Clock = time.time) -> web.Application:
+    """An aiohttp application imitating Outreach's API, OAuth and a control API."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[SANDBOX_KEY] = Sandbox(config, clock)
+    app.router.add_patch("/api/v2/prospects/{id}", api.patch_prospect)
+    app.router.add_get("/api/v2/prospects/{id}", api.get_prospect)
+    app.router.add_get("/oauth/authorize", oauth.authorize)
+    app.router.add_post("/oauth/token", oauth.token)
+    _add_control_routes(app.router)
+    return app
+
+
+def _add_control_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/_sandbox/prospects", control.prospects)
+    router.add_get("/_sandbox/prospects/{id}", control.prospect)
+    router.add_get("/_sandbox/stats", control.stats)
+    router.add_get("/_sandbox/requests", control.requests)
+    router.add_post("/_sandbox/reset", control.reset)
+    router.add_get("/_sandbox/config", control.get_config)
+    router.add_post("/_sandbox/config", control.update_config)
+    router.add_get("/_sandbox/quota/{user}", control.quota)
+    router.add_post("/_sandbox/quota/{user}/spend", control.spend)
+    router.add_post("/_sandbox/quota/{user}/pause", control.pause)
+    router.add_post("/_sandbox/tokens", control.register_token)
+    router.add_post("/_sandbox/tokens/revoke", control.revoke_tokens)
+
+
+def run(host: str, port: int, config: SandboxConfig) -> None:
+    """Serve until interrupted; prints one line with the URL once listening."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(host, port, config))
+
+
+async def _serve(host: str, port: int, config: SandboxConfig) -> None:
+    # Access logging off: at hundreds of requests per second it would dominate the CPU.
+    runner = web.AppRunner(make_app(config), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        print(f"Outreach sandbox listening on http://{bound_host}:{bound_port}", flush=True)
+        await _until_terminated()
+    finally:
+        await runner.cleanup()
+
+
+async def _until_terminated() -> None:
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
