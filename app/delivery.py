@@ -81,7 +81,8 @@ class Deliverer:
                 if not claimed:
                     break
                 stats["claimed"] += len(claimed)
-                await self._send_batch(lot, claimed, stats)
+                if not await self._send_batch(lot, claimed, stats):
+                    break
         finally:
             if slot is not None:
                 await self.store.release_slot(dest_id, slot)
@@ -98,16 +99,21 @@ class Deliverer:
             return None
         return Lot(dest, conn, token)
 
-    async def _send_batch(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> None:
+    async def _send_batch(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool:
+        """Send what the quota allows; False when it ran out (the drain should stop)."""
         grant = await self.gate.acquire(lot.conn.user, len(claimed), limit=lot.conn.rate_limit)
         go, wait = claimed[: grant.granted], claimed[grant.granted :]
         if wait:
-            # No permit: back to pending, still coalescing, due when the budget allows.
-            due = _now_ms() + int(max(grant.wait_s, 0.05) * 1000)
+            # No permit: back to pending, still coalescing, and no drain starts for this
+            # destination before the budget frees, so the backlog is not churned meanwhile.
+            now = _now_ms()
+            due = now + int(max(grant.wait_s, 0.05) * 1000)
+            await self.store.hold(lot.dest.id, due, now_ms=now)
             for c in wait:
                 await self._settle(lot, c, "defer", due_ms=due)
             stats["deferred"] += len(wait)
         await asyncio.gather(*(self._send_one(lot, c, stats) for c in go))
+        return not wait
 
     async def _send_one(self, lot: Lot, c: Claimed, stats: Counter[str]) -> None:
         access = lot.conn.access_token
@@ -142,7 +148,9 @@ class Deliverer:
             return
         stats[f"error_{type(err).__name__.lower()}"] += 1
         if isinstance(err, RateLimited):
-            await self._settle(lot, c, "defer", due_ms=int(err.reset_s * 1000))
+            due = int(err.reset_s * 1000)
+            await self.store.hold(lot.dest.id, due, now_ms=_now_ms())
+            await self._settle(lot, c, "defer", due_ms=due)
         elif isinstance(err, Permanent):
             await self._fail(lot, c, err)
         else:

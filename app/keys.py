@@ -73,6 +73,10 @@ class Keys:
         """Sorted set drain-slot id -> ms expiry: how many drain tasks are live."""
         return f"{self.prefix}:{{{dest}}}:drainers"
 
+    def hold(self, dest: str) -> str:
+        """ms before which no drain starts: the quota gate granted nothing until then."""
+        return f"{self.prefix}:{{{dest}}}:hold"
+
     def counters(self, dest: str) -> str:
         """Hash counter name -> integer: dataflow totals of the destination."""
         return f"{self.prefix}:{{{dest}}}:count"
@@ -95,5 +99,5 @@ class Keys:
         return f"{self.prefix}:connections"
 
     def quota(self, user: str) -> str:
-        """Namespace of one Outreach user's shared request budget."""
-        return f"{self.prefix}:quota:{user}"
+        """Namespace of one Outreach user's shared request budget (one cluster slot)."""
+        return f"{self.prefix}:quota:{{{user}}}"

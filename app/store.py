@@ -84,7 +84,7 @@ def poll_sync(
     """The dispatcher's look at a destination (see ``lua/poll.lua``)."""
     script = client.register_script(_lua("poll"))
     res = script(
-        keys=[keys.due(dest), keys.leases(dest), keys.drainers(dest)],
+        keys=[keys.due(dest), keys.leases(dest), keys.drainers(dest), keys.hold(dest)],
         args=[now_ms, batch, max_drainers, slot_ttl_ms],
     )
     return parse_poll(res)
@@ -225,10 +225,15 @@ class ProspectStore:
     ) -> Poll:
         k = self.keys
         res = await self._poll(
-            keys=[k.due(dest), k.leases(dest), k.drainers(dest)],
+            keys=[k.due(dest), k.leases(dest), k.drainers(dest), k.hold(dest)],
             args=[now_ms, batch, max_drainers, slot_ttl_ms],
         )
         return parse_poll(res)
+
+    async def hold(self, dest: str, until_ms: int, *, now_ms: int) -> None:
+        """Start no drain for ``dest`` before ``until_ms`` (the quota is spent until then)."""
+        ttl = max(1, until_ms - now_ms) + 1000
+        await cast("Awaitable[bool]", self.redis.set(self.keys.hold(dest), until_ms, px=ttl))
 
     async def release_slot(self, dest: str, slot: str) -> None:
         await cast("Awaitable[int]", self.redis.zrem(self.keys.drainers(dest), slot))

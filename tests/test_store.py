@@ -140,3 +140,15 @@ def test_poll_allots_slots_for_the_backlog_up_to_the_maximum(
         rclient, keys, D, now_ms=T0 + W + 10_000, batch=50, max_drainers=3, slot_ttl_ms=10_000
     )
     assert len(expired.new_slots) == 3
+
+
+async def test_hold_stops_slots_until_it_ends(
+    prefix: str, rclient: redis.Redis, store: ProspectStore
+) -> None:
+    keys = Keys(prefix)
+    merge_sync(rclient, keys, D, {1: [ch("custom1", "realized", 1)]}, now_ms=T0, window_ms=0)
+    await store.hold(D, T0 + 5000, now_ms=T0)
+    held = poll_sync(rclient, keys, D, now_ms=T0 + 10, batch=50, max_drainers=3, slot_ttl_ms=10_000)
+    assert (held.ready, held.next_ms, held.new_slots) == (0, T0 + 5000, ())
+    after = poll_sync(rclient, keys, D, now_ms=T0 + 5000, batch=50, max_drainers=3, slot_ttl_ms=1)
+    assert after.ready == 1 and len(after.new_slots) == 1

@@ -1,9 +1,13 @@
 -- The dispatcher's look at one destination: how much is ready and how many drain slots to
 -- start so that ceil(ready / batch) drainers run, at most max_drainers across all hosts.
--- KEYS[1] due, KEYS[2] leases, KEYS[3] drainers zset.
+-- While the destination is on hold (its quota gate granted nothing), nothing starts and
+-- the dispatcher is told to come back when the hold ends.
+-- KEYS[1] due, KEYS[2] leases, KEYS[3] drainers zset, KEYS[4] hold (ms).
 -- ARGV: now_ms, batch, max_drainers, slot_ttl_ms.
 -- Returns {ready, next due time after now in ms or -1, new slot ids...}.
 local now, batch, maxd, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local hold = tonumber(redis.call('GET', KEYS[4]) or 0)
+if hold > now then return {0, hold} end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local ready = redis.call('ZCOUNT', KEYS[1], '-inf', now) + redis.call('ZCOUNT', KEYS[2], '-inf', now)
 -- The next moment after now when something falls due (what is due now, drains take).

@@ -1,0 +1,280 @@
+"""The quota gate: one Outreach request budget per user, shared through Redis by every worker.
+
+The strictest of three bounds wins: our moving window (``limits``' Redis storage), the server's
+last ``X-RateLimit-Remaining`` minus what was granted since, and the pause after a 429.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any, cast
+
+import redis.asyncio
+from limits import RateLimitItem, parse
+from limits.aio.storage import MovingWindowSupport, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from redis.exceptions import RedisError
+
+from app.keys import Keys
+from app.ratelimit_signals import parse_budget, parse_reset
+
+#: Smallest wait ever returned with a refusal, so that a caller cannot spin on a zero wait.
+MIN_WAIT_S = 0.05
+#: Resets this close together are one server window (a server computing them per request jitters).
+SAME_WINDOW_TOLERANCE_S = 1.0
+#: Window takes tried when other workers win the race for the last permits; then back off.
+MAX_TAKE_ATTEMPTS = 3
+#: The most of a quota `reserve_share` may hold back: beyond it the service would starve.
+MAX_RESERVE_SHARE = 0.5
+
+_STORE_ERRORS = (RedisError, StorageError, OSError)
+
+
+class QuotaUnavailable(Exception):
+    """The shared quota store (Redis) failed; nothing can be granted safely."""
+
+    def __init__(self, user: str, operation: str) -> None:
+        super().__init__(f"quota store unavailable for user {user!r} during {operation}")
+        self.user = user
+        self.operation = operation
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """``granted`` permits (0..want) to send now; when 0, try again in ``wait_s`` seconds."""
+
+    granted: int
+    wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaState:
+    """A user's quota as the CLI and status API show it; times are epoch seconds.
+
+    ``server_remaining`` is the server's last reported remaining minus what was granted
+    since; it and ``server_reset_s`` are None when no report is in force.
+    """
+
+    limit: int
+    used: int
+    remaining: int
+    reset_s: float
+    paused_until_s: float | None
+    server_remaining: int | None
+    server_reset_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Reservation:
+    paused_until_s: float
+    permits: int
+    server_spent_until_s: float
+    gen: str
+
+
+class QuotaGate:
+    """Grants Outreach request permits per user, shared by every process on every host.
+
+    ``storage_uri`` is a ``limits`` storage URI naming the same Redis database as ``redis``;
+    for ``async+redis(s)://`` the storage shares ``redis``'s connection pool, so closing
+    ``redis`` closes everything. ``prefix`` is the deployment's `Keys` prefix.
+    """
+
+    def __init__(
+        self,
+        redis: redis.asyncio.Redis,
+        *,
+        storage_uri: str,
+        prefix: str,
+        fallback_pause_s: float = 60.0,
+    ) -> None:
+        self._redis, self._keys, self._prefix = redis, Keys(prefix), prefix
+        self._fallback_pause_s = fallback_pause_s
+        store = _window_storage(storage_uri, prefix, redis)
+        self._storage, self._window = store, cast(MovingWindowSupport, store)
+        self._limiter = MovingWindowRateLimiter(store)
+        self._reserve = redis.register_script(_lua("quota_reserve"))
+        self._refund = redis.register_script(_lua("quota_refund"))
+        self._observe = redis.register_script(_lua("quota_observe"))
+
+    async def aclose(self) -> None:
+        """Close the ``limits`` storage's own client, if it has one (the given one stays open)."""
+        client: Any = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        if client is not None:
+            await client.aclose()
+
+    async def acquire(
+        self, user: str, want: int, *, limit: str = "10000/hour", reserve_share: float = 0.0
+    ) -> Grant:
+        """Grant up to ``want`` permits at once, never blocking.
+
+        ``limit`` is a ``limits`` string ("10000/hour", "60 per 10 seconds");
+        ``reserve_share`` (0.0-0.5) of it is kept unused for the user's own work in Outreach.
+        """
+        if want < 0 or not 0.0 <= reserve_share <= MAX_RESERVE_SHARE:
+            raise ValueError(f"bad acquire: want={want}, reserve_share={reserve_share}")
+        if want == 0:
+            return Grant(0, 0.0)
+        item = self._item(user, limit)
+        cap = math.floor(round(item.amount * (1.0 - reserve_share), 6))
+        try:
+            return await self._acquire(user, item, cap, want)
+        except _STORE_ERRORS as exc:
+            raise QuotaUnavailable(user, "acquire") from exc
+
+    async def observe(
+        self, user: str, status: int, headers: Mapping[str, str], body: str | None
+    ) -> float | None:
+        """Record an Outreach response's rate-limit headers; a 429 pauses the user everywhere.
+
+        Returns the epoch second the user is paused until after a 429 (the parsed reset, or
+        a later pause already in force), else None.
+        """
+        now = time.time()
+        budget = parse_budget(headers, now_s=now)
+        until = parse_reset(
+            status, headers, body, now_s=now, fallback_pause_s=self._fallback_pause_s
+        )
+        remaining = "" if budget is None or budget.remaining is None else str(budget.remaining)
+        if not remaining and until is None:
+            return None
+        reset = budget.reset_s if budget is not None else None
+        if reset is None:
+            # Unknown reset: hold the report briefly; the next response brings a fresh one.
+            reset = until if until is not None else now + self._fallback_pause_s
+        paused = await self._record(user, "observe", now, remaining, reset, until)
+        return None if until is None else max(paused, until)
+
+    async def pause(self, user: str, until_s: float) -> None:
+        """Stop granting for ``user`` everywhere until ``until_s``; only ever extends a pause."""
+        await self._record(user, "pause", time.time(), "", 0.0, until_s)
+
+    async def state(self, user: str, *, limit: str = "10000/hour") -> QuotaState:
+        """The user's window usage, pause and last server report."""
+        item = self._item(user, limit)
+        ns = self._keys.quota(user)
+        now = time.time()
+        try:
+            reset_s, remaining = await self._limiter.get_window_stats(item)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(f"{ns}:pause")
+                pipe.hmget(f"{ns}:server", ["remaining", "reset", "granted"])
+                paused_raw, server = await pipe.execute()
+        except _STORE_ERRORS as exc:
+            raise QuotaUnavailable(user, "state") from exc
+        paused, server_reset = _num(paused_raw), _num(server[1])
+        active = server[0] is not None and server_reset > now
+        return QuotaState(
+            limit=item.amount,
+            used=item.amount - remaining,
+            remaining=remaining,
+            reset_s=reset_s,
+            paused_until_s=paused if paused > now else None,
+            server_remaining=int(_num(server[0]) - _num(server[2])) if active else None,
+            server_reset_s=server_reset if active else None,
+        )
+
+    # Internals ----------------------------------------------------------------------------
+
+    async def _acquire(self, user: str, item: RateLimitItem, cap: int, want: int) -> Grant:
+        key, expiry = item.key_for(), item.get_expiry()
+        oldest, used = await self._window.get_moving_window(key, cap, expiry)
+        free = max(0, cap - used)
+        res = await self._reserve_server(user, min(want, free))
+        if res.permits == 0:
+            blockers = [res.paused_until_s, res.server_spent_until_s]
+            if free == 0:
+                blockers.append(oldest + expiry)
+            return _refusal(max(blockers))
+        granted, next_free_s = await self._take(key, cap, expiry, res.permits)
+        if res.gen and granted < res.permits:
+            ns = self._keys.quota(user)
+            await self._refund(keys=[f"{ns}:server"], args=[res.gen, res.permits - granted])
+        return Grant(granted, 0.0) if granted else _refusal(next_free_s)
+
+    async def _take(self, key: str, cap: int, expiry: int, cost: int) -> tuple[int, float]:
+        """Hit the window with ``cost``; after a lost race, with what is left."""
+        for _ in range(MAX_TAKE_ATTEMPTS):
+            if await self._window.acquire_entry(key, cap, expiry, amount=cost):
+                return cost, 0.0
+            oldest, used = await self._window.get_moving_window(key, cap, expiry)
+            cost = min(cost, cap - used)
+            if cost <= 0:
+                return 0, oldest + expiry
+        return 0, 0.0
+
+    async def _reserve_server(self, user: str, want: int) -> _Reservation:
+        ns = self._keys.quota(user)
+        raw = await self._reserve(
+            keys=[f"{ns}:pause", f"{ns}:server"], args=[repr(time.time()), want]
+        )
+        return _Reservation(
+            paused_until_s=_num(raw[0]),
+            permits=int(raw[1]),
+            server_spent_until_s=_num(raw[2]),
+            gen=_text(raw[3]),
+        )
+
+    async def _record(
+        self, user: str, op: str, now: float, remaining: str, reset_s: float, until: float | None
+    ) -> float:
+        ns = self._keys.quota(user)
+        pause = "" if until is None else repr(until)
+        args = [repr(now), remaining, repr(reset_s), pause, repr(SAME_WINDOW_TOLERANCE_S)]
+        try:
+            raw = await self._observe(keys=[f"{ns}:server", f"{ns}:pause"], args=args)
+        except _STORE_ERRORS as exc:
+            raise QuotaUnavailable(user, op) from exc
+        return _num(raw)
+
+    def _item(self, user: str, limit: str) -> RateLimitItem:
+        ns = self._keys.quota(user)
+        head = f"{self._prefix}:"
+        if not ns.startswith(head):
+            raise ValueError(f"quota namespace {ns!r} does not start with {head!r}")
+        return _window_item(limit, f"{ns[len(head) :]}:window")
+
+
+def _window_storage(uri: str, prefix: str, redis: redis.asyncio.Redis) -> Storage:
+    # limits prepends "<key_prefix>:" itself, so the window key lands under quota(user).
+    options: dict[str, Any] = {
+        "implementation": "redispy",
+        "key_prefix": prefix,
+        "wrap_exceptions": True,
+    }
+    if uri.startswith(("async+redis://", "async+rediss://")):
+        # Share the caller's pool: one set of connections, surely the same database, and
+        # closed with the caller's client (limits' storage has no close of its own).
+        options["connection_pool"] = redis.connection_pool
+    return cast(Storage, storage_from_string(uri, **options))
+
+
+@lru_cache(maxsize=4096)
+def _window_item(limit: str, namespace: str) -> RateLimitItem:
+    base = parse(limit)
+    return type(base)(base.amount, base.multiples, namespace=namespace)
+
+
+def _refusal(until_s: float) -> Grant:
+    return Grant(0, max(until_s - time.time(), MIN_WAIT_S))
+
+
+def _lua(name: str) -> str:
+    return resources.files("app").joinpath("lua", f"{name}.lua").read_text()
+
+
+def _num(raw: bytes | str | int | float | None) -> float:
+    return float(_text(raw) or 0)
+
+
+def _text(raw: bytes | str | int | float | None) -> str:
+    if raw is None:
+        return ""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

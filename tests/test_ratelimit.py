@@ -1,0 +1,279 @@
+from __future__ import annotations
+
+import asyncio
+import gc
+import multiprocessing
+import random
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from app.keys import Keys
+from app.ratelimit import Grant, QuotaGate, QuotaUnavailable
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+STORAGE_URI = "async+redis://127.0.0.1:6379/14"
+USER = "user-1"
+
+MakeGate = Callable[..., QuotaGate]
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    value = f"rltest:{uuid.uuid4().hex}"
+    yield value
+    with redis.Redis.from_url(REDIS_URL) as client:
+        keys = list(client.scan_iter(match=f"{value}:*"))
+        if keys:
+            client.delete(*keys)
+
+
+@pytest.fixture
+async def make_gate(prefix: str) -> AsyncIterator[MakeGate]:
+    """Gates with their own Redis clients, as separate processes would have."""
+    made: list[tuple[QuotaGate, redis.asyncio.Redis]] = []
+
+    def make(**kwargs: Any) -> QuotaGate:
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        gate = QuotaGate(client, storage_uri=STORAGE_URI, prefix=prefix, **kwargs)
+        made.append((gate, client))
+        return gate
+
+    yield make
+    for gate, client in made:
+        await gate.aclose()
+        await client.aclose()
+
+
+async def _hammer(gate: QuotaGate, calls: int, limit: str, seed: int) -> int:
+    rng = random.Random(seed)
+    total = 0
+    for _ in range(calls):
+        grant = await gate.acquire(USER, rng.randint(1, 7), limit=limit)
+        assert grant.granted >= 0
+        total += grant.granted
+    return total
+
+
+async def test_grants_exactly_the_limit_then_waits_at_most_the_window(make_gate: MakeGate) -> None:
+    gate = make_gate()
+    limit = "20 per 2 seconds"
+    assert await gate.acquire(USER, 15, limit=limit) == Grant(15, 0.0)
+    assert await gate.acquire(USER, 15, limit=limit) == Grant(5, 0.0)
+    refused = await gate.acquire(USER, 1, limit=limit)
+    assert refused.granted == 0
+    assert 0 < refused.wait_s <= 2.0
+    state = await gate.state(USER, limit=limit)
+    assert (state.limit, state.used, state.remaining) == (20, 20, 0)
+
+    await asyncio.sleep(refused.wait_s + 0.05)
+    assert (await gate.acquire(USER, 20, limit=limit)).granted >= 15
+
+
+async def test_one_batch_larger_than_the_limit_gets_the_limit(make_gate: MakeGate) -> None:
+    gate = make_gate()
+    assert (await gate.acquire(USER, 50, limit="20 per 2 seconds")).granted == 20
+    assert (await gate.acquire("someone-else", 50, limit="20 per 2 seconds")).granted == 20
+
+
+async def test_concurrent_gates_never_exceed_the_limit(make_gate: MakeGate) -> None:
+    limit = "100 per 10 seconds"
+    gates = [make_gate() for _ in range(6)]
+    totals = await asyncio.gather(
+        *(_hammer(gate, 40, limit, seed) for seed, gate in enumerate(gates))
+    )
+    assert sum(totals) == 100
+    assert (await gates[0].state(USER, limit=limit)).used == 100
+
+
+def _process_main(prefix: str, limit: str, seed: int, barrier: Any, out: Any) -> None:
+    async def run() -> int:
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        gate = QuotaGate(client, storage_uri=STORAGE_URI, prefix=prefix)
+        try:
+            return await _hammer(gate, 60, limit, seed)
+        finally:
+            await gate.aclose()
+            await client.aclose()
+
+    barrier.wait(timeout=30)
+    out.put(asyncio.run(run()))
+
+
+def test_separate_processes_never_exceed_the_limit(prefix: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(3), ctx.Queue()
+    limit = "150 per 30 seconds"
+    procs = [
+        ctx.Process(target=_process_main, args=(prefix, limit, seed, barrier, out))
+        for seed in range(3)
+    ]
+    for proc in procs:
+        proc.start()
+    totals = [out.get(timeout=30) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=10)
+        assert proc.exitcode == 0
+    assert sum(totals) == 150
+    assert all(total > 0 for total in totals)
+
+
+async def test_reserve_share_is_kept_unused(make_gate: MakeGate) -> None:
+    gate = make_gate()
+    limit = "20 per 5 seconds"
+    assert (await gate.acquire(USER, 100, limit=limit, reserve_share=0.25)).granted == 15
+    refused = await gate.acquire(USER, 1, limit=limit, reserve_share=0.25)
+    assert refused.granted == 0
+    assert 0 < refused.wait_s <= 5.0
+    assert (await gate.acquire(USER, 100, limit=limit)).granted == 5
+    with pytest.raises(ValueError):
+        await gate.acquire(USER, 1, limit=limit, reserve_share=0.6)
+
+
+async def test_lower_server_remaining_caps_every_gate_until_its_reset(make_gate: MakeGate) -> None:
+    a, b = make_gate(), make_gate()
+    limit = "100 per 10 seconds"
+    reset = time.time() + 1.5
+    headers = {"X-RateLimit-Remaining": "5", "X-RateLimit-Reset": repr(reset)}
+    assert await a.observe(USER, 200, headers, None) is None
+    assert (await a.acquire(USER, 3, limit=limit)).granted == 3
+    assert (await b.acquire(USER, 10, limit=limit)).granted == 2
+    refused = await a.acquire(USER, 1, limit=limit)
+    assert refused.granted == 0
+    assert 0 < refused.wait_s <= 1.5
+    state = await b.state(USER, limit=limit)
+    assert (state.used, state.server_remaining, state.server_reset_s) == (5, 0, reset)
+
+    await asyncio.sleep(reset - time.time() + 0.05)
+    assert (await b.acquire(USER, 10, limit=limit)).granted == 10
+    assert (await b.state(USER, limit=limit)).server_remaining is None
+
+
+async def test_higher_server_remaining_does_not_lift_our_limit(make_gate: MakeGate) -> None:
+    gate = make_gate()
+    headers = {"X-RateLimit-Remaining": "1000", "X-RateLimit-Reset": "60"}
+    await gate.observe(USER, 200, headers, None)
+    assert (await gate.acquire(USER, 50, limit="10 per 10 seconds")).granted == 10
+
+
+async def test_reports_of_one_window_keep_the_lowest_and_a_new_window_replaces(
+    make_gate: MakeGate,
+) -> None:
+    gate = make_gate()
+    limit = "100 per 10 seconds"
+    reset = repr(time.time() + 30)
+    await gate.observe(USER, 200, {"X-RateLimit-Remaining": "10", "X-RateLimit-Reset": reset}, "")
+    assert (await gate.acquire(USER, 4, limit=limit)).granted == 4
+    # Answered before our 4 reached the server: it must not give them back.
+    await gate.observe(USER, 200, {"X-RateLimit-Remaining": "9", "X-RateLimit-Reset": reset}, "")
+    assert (await gate.acquire(USER, 100, limit=limit)).granted == 6
+    later = repr(time.time() + 60)
+    await gate.observe(USER, 200, {"X-RateLimit-Remaining": "50", "X-RateLimit-Reset": later}, "")
+    assert (await gate.acquire(USER, 100, limit=limit)).granted == 50
+
+
+async def test_server_budget_counts_exactly_what_was_granted_under_races(
+    make_gate: MakeGate,
+) -> None:
+    limit = "40 per 10 seconds"
+    gates = [make_gate() for _ in range(6)]
+    headers = {"X-RateLimit-Remaining": "60", "X-RateLimit-Reset": "30"}
+    await gates[0].observe(USER, 200, headers, None)
+    totals = await asyncio.gather(*(_hammer(g, 30, limit, seed) for seed, g in enumerate(gates)))
+    assert sum(totals) == 40
+    assert (await gates[0].state(USER, limit=limit)).server_remaining == 20
+
+
+async def test_429_pauses_every_gate_until_the_reset(make_gate: MakeGate) -> None:
+    a, b, c = make_gate(), make_gate(), make_gate()
+    limit = "20 per 2 seconds"
+    assert (await b.acquire(USER, 1, limit=limit)).granted == 1
+    until = await a.observe(USER, 429, {"Retry-After": "1"}, '{"errors":[]}')
+    assert until is not None
+    assert until == pytest.approx(time.time() + 1, abs=0.2)
+    for gate in (a, b, c):
+        refused = await gate.acquire(USER, 1, limit=limit)
+        assert refused.granted == 0
+        assert 0 < refused.wait_s <= 1.0
+    assert (await c.state(USER, limit=limit)).paused_until_s == until
+
+    await asyncio.sleep(until - time.time() + 0.02)
+    for gate in (a, b, c):
+        assert (await gate.acquire(USER, 1, limit=limit)).granted == 1
+    assert (await a.state(USER, limit=limit)).paused_until_s is None
+
+
+async def test_pauses_only_extend(make_gate: MakeGate) -> None:
+    a, b = make_gate(), make_gate()
+    now = time.time()
+    await a.pause(USER, now + 2)
+    assert await b.observe(USER, 429, {"Retry-After": "1"}, None) == now + 2
+    await b.pause(USER, now + 1.5)
+    assert (await a.state(USER)).paused_until_s == now + 2
+    await b.pause(USER, now + 3)
+    assert (await a.state(USER)).paused_until_s == now + 3
+    assert 2.5 < (await a.acquire(USER, 1)).wait_s <= 3.0
+
+
+async def test_429_without_any_time_pauses_for_the_fallback(make_gate: MakeGate) -> None:
+    gate = make_gate(fallback_pause_s=2.0)
+    until = await gate.observe(USER, 429, {}, "Retry later")
+    assert until == pytest.approx(time.time() + 2.0, abs=0.2)
+    assert 1.5 < (await gate.acquire(USER, 1)).wait_s <= 2.0
+
+
+async def test_keys_live_under_the_user_namespace(make_gate: MakeGate, prefix: str) -> None:
+    gate = make_gate()
+    await gate.acquire(USER, 1)
+    await gate.observe(USER, 200, {"X-RateLimit-Remaining": "9", "X-RateLimit-Reset": "60"}, None)
+    await gate.pause(USER, time.time() + 5)
+    with redis.Redis.from_url(REDIS_URL) as client:
+        keys = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:*"))
+    ns = Keys(prefix).quota(USER)
+    assert keys == [f"{ns}:pause", f"{ns}:server", f"{ns}:window/10000/1/hour"]
+
+
+async def test_zero_and_negative_wants(make_gate: MakeGate) -> None:
+    gate = make_gate()
+    assert await gate.acquire(USER, 0) == Grant(0, 0.0)
+    with pytest.raises(ValueError):
+        await gate.acquire(USER, -1)
+
+
+async def test_closing_the_callers_client_closes_everything(prefix: str) -> None:
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    gate = QuotaGate(client, storage_uri=STORAGE_URI, prefix=prefix)
+    assert (await gate.acquire(USER, 2)).granted == 2
+    assert (await gate.state(USER)).used == 2
+    await client.aclose()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del gate
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+async def test_redis_errors_are_wrapped() -> None:
+    client = redis.asyncio.Redis.from_url("redis://127.0.0.1:1/14")
+    gate = QuotaGate(client, storage_uri="async+redis://127.0.0.1:1/14", prefix="rltest:down")
+    try:
+        calls = [
+            gate.acquire(USER, 1),
+            gate.observe(USER, 429, {}, None),
+            gate.pause(USER, time.time() + 1),
+            gate.state(USER),
+        ]
+        for call in calls:
+            with pytest.raises(QuotaUnavailable) as info:
+                await call
+            assert info.value.user == USER
+            assert info.value.__cause__ is not None
+    finally:
+        await gate.aclose()
+        await client.aclose()
