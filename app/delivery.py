@@ -103,23 +103,26 @@ class Deliverer:
         """Send what the quota allows; False when it ran out (the drain should stop)."""
         grant = await self.gate.acquire(lot.conn.user, len(claimed), limit=lot.conn.rate_limit)
         go, wait = claimed[: grant.granted], claimed[grant.granted :]
-        if wait:
-            # No permit: back to pending, still coalescing, and no drain starts for this
-            # destination before the budget frees, so the backlog is not churned meanwhile.
-            now = _now_ms()
+        now = _now_ms()
+        due = now
+        if not go:
+            # No permit at all: no drain starts for this destination before the budget
+            # frees, so the backlog is not churned meanwhile.
             due = now + int(max(grant.wait_s, 0.05) * 1000)
             await self.store.hold(lot.dest.id, due, now_ms=now)
-            for c in wait:
-                await self._settle(lot, c, "defer", due_ms=due)
-            stats["deferred"] += len(wait)
+        for c in wait:
+            # Back to pending (still coalescing); a partial grant's rest is due at once.
+            await self._settle(lot, c, "defer", due_ms=due)
+        stats["deferred"] += len(wait)
         await asyncio.gather(*(self._send_one(lot, c, stats) for c in go))
-        return not wait
+        return bool(go)
 
     async def _send_one(self, lot: Lot, c: Claimed, stats: Counter[str]) -> None:
         access = lot.conn.access_token
         err: DeliveryError | None
         async with self._http:
             stats["requests"] += 1
+            sent_s = time.time()
             try:
                 if access is None:
                     raise Unauthorized(None, f"connection {lot.conn.id} has no access token")
@@ -128,8 +131,12 @@ class Deliverer:
                 )
             except (Retryable, Unauthorized) as exc:
                 err = exc
+                # No answer, but the gate's careful single (if this was it) may go again.
+                await self.gate.observe(lot.conn.user, 0, {}, None, sent_s=sent_s)
             else:
-                await self.gate.observe(lot.conn.user, resp.status, resp.headers, resp.body)
+                await self.gate.observe(
+                    lot.conn.user, resp.status, resp.headers, resp.body, sent_s=sent_s
+                )
                 err = classify(
                     resp.status,
                     resp.headers,

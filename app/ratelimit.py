@@ -33,6 +33,18 @@ SAME_WINDOW_TOLERANCE_S = 1.0
 MAX_TAKE_ATTEMPTS = 3
 #: The most of a quota `reserve_share` may hold back: beyond it the service would starve.
 MAX_RESERVE_SHARE = 0.5
+PROBE = "probe"
+#: An unanswered probe (first request after a reported window ended) may be repeated after this.
+PROBE_TIMEOUT_S = 2.0
+#: Below this share of the limit left at the server (and at least CAREFUL_MIN), requests go
+#: one at a time: another integration's spending then costs at most one 429 per window.
+CAREFUL_SHARE = 0.1
+CAREFUL_MIN = 3
+#: A server report older than this share of the window (within these bounds) is refreshed by
+#: one probe before a burst: others may have spent the budget since it was made.
+FRESH_SHARE = 0.05
+FRESH_MIN_S = 0.05
+FRESH_MAX_S = 1.0
 
 _STORE_ERRORS = (RedisError, StorageError, OSError)
 
@@ -130,9 +142,18 @@ class QuotaGate:
             raise QuotaUnavailable(user, "acquire") from exc
 
     async def observe(
-        self, user: str, status: int, headers: Mapping[str, str], body: str | None
+        self,
+        user: str,
+        status: int,
+        headers: Mapping[str, str],
+        body: str | None,
+        *,
+        sent_s: float | None = None,
     ) -> float | None:
         """Record an Outreach response's rate-limit headers; a 429 pauses the user everywhere.
+
+        ``sent_s`` (epoch seconds the request left) lets the gate tell the answer to its
+        outstanding careful request from late answers to earlier ones.
 
         Returns the epoch second the user is paused until after a 429 (the parsed reset, or
         a later pause already in force), else None.
@@ -143,13 +164,13 @@ class QuotaGate:
             status, headers, body, now_s=now, fallback_pause_s=self._fallback_pause_s
         )
         remaining = "" if budget is None or budget.remaining is None else str(budget.remaining)
-        if not remaining and until is None:
+        if not remaining and until is None and sent_s is None:
             return None
         reset = budget.reset_s if budget is not None else None
         if reset is None:
             # Unknown reset: hold the report briefly; the next response brings a fresh one.
             reset = until if until is not None else now + self._fallback_pause_s
-        paused = await self._record(user, "observe", now, remaining, reset, until)
+        paused = await self._record(user, "observe", now, remaining, reset, until, sent_s)
         return None if until is None else max(paused, until)
 
     async def pause(self, user: str, until_s: float) -> None:
@@ -187,14 +208,19 @@ class QuotaGate:
         key, expiry = item.key_for(), item.get_expiry()
         oldest, used = await self._window.get_moving_window(key, cap, expiry)
         free = max(0, cap - used)
-        res = await self._reserve_server(user, min(want, free))
+        careful = max(CAREFUL_MIN, math.ceil(item.amount * CAREFUL_SHARE))
+        fresh = min(FRESH_MAX_S, max(FRESH_MIN_S, expiry * FRESH_SHARE))
+        res = await self._reserve_server(user, min(want, free), careful, fresh)
         if res.permits == 0:
             blockers = [res.paused_until_s, res.server_spent_until_s]
             if free == 0:
                 blockers.append(oldest + expiry)
             return _refusal(max(blockers))
         granted, next_free_s = await self._take(key, cap, expiry, res.permits)
-        if res.gen and granted < res.permits:
+        if res.gen == PROBE and not granted:
+            # The probe lost the race for our own window: let the next caller probe.
+            await self._redis.hdel(f"{self._keys.quota(user)}:server", "probe")  # type: ignore[misc]
+        elif res.gen and granted < res.permits:
             ns = self._keys.quota(user)
             await self._refund(keys=[f"{ns}:server"], args=[res.gen, res.permits - granted])
         return Grant(granted, 0.0) if granted else _refusal(next_free_s)
@@ -210,10 +236,13 @@ class QuotaGate:
                 return 0, oldest + expiry
         return 0, 0.0
 
-    async def _reserve_server(self, user: str, want: int) -> _Reservation:
+    async def _reserve_server(
+        self, user: str, want: int, careful: int, fresh_s: float
+    ) -> _Reservation:
         ns = self._keys.quota(user)
         raw = await self._reserve(
-            keys=[f"{ns}:pause", f"{ns}:server"], args=[repr(time.time()), want]
+            keys=[f"{ns}:pause", f"{ns}:server"],
+            args=[repr(time.time()), want, repr(PROBE_TIMEOUT_S), careful, repr(fresh_s)],
         )
         return _Reservation(
             paused_until_s=_num(raw[0]),
@@ -223,11 +252,19 @@ class QuotaGate:
         )
 
     async def _record(
-        self, user: str, op: str, now: float, remaining: str, reset_s: float, until: float | None
+        self,
+        user: str,
+        op: str,
+        now: float,
+        remaining: str,
+        reset_s: float,
+        until: float | None,
+        sent_s: float | None = None,
     ) -> float:
         ns = self._keys.quota(user)
         pause = "" if until is None else repr(until)
-        args = [repr(now), remaining, repr(reset_s), pause, repr(SAME_WINDOW_TOLERANCE_S)]
+        sent = "" if sent_s is None else repr(sent_s)
+        args = [repr(now), remaining, repr(reset_s), pause, repr(SAME_WINDOW_TOLERANCE_S), sent]
         try:
             raw = await self._observe(keys=[f"{ns}:server", f"{ns}:pause"], args=args)
         except _STORE_ERRORS as exc:

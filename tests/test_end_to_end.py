@@ -20,10 +20,16 @@ pytestmark = pytest.mark.integration
 AUDIENCES = {f"aud-{n}": n for n in (1, 2, 3, 4, 7, 12)}
 
 
-def e2e_config(dest: str = "e2e", **extra: Any) -> Config:
+def e2e_config(dest: str = "e2e", *, rate_limit: str = "10000/hour", **extra: Any) -> Config:
+    conn = {
+        "id": "conn",
+        "user": "test-user",
+        "access_token": "test-token",
+        "rate_limit": rate_limit,
+    }
     return parse_config(
         {
-            "connections": [{"id": "conn", "user": "test-user", "access_token": "test-token"}],
+            "connections": [conn],
             "destinations": [
                 {
                     "id": dest,

@@ -142,17 +142,31 @@ async def test_lower_server_remaining_caps_every_gate_until_its_reset(make_gate:
     reset = time.time() + 1.5
     headers = {"X-RateLimit-Remaining": "5", "X-RateLimit-Reset": repr(reset)}
     assert await a.observe(USER, 200, headers, None) is None
-    assert (await a.acquire(USER, 3, limit=limit)).granted == 3
-    assert (await b.acquire(USER, 10, limit=limit)).granted == 2
+    # Below the careful reserve (10% of 100) requests go one at a time: a grant only after
+    # the answer to the previous one, and together never more than the server has left.
+    grants = [(await g.acquire(USER, 10, limit=limit)).granted for g in (a, b, a)]
+    assert grants == [1, 0, 0]
+    for left in (4, 3, 2, 1):
+        answer = {"X-RateLimit-Remaining": str(left), "X-RateLimit-Reset": repr(reset)}
+        await b.observe(USER, 200, answer, None, sent_s=time.time())
+        assert (await (a if left % 2 else b).acquire(USER, 10, limit=limit)).granted == 1
+    await a.observe(
+        USER, 200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": repr(reset)}, None
+    )
     refused = await a.acquire(USER, 1, limit=limit)
     assert refused.granted == 0
     assert 0 < refused.wait_s <= 1.5
     state = await b.state(USER, limit=limit)
     assert (state.used, state.server_remaining, state.server_reset_s) == (5, 0, reset)
 
+    # After the reset: one probe, then nothing until its answer brings a fresh report.
     await asyncio.sleep(reset - time.time() + 0.05)
-    assert (await b.acquire(USER, 10, limit=limit)).granted == 10
-    assert (await b.state(USER, limit=limit)).server_remaining is None
+    assert (await b.acquire(USER, 10, limit=limit)).granted == 1
+    assert (await a.acquire(USER, 10, limit=limit)).granted == 0
+    fresh = {"X-RateLimit-Remaining": "40", "X-RateLimit-Reset": repr(time.time() + 5)}
+    await b.observe(USER, 200, fresh, None)
+    assert (await a.acquire(USER, 10, limit=limit)).granted == 10
+    assert (await b.state(USER, limit=limit)).server_remaining == 30
 
 
 async def test_higher_server_remaining_does_not_lift_our_limit(make_gate: MakeGate) -> None:
@@ -168,14 +182,16 @@ async def test_reports_of_one_window_keep_the_lowest_and_a_new_window_replaces(
     gate = make_gate()
     limit = "100 per 10 seconds"
     reset = repr(time.time() + 30)
-    await gate.observe(USER, 200, {"X-RateLimit-Remaining": "10", "X-RateLimit-Reset": reset}, "")
+    await gate.observe(USER, 200, {"X-RateLimit-Remaining": "40", "X-RateLimit-Reset": reset}, "")
     assert (await gate.acquire(USER, 4, limit=limit)).granted == 4
     # Answered before our 4 reached the server: it must not give them back.
-    await gate.observe(USER, 200, {"X-RateLimit-Remaining": "9", "X-RateLimit-Reset": reset}, "")
-    assert (await gate.acquire(USER, 100, limit=limit)).granted == 6
+    await gate.observe(USER, 200, {"X-RateLimit-Remaining": "39", "X-RateLimit-Reset": reset}, "")
+    assert (await gate.state(USER, limit=limit)).server_remaining == 36
+    # Spent freely down to the careful reserve (10 of 100), then one at a time.
+    assert (await gate.acquire(USER, 100, limit=limit)).granted == 26
     later = repr(time.time() + 60)
     await gate.observe(USER, 200, {"X-RateLimit-Remaining": "50", "X-RateLimit-Reset": later}, "")
-    assert (await gate.acquire(USER, 100, limit=limit)).granted == 50
+    assert (await gate.state(USER, limit=limit)).server_remaining == 50
 
 
 async def test_server_budget_counts_exactly_what_was_granted_under_races(

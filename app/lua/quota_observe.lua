@@ -4,9 +4,12 @@
 -- still in flight. A newer window replaces the record; an older one is stale and ignored.
 -- A pause only ever moves later.
 -- KEYS[1] server budget (hash), KEYS[2] pause (string).
--- ARGV: now, remaining ('' = not reported), its reset (epoch s), pause until ('' = none), tol.
+-- ARGV: now, remaining ('' = not reported), its reset (epoch s), pause until ('' = none), tol,
+--       when the answered request was sent ('' = unknown): the answer to a careful single
+--       (see quota_reserve.lua) lets the next one go.
 -- Returns the pause in force (epoch s) or '0'.
 local now, tol = tonumber(ARGV[1]), tonumber(ARGV[5])
+local STALE_REPORT_KEEP_MS = 3600000
 
 local function record(remaining, reset)
   local s = redis.call('HMGET', KEYS[1], 'remaining', 'reset', 'granted')
@@ -19,13 +22,19 @@ local function record(remaining, reset)
     end
   end
   redis.call('HSET', KEYS[1], 'remaining', math.max(remaining, 0),
-    'reset', string.format('%.17g', reset), 'granted', 0)
+    'reset', string.format('%.17g', reset), 'granted', 0, 'at', string.format('%.17g', now))
+  redis.call('HDEL', KEYS[1], 'probe')
   redis.call('HINCRBY', KEYS[1], 'gen', 1)
-  redis.call('PEXPIREAT', KEYS[1], math.ceil(reset * 1000))
+  -- Kept past its reset so the next window starts with a probe (see quota_reserve.lua).
+  redis.call('PEXPIREAT', KEYS[1], math.ceil(reset * 1000) + STALE_REPORT_KEEP_MS)
 end
 
 if ARGV[2] ~= '' and tonumber(ARGV[3]) > now then
   record(tonumber(ARGV[2]), tonumber(ARGV[3]))
+end
+if ARGV[6] ~= '' then
+  local single = tonumber(redis.call('HGET', KEYS[1], 'single') or '-1')
+  if single >= 0 and tonumber(ARGV[6]) >= single then redis.call('HDEL', KEYS[1], 'single') end
 end
 
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')

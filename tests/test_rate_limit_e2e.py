@@ -1,0 +1,143 @@
+"""The shared quota under load: three worker processes, a scaled-down sandbox quota."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from app.keys import Keys
+from app.producer import Producer
+from app.registry import publish_sync
+from tests.conftest import Sandbox, make_settings, settings_env, wait_until
+from tests.test_end_to_end import e2e_config, idle
+
+pytestmark = pytest.mark.integration
+
+LIMIT, WINDOW_S = 20, 2.0
+
+
+def start_pipeline(
+    prefix: str,
+    rclient: redis.Redis,
+    sandbox: Sandbox,
+    worker_factory: Callable[..., Any],
+    prospects: int,
+) -> Producer:
+    env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0", CLAIM_BATCH="10", MAX_DRAINERS="4")
+    config = e2e_config(rate_limit=f"{LIMIT} per {int(WINDOW_S)} seconds")
+    publish_sync(rclient, Keys(prefix), config)
+    for name in ("a", "b", "c"):
+        worker_factory(env, concurrency=1, name=name)
+    producer = Producer(make_settings(env))
+    profiles = [
+        {
+            "identityMap": {"OutreachId": [{"id": str(5000 + p)}]},
+            "segmentMembership": {"ups": {"aud-1": {"status": "realized"}}},
+        }
+        for p in range(prospects)
+    ]
+    producer.send("e2e", profiles)
+    return producer
+
+
+def patches(sandbox: Sandbox) -> list[dict[str, Any]]:
+    log = sandbox.get("/_sandbox/requests?since=0")["requests"]
+    return [r for r in log if r["method"] == "PATCH"]
+
+
+def wait_drained(sandbox: Sandbox, rclient: redis.Redis, prefix: str, prospects: int) -> None:
+    keys = Keys(prefix)
+    wait_until(
+        lambda: idle(rclient, keys, "e2e") and len(sandbox.prospects()) == prospects,
+        timeout_s=60,
+        what="the backlog to drain",
+        every_s=0.2,
+    )
+
+
+def per_window(requests: list[dict[str, Any]]) -> dict[int, int]:
+    return dict(sorted(Counter(int(r["time"] // WINDOW_S) for r in requests).items()))
+
+
+def test_backlog_of_many_windows_drains_with_no_429_and_full_windows(
+    prefix: str, rclient: redis.Redis, sandbox_factory: Callable[..., Sandbox], worker_factory: Any
+) -> None:
+    sandbox = sandbox_factory("--quota-limit", str(LIMIT), "--quota-window-s", str(WINDOW_S))
+    prospects = 130
+    start_pipeline(prefix, rclient, sandbox, worker_factory, prospects)
+    wait_drained(sandbox, rclient, prefix, prospects)
+    reqs = patches(sandbox)
+    windows = per_window(reqs)
+    full = list(windows.values())[1:-1]  # the first and last windows are partly idle
+    print(f"\nrequests per {WINDOW_S:.0f} s window (limit {LIMIT}): {list(windows.values())}")
+    assert sandbox.stats()["rate_limited"] == 0
+    assert len(reqs) == prospects
+    assert len(full) >= 4
+    assert all(n >= 0.95 * LIMIT for n in full), windows
+
+
+def test_forced_429_pauses_every_worker_until_the_reset(
+    prefix: str, rclient: redis.Redis, sandbox_factory: Callable[..., Sandbox], worker_factory: Any
+) -> None:
+    sandbox = sandbox_factory("--quota-limit", "1000", "--quota-window-s", "3600")
+    reset = sandbox.post("/_sandbox/quota/test-user/pause", {"reset_in_s": 3})["reset"]
+    prospects = 60
+    start_pipeline(prefix, rclient, sandbox, worker_factory, prospects)
+    wait_drained(sandbox, rclient, prefix, prospects)
+    reqs = patches(sandbox)
+    limited = [r for r in reqs if r["status"] == 429]
+    ok = [r for r in reqs if r["status"] == 200]
+    assert limited, "the forced pause was never seen"
+    first_429 = limited[0]["time"]
+    # Requests already in flight when the first 429 answered may still arrive; nothing later.
+    during = [r for r in reqs if first_429 + 0.25 < r["time"] < reset]
+    resumed = min(r["time"] for r in ok) - reset
+    print(
+        f"\n429s={len(limited)} (all within {limited[-1]['time'] - first_429:.3f} s) "
+        f"sent during the pause={len(during)} first after the reset=+{resumed:.2f} s"
+    )
+    assert during == []
+    assert 0 <= resumed < 1.0
+    assert len({r["prospect_id"] for r in ok}) == prospects
+
+
+def test_other_integration_spending_the_quota_causes_no_storm(
+    prefix: str, rclient: redis.Redis, sandbox_factory: Callable[..., Sandbox], worker_factory: Any
+) -> None:
+    sandbox = sandbox_factory("--quota-limit", str(LIMIT), "--quota-window-s", str(WINDOW_S))
+    stop = threading.Event()
+
+    def other_integration() -> None:
+        while not stop.wait(WINDOW_S / 2):
+            sandbox.post("/_sandbox/quota/test-user/spend", {"n": 3})
+
+    spender = threading.Thread(target=other_integration, daemon=True)
+    spender.start()
+    try:
+        prospects = 100
+        start_pipeline(prefix, rclient, sandbox, worker_factory, prospects)
+        wait_drained(sandbox, rclient, prefix, prospects)
+    finally:
+        stop.set()
+        spender.join()
+    reqs = patches(sandbox)
+    limited = per_window([r for r in reqs if r["status"] == 429])
+    print(f"\n429s per window while another integration spends: {limited}")
+    bad = [w for w, n in limited.items() if n > 1]
+    if bad:
+        print(
+            "DEBUG",
+            [
+                (round(r["time"] - bad[0] * WINDOW_S, 3), r["status"])
+                for r in reqs
+                if int(r["time"] // WINDOW_S) in (bad[0] - 1, bad[0])
+            ],
+        )
+        print("DEBUG spend", sandbox.get("/_sandbox/requests?since=0")["requests"][:0])
+    assert all(n <= 1 for n in limited.values()), limited
+    assert len(sandbox.prospects()) == prospects
