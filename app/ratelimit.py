@@ -1,7 +1,9 @@
 """The quota gate: one Outreach request budget per user, shared through Redis by every worker.
 
-The strictest of three bounds wins: our moving window (``limits``' Redis storage), the server's
-last ``X-RateLimit-Remaining`` minus what was granted since, and the pause after a 429.
+A 429 pauses the user everywhere until the reset Outreach names. Otherwise, while Outreach
+reports its budget (``X-RateLimit-*``), that figure governs, less our requests still in
+flight, with a careful reserve, probes and a guard band (see ``lua/quota_reserve.lua``); when
+it reports nothing, our moving window (``limits``' Redis storage) models the quota.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ SAME_WINDOW_TOLERANCE_S = 1.0
 MAX_TAKE_ATTEMPTS = 3
 #: The most of a quota `reserve_share` may hold back: beyond it the service would starve.
 MAX_RESERVE_SHARE = 0.5
-PROBE = "probe"
 #: An unanswered probe (first request after a reported window ended) may be repeated after this.
 PROBE_TIMEOUT_S = 2.0
 #: Below this share of the limit left at the server (and at least CAREFUL_MIN), requests go
@@ -45,6 +46,11 @@ CAREFUL_MIN = 3
 FRESH_SHARE = 0.05
 FRESH_MIN_S = 0.05
 FRESH_MAX_S = 1.0
+#: Nothing is sent this close before a reported reset (this share of the window, within
+#: these bounds): a request could land after the reset and spend the next window unseen.
+GUARD_SHARE = 0.02
+GUARD_MIN_S = 0.05
+GUARD_MAX_S = 1.0
 
 _STORE_ERRORS = (RedisError, StorageError, OSError)
 
@@ -70,8 +76,8 @@ class Grant:
 class QuotaState:
     """A user's quota as the CLI and status API show it; times are epoch seconds.
 
-    ``server_remaining`` is the server's last reported remaining minus what was granted
-    since; it and ``server_reset_s`` are None when no report is in force.
+    ``server_remaining`` is the server's lowest reported remaining of the window minus our
+    requests in flight; it and ``server_reset_s`` are None when no report is in force.
     """
 
     limit: int
@@ -88,7 +94,8 @@ class _Reservation:
     paused_until_s: float
     permits: int
     server_spent_until_s: float
-    gen: str
+    kind: str
+    mode: str
 
 
 class QuotaGate:
@@ -170,7 +177,8 @@ class QuotaGate:
         if reset is None:
             # Unknown reset: hold the report briefly; the next response brings a fresh one.
             reset = until if until is not None else now + self._fallback_pause_s
-        paused = await self._record(user, "observe", now, remaining, reset, until, sent_s)
+        limit = "" if budget is None or budget.limit is None else str(budget.limit)
+        paused = await self._record(user, "observe", now, remaining, reset, until, sent_s, limit)
         return None if until is None else max(paused, until)
 
     async def pause(self, user: str, until_s: float) -> None:
@@ -186,7 +194,7 @@ class QuotaGate:
             reset_s, remaining = await self._limiter.get_window_stats(item)
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.get(f"{ns}:pause")
-                pipe.hmget(f"{ns}:server", ["remaining", "reset", "granted"])
+                pipe.hmget(f"{ns}:server", ["remaining", "reset", "inflight"])
                 paused_raw, server = await pipe.execute()
         except _STORE_ERRORS as exc:
             raise QuotaUnavailable(user, "state") from exc
@@ -198,7 +206,7 @@ class QuotaGate:
             remaining=remaining,
             reset_s=reset_s,
             paused_until_s=paused if paused > now else None,
-            server_remaining=int(_num(server[0]) - _num(server[2])) if active else None,
+            server_remaining=max(0, int(_num(server[0]) - _num(server[2]))) if active else None,
             server_reset_s=server_reset if active else None,
         )
 
@@ -208,21 +216,23 @@ class QuotaGate:
         key, expiry = item.key_for(), item.get_expiry()
         oldest, used = await self._window.get_moving_window(key, cap, expiry)
         free = max(0, cap - used)
-        careful = max(CAREFUL_MIN, math.ceil(item.amount * CAREFUL_SHARE))
-        fresh = min(FRESH_MAX_S, max(FRESH_MIN_S, expiry * FRESH_SHARE))
-        res = await self._reserve_server(user, min(want, free), careful, fresh)
+        res = await self._reserve_server(user, want, item, cap, free)
+        if res.mode == "server":
+            # Outreach's own figure governs; our window is not consulted.
+            if res.permits:
+                return Grant(res.permits, 0.0)
+            return _refusal(max(res.paused_until_s, res.server_spent_until_s))
         if res.permits == 0:
             blockers = [res.paused_until_s, res.server_spent_until_s]
             if free == 0:
                 blockers.append(oldest + expiry)
             return _refusal(max(blockers))
         granted, next_free_s = await self._take(key, cap, expiry, res.permits)
-        if res.gen == PROBE and not granted:
-            # The probe lost the race for our own window: let the next caller probe.
-            await self._redis.hdel(f"{self._keys.quota(user)}:server", "probe")  # type: ignore[misc]
-        elif res.gen and granted < res.permits:
+        if granted < res.permits:
+            # Our window refused some after the server reserved them: they never fly.
             ns = self._keys.quota(user)
-            await self._refund(keys=[f"{ns}:server"], args=[res.gen, res.permits - granted])
+            probe = res.kind if not granted else ""
+            await self._refund(keys=[f"{ns}:server"], args=[res.permits - granted, probe])
         return Grant(granted, 0.0) if granted else _refusal(next_free_s)
 
     async def _take(self, key: str, cap: int, expiry: int, cost: int) -> tuple[int, float]:
@@ -237,18 +247,22 @@ class QuotaGate:
         return 0, 0.0
 
     async def _reserve_server(
-        self, user: str, want: int, careful: int, fresh_s: float
+        self, user: str, want: int, item: RateLimitItem, cap: int, free: int
     ) -> _Reservation:
         ns = self._keys.quota(user)
-        raw = await self._reserve(
-            keys=[f"{ns}:pause", f"{ns}:server"],
-            args=[repr(time.time()), want, repr(PROBE_TIMEOUT_S), careful, repr(fresh_s)],
-        )
+        careful = max(CAREFUL_MIN, math.ceil(item.amount * CAREFUL_SHARE))
+        fresh = min(FRESH_MAX_S, max(FRESH_MIN_S, item.get_expiry() * FRESH_SHARE))
+        headroom = item.amount - cap
+        args: list[str | int] = [repr(time.time()), want, repr(PROBE_TIMEOUT_S), careful]
+        guard = min(GUARD_MAX_S, max(GUARD_MIN_S, item.get_expiry() * GUARD_SHARE))
+        args += [repr(fresh), headroom, item.amount, free, repr(guard)]
+        raw = await self._reserve(keys=[f"{ns}:pause", f"{ns}:server"], args=args)
         return _Reservation(
             paused_until_s=_num(raw[0]),
             permits=int(raw[1]),
             server_spent_until_s=_num(raw[2]),
-            gen=_text(raw[3]),
+            kind=_text(raw[3]),
+            mode=_text(raw[4]),
         )
 
     async def _record(
@@ -260,11 +274,13 @@ class QuotaGate:
         reset_s: float,
         until: float | None,
         sent_s: float | None = None,
+        limit: str = "",
     ) -> float:
         ns = self._keys.quota(user)
         pause = "" if until is None else repr(until)
         sent = "" if sent_s is None else repr(sent_s)
         args = [repr(now), remaining, repr(reset_s), pause, repr(SAME_WINDOW_TOLERANCE_S), sent]
+        args.append(limit)
         try:
             raw = await self._observe(keys=[f"{ns}:server", f"{ns}:pause"], args=args)
         except _STORE_ERRORS as exc:

@@ -75,6 +75,7 @@ def test_backlog_of_many_windows_drains_with_no_429_and_full_windows(
     windows = per_window(reqs)
     full = list(windows.values())[1:-1]  # the first and last windows are partly idle
     print(f"\nrequests per {WINDOW_S:.0f} s window (limit {LIMIT}): {list(windows.values())}")
+    _explain(reqs, [w for w, n in list(windows.items())[1:-1] if n != LIMIT])
     assert sandbox.stats()["rate_limited"] == 0
     assert len(reqs) == prospects
     assert len(full) >= 4
@@ -128,16 +129,13 @@ def test_other_integration_spending_the_quota_causes_no_storm(
     reqs = patches(sandbox)
     limited = per_window([r for r in reqs if r["status"] == 429])
     print(f"\n429s per window while another integration spends: {limited}")
-    bad = [w for w, n in limited.items() if n > 1]
-    if bad:
-        print(
-            "DEBUG",
-            [
-                (round(r["time"] - bad[0] * WINDOW_S, 3), r["status"])
-                for r in reqs
-                if int(r["time"] // WINDOW_S) in (bad[0] - 1, bad[0])
-            ],
-        )
-        print("DEBUG spend", sandbox.get("/_sandbox/requests?since=0")["requests"][:0])
+    _explain(reqs, [w for w, n in limited.items() if n > 1])
     assert all(n <= 1 for n in limited.values()), limited
     assert len(sandbox.prospects()) == prospects
+
+
+def _explain(requests: list[dict[str, Any]], windows: list[int]) -> None:
+    """On an odd window, print its requests (seconds into the window, status) to diagnose."""
+    for w in windows[:1]:
+        seen = [r for r in requests if int(r["time"] // WINDOW_S) in (w - 1, w)]
+        print("window", w, [(round(r["time"] - w * WINDOW_S, 3), r["status"]) for r in seen])

@@ -150,9 +150,8 @@ async def test_lower_server_remaining_caps_every_gate_until_its_reset(make_gate:
         answer = {"X-RateLimit-Remaining": str(left), "X-RateLimit-Reset": repr(reset)}
         await b.observe(USER, 200, answer, None, sent_s=time.time())
         assert (await (a if left % 2 else b).acquire(USER, 10, limit=limit)).granted == 1
-    await a.observe(
-        USER, 200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": repr(reset)}, None
-    )
+    spent = {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": repr(reset)}
+    await a.observe(USER, 200, spent, None, sent_s=time.time())
     refused = await a.acquire(USER, 1, limit=limit)
     assert refused.granted == 0
     assert 0 < refused.wait_s <= 1.5
@@ -164,7 +163,7 @@ async def test_lower_server_remaining_caps_every_gate_until_its_reset(make_gate:
     assert (await b.acquire(USER, 10, limit=limit)).granted == 1
     assert (await a.acquire(USER, 10, limit=limit)).granted == 0
     fresh = {"X-RateLimit-Remaining": "40", "X-RateLimit-Reset": repr(time.time() + 5)}
-    await b.observe(USER, 200, fresh, None)
+    await b.observe(USER, 200, fresh, None, sent_s=time.time())  # the probe's answer
     assert (await a.acquire(USER, 10, limit=limit)).granted == 10
     assert (await b.state(USER, limit=limit)).server_remaining == 30
 
@@ -184,14 +183,16 @@ async def test_reports_of_one_window_keep_the_lowest_and_a_new_window_replaces(
     reset = repr(time.time() + 30)
     await gate.observe(USER, 200, {"X-RateLimit-Remaining": "40", "X-RateLimit-Reset": reset}, "")
     assert (await gate.acquire(USER, 4, limit=limit)).granted == 4
-    # Answered before our 4 reached the server: it must not give them back.
-    await gate.observe(USER, 200, {"X-RateLimit-Remaining": "39", "X-RateLimit-Reset": reset}, "")
+    # The answer to one of our 4: the other 3 are still in flight and may not be counted yet.
+    answer = {"X-RateLimit-Remaining": "39", "X-RateLimit-Reset": reset}
+    await gate.observe(USER, 200, answer, "", sent_s=time.time())
     assert (await gate.state(USER, limit=limit)).server_remaining == 36
     # Spent freely down to the careful reserve (10 of 100), then one at a time.
     assert (await gate.acquire(USER, 100, limit=limit)).granted == 26
     later = repr(time.time() + 60)
     await gate.observe(USER, 200, {"X-RateLimit-Remaining": "50", "X-RateLimit-Reset": later}, "")
-    assert (await gate.state(USER, limit=limit)).server_remaining == 50
+    # A newer window replaces the figure; our 3 + 26 requests still in flight still count.
+    assert (await gate.state(USER, limit=limit)).server_remaining == 50 - 29
 
 
 async def test_server_budget_counts_exactly_what_was_granted_under_races(

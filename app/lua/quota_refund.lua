@@ -1,9 +1,7 @@
--- Gives back permits reserved by quota_reserve.lua that the window then refused. A newer
--- observation has already reset the count, so then there is nothing to give back.
--- KEYS[1] server budget (hash). ARGV: gen seen when reserving, permits to give back.
--- Returns 1 when given back, else 0.
-if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then
-  return 0
-end
-redis.call('HINCRBY', KEYS[1], 'granted', -tonumber(ARGV[2]))
+-- Gives back permits reserved by quota_reserve.lua that our own window then refused: they
+-- will never be in flight.
+-- KEYS[1] server budget (hash). ARGV: permits to give back, 'probe' when one was a probe.
+local left = redis.call('HINCRBY', KEYS[1], 'inflight', -tonumber(ARGV[1]))
+if tonumber(left) < 0 then redis.call('HSET', KEYS[1], 'inflight', 0) end
+if ARGV[2] == 'probe' then redis.call('HDEL', KEYS[1], 'probe') end
 return 1

@@ -1,57 +1,74 @@
 -- Checks a user's shared pause and reserves permits against the server's last reported
 -- budget in one step, so two workers cannot both spend the same server-reported remainder.
+--
+-- Mode: with no report, our own window models the quota ("own"). With a report whose limit
+-- is known and not above ours, the server's figure alone governs ("server"): our moving
+-- window would only add a second, out-of-phase limit. Otherwise both apply ("both").
+-- What the server has left for us is its lowest report of the window minus our requests
+-- still in flight (granted, not yet answered: the report may not count them yet).
+-- Another integration may spend the same budget between two of our observations, so that
+-- figure is spent freely only down to a careful reserve; below it one request goes out at a
+-- time, each after the answer to the one before (a 429 then costs at most one request).
+-- A stale report (its window ended, or older than `fresh`) is refreshed by one probe first,
+-- and nothing is sent within `guard` of the reset: it could land after it, unseen.
 -- KEYS[1] pause (string: resume epoch s), KEYS[2] server budget (hash: remaining, reset,
--- granted since the observation, gen of the observation).
--- Another integration may spend the same budget between two of our observations, so the
--- server's figure is spent freely only down to a careful reserve; below it one request at a
--- time goes out, each after the answer to the one before, so an overshoot costs at most one
--- 429 (which then pauses the user). When the report is stale (its window ended, or it is
--- older than `fresh` seconds: others may have spent since), one probe goes out and nothing
--- more until its answer brings a fresh report.
--- ARGV: now (epoch s), permits wanted (the caller's own window already allows them),
---       seconds before an unanswered probe may be repeated, careful reserve (permits),
---       fresh (seconds a report may be relied on for a burst).
--- The unanswered-probe timeout (ARGV[3]) also frees a careful single whose answer was lost.
--- Returns {paused until or '0', permits reserved, server reset if its budget is spent or '0',
--- gen the reservation was counted under, 'probe' for a probe, or '' when no server budget
--- applies}.
+-- limit, at, inflight, probe, single).
+-- ARGV: now, permits wanted, probe timeout s (also frees a single whose answer was lost),
+--       careful reserve, fresh s, headroom (permits kept for the user), our limit amount,
+--       permits free in our own window, guard s.
+-- Returns {paused until or '0', permits, retry-at epoch s or '0', 'probe' or '', mode}.
 local now, want = tonumber(ARGV[1]), tonumber(ARGV[2])
+local timeout, careful, fresh = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local headroom, amount, free = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local guard = tonumber(ARGV[9])
+local function t(x) return string.format('%.17g', x) end
+local function grant(n, kind, mode)
+  if n > 0 then redis.call('HINCRBY', KEYS[2], 'inflight', n) end
+  return {'0', n, '0', kind, mode}
+end
 
 local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
 if paused > now then
-  return {string.format('%.17g', paused), 0, '0', ''}
+  return {t(paused), 0, '0', '', 'paused'}
 end
 
-local s = redis.call('HMGET', KEYS[2], 'remaining', 'reset', 'granted', 'gen', 'probe', 'at', 'single')
-if not s[1] or want <= 0 then
-  return {'0', want, '0', ''}
+local s = redis.call('HMGET', KEYS[2], 'remaining', 'reset', 'limit', 'at', 'inflight',
+  'probe', 'single')
+if not s[1] then
+  return grant(math.min(want, free), '', 'own')
 end
-if tonumber(s[2] or '0') <= now or now - tonumber(s[6] or '0') > tonumber(ARGV[5]) then
-  if tonumber(s[5] or '0') > now then
-    return {'0', 0, string.format('%.17g', now + 0.05), ''}
+local mode = 'both'
+if s[3] and tonumber(s[3]) <= amount then mode = 'server' end
+if mode == 'both' then want = math.min(want, free) end
+if want <= 0 then
+  return {'0', 0, '0', '', mode}
+end
+
+local reset = tonumber(s[2])
+local left = tonumber(s[1]) - tonumber(s[5] or '0')
+if mode == 'server' then left = left - headroom end
+if reset > now and left <= 0 then
+  -- Within a window the server's figure only falls: nothing to learn before the reset.
+  return {'0', 0, s[2], '', mode}
+end
+if reset <= now or now - tonumber(s[4] or '0') > fresh then
+  if tonumber(s[6] or '0') > now then
+    return {'0', 0, t(now + 0.02), 'probe', mode}
   end
-  redis.call('HSET', KEYS[2], 'probe', string.format('%.17g', now + tonumber(ARGV[3])))
-  return {'0', 1, '0', 'probe'}
+  redis.call('HSET', KEYS[2], 'probe', t(now + timeout))
+  return grant(1, 'probe', mode)
+end
+if reset - now < guard then
+  return {'0', 0, s[2], '', mode}
 end
 
-local granted = tonumber(s[3] or '0')
-local left = tonumber(s[1]) - granted
-local careful = tonumber(ARGV[4])
-local n = 0
-if left > careful then
-  n = math.min(want, left - careful)
-elseif left > 0 then
-  -- One at a time: until the answer to the outstanding one (sent at or after `single`).
+local n = math.min(want, left - careful)
+if n <= 0 then
   local single = tonumber(s[7] or '0')
-  if single > 0 and single + tonumber(ARGV[3]) > now then
-    return {'0', 0, string.format('%.17g', now + 0.02), ''}
+  if single > 0 and single + timeout > now then
+    return {'0', 0, t(now + 0.02), '', mode}
   end
-  redis.call('HSET', KEYS[2], 'single', string.format('%.17g', now))
+  redis.call('HSET', KEYS[2], 'single', t(now))
   n = 1
 end
-if n > 0 then
-  redis.call('HINCRBY', KEYS[2], 'granted', n)
-end
-local spent = '0'
-if left <= 0 then spent = s[2] end
-return {'0', n, spent, s[4] or ''}
+return grant(n, '', mode)
