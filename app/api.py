@@ -10,8 +10,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from app.ingest import ingest_async, read_profiles
+from app.ratelimit import QuotaGate
 from app.registry import Registry
 from app.settings import Settings
+from app.status import destination_status, make_gate
 from app.store import ProspectStore
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STORE = web.AppKey("store", ProspectStore)
 REGISTRY = web.AppKey("registry", Registry)
 SETTINGS = web.AppKey("settings", Settings)
+GATE = web.AppKey("gate", QuotaGate)
 
 
 def error(status: int, title: str, detail: str, *, pointer: str | None = None) -> web.Response:
@@ -52,14 +55,13 @@ async def post_profiles(request: web.Request) -> web.Response:
 
 async def get_status(request: web.Request) -> web.Response:
     dest_id = request.match_info["destination_id"]
-    if await request.app[REGISTRY].destination(dest_id) is None:
-        return error(404, "Unknown destination", f"no destination {dest_id!r}")
-    store = request.app[STORE]
-    pending, in_flight = await store.backlog(dest_id)
-    counters = await store.counters(dest_id)
-    return web.json_response(
-        {"destination": dest_id, "pending": pending, "in_flight": in_flight, "counters": counters}
+    app = request.app
+    doc = await destination_status(
+        dest_id, store=app[STORE], registry=app[REGISTRY], gate=app[GATE]
     )
+    if doc is None:
+        return error(404, "Unknown destination", f"no destination {dest_id!r}")
+    return web.json_response(doc)
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -88,6 +90,7 @@ def make_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[STORE] = ProspectStore(client, settings.keys)
     app[REGISTRY] = Registry(client, settings.keys)
+    app[GATE] = make_gate(client, settings)
     app.router.add_post("/v1/destinations/{destination_id}/profiles", post_profiles)
     app.router.add_get("/v1/destinations/{destination_id}/status", get_status)
     app.router.add_get("/healthz", healthz)

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from app.destinations import load_config
+from app.processes import stop_all
 from app.sample import Sample, generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,13 +176,7 @@ def run_demo(*, keep_serving: bool) -> int:
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 def _summary(

@@ -15,33 +15,46 @@ from app.settings import Settings
 from app.store import ProspectStore
 
 
+async def destination_status(
+    dest_id: str, *, store: ProspectStore, registry: Registry, gate: QuotaGate
+) -> dict[str, Any] | None:
+    """One destination's backlog, counters and its Outreach user's budget (None: unknown)."""
+    dest = await registry.destination(dest_id)
+    if dest is None:
+        return None
+    conn = await registry.connection(dest.connection)
+    pending, in_flight = await store.backlog(dest_id)
+    doc: dict[str, Any] = {
+        "destination": dest_id,
+        "enabled": dest.enabled,
+        "pending": pending,
+        "in_flight": in_flight,
+        "counters": await store.counters(dest_id),
+    }
+    if conn is not None:
+        q = await gate.state(conn.user, limit=conn.rate_limit)
+        doc["quota"] = {"user": conn.user, **dataclasses.asdict(q)}
+    return doc
+
+
+def make_gate(client: aioredis.Redis, settings: Settings) -> QuotaGate:
+    return QuotaGate(
+        client,
+        storage_uri="async+" + str(settings.redis_url),
+        prefix=settings.redis_key_prefix,
+        fallback_pause_s=settings.rate_limit_fallback_pause_s,
+    )
+
+
 async def collect_status(settings: Settings, only: str | None = None) -> list[dict[str, Any]]:
     client = aioredis.from_url(str(settings.redis_url))
     try:
         store = ProspectStore(client, settings.keys)
         registry = Registry(client, settings.keys)
-        gate = QuotaGate(
-            client, storage_uri="async+" + str(settings.redis_url), prefix=settings.redis_key_prefix
-        )
-        out = []
-        for dest_id in await registry.destination_ids():
-            if only and dest_id != only:
-                continue
-            dest = await registry.destination(dest_id)
-            conn = await registry.connection(dest.connection) if dest else None
-            pending, in_flight = await store.backlog(dest_id)
-            doc: dict[str, Any] = {
-                "destination": dest_id,
-                "enabled": bool(dest and dest.enabled),
-                "pending": pending,
-                "in_flight": in_flight,
-                "counters": await store.counters(dest_id),
-            }
-            if conn is not None:
-                q = await gate.state(conn.user, limit=conn.rate_limit)
-                doc["quota"] = {"user": conn.user, **dataclasses.asdict(q)}
-            out.append(doc)
-        return out
+        gate = make_gate(client, settings)
+        ids = [only] if only else await registry.destination_ids()
+        docs = [await destination_status(d, store=store, registry=registry, gate=gate) for d in ids]
+        return [d for d in docs if d is not None]
     finally:
         await client.aclose()
 
@@ -63,8 +76,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
             until = (
                 f" paused until {time.strftime('%H:%M:%S', time.gmtime(paused))}Z" if paused else ""
             )
+            server = q.get("server_remaining")
+            told = f" outreach_remaining={server}" if server is not None else ""
             lines.append(
-                f"  quota {q['user']}: used={q.get('used')} remaining={q.get('remaining')}{until}"
+                f"  quota {q['user']}: used={q['used']} remaining={q['remaining']}{told}{until}"
             )
     return "\n".join(lines) or "no destinations configured"
 

@@ -113,6 +113,8 @@ async def test_status_reports_backlog_and_counters(api: str) -> None:
     assert doc["pending"] == 1
     assert doc["counters"]["profiles_received"] == 2
     assert doc["counters"]["profiles_excluded"] == 1
+    assert doc["quota"]["user"] == "test-user"
+    assert (doc["quota"]["limit"], doc["quota"]["used"]) == (10000, 0)
 
 
 def test_cli_ingest_reads_ndjson_from_stdin_and_summarises(

@@ -1,0 +1,100 @@
+"""Starting the real things as processes: the sandbox and Celery workers (tests use it too)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.processes import stop_all
+
+__all__ = ["ROOT", "Sandbox", "free_port", "http_json", "start_worker", "stop_all", "wait_until"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_json(url: str, body: Any = None, method: str | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def wait_until(
+    check: Callable[[], bool], *, timeout_s: float, what: str, every_s: float = 0.1
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class Sandbox:
+    """A sandbox process on a free port; ``args`` are the sandbox CLI's options."""
+
+    def __init__(self, *args: str, token: str = "test-token=test-user") -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.api_url = f"{self.url}/api/v2"
+        cmd = [sys.executable, "-m", "app.sandbox", "--host", "127.0.0.1", "--port", str(port)]
+        self.proc = subprocess.Popen(
+            [*cmd, "--static-token", token, *args], cwd=ROOT, stdout=subprocess.DEVNULL
+        )
+        wait_until(self._answers, timeout_s=20, what="the sandbox to listen")
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"sandbox exited with {self.proc.returncode}")
+        try:
+            self.stats()
+        except OSError:
+            return False
+        return True
+
+    def get(self, path: str) -> Any:
+        return http_json(f"{self.url}{path}")
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return http_json(f"{self.url}{path}", body if body is not None else {}, method="POST")
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get("/_sandbox/stats")
+        return result
+
+    def prospects(self) -> dict[int, dict[str, Any]]:
+        return {int(k): v for k, v in self.get("/_sandbox/prospects").items()}
+
+    def patches(self) -> list[dict[str, Any]]:
+        log = self.get("/_sandbox/requests?since=0")["requests"]
+        return [r for r in log if r["method"] == "PATCH"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def start_worker(
+    env: dict[str, str], *, name: str, concurrency: int = 1, app: str = "workers.celery_app"
+) -> subprocess.Popen[bytes]:
+    """A real Celery worker process of ``app`` with ``env`` added to this environment."""
+    cmd = [sys.executable, "-m", "celery", "-q", "-A", app, "worker", "-c", str(concurrency)]
+    cmd += ["--loglevel", "WARNING", "-n", f"{name}@%h"]
+    cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env})
