@@ -14,7 +14,7 @@ from app.classify import classify
 from app.destinations import Connection, Destination
 from app.errors import DeliveryError, Permanent, RateLimited, Retryable, Unauthorized
 from app.outreach import OutreachClient
-from app.ratelimit import QuotaGate
+from app.ratelimit import Grant, QuotaGate
 from app.registry import Registry
 from app.settings import Settings
 from app.store import Claimed, Outcome, ProspectStore
@@ -101,7 +101,7 @@ class Deliverer:
 
     async def _send_batch(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool:
         """Send what the quota allows; False when it ran out (the drain should stop)."""
-        grant = await self.gate.acquire(lot.conn.user, len(claimed), limit=lot.conn.rate_limit)
+        grant = await self._permits(lot, len(claimed))
         go, wait = claimed[: grant.granted], claimed[grant.granted :]
         now = _now_ms()
         due = now
@@ -116,6 +116,24 @@ class Deliverer:
         stats["deferred"] += len(wait)
         await asyncio.gather(*(self._send_one(lot, c, stats) for c in go))
         return bool(go)
+
+    async def _permits(self, lot: Lot, want: int) -> Grant:
+        """The user's permits, within the destination's own share of them when it has one."""
+        conn, dest, share = lot.conn, lot.dest.id, lot.dest.quota_share
+        if share is None:
+            return await self.gate.acquire(
+                conn.user, want, limit=conn.rate_limit, reserve_share=conn.reserve_share
+            )
+        part, token = await self.gate.take_share(
+            conn.user, dest, want, limit=conn.rate_limit, share=share
+        )
+        if not part.granted:
+            return part
+        grant = await self.gate.acquire(
+            conn.user, part.granted, limit=conn.rate_limit, reserve_share=conn.reserve_share
+        )
+        await self.gate.refund_share(conn.user, dest, token, part.granted, grant.granted)
+        return grant
 
     async def _send_one(self, lot: Lot, c: Claimed, stats: Counter[str]) -> None:
         access = lot.conn.access_token

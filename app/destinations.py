@@ -159,6 +159,8 @@ class Connection(_Model):
     access_token: SecretStr | None = None
     refresh_token: SecretStr | None = None
     rate_limit: Annotated[str, AfterValidator(_rate_limit)] = "10000/hour"
+    #: Share of the user's quota left unspent, for the user's own work in Outreach.
+    reserve_share: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
 
     @model_validator(mode="before")
     @classmethod
@@ -186,6 +188,9 @@ class Destination(_Model):
     attributes: dict[Key, Target] = Field(default_factory=dict)
     status_values: dict[Status, StatusValue | None] = Field(default_factory=_identity_statuses)
     coalesce_window_ms: Annotated[StrictInt, Field(ge=0)] | None = None
+    #: Most of its user's quota this destination may spend (None: no cap of its own), so
+    #: destinations sharing an Outreach user cannot starve one another.
+    quota_share: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
 
     @field_validator("status_values", mode="after")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -122,6 +123,7 @@ class QuotaGate:
         self._reserve = redis.register_script(_lua("quota_reserve"))
         self._refund = redis.register_script(_lua("quota_refund"))
         self._observe = redis.register_script(_lua("quota_observe"))
+        self._share = redis.register_script(_lua("share_take"))
 
     async def aclose(self) -> None:
         """Close the ``limits`` storage's own client, if it has one (the given one stays open)."""
@@ -147,6 +149,36 @@ class QuotaGate:
             return await self._acquire(user, item, cap, want)
         except _STORE_ERRORS as exc:
             raise QuotaUnavailable(user, "acquire") from exc
+
+    async def take_share(
+        self, user: str, part: str, want: int, *, limit: str, share: float
+    ) -> tuple[Grant, str]:
+        """Up to ``want`` permits from ``part``'s ``share`` of ``user``'s quota (one
+        destination's cap). Then take the user's permits with :meth:`acquire`, and give back
+        what it refused with :meth:`refund_share` and the returned token."""
+        item = self._item(user, limit)
+        cap = max(1, math.floor(item.amount * share))
+        token = uuid.uuid4().hex
+        args: list[int | str] = [int(time.time() * 1000), item.get_expiry() * 1000, cap, want]
+        args.append(token)
+        try:
+            taken, free_ms = await self._share(keys=[self._share_key(user, part)], args=args)
+        except _STORE_ERRORS as exc:
+            raise QuotaUnavailable(user, "take_share") from exc
+        grant = Grant(int(taken), 0.0) if taken else _refusal(int(free_ms) / 1000)
+        return grant, token
+
+    async def refund_share(self, user: str, part: str, token: str, taken: int, used: int) -> None:
+        """Give back the permits ``taken - used`` of a :meth:`take_share` that were not used."""
+        members = [f"{token}:{i}" for i in range(used + 1, taken + 1)]
+        if members:
+            try:
+                await self._redis.zrem(self._share_key(user, part), *members)
+            except _STORE_ERRORS as exc:
+                raise QuotaUnavailable(user, "refund_share") from exc
+
+    def _share_key(self, user: str, part: str) -> str:
+        return f"{self._keys.quota(user)}:share:{part}"
 
     async def observe(
         self,

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 
+from app.destinations import parse_config
 from app.keys import Keys
 from app.producer import Producer
 from app.registry import publish_sync
@@ -139,3 +140,56 @@ def _explain(requests: list[dict[str, Any]], windows: list[int]) -> None:
     for w in windows[:1]:
         seen = [r for r in requests if int(r["time"] // WINDOW_S) in (w - 1, w)]
         print("window", w, [(round(r["time"] - w * WINDOW_S, 3), r["status"]) for r in seen])
+
+
+def _two_destinations(rclient: redis.Redis, prefix: str, *, reserve_share: float) -> None:
+    conn = {
+        "id": "conn",
+        "user": "test-user",
+        "access_token": "test-token",
+        "rate_limit": f"{LIMIT} per {int(WINDOW_S)} seconds",
+        "reserve_share": reserve_share,
+    }
+    dests = [
+        {"id": d, "name": d, "connection": "conn", "audiences": {"aud-1": 1}, "quota_share": 0.5}
+        for d in ("big", "small")
+    ]
+    publish_sync(
+        rclient, Keys(prefix), parse_config({"connections": [conn], "destinations": dests})
+    )
+
+
+def test_destinations_sharing_a_user_each_get_their_share_and_headroom_is_kept(
+    prefix: str, rclient: redis.Redis, sandbox_factory: Callable[..., Sandbox], worker_factory: Any
+) -> None:
+    sandbox = sandbox_factory("--quota-limit", str(LIMIT), "--quota-window-s", str(WINDOW_S))
+    env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0", CLAIM_BATCH="5")
+    _two_destinations(rclient, prefix, reserve_share=0.1)
+    for name in ("a", "b", "c"):
+        worker_factory(env, concurrency=1, name=name)
+    producer = Producer(make_settings(env))
+    producer.send("big", [_membership(5000 + p) for p in range(80)])
+    producer.send("small", [_membership(9000 + p) for p in range(27)])
+    wait_until(
+        lambda: len(sandbox.prospects()) == 107, timeout_s=60, what="both backlogs", every_s=0.2
+    )
+    reqs = patches(sandbox)
+    per_dest: dict[str, Counter[int]] = {"big": Counter(), "small": Counter()}
+    for r in reqs:
+        per_dest["big" if r["prospect_id"] < 9000 else "small"][int(r["time"] // WINDOW_S)] += 1
+    total = per_window(reqs)
+    print(f"\nper window: big={dict(per_dest['big'])} small={dict(per_dest['small'])}")
+    assert sandbox.stats()["rate_limited"] == 0
+    headroom_cap = LIMIT - round(LIMIT * 0.1)
+    assert max(total.values()) <= headroom_cap  # 10% of each window left to the user
+    assert max(per_dest["big"].values()) <= LIMIT // 2  # its share, though its backlog is larger
+    # The small destination is never starved: it finishes within its own share's pace.
+    small_windows = sorted(per_dest["small"])
+    assert small_windows[-1] - small_windows[0] + 1 <= 27 // (LIMIT // 2) + 2
+
+
+def _membership(pid: int) -> dict[str, Any]:
+    return {
+        "identityMap": {"OutreachId": [{"id": str(pid)}]},
+        "segmentMembership": {"ups": {"aud-1": {"status": "realized"}}},
+    }

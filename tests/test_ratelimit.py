@@ -294,3 +294,22 @@ async def test_redis_errors_are_wrapped() -> None:
     finally:
         await gate.aclose()
         await client.aclose()
+
+
+async def test_a_part_takes_at_most_its_share_and_unused_permits_come_back(
+    make_gate: MakeGate,
+) -> None:
+    gates = [make_gate() for _ in range(4)]
+    limit = "20 per 10 seconds"  # a share of 0.5 is 10 permits
+    taken = await asyncio.gather(
+        *(g.take_share(USER, "big", 4, limit=limit, share=0.5) for g in gates)
+    )
+    assert sum(grant.granted for grant, _ in taken) == 10  # racing takers never overshoot
+    refused, _ = await gates[0].take_share(USER, "big", 1, limit=limit, share=0.5)
+    assert refused.granted == 0 and 0 < refused.wait_s <= 10
+    other, _ = await gates[0].take_share(USER, "small", 10, limit=limit, share=0.5)
+    assert other.granted == 10  # each part has its own share
+    grant, token = next((g, t) for g, t in taken if g.granted >= 2)
+    await gates[1].refund_share(USER, "big", token, grant.granted, grant.granted - 2)
+    again, _ = await gates[2].take_share(USER, "big", 5, limit=limit, share=0.5)
+    assert again.granted == 2  # exactly what was given back
