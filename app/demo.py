@@ -85,31 +85,12 @@ def _clear_prefix(env: dict[str, str]) -> None:
 
 def _start(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     py = sys.executable
+    sandbox = ["--port", str(SANDBOX_PORT), "--static-token", f"{DEMO_TOKEN}=demo-user"]
+    worker = ["-q", "-A", "workers.celery_app", "worker", "-c", "2", "--loglevel", "WARNING"]
     cmds = [
-        [
-            py,
-            "-m",
-            "app.sandbox",
-            "--port",
-            str(SANDBOX_PORT),
-            "--static-token",
-            f"{DEMO_TOKEN}=demo-user",
-        ],
+        [py, "-m", "app.sandbox", *sandbox],
         [py, "-m", "app", "api"],
-        [
-            py,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "-c",
-            "2",
-            "--loglevel",
-            "WARNING",
-            "-n",
-            f"demo-{os.getpid()}@%h",
-        ],
+        [py, "-m", "celery", *worker, "-n", f"demo-{os.getpid()}@%h"],
     ]
     return [subprocess.Popen(c, env=env, cwd=ROOT) for c in cmds]
 
