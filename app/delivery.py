@@ -31,6 +31,13 @@ def backoff_s(attempts: int, *, rng: random.Random | None = None) -> float:
     return raw * (0.5 + 0.5 * (rng or random).random())
 
 
+def failure_reason(err: DeliveryError) -> str:
+    """A short, countable reason: ``http_404``, ``retries_exhausted``, ..."""
+    if isinstance(err, Permanent):
+        return f"http_{err.status}"
+    return "retries_exhausted"
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -188,20 +195,27 @@ class Deliverer:
             await self._settle(lot, c, "retry", due_ms=_now_ms() + int(delay * 1000))
 
     async def _fail(self, lot: Lot, c: Claimed, err: DeliveryError) -> None:
+        at_ms = _now_ms()
         record = {
+            "id": f"{c.prospect}:{at_ms}",
             "destination": lot.dest.id,
             "prospect": c.prospect,
+            "reason": failure_reason(err),
             "fields": c.fields,
+            # The fields' versions, so a replay obeys newer-wins like any other change.
+            "versions": await self.store.versions(lot.dest.id, c.prospect, list(c.fields)),
+            "mapping_ids": sorted(
+                int(f[6:]) for f in c.fields if f.startswith("custom") and f[6:].isdigit()
+            ),
             "status": err.status,
             "error": type(err).__name__,
             "detail": err.detail,
             "error_id": getattr(err, "error_id", None),
             "pointers": list(getattr(err, "pointers", ())),
             "attempts": c.attempts + 1,
-            "at_ms": _now_ms(),
+            "at_ms": at_ms,
         }
-        fid = f"{c.prospect}:{record['at_ms']}"
-        await self.store.record_failure(lot.dest.id, fid, record)
+        await self.store.record_failure(lot.dest.id, str(record["id"]), record)
         await self.store.count(lot.dest.id, prospects_failed=1)
         log.warning(
             "prospect update failed: destination=%s status=%s error=%s",

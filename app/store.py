@@ -245,6 +245,15 @@ class ProspectStore:
                 pipe.hincrby(self.keys.counters(dest), name, n)
         await pipe.execute()
 
+    async def versions(self, dest: str, prospect: int, fields: list[str]) -> dict[str, int]:
+        if not fields:
+            return {}
+        raw = await cast(
+            "Awaitable[list[bytes | None]]",
+            self.redis.hmget(self.keys.versions(dest, prospect), fields),
+        )
+        return {f: int(v) for f, v in zip(fields, raw, strict=True) if v is not None}
+
     async def record_failure(self, dest: str, failure_id: str, record: dict[str, Any]) -> None:
         await cast(
             "Awaitable[int]",

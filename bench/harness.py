@@ -91,10 +91,16 @@ class Sandbox:
 
 
 def start_worker(
-    env: dict[str, str], *, name: str, concurrency: int = 1, app: str = "workers.celery_app"
+    env: dict[str, str],
+    *,
+    name: str,
+    concurrency: int = 1,
+    app: str = "workers.celery_app",
+    own_group: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """A real Celery worker process of ``app`` with ``env`` added to this environment."""
+    """A real Celery worker process of ``app`` with ``env`` added to this environment;
+    ``own_group`` puts it and its pool in a process group of their own (to crash it whole)."""
     cmd = [sys.executable, "-m", "celery", "-q", "-A", app, "worker", "-c", str(concurrency)]
     cmd += ["--loglevel", "WARNING", "-n", f"{name}@%h"]
     cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env})
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, start_new_session=own_group)

@@ -85,10 +85,13 @@ def worker_factory(prefix: str) -> Iterator[Callable[..., subprocess.Popen[bytes
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(
-        env: dict[str, str], *, concurrency: int = 2, name: str = "w"
+        env: dict[str, str], *, concurrency: int = 2, name: str = "w", own_group: bool = False
     ) -> subprocess.Popen[bytes]:
-        procs.append(start_worker(env, name=f"{prefix}-{name}", concurrency=concurrency))
-        return procs[-1]
+        worker = start_worker(
+            env, name=f"{prefix}-{name}", concurrency=concurrency, own_group=own_group
+        )
+        procs.append(worker)
+        return worker
 
     yield start
     stop_all(procs)

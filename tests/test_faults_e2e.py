@@ -1,0 +1,76 @@
+"""Nothing lost under faults: 5xx, latency, dropped connections and a worker killed outright."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from app.keys import Keys
+from app.producer import Producer
+from app.registry import publish_sync
+from app.sample import generate
+from tests.conftest import Sandbox, make_settings, settings_env, wait_until
+from tests.test_end_to_end import AUDIENCES, differing, e2e_config, idle
+
+pytestmark = pytest.mark.integration
+
+
+def test_faults_and_a_killed_worker_lose_nothing(
+    prefix: str,
+    rclient: redis.Redis,
+    sandbox_factory: Callable[..., Sandbox],
+    worker_factory: Callable[..., Any],
+) -> None:
+    sandbox = sandbox_factory(
+        "--fault-5xx-rate", "0.2", "--fault-latency-ms", "20", "150",
+        "--fault-drop-rate", "0.05", "--fault-seed", "3",
+    )  # fmt: skip
+    env = settings_env(
+        prefix, sandbox, COALESCE_WINDOW_MS="200", LEASE_MS="3000", CLAIM_BATCH="20",
+        OUTREACH_TIMEOUT_S="5",
+    )  # fmt: skip
+    keys = Keys(prefix)
+    publish_sync(rclient, keys, e2e_config())
+    victim = worker_factory(env, name="victim", own_group=True)
+    producer = Producer(make_settings(env))
+    sample = generate(events=1500, prospects=300, audiences=AUDIENCES, seed=5)
+    for start in range(0, len(sample.profiles), 300):  # waves: later ones arrive mid-run
+        producer.send("e2e", sample.profiles[start : start + 300], start=start)
+        time.sleep(0.3)
+    # The victim is the only worker: killed while it holds claims, it takes them down with it.
+    wait_until(
+        lambda: sandbox.stats()["patches_ok"] > 50 and rclient.zcard(keys.leases("e2e")) > 0,
+        timeout_s=30,
+        what="the victim to hold claims",
+        every_s=0.02,
+    )
+    held = rclient.zcard(keys.leases("e2e"))
+    os.killpg(victim.pid, signal.SIGKILL)
+    worker_factory(env, name="survivor")
+    expected = sample.expected()
+
+    def done() -> bool:
+        return idle(rclient, keys, "e2e") and not differing(sandbox.prospects(), expected)
+
+    wait_until(done, timeout_s=120, what="every prospect's expected state", every_s=0.5)
+    stats = sandbox.stats()
+    counters = {k.decode(): int(v) for k, v in rclient.hgetall(keys.counters("e2e")).items()}
+    lost = len(differing(sandbox.prospects(), expected))
+    print(
+        f"\nfaults: prospects={len(expected)} requests={stats['requests']} "
+        f"ok={stats['patches_ok']} by_status={stats['by_status']} "
+        f"retried={counters.get('drain_error_retryable', 0)} "
+        f"lease_expired={counters.get('lease_expired', 0)} "
+        f"late_settles={counters.get('late_settles', 0)} "
+        f"failed={counters.get('prospects_failed', 0)} lost={lost}"
+    )
+    assert lost == 0
+    assert counters.get("prospects_failed", 0) == 0
+    assert counters.get("lease_expired", 0) >= 1, f"{held} claims held at the kill"
+    assert counters.get("drain_error_retryable", 0) > 0  # the faults really happened
