@@ -31,6 +31,19 @@ def backoff_s(attempts: int, *, rng: random.Random | None = None) -> float:
     return raw * (0.5 + 0.5 * (rng or random).random())
 
 
+ATTRIBUTE_POINTER = "/data/attributes/"
+
+
+def mapping_id_of(field: str) -> int | None:
+    """N of a ``customN`` field, else None."""
+    n = field[6:]
+    return int(n) if field.startswith("custom") and n.isdigit() else None
+
+
+def _subset(c: Claimed, fields: set[str]) -> Claimed:
+    return Claimed(c.prospect, c.first_seen_ms, c.attempts, {f: c.fields[f] for f in fields})
+
+
 def failure_reason(err: DeliveryError) -> str:
     """A short, countable reason: ``http_404``, ``retries_exhausted``, ..."""
     if isinstance(err, Permanent):
@@ -108,6 +121,12 @@ class Deliverer:
 
     async def _send_batch(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool:
         """Send what the quota allows; False when it ran out (the drain should stop)."""
+        invalid = await self.store.invalid_mappings(lot.dest.id)
+        if invalid:
+            kept = [await self._strip_invalid(lot, c, invalid, stats) for c in claimed]
+            claimed = [c for c in kept if c is not None]
+            if not claimed:
+                return True
         grant = await self._permits(lot, len(claimed))
         go, wait = claimed[: grant.granted], claimed[grant.granted :]
         now = _now_ms()
@@ -175,7 +194,7 @@ class Deliverer:
     ) -> None:
         if err is None:
             stats["delivered"] += 1
-            if not await self._settle(lot, c, "ok", delivered=tuple(c.fields)):
+            if not await self._settle(lot, c, "ok", fields=tuple(c.fields)):
                 stats["duplicates"] += 1
             return
         stats[f"error_{type(err).__name__.lower()}"] += 1
@@ -184,7 +203,7 @@ class Deliverer:
             await self.store.hold(lot.dest.id, due, now_ms=_now_ms())
             await self._settle(lot, c, "defer", due_ms=due)
         elif isinstance(err, Permanent):
-            await self._fail(lot, c, err)
+            await self._permanent(lot, c, err, stats)
         else:
             age_s = (_now_ms() - c.first_seen_ms) / 1000
             if age_s > self.settings.max_retry_age_s:
@@ -194,19 +213,54 @@ class Deliverer:
             delay = max(after or 0.0, backoff_s(c.attempts))
             await self._settle(lot, c, "retry", due_ms=_now_ms() + int(delay * 1000))
 
+    async def _permanent(self, lot: Lot, c: Claimed, err: Permanent, stats: Counter[str]) -> None:
+        """Fail what Outreach refused; when it named the bad fields, only those."""
+        named = {p.rsplit("/", 1)[-1] for p in err.pointers if p.startswith(ATTRIBUTE_POINTER)}
+        bad = named & set(c.fields)
+        if err.status == 400:
+            # "Bad request" on a custom field: its mapping ID is unusable for the account.
+            for mapping_id in filter(None, map(mapping_id_of, bad)):
+                if await self.store.mark_invalid_mapping(lot.dest.id, mapping_id):
+                    log.error("destination %s: mapping ID %d refused", lot.dest.id, mapping_id)
+        if not bad or bad == set(c.fields):
+            await self._fail(lot, c, err)
+            return
+        stats["fields_isolated"] += len(bad)
+        await self._record(lot, _subset(c, bad), err, failure_reason(err))
+        # The other fields go back to pending and are sent again at once.
+        await self._settle(lot, c, "defer", due_ms=_now_ms(), fields=tuple(bad))
+
+    async def _strip_invalid(
+        self, lot: Lot, c: Claimed, invalid: set[int], stats: Counter[str]
+    ) -> Claimed | None:
+        """Fields of mapping IDs known to be unusable are failed without a request."""
+        bad = {f for f in c.fields if mapping_id_of(f) in invalid}
+        if not bad:
+            return c
+        stats["fields_invalid_mapping"] += len(bad)
+        refusal = Permanent(None, "mapping ID marked invalid after Outreach refused its field")
+        await self._record(lot, _subset(c, bad), refusal, "invalid_mapping")
+        if bad == set(c.fields):
+            await self._settle(lot, c, "drop")
+            return None
+        await self.store.drop_inflight(lot.dest.id, c.prospect, bad)
+        return _subset(c, set(c.fields) - bad)
+
     async def _fail(self, lot: Lot, c: Claimed, err: DeliveryError) -> None:
+        await self._record(lot, c, err, failure_reason(err))
+        await self._settle(lot, c, "drop")
+
+    async def _record(self, lot: Lot, c: Claimed, err: DeliveryError, reason: str) -> None:
         at_ms = _now_ms()
         record = {
-            "id": f"{c.prospect}:{at_ms}",
+            "id": f"{c.prospect}:{at_ms}:{min(c.fields)}",
             "destination": lot.dest.id,
             "prospect": c.prospect,
-            "reason": failure_reason(err),
+            "reason": reason,
             "fields": c.fields,
             # The fields' versions, so a replay obeys newer-wins like any other change.
             "versions": await self.store.versions(lot.dest.id, c.prospect, list(c.fields)),
-            "mapping_ids": sorted(
-                int(f[6:]) for f in c.fields if f.startswith("custom") and f[6:].isdigit()
-            ),
+            "mapping_ids": sorted(filter(None, map(mapping_id_of, c.fields))),
             "status": err.status,
             "error": type(err).__name__,
             "detail": err.detail,
@@ -216,14 +270,13 @@ class Deliverer:
             "at_ms": at_ms,
         }
         await self.store.record_failure(lot.dest.id, str(record["id"]), record)
-        await self.store.count(lot.dest.id, prospects_failed=1)
+        await self.store.count(lot.dest.id, prospects_failed=1, **{f"failed:{reason}": 1})
         log.warning(
-            "prospect update failed: destination=%s status=%s error=%s",
+            "prospect update failed: destination=%s status=%s reason=%s",
             lot.dest.id,
             err.status,
-            type(err).__name__,
+            reason,
         )
-        await self._settle(lot, c, "drop")
 
     async def _settle(
         self,
@@ -232,7 +285,7 @@ class Deliverer:
         outcome: Outcome,
         *,
         due_ms: int = 0,
-        delivered: tuple[str, ...] = (),
+        fields: tuple[str, ...] = (),
     ) -> bool:
         window = lot.dest.coalesce_window_ms
         return await self.store.settle(
@@ -243,5 +296,5 @@ class Deliverer:
             now_ms=_now_ms(),
             window_ms=self.settings.coalesce_window_ms if window is None else window,
             due_ms=due_ms,
-            delivered=delivered,
+            fields=fields,
         )

@@ -77,6 +77,11 @@ class Keys:
         """ms before which no drain starts: the quota gate granted nothing until then."""
         return f"{self.prefix}:{{{dest}}}:hold"
 
+    def invalid_mappings(self, dest: str) -> str:
+        """Set of mapping IDs whose custom field Outreach refused as unusable (until the
+        destination's configuration is published again)."""
+        return f"{self.prefix}:{{{dest}}}:badmap"
+
     def counters(self, dest: str) -> str:
         """Hash counter name -> integer: dataflow totals of the destination."""
         return f"{self.prefix}:{{{dest}}}:count"

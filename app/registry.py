@@ -35,6 +35,8 @@ def publish_sync(client: redis.Redis, keys: Keys, config: Config) -> None:
         pipe.hset(keys.connections(), conn.id, _connection_doc(conn))
     for dest in config.destinations:
         pipe.hset(keys.destinations(), dest.id, dest.model_dump_json())
+        # A corrected configuration gets its mapping IDs tried again.
+        pipe.delete(keys.invalid_mappings(dest.id))
     pipe.execute()
 
 

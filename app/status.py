@@ -30,6 +30,7 @@ async def destination_status(
         "pending": pending,
         "in_flight": in_flight,
         "counters": await store.counters(dest_id),
+        "invalid_mapping_ids": sorted(await store.invalid_mappings(dest_id)),
     }
     if conn is not None:
         q = await gate.state(conn.user, limit=conn.rate_limit)

@@ -208,8 +208,10 @@ class ProspectStore:
         now_ms: int,
         window_ms: int,
         due_ms: int = 0,
-        delivered: Iterable[str] = (),
+        fields: Iterable[str] = (),
     ) -> bool:
+        """End a claim. ``fields``: for "ok" those delivered; for "retry"/"defer" those
+        dropped (failed on their own) rather than returned to pending."""
         k = self.keys
         kk = [
             *self._dest_keys(dest),
@@ -217,7 +219,7 @@ class ProspectStore:
             k.pending(dest, prospect),
             k.delivered(dest, prospect),
         ]
-        args = [prospect, token, now_ms, window_ms, outcome, due_ms, *delivered]
+        args = [prospect, token, now_ms, window_ms, outcome, due_ms, *fields]
         return bool(await self._settle(keys=kk, args=args))
 
     async def poll(
@@ -253,6 +255,21 @@ class ProspectStore:
             self.redis.hmget(self.keys.versions(dest, prospect), fields),
         )
         return {f: int(v) for f, v in zip(fields, raw, strict=True) if v is not None}
+
+    async def invalid_mappings(self, dest: str) -> set[int]:
+        raw = await cast(
+            "Awaitable[set[bytes]]", self.redis.smembers(self.keys.invalid_mappings(dest))
+        )
+        return {int(m) for m in raw}
+
+    async def mark_invalid_mapping(self, dest: str, mapping_id: int) -> bool:
+        """True when newly marked (the first worker to see it alerts)."""
+        key = self.keys.invalid_mappings(dest)
+        return bool(await cast("Awaitable[int]", self.redis.sadd(key, mapping_id)))
+
+    async def drop_inflight(self, dest: str, prospect: int, fields: Iterable[str]) -> None:
+        """Remove fields from a claimed prospect's snapshot (they were failed on their own)."""
+        await cast("Awaitable[int]", self.redis.hdel(self.keys.inflight(dest, prospect), *fields))
 
     async def record_failure(self, dest: str, failure_id: str, record: dict[str, Any]) -> None:
         await cast(

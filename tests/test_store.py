@@ -68,9 +68,7 @@ async def test_change_arriving_in_flight_is_kept_and_sent_next(store: ProspectSt
     await store.merge(D, {5: [ch("custom1", "exited", 2)]}, now_ms=T0 + W + 10, window_ms=W)
     # Not claimable while in flight: two PATCHes to one prospect must never race.
     assert await claim_all(store, T0 + 10 * W, "t2") == {}
-    ok = await store.settle(
-        D, 5, "t1", "ok", now_ms=T0 + W + 50, window_ms=W, delivered=["custom1"]
-    )
+    ok = await store.settle(D, 5, "t1", "ok", now_ms=T0 + W + 50, window_ms=W, fields=["custom1"])
     assert ok
     assert await claim_all(store, T0 + 10 * W, "t3") == {5: {"custom1": "exited"}}
 
@@ -78,7 +76,7 @@ async def test_change_arriving_in_flight_is_kept_and_sent_next(store: ProspectSt
 async def test_value_equal_to_delivered_costs_no_claim(store: ProspectStore) -> None:
     await store.merge(D, {9: [ch("custom3", "realized", 1)]}, now_ms=T0, window_ms=W)
     await claim_all(store, T0 + W, "t1")
-    await store.settle(D, 9, "t1", "ok", now_ms=T0 + W, window_ms=W, delivered=["custom3"])
+    await store.settle(D, 9, "t1", "ok", now_ms=T0 + W, window_ms=W, fields=["custom3"])
     await store.merge(D, {9: [ch("custom3", "exited", 2)]}, now_ms=T0 + 2 * W, window_ms=W)
     await store.merge(D, {9: [ch("custom3", "realized", 3)]}, now_ms=T0 + 2 * W, window_ms=W)
     assert await claim_all(store, T0 + 4 * W, "t2") == {}
@@ -108,7 +106,7 @@ async def test_expired_lease_comes_back_and_late_settle_changes_nothing(
     await store.claim(D, now_ms=T0 + W, lease_ms=5000, batch=10, token="crashed")
     assert await claim_all(store, T0 + W + 4999, "t2") == {}
     assert await claim_all(store, T0 + W + 5000, "t2") == {4: {"custom1": "realized"}}
-    late = await store.settle(D, 4, "crashed", "ok", now_ms=T0, window_ms=W, delivered=["custom1"])
+    late = await store.settle(D, 4, "crashed", "ok", now_ms=T0, window_ms=W, fields=["custom1"])
     assert late is False
     counters = await store.counters(D)
     assert counters["lease_expired"] == 1 and counters["late_settles"] == 1

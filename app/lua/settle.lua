@@ -5,7 +5,8 @@
 -- KEYS[6] attempts, KEYS[7] in-flight hash, KEYS[8] pending hash, KEYS[9] delivered hash.
 -- ARGV: pid, token, now_ms, window_ms, outcome ("ok" | "retry" | "defer" | "drop"),
 --       ("defer" returns the change like "retry" without counting a failed attempt),
---       due_ms (for retry), then fields that were delivered (for ok: all; may be partial).
+--       due_ms (for retry), then fields: for ok those delivered, for retry/defer those
+--       dropped (failed on their own) instead of returned to pending.
 -- Returns 1 when settled, 0 when the claim was no longer ours.
 local pid, token, now, window, outcome, due_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 if redis.call('HGET', KEYS[3], pid) ~= token then
@@ -23,6 +24,7 @@ if outcome == 'ok' then
   redis.call('HDEL', KEYS[6], pid)
 end
 if outcome == 'retry' or outcome == 'defer' then
+  for i = 7, #ARGV do redis.call('HDEL', KEYS[7], ARGV[i]) end
   -- Newer pending values win over the snapshot that could not be sent.
   local snap = redis.call('HGETALL', KEYS[7])
   for i = 1, #snap, 2 do redis.call('HSETNX', KEYS[8], snap[i], snap[i + 1]) end

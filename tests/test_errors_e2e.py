@@ -1,0 +1,104 @@
+"""Outreach's refusals, end to end: each error class ends where an operator can see it, and
+a refused field does not take the prospect's other fields down with it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from app.destinations import parse_config
+from app.keys import Keys
+from app.producer import Producer
+from app.registry import publish_sync
+from tests.conftest import Sandbox, make_settings, settings_env, wait_until
+from tests.test_end_to_end import idle
+
+pytestmark = pytest.mark.integration
+
+
+def config(**dest: Any) -> Any:
+    return parse_config(
+        {
+            "connections": [{"id": "c", "user": "test-user", "access_token": "test-token"}],
+            "destinations": [{"id": "d", "name": "d", "connection": "c", **dest}],
+        }
+    )
+
+
+def profile(pid: int, audiences: dict[str, str], **attrs: Any) -> dict[str, Any]:
+    return {
+        "identityMap": {"OutreachId": [{"id": str(pid)}]},
+        "segmentMembership": {"ups": {a: {"status": s} for a, s in audiences.items()}},
+        "attributes": {k: {"value": v} for k, v in attrs.items()},
+    }
+
+
+def failures(rclient: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    return [json.loads(v) for v in rclient.hgetall(keys.failures("d")).values()]
+
+
+def run(
+    prefix: str,
+    rclient: redis.Redis,
+    sandbox: Sandbox,
+    worker_factory: Callable[..., Any],
+    dest: dict[str, Any],
+    profiles: list[dict[str, Any]],
+) -> Keys:
+    env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0", CLAIM_BATCH="4")
+    keys = Keys(prefix)
+    publish_sync(rclient, keys, config(**dest))
+    worker_factory(env, concurrency=1)
+    Producer(make_settings(env)).send("d", profiles)
+    wait_until(lambda: idle(rclient, keys, "d"), timeout_s=30, what="the backlog to settle")
+    return keys
+
+
+def test_unusable_custom_field_fails_alone_and_its_mapping_id_stops_costing_requests(
+    prefix: str, rclient: redis.Redis, sandbox_factory: Any, worker_factory: Any
+) -> None:
+    sandbox = sandbox_factory("--usable-custom-fields", "5")
+    dest = {"audiences": {"good": 1, "unusable": 7}, "attributes": {"firstName": "firstName"}}
+    profiles = [
+        profile(100 + p, {"good": "realized", "unusable": "realized"}, firstName=f"P{p}")
+        for p in range(20)
+    ]
+    keys = run(prefix, rclient, sandbox, worker_factory, dest, profiles)
+    state = sandbox.prospects()
+    assert all(state[100 + p] == {"custom1": "realized", "firstName": f"P{p}"} for p in range(20))
+    failed = failures(rclient, keys)
+    assert sorted(f["prospect"] for f in failed) == list(range(100, 120))
+    assert all(f["fields"] == {"custom7": "realized"} and f["mapping_ids"] == [7] for f in failed)
+    reasons = Counter(f["reason"] for f in failed)
+    assert reasons["invalid_mapping"] > 0 and reasons["http_400"] >= 1
+    # Once marked, the mapping ID costs no request: far fewer 400s than prospects.
+    assert sandbox.stats()["by_status"].get("400", 0) == reasons["http_400"] < 20
+    assert rclient.smembers(keys.invalid_mappings("d")) == {b"7"}
+    # Publishing the (corrected) configuration lets the mapping ID be tried again.
+    publish_sync(rclient, keys, config(**dest))
+    assert rclient.smembers(keys.invalid_mappings("d")) == set()
+
+
+def test_unknown_prospect_and_rejected_value_are_failed_with_outreachs_reason(
+    prefix: str, rclient: redis.Redis, sandbox_factory: Any, worker_factory: Any
+) -> None:
+    sandbox = sandbox_factory("--prospect-ids", "1", "1000")
+    dest = {"audiences": {"a": 1}, "attributes": {"title": "title"}}
+    profiles = [
+        profile(5, {"a": "realized"}),
+        profile(5000, {"a": "realized"}),  # no such prospect
+    ]
+    keys = run(prefix, rclient, sandbox, worker_factory, dest, profiles)
+    failed = {f["prospect"]: f for f in failures(rclient, keys)}
+    assert sandbox.prospects() == {5: {"custom1": "realized"}}
+    assert list(failed) == [5000]
+    assert failed[5000]["reason"] == "http_404"
+    assert failed[5000]["error_id"] == "resourceNotFound"
+    assert "5000" in failed[5000]["detail"]
+    counters = rclient.hgetall(keys.counters("d"))
+    assert int(counters[b"failed:http_404"]) == 1
