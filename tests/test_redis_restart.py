@@ -1,0 +1,92 @@
+"""Pending changes, delivered state and dead letters survive a Redis restart with AOF."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from app.keys import Keys
+from app.store import ProspectStore, encode, merge_sync
+from tests.conftest import ROOT, free_port, wait_until
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed"),
+]
+CONF = ROOT / "deploy" / "redis.conf"
+
+
+class LocalRedis:
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.dir = workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = ["redis-server", str(CONF), "--port", str(self.port), "--bind", "127.0.0.1"]
+        # "always": the test kills Redis right after writing; production uses everysec.
+        cmd += ["--dir", str(self.dir), "--appendfsync", "always", "--save", ""]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        wait_until(lambda: _pings(client), timeout_s=10, what="redis-server to start")
+        client.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()  # a crash, not a clean shutdown
+        self.proc.wait()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def local_redis(tmp_path: Path) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path)
+    server.start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.kill()
+
+
+async def test_state_survives_a_crash_and_restart(local_redis: LocalRedis) -> None:
+    keys, dest, now = Keys("os"), "d", int(time.time() * 1000)
+    sync = redis.Redis.from_url(local_redis.url)
+    merge_sync(sync, keys, dest, {1: [("custom1", encode("realized"), 1)]}, now_ms=now, window_ms=0)
+    merge_sync(sync, keys, dest, {2: [("custom2", encode("exited"), 1)]}, now_ms=now, window_ms=0)
+    client = aioredis.from_url(local_redis.url)
+    store = ProspectStore(client, keys)
+    [claimed] = await store.claim(dest, now_ms=now, lease_ms=60_000, batch=1, token="t")
+    await store.settle(
+        dest, claimed.prospect, "t", "ok", now_ms=now, window_ms=0, fields=["custom1"]
+    )
+    await store.record_failure(dest, "9:1", {"id": "9:1", "reason": "http_404"})
+    await client.aclose()
+    sync.close()
+
+    local_redis.kill()
+    local_redis.start()
+
+    client = aioredis.from_url(local_redis.url)
+    store = ProspectStore(client, keys)
+    later = now + 1000
+    got = await store.claim(dest, now_ms=later, lease_ms=60_000, batch=10, token="t2")
+    assert [(c.prospect, c.fields) for c in got] == [(2, {"custom2": "exited"})]  # pending kept
+    delivered = await client.hgetall(keys.delivered(dest, 1))
+    assert delivered == {b"custom1": encode("realized").encode()}  # no-op state kept
+    failure = await client.hget(keys.failures(dest), "9:1")
+    assert failure is not None and json.loads(failure)["reason"] == "http_404"
+    await client.aclose()
