@@ -74,3 +74,35 @@ def test_faults_and_a_killed_worker_lose_nothing(
     assert counters.get("prospects_failed", 0) == 0
     assert counters.get("lease_expired", 0) >= 1, f"{held} claims held at the kill"
     assert counters.get("drain_error_retryable", 0) > 0  # the faults really happened
+
+
+def test_sigterm_lets_a_worker_finish_what_it_holds_and_exit_cleanly(
+    prefix: str,
+    rclient: redis.Redis,
+    sandbox_factory: Callable[..., Sandbox],
+    worker_factory: Callable[..., Any],
+) -> None:
+    sandbox = sandbox_factory("--fault-latency-ms", "80", "160")
+    env = settings_env(
+        prefix, sandbox, COALESCE_WINDOW_MS="0", DRAIN_BUDGET_S="3", HTTP_CONCURRENCY="4"
+    )
+    keys = Keys(prefix)
+    publish_sync(rclient, keys, e2e_config())
+    first = worker_factory(env, name="first")
+    sample = generate(events=1200, prospects=600, audiences=AUDIENCES, seed=9)
+    Producer(make_settings(env)).send("e2e", sample.profiles)
+    wait_until(lambda: sandbox.stats()["patches_ok"] > 20, timeout_s=30, what="deliveries")
+    first.terminate()
+    assert first.wait(timeout=30) == 0  # warm shutdown: the running drain ends, then exit
+    stopped_at = sandbox.stats()["patches_ok"]
+    worker_factory(env, name="second")
+    expected = sample.expected()
+    wait_until(
+        lambda: idle(rclient, keys, "e2e") and not differing(sandbox.prospects(), expected),
+        timeout_s=60,
+        what="the second worker to finish",
+        every_s=0.3,
+    )
+    assert 0 < stopped_at < len(expected)  # the stop really came mid-run
+    counters = {k.decode(): int(v) for k, v in rclient.hgetall(keys.counters("e2e")).items()}
+    assert counters.get("lease_expired", 0) == 0  # nothing was left claimed by the stopped one
