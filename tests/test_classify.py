@@ -1,0 +1,87 @@
+"""Every Outreach answer maps to one error class (app/classify.py), pure and without HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.classify import classify
+from app.errors import Permanent, RateLimited, Retryable, Unauthorized
+
+NOW = 1_800_000_000.0
+
+
+def body(*errors: dict[str, object]) -> str:
+    return json.dumps({"errors": list(errors)})
+
+
+@pytest.mark.parametrize("status", [200, 201, 204])
+def test_success_is_no_error(status: int) -> None:
+    assert classify(status, {}, "", now_s=NOW) is None
+
+
+def test_429_carries_the_reset_outreach_named() -> None:
+    err = classify(429, {"X-RateLimit-Reset": str(int(NOW) + 30)}, "", now_s=NOW)
+    assert isinstance(err, RateLimited) and err.reset_s == NOW + 30
+
+
+def test_429_with_only_the_message_uses_its_time() -> None:
+    text = body({"id": "rateLimitExceeded", "detail": "please try again at 2027-01-15T08:00:20."})
+    err = classify(429, {}, text, now_s=NOW)
+    assert isinstance(err, RateLimited) and err.reset_s == NOW + 20
+
+
+def test_429_with_nothing_pauses_cautiously() -> None:
+    err = classify(429, {}, "", now_s=NOW, fallback_pause_s=90)
+    assert isinstance(err, RateLimited) and err.reset_s == NOW + 90
+
+
+def test_401_asks_for_a_refresh() -> None:
+    assert isinstance(classify(401, {}, body({"title": "Unauthorized"}), now_s=NOW), Unauthorized)
+
+
+@pytest.mark.parametrize(
+    ("status", "error_id"),
+    [
+        (400, None),
+        (403, "unauthorizedOauthScope"),
+        (404, "resourceNotFound"),
+        (415, "unsupportedMediaType"),
+        (422, "validationError"),
+    ],
+)
+def test_client_errors_are_permanent_with_outreachs_reason(
+    status: int, error_id: str | None
+) -> None:
+    text = body(
+        {
+            "id": error_id,
+            "title": "Refused",
+            "details": "the value is not allowed",  # one documented spelling
+            "source": {"pointer": "/data/attributes/custom4"},
+        }
+    )
+    err = classify(status, {}, text, now_s=NOW)
+    assert isinstance(err, Permanent)
+    assert (err.status, err.error_id, err.title) == (status, error_id, "Refused")
+    assert err.detail == "the value is not allowed"
+    assert err.pointers == ("/data/attributes/custom4",)
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_server_errors_are_transient(status: int) -> None:
+    err = classify(status, {}, "<html>bad gateway</html>", now_s=NOW)
+    assert isinstance(err, Retryable) and err.after_s is None
+    assert "bad gateway" in err.detail
+
+
+def test_maintenance_honours_its_try_again_time() -> None:
+    text = body(
+        {
+            "id": "scheduledServerMaintenance",
+            "detail": "Down for maintenance; please try again at 2027-01-15T08:05:00.",
+        }
+    )
+    err = classify(503, {}, text, now_s=NOW)
+    assert isinstance(err, Retryable) and err.after_s == 300
