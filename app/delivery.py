@@ -162,6 +162,10 @@ class Deliverer:
         return grant
 
     async def _send_one(self, lot: Lot, c: Claimed, stats: Counter[str]) -> None:
+        await self._outcome(lot, c, await self._request(lot, c, stats), stats)
+
+    async def _request(self, lot: Lot, c: Claimed, stats: Counter[str]) -> DeliveryError | None:
+        """One PATCH of ``c``'s fields (a permit is already held); None when Outreach took it."""
         access = lot.conn.access_token
         err: DeliveryError | None
         async with self._http:
@@ -187,7 +191,7 @@ class Deliverer:
                     resp.body,
                     fallback_pause_s=self.settings.rate_limit_fallback_pause_s,
                 )
-        await self._outcome(lot, c, err, stats)
+        return err
 
     async def _outcome(
         self, lot: Lot, c: Claimed, err: DeliveryError | None, stats: Counter[str]
@@ -217,11 +221,10 @@ class Deliverer:
         """Fail what Outreach refused; when it named the bad fields, only those."""
         named = {p.rsplit("/", 1)[-1] for p in err.pointers if p.startswith(ATTRIBUTE_POINTER)}
         bad = named & set(c.fields)
-        if err.status == 400:
-            # "Bad request" on a custom field: its mapping ID is unusable for the account.
-            for mapping_id in filter(None, map(mapping_id_of, bad)):
-                if await self.store.mark_invalid_mapping(lot.dest.id, mapping_id):
-                    log.error("destination %s: mapping ID %d refused", lot.dest.id, mapping_id)
+        if not named and len(c.fields) > 1 and err.status in (400, 422):
+            await self._bisect(lot, c, stats)
+            return
+        await self._note_invalid(lot, bad, err)
         if not bad or bad == set(c.fields):
             await self._fail(lot, c, err)
             return
@@ -229,6 +232,45 @@ class Deliverer:
         await self._record(lot, _subset(c, bad), err, failure_reason(err))
         # The other fields go back to pending and are sent again at once.
         await self._settle(lot, c, "defer", due_ms=_now_ms(), fields=tuple(bad))
+
+    async def _note_invalid(self, lot: Lot, bad: set[str], err: Permanent) -> None:
+        """A 400 on a custom field: its mapping ID is unusable for the account."""
+        if err.status != 400:
+            return
+        for mapping_id in filter(None, map(mapping_id_of, bad)):
+            if await self.store.mark_invalid_mapping(lot.dest.id, mapping_id):
+                log.error("destination %s: mapping ID %d refused", lot.dest.id, mapping_id)
+
+    async def _bisect(self, lot: Lot, c: Claimed, stats: Counter[str]) -> None:
+        """Outreach refused the PATCH without naming a field: send halves to find the bad
+        ones, so the good fields still land. Each half costs a permit; without one, or on a
+        transient error, the fields not yet settled simply wait in pending."""
+        queue, delivered = [sorted(c.fields)], []
+        while queue:
+            names = queue.pop()
+            for part in (names[: len(names) // 2], names[len(names) // 2 :]):
+                stats["bisect_requests"] += 1
+                err = await self._send_part(lot, _subset(c, set(part)), stats)
+                if err is None:
+                    delivered += part
+                elif isinstance(err, Permanent) and len(part) == 1:
+                    await self._note_invalid(lot, set(part), err)
+                    await self._record(lot, _subset(c, set(part)), err, failure_reason(err))
+                    await self.store.drop_inflight(lot.dest.id, c.prospect, part)
+                elif isinstance(err, Permanent):
+                    queue.append(part)
+                else:
+                    queue.clear()
+                    break
+        # Delivered fields are recorded; the rest of the snapshot returns to pending.
+        await self._settle(lot, c, "ok", fields=tuple(delivered))
+
+    async def _send_part(
+        self, lot: Lot, part: Claimed, stats: Counter[str]
+    ) -> DeliveryError | None:
+        if not (await self._permits(lot, 1)).granted:
+            return Retryable(None, "no permit left for the next half")
+        return await self._request(lot, part, stats)
 
     async def _strip_invalid(
         self, lot: Lot, c: Claimed, invalid: set[int], stats: Counter[str]

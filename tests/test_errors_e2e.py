@@ -102,3 +102,18 @@ def test_unknown_prospect_and_rejected_value_are_failed_with_outreachs_reason(
     assert "5000" in failed[5000]["detail"]
     counters = rclient.hgetall(keys.counters("d"))
     assert int(counters[b"failed:http_404"]) == 1
+
+
+def test_a_refusal_naming_no_field_is_bisected_so_the_good_fields_land(
+    prefix: str, rclient: redis.Redis, sandbox_factory: Any, worker_factory: Any
+) -> None:
+    sandbox = sandbox_factory("--usable-custom-fields", "5", "--no-field-pointers")
+    dest = {"audiences": {"good": 1, "unusable": 7}, "attributes": {"firstName": "firstName"}}
+    profiles = [profile(200, {"good": "realized", "unusable": "exited"}, firstName="Ada")]
+    keys = run(prefix, rclient, sandbox, worker_factory, dest, profiles)
+    assert sandbox.prospects() == {200: {"custom1": "realized", "firstName": "Ada"}}
+    [failed] = failures(rclient, keys)
+    assert (failed["fields"], failed["reason"]) == ({"custom7": "exited"}, "http_400")
+    # The whole PATCH, then halves: [custom1] ok, [custom7, firstName] refused, then each.
+    assert sandbox.stats()["requests"] == 5
+    assert rclient.smembers(keys.invalid_mappings("d")) == {b"7"}

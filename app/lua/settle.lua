@@ -21,6 +21,9 @@ if outcome == 'ok' then
     if v then redis.call('HSET', KEYS[9], ARGV[i], v) end
     redis.call('HDEL', KEYS[7], ARGV[i])
   end
+  -- Fields not delivered (a partial success) go back to pending; newer pending values win.
+  local rest = redis.call('HGETALL', KEYS[7])
+  for i = 1, #rest, 2 do redis.call('HSETNX', KEYS[8], rest[i], rest[i + 1]) end
   redis.call('HDEL', KEYS[6], pid)
 end
 if outcome == 'retry' or outcome == 'defer' then

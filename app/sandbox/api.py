@@ -100,6 +100,8 @@ def _admitted(ex: _Exchange, action: _Action, decision: QuotaDecision, now: floa
     try:
         return action(ex)
     except ApiError as error:
+        if not ex.sandbox.config.field_pointers:
+            error.pointer = None
         return error.response()
 
 

@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fault-seed", type=int)
     parser.add_argument("--no-ratelimit-headers", action="store_true")
     parser.add_argument("--no-retry-after", action="store_true")
+    parser.add_argument("--no-field-pointers", action="store_true")
 
 
 def config_from_args(ns: argparse.Namespace) -> SandboxConfig:
@@ -61,6 +62,7 @@ def config_from_args(ns: argparse.Namespace) -> SandboxConfig:
     values["static_tokens"] = dict(ns.static_token)
     values["send_ratelimit_headers"] = not ns.no_ratelimit_headers
     values["send_retry_after"] = not ns.no_retry_after
+    values["field_pointers"] = not ns.no_field_pointers
     return SandboxConfig.model_validate(values)
 
 

@@ -27,6 +27,8 @@ class SandboxConfig(BaseModel):
     token_429_next: Annotated[int, Field(ge=0)] = 0
     send_ratelimit_headers: bool = True
     send_retry_after: bool = True
+    #: Outreach does not always say which field it refused: off, errors carry no pointer.
+    field_pointers: bool = True
     fault_5xx_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     fault_latency_ms: tuple[int, int] = (0, 0)
     fault_drop_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
