@@ -8,9 +8,14 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from app.settings import SettingsError, get_settings
+from app.settings import Settings, SettingsError, get_settings
+
+if TYPE_CHECKING:
+    import redis
+
+    from app.destinations import Destination
 
 #: Profiles per merge while ingesting a file: big enough to amortise the round trips.
 INGEST_CHUNK = 1000
@@ -108,6 +113,141 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return run_demo(keep_serving=not ns.once)
 
 
+def cmd_failures_list(ns: argparse.Namespace) -> int:
+    import time
+
+    import redis
+
+    from app import failures
+    from app.registry import destination_sync
+
+    s = get_settings()
+    client = redis.Redis.from_url(str(s.redis_url))
+    if ns.destination is not None and destination_sync(client, s.keys, ns.destination) is None:
+        print(f"error: unknown destination {ns.destination!r}", file=sys.stderr)
+        return 2
+    recs = failures.list_failures(
+        client,
+        s.keys,
+        destination=ns.destination,
+        reason=ns.reason,
+        mapping_id=ns.mapping_id,
+        limit=ns.limit,
+    )
+    if ns.json:
+        print(json.dumps(recs, indent=2))
+    else:
+        print(failures.render_table(recs, now_ms=int(time.time() * 1000)))
+    return 0
+
+
+def cmd_failures_show(ns: argparse.Namespace) -> int:
+    import redis
+
+    from app import failures
+    from app.registry import destination_sync
+
+    s = get_settings()
+    client = redis.Redis.from_url(str(s.redis_url))
+    if destination_sync(client, s.keys, ns.destination) is None:
+        print(f"error: unknown destination {ns.destination!r}", file=sys.stderr)
+        return 2
+    rec = failures.show_failure(client, s.keys, ns.destination, ns.id)
+    if rec is None:
+        print(f"error: no failure {ns.id!r} in destination {ns.destination!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(rec, indent=2))
+    return 0
+
+
+def _open_destination(
+    dest_id: str,
+) -> tuple[redis.Redis, Settings, Destination, int] | None:
+    """Redis, the settings, the destination and its coalescing window; None (and a message)
+    when the destination is unknown."""
+    import redis
+
+    from app.registry import destination_sync
+
+    s = get_settings()
+    client = redis.Redis.from_url(str(s.redis_url))
+    dest = destination_sync(client, s.keys, dest_id)
+    if dest is None:
+        print(f"error: unknown destination {dest_id!r}", file=sys.stderr)
+        return None
+    window = s.coalesce_window_ms if dest.coalesce_window_ms is None else dest.coalesce_window_ms
+    return client, s, dest, window
+
+
+def cmd_failures_replay(ns: argparse.Namespace) -> int:
+
+    from app import failures
+
+    opened = _open_destination(ns.destination)
+    if opened is None:
+        return 2
+    client, s, dest, window = opened
+    res = failures.replay(
+        client,
+        s.keys,
+        destination=dest.id,
+        failure_ids=ns.ids or None,
+        reason=ns.reason,
+        mapping_id=ns.mapping_id,
+        window_ms=window,
+    )
+    for fid in res.missing:
+        print(f"error: no failure {fid!r} in destination {dest.id!r}", file=sys.stderr)
+    print(
+        f"replayed {res.replayed} failure(s): {res.fields_applied} field(s) pending again, "
+        f"{res.fields_stale} superseded by newer changes"
+    )
+    return 1 if res.missing else 0
+
+
+def cmd_failures_purge(ns: argparse.Namespace) -> int:
+    import redis
+
+    from app import failures
+    from app.registry import destination_sync
+
+    if not ns.ids and not ns.yes:
+        print(
+            "error: purge deletes every matching failure of the destination; "
+            "name the failure IDs or confirm with --yes",
+            file=sys.stderr,
+        )
+        return 2
+    s = get_settings()
+    client = redis.Redis.from_url(str(s.redis_url))
+    if destination_sync(client, s.keys, ns.destination) is None:
+        print(f"error: unknown destination {ns.destination!r}", file=sys.stderr)
+        return 2
+    n = failures.purge(
+        client,
+        s.keys,
+        destination=ns.destination,
+        failure_ids=ns.ids or None,
+        reason=ns.reason,
+        mapping_id=ns.mapping_id,
+    )
+    print(f"purged {n} failure(s)")
+    return 0
+
+
+def cmd_resync(ns: argparse.Namespace) -> int:
+
+    from app.resync import resync
+
+    opened = _open_destination(ns.destination)
+    if opened is None:
+        return 2
+    client, s, dest, window = opened
+    n = resync(client, s.keys, dest.id, window_ms=window)
+    print(f"resync of {dest.id}: {n} prospect(s) will be sent again")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="outreach-sync", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,6 +290,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="sandbox + API + worker + sample traffic (make run)")
     demo.add_argument("--once", action="store_true", help="exit after the summary")
     demo.set_defaults(func=cmd_demo)
+
+    fl = sub.add_parser("failures", help="changes Outreach would not take: list, replay, purge")
+    fl_sub = fl.add_subparsers(dest="action", required=True)
+    fl_list = fl_sub.add_parser("list", help="failure records, newest first")
+    fl_list.add_argument("-d", "--destination")
+    fl_list.add_argument("--limit", type=int, default=100, metavar="N")
+    fl_list.add_argument("--json", action="store_true")
+    fl_show = fl_sub.add_parser("show", help="one failure record in full")
+    fl_show.add_argument("destination")
+    fl_show.add_argument("id")
+    fl_show.set_defaults(func=cmd_failures_show)
+    fl_replay = fl_sub.add_parser(
+        "replay", help="send failed changes again (newer changes win); deletes the records"
+    )
+    fl_purge = fl_sub.add_parser("purge", help="delete failure records without sending them")
+    fl_purge.add_argument("--yes", action="store_true", help="confirm purging by filter")
+    for sp in (fl_replay, fl_purge):
+        sp.add_argument("-d", "--destination", required=True)
+        sp.add_argument("ids", nargs="*", metavar="ID", help="failure ids (default: all matching)")
+    for sp in (fl_list, fl_replay, fl_purge):
+        sp.add_argument("--reason", help="e.g. http_422, retries_exhausted")
+        sp.add_argument("--mapping-id", type=int, metavar="N", help="failures touching customN")
+    fl_list.set_defaults(func=cmd_failures_list)
+    fl_replay.set_defaults(func=cmd_failures_replay)
+    fl_purge.set_defaults(func=cmd_failures_purge)
+
+    rs = sub.add_parser("resync", help="send the delivered state of every prospect again")
+    rs.add_argument("destination")
+    rs.set_defaults(func=cmd_resync)
     return p
 
 

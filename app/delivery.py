@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from app.classify import classify
 from app.destinations import Connection, Destination
@@ -42,6 +43,30 @@ def mapping_id_of(field: str) -> int | None:
 
 def _subset(c: Claimed, fields: set[str]) -> Claimed:
     return Claimed(c.prospect, c.first_seen_ms, c.attempts, {f: c.fields[f] for f in fields})
+
+
+async def failure_record(
+    store: ProspectStore, dest: str, c: Claimed, err: DeliveryError, reason: str
+) -> dict[str, Any]:
+    """The dead letter of a claimed prospect's fields: what, why, and how to replay it."""
+    at_ms = _now_ms()
+    return {
+        "id": f"{c.prospect}:{at_ms}:{min(c.fields)}",
+        "destination": dest,
+        "prospect": c.prospect,
+        "reason": reason,
+        "fields": c.fields,
+        # The fields' versions, so a replay obeys newer-wins like any other change.
+        "versions": await store.failed_versions(dest, c.prospect, list(c.fields)),
+        "mapping_ids": sorted(filter(None, map(mapping_id_of, c.fields))),
+        "status": err.status,
+        "error": type(err).__name__,
+        "detail": err.detail,
+        "error_id": getattr(err, "error_id", None),
+        "pointers": list(getattr(err, "pointers", ())),
+        "attempts": c.attempts + 1,
+        "at_ms": at_ms,
+    }
 
 
 def failure_reason(err: DeliveryError) -> str:
@@ -293,24 +318,7 @@ class Deliverer:
         await self._settle(lot, c, "drop")
 
     async def _record(self, lot: Lot, c: Claimed, err: DeliveryError, reason: str) -> None:
-        at_ms = _now_ms()
-        record = {
-            "id": f"{c.prospect}:{at_ms}:{min(c.fields)}",
-            "destination": lot.dest.id,
-            "prospect": c.prospect,
-            "reason": reason,
-            "fields": c.fields,
-            # The fields' versions, so a replay obeys newer-wins like any other change.
-            "versions": await self.store.versions(lot.dest.id, c.prospect, list(c.fields)),
-            "mapping_ids": sorted(filter(None, map(mapping_id_of, c.fields))),
-            "status": err.status,
-            "error": type(err).__name__,
-            "detail": err.detail,
-            "error_id": getattr(err, "error_id", None),
-            "pointers": list(getattr(err, "pointers", ())),
-            "attempts": c.attempts + 1,
-            "at_ms": at_ms,
-        }
+        record = await failure_record(self.store, lot.dest.id, c, err, reason)
         await self.store.record_failure(lot.dest.id, str(record["id"]), record)
         await self.store.count(lot.dest.id, prospects_failed=1, **{f"failed:{reason}": 1})
         log.warning(

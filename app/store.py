@@ -115,6 +115,14 @@ def _chunks(
         yield items[start : start + MERGE_CHUNK]
 
 
+def wake_sync(client: redis.Redis, keys: Keys, dest: str) -> None:
+    """Tell the dispatchers that ``dest`` has newly pending prospects."""
+    pipe = client.pipeline(transaction=False)
+    pipe.rpush(keys.wake(), dest)
+    pipe.ltrim(keys.wake(), -WAKE_KEEP, -1)
+    pipe.execute()
+
+
 def merge_sync(
     client: redis.Redis,
     keys: Keys,
@@ -132,10 +140,7 @@ def merge_sync(
             kk, args = _merge_call(keys, dest, chunk, now_ms, window_ms)
             total += MergeResult(*script(keys=kk, args=args))
         if total.newly_due:
-            pipe = client.pipeline(transaction=False)
-            pipe.rpush(keys.wake(), dest)
-            pipe.ltrim(keys.wake(), -WAKE_KEEP, -1)
-            pipe.execute()
+            wake_sync(client, keys, dest)
     except redis.RedisError as exc:
         raise StoreUnavailable(str(exc)) from exc
     return total
@@ -247,14 +252,21 @@ class ProspectStore:
                 pipe.hincrby(self.keys.counters(dest), name, n)
         await pipe.execute()
 
-    async def versions(self, dest: str, prospect: int, fields: list[str]) -> dict[str, int]:
+    async def failed_versions(self, dest: str, prospect: int, fields: list[str]) -> dict[str, int]:
+        """Versions of claimed fields that failed, for a replay that obeys newer-wins. A
+        field with a pending value was superseded during the flight: the version on record
+        is the newer change's, so it is left out (a replay then counts as the oldest)."""
         if not fields:
             return {}
-        raw = await cast(
-            "Awaitable[list[bytes | None]]",
-            self.redis.hmget(self.keys.versions(dest, prospect), fields),
-        )
-        return {f: int(v) for f, v in zip(fields, raw, strict=True) if v is not None}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.versions(dest, prospect), fields)
+        pipe.hmget(self.keys.pending(dest, prospect), fields)
+        versions, pending = await pipe.execute()
+        return {
+            f: int(v)
+            for f, v, p in zip(fields, versions, pending, strict=True)
+            if v is not None and p is None
+        }
 
     async def invalid_mappings(self, dest: str) -> set[int]:
         raw = await cast(
