@@ -9,7 +9,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from app.classify import classify
 from app.destinations import Connection, Destination
@@ -80,6 +80,21 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class TokenRefresher(Protocol):
+    async def refresh(self, conn: Connection) -> bool:
+        """Get ``conn`` a fresh access token after a 401; True when it did."""
+        ...
+
+
+class NoRefresh:
+    """Until OAuth connections can refresh (issue 5): a 401 is retried with backoff, and
+    recorded as failed with its status once the retry age runs out."""
+
+    async def refresh(self, conn: Connection) -> bool:
+        log.warning("connection %s: access token refused (401), no refresh available", conn.id)
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class Lot:
     """One destination's claimed batch with what sending it needs."""
@@ -98,12 +113,14 @@ class Deliverer:
         client: OutreachClient,
         gate: QuotaGate,
         settings: Settings,
+        refresher: TokenRefresher | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.client = client
         self.gate = gate
         self.settings = settings
+        self.refresher = refresher or NoRefresh()
         self._http = asyncio.Semaphore(settings.http_concurrency)
 
     async def drain(self, dest_id: str, slot: str | None = None) -> Counter[str]:
@@ -233,6 +250,12 @@ class Deliverer:
             await self._settle(lot, c, "defer", due_ms=due)
         elif isinstance(err, Permanent):
             await self._permanent(lot, c, err, stats)
+        elif (
+            isinstance(err, Unauthorized)
+            and c.attempts == 0
+            and await self.refresher.refresh(lot.conn)
+        ):
+            await self._settle(lot, c, "retry", due_ms=_now_ms())  # once, with the new token
         else:
             age_s = (_now_ms() - c.first_seen_ms) / 1000
             if age_s > self.settings.max_retry_age_s:

@@ -117,3 +117,38 @@ def test_a_refusal_naming_no_field_is_bisected_so_the_good_fields_land(
     # The whole PATCH, then halves: [custom1] ok, [custom7, firstName] refused, then each.
     assert sandbox.stats()["requests"] == 5
     assert rclient.smembers(keys.invalid_mappings("d")) == {b"7"}
+
+
+def test_transient_failures_past_the_maximum_age_become_dead_letters(
+    prefix: str, rclient: redis.Redis, sandbox_factory: Any, worker_factory: Any
+) -> None:
+    sandbox = sandbox_factory("--fault-5xx-rate", "1.0")
+    env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0", MAX_RETRY_AGE_S="1.5")
+    keys = Keys(prefix)
+    publish_sync(rclient, keys, config(audiences={"a": 1}))
+    worker_factory(env, concurrency=1)
+    Producer(make_settings(env)).send("d", [profile(7, {"a": "realized"})])
+    wait_until(lambda: bool(failures(rclient, keys)), timeout_s=30, what="a dead letter")
+    [failed] = failures(rclient, keys)
+    assert failed["reason"] == "retries_exhausted" and failed["fields"] == {"custom1": "realized"}
+    assert failed["attempts"] >= 2 and failed["status"] in (500, 502, 503)
+    assert sandbox.stats()["requests"] == failed["attempts"]  # retried, then stopped
+    assert idle(rclient, keys, "d")
+
+
+def test_a_refused_token_is_retried_and_then_failed_with_its_401(
+    prefix: str, rclient: redis.Redis, sandbox_factory: Any, worker_factory: Any
+) -> None:
+    sandbox = sandbox_factory()
+    env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0", MAX_RETRY_AGE_S="1.5")
+    keys = Keys(prefix)
+    conn = {"id": "c", "user": "test-user", "access_token": "revoked-token"}
+    dest = {"id": "d", "name": "d", "connection": "c", "audiences": {"a": 1}}
+    publish_sync(rclient, keys, parse_config({"connections": [conn], "destinations": [dest]}))
+    worker_factory(env, concurrency=1)
+    Producer(make_settings(env)).send("d", [profile(7, {"a": "realized"})])
+    wait_until(lambda: bool(failures(rclient, keys)), timeout_s=30, what="a dead letter")
+    [failed] = failures(rclient, keys)
+    assert (failed["status"], failed["error"]) == (401, "Unauthorized")
+    assert sandbox.stats()["by_status"] == {"401": failed["attempts"]}
+    assert "revoked-token" not in json.dumps(failed)  # the token never reaches a record
