@@ -63,6 +63,7 @@ async def failure_record(
         "error": type(err).__name__,
         "detail": err.detail,
         "error_id": getattr(err, "error_id", None),
+        "title": getattr(err, "title", None),
         "pointers": list(getattr(err, "pointers", ())),
         "attempts": c.attempts + 1,
         "at_ms": at_ms,

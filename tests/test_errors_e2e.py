@@ -99,6 +99,7 @@ def test_unknown_prospect_and_rejected_value_are_failed_with_outreachs_reason(
     assert list(failed) == [5000]
     assert failed[5000]["reason"] == "http_404"
     assert failed[5000]["error_id"] == "resourceNotFound"
+    assert failed[5000]["title"]  # Outreach's own title of the error
     assert "5000" in failed[5000]["detail"]
     counters = rclient.hgetall(keys.counters("d"))
     assert int(counters[b"failed:http_404"]) == 1
