@@ -11,14 +11,8 @@ from typing import Any
 
 import redis
 
-from app.destinations import parse_config
-from app.keys import Keys
-from app.producer import Producer
-from app.registry import publish_sync
-from app.settings import Settings
 from bench.harness import Sandbox, start_worker, stop_all, wait_until
-
-BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"
+from bench.pipeline import BENCH_REDIS_URL, DEST, pipeline
 
 
 @dataclass(frozen=True)
@@ -84,49 +78,23 @@ def _clean(prefix: str) -> None:
 
 
 def run_ours(*, workers: int, quota: Quota, prospects: int) -> Run:
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    sandbox = _sandbox(quota)
-    env = {
-        "REDIS_URL": BENCH_REDIS_URL,
-        "REDIS_KEY_PREFIX": prefix,
-        "CELERY_QUEUE": f"{prefix}-q",
-        "COALESCE_WINDOW_MS": "0",
-        "CLAIM_BATCH": "10",
-        "OUTREACH_API_URL": sandbox.api_url,
-        "LOG_LEVEL": "WARNING",
-    }
-    client = redis.Redis.from_url(BENCH_REDIS_URL)
-    keys = Keys(prefix)
     rate = f"{quota.limit} per {quota.window_s:g} seconds"
-    config = parse_config(
-        {
-            "connections": [
-                {"id": "c", "user": "test-user", "access_token": "test-token", "rate_limit": rate}
-            ],
-            "destinations": [
-                {"id": "bench", "name": "Bench", "connection": "c", "audiences": {"a": 1}}
-            ],
-        }
-    )
-    publish_sync(client, keys, config)
-    procs = [start_worker(env, name=f"{prefix}-{i}") for i in range(workers)]
-    try:
+    with pipeline(
+        sandbox_args=("--quota-limit", str(quota.limit), "--quota-window-s", str(quota.window_s)),
+        rate_limit=rate,
+        audiences={"a": 1},
+        COALESCE_WINDOW_MS="0",
+        CLAIM_BATCH="10",
+    ) as run:
+        run.start_workers(workers)
         t0 = time.monotonic()
-        Producer(Settings(**{k.lower(): v for k, v in env.items()})).send(  # type: ignore[arg-type]
-            "bench", [_profile(p) for p in range(prospects)]
-        )
+        run.producer.send(DEST, [_profile(p) for p in range(prospects)])
 
         def drained() -> bool:
-            busy = client.zcard(keys.due("bench")) + client.zcard(keys.leases("bench"))
-            return busy == 0 and len(sandbox.prospects()) == prospects
+            return run.idle() and len(run.sandbox.prospects()) == prospects
 
         wait_until(drained, timeout_s=_timeout(quota, prospects), what="the backlog", every_s=0.2)
-        return _result(f"outreach-sync, {workers} workers", sandbox, quota, prospects, t0)
-    finally:
-        stop_all(procs)
-        sandbox.stop()
-        _clean(prefix)
-        client.close()
+        return _result(f"outreach-sync, {workers} workers", run.sandbox, quota, prospects, t0)
 
 
 def run_celery_rate_limit(*, workers: int, quota: Quota, prospects: int, per_worker: float) -> Run:
@@ -144,9 +112,7 @@ def run_celery_rate_limit(*, workers: int, quota: Quota, prospects: int, per_wor
         start_worker(env, name=f"{prefix}-{i}", app="bench.baseline_app") for i in range(workers)
     ]
     try:
-        import os
-
-        os.environ.update(env)
+        # Only the workers need ``env``; the enqueuing side is told broker and queue here.
         from bench.baseline_app import app, patch
 
         app.conf.broker_url = BENCH_REDIS_URL
