@@ -22,6 +22,9 @@ from app.store import Claimed, Outcome, ProspectStore
 
 log = logging.getLogger(__name__)
 
+#: A quota refusal this short is waited out inside the drain (up to the total), claims kept.
+SHORT_WAIT_S = 0.25
+SHORT_WAIT_TOTAL_S = 1.0
 #: Backoff of a transient failure: base * 2**attempts, capped, with jitter.
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 600.0
@@ -187,6 +190,17 @@ class Deliverer:
         return bool(go)
 
     async def _permits(self, lot: Lot, want: int) -> Grant:
+        """Permits for ``want`` requests. A refusal that says "in a moment" (the gate sends
+        one request at a time near the end of a window) is waited out here, claims kept;
+        only a longer wait makes the caller defer its prospects and hold the destination."""
+        deadline = time.monotonic() + SHORT_WAIT_TOTAL_S
+        grant = await self._permits_once(lot, want)
+        while not grant.granted and grant.wait_s <= SHORT_WAIT_S < deadline - time.monotonic():
+            await asyncio.sleep(max(grant.wait_s, 0.005))
+            grant = await self._permits_once(lot, want)
+        return grant
+
+    async def _permits_once(self, lot: Lot, want: int) -> Grant:
         """The user's permits, within the destination's own share of them when it has one."""
         conn, dest, share = lot.conn, lot.dest.id, lot.dest.quota_share
         if share is None:
