@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-
-from app.ingest import ingest_sync
-from app.registry import destination_sync
-from app.settings import get_settings
+from app.producer import Producer
 from workers.celery_app import app
 from workers.runtime import get_runtime
 
@@ -20,18 +16,14 @@ def drain(destination_id: str, slot: str | None = None) -> dict[str, int]:
     return dict(rt.run(rt.deliverer.drain(destination_id, slot)))
 
 
-_sync_redis: redis.Redis | None = None
+_producer: Producer | None = None
 
 
 @app.task(name="outreach_sync.ingest")
 def ingest(destination_id: str, profiles: list[Any]) -> dict[str, Any]:
     """For producers that already run Celery: ingest a batch of profiles."""
-    global _sync_redis
-    s = get_settings()
-    if _sync_redis is None:
-        _sync_redis = redis.Redis.from_url(str(s.redis_url))
-    dest = destination_sync(_sync_redis, s.keys, destination_id)
-    if dest is None:
-        raise LookupError(f"unknown destination {destination_id!r}")
-    batch = ingest_sync(_sync_redis, s.keys, dest, profiles, window_ms=s.coalesce_window_ms)
+    global _producer
+    if _producer is None:
+        _producer = Producer()
+    batch = _producer.send(destination_id, profiles)
     return batch.report.as_dict(results=batch.report.problems)
