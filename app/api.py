@@ -10,10 +10,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from app.ingest import ingest_async, read_profiles
-from app.ratelimit import QuotaGate
+from app.ratelimit import QuotaGate, gate_for
 from app.registry import Registry
 from app.settings import Settings
-from app.status import destination_status, make_gate
+from app.status import destination_status
 from app.store import ProspectStore
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def make_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[STORE] = ProspectStore(client, settings.keys)
     app[REGISTRY] = Registry(client, settings.keys)
-    app[GATE] = make_gate(client, settings)
+    app[GATE] = gate_for(client, settings)
     app.router.add_post("/v1/destinations/{destination_id}/profiles", post_profiles)
     app.router.add_get("/v1/destinations/{destination_id}/status", get_status)
     app.router.add_get("/healthz", healthz)

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from app.keys import Keys
 from app.ratelimit_signals import parse_budget, parse_reset
+from app.settings import Settings
 
 #: Smallest wait ever returned with a refusal, so that a caller cannot spin on a zero wait.
 MIN_WAIT_S = 0.05
@@ -363,3 +364,13 @@ def _text(raw: bytes | str | int | float | None) -> str:
     if raw is None:
         return ""
     return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def gate_for(client: redis.asyncio.Redis, settings: Settings) -> QuotaGate:
+    """The gate of a deployment: its Redis, key prefix and fallback pause."""
+    return QuotaGate(
+        client,
+        storage_uri="async+" + str(settings.redis_url),
+        prefix=settings.redis_key_prefix,
+        fallback_pause_s=settings.rate_limit_fallback_pause_s,
+    )

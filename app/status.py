@@ -9,7 +9,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from app.ratelimit import QuotaGate
+from app.ratelimit import QuotaGate, gate_for
 from app.registry import Registry
 from app.settings import Settings
 from app.store import ProspectStore
@@ -38,21 +38,12 @@ async def destination_status(
     return doc
 
 
-def make_gate(client: aioredis.Redis, settings: Settings) -> QuotaGate:
-    return QuotaGate(
-        client,
-        storage_uri="async+" + str(settings.redis_url),
-        prefix=settings.redis_key_prefix,
-        fallback_pause_s=settings.rate_limit_fallback_pause_s,
-    )
-
-
 async def collect_status(settings: Settings, only: str | None = None) -> list[dict[str, Any]]:
     client = aioredis.from_url(str(settings.redis_url))
     try:
         store = ProspectStore(client, settings.keys)
         registry = Registry(client, settings.keys)
-        gate = make_gate(client, settings)
+        gate = gate_for(client, settings)
         ids = [only] if only else await registry.destination_ids()
         docs = [await destination_status(d, store=store, registry=registry, gate=gate) for d in ids]
         return [d for d in docs if d is not None]

@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 
 from app.delivery import Deliverer
 from app.outreach import OutreachClient
+from app.ratelimit import gate_for
 from app.registry import Registry
 from app.settings import Settings, get_settings
-from app.status import make_gate
 from app.store import ProspectStore
 
 T = TypeVar("T")
@@ -40,7 +40,7 @@ class Runtime:
         limit = aiohttp.TCPConnector(limit=s.http_concurrency * 2)
         self.session = aiohttp.ClientSession(connector=limit)
         store = ProspectStore(self.redis, s.keys)
-        gate = make_gate(self.redis, s)
+        gate = gate_for(self.redis, s)
         client = OutreachClient(
             self.session, api_url=s.outreach_api_url, timeout_s=s.outreach_timeout_s
         )
