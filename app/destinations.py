@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from app import outreach_fields
+from app.keys import DEFAULT_RATE_LIMIT
 
 Status = Literal["realized", "existing", "exited"]
 Loc = tuple[int | str, ...]
@@ -158,7 +159,7 @@ class Connection(_Model):
     user: Annotated[str, StringConstraints(min_length=1, max_length=255)] = ""
     access_token: SecretStr | None = None
     refresh_token: SecretStr | None = None
-    rate_limit: Annotated[str, AfterValidator(_rate_limit)] = "10000/hour"
+    rate_limit: Annotated[str, AfterValidator(_rate_limit)] = DEFAULT_RATE_LIMIT
     #: Share of the user's quota left unspent, for the user's own work in Outreach.
     reserve_share: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
 

@@ -25,7 +25,7 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from redis.exceptions import RedisError
 
-from app.keys import Keys
+from app.keys import DEFAULT_RATE_LIMIT, Keys
 from app.ratelimit_signals import parse_budget, parse_reset
 from app.settings import Settings
 
@@ -133,7 +133,7 @@ class QuotaGate:
             await client.aclose()
 
     async def acquire(
-        self, user: str, want: int, *, limit: str = "10000/hour", reserve_share: float = 0.0
+        self, user: str, want: int, *, limit: str = DEFAULT_RATE_LIMIT, reserve_share: float = 0.0
     ) -> Grant:
         """Grant up to ``want`` permits at once, never blocking.
 
@@ -218,7 +218,7 @@ class QuotaGate:
         """Stop granting for ``user`` everywhere until ``until_s``; only ever extends a pause."""
         await self._record(user, "pause", time.time(), "", 0.0, until_s)
 
-    async def state(self, user: str, *, limit: str = "10000/hour") -> QuotaState:
+    async def state(self, user: str, *, limit: str = DEFAULT_RATE_LIMIT) -> QuotaState:
         """The user's window usage, pause and last server report."""
         item = self._item(user, limit)
         ns = self._keys.quota(user)
