@@ -42,7 +42,7 @@ async def post_profiles(request: web.Request) -> web.Response:
         text = await request.text()
     except UnicodeDecodeError:
         return error(400, "Bad encoding", "the body must be UTF-8")
-    profiles = list(read_profiles(text.splitlines(keepends=True)))
+    profiles = list(read_profiles(text))
     if not profiles:
         return error(400, "Empty body", 'send one profile, {"profiles": [...]}, or NDJSON')
     settings = request.app[SETTINGS]

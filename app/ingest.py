@@ -175,22 +175,21 @@ def _count_sync(client: redis.Redis, keys: Keys, dest: str, report: IngestReport
     pipe.execute()
 
 
-def read_profiles(lines: Iterable[str]) -> Iterator[Any]:
-    """Profiles from JSON or NDJSON text: one profile, ``{"profiles": [...]}``, a list, or
-    one profile per line. A line that is not JSON yields an ``InvalidJSON`` marker that
-    validation rejects on its own, so it never takes its neighbours down."""
-    buffered = list(lines)
-    text = "".join(buffered).strip()
-    if not text:
+def read_profiles(source: str | Iterable[str]) -> Iterator[Any]:
+    """Profiles from JSON or NDJSON text (or its lines): one profile, ``{"profiles": [...]}``,
+    a list, or one profile per line. A line that is not JSON yields an ``InvalidJSON`` marker
+    that validation rejects on its own, so it never takes its neighbours down."""
+    text = source if isinstance(source, str) else "".join(source)
+    if not text.strip():
         return
     try:
         doc = json.loads(text)
     except ValueError:
-        doc = None
+        pass
     else:
         yield from _documents(doc)
         return
-    for n, line in enumerate(buffered, 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 yield from _documents(json.loads(line), ndjson=True)
