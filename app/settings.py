@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     sentry_dsn: str | None = None
 
+    # --- issue 5: connections, OAuth, token encryption (auth helper adds fields here) ---
+
+    # --- issue 5: producers' API keys and the admin API (admin helper adds fields here) ---
+
+    # --- issue 6: dataflow metrics, Prometheus, status page (metrics helper adds fields here) ---
+
+    # --- issue 6: Sentry, JSON logs, alerts (ops helper adds fields here) ---
+
     @field_validator("outreach_api_url", "outreach_authorize_url", "outreach_token_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
