@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, RedisDsn, ValidationError, field_validator
+from pydantic import Field, RedisDsn, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import keys
@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # --- issue 5: connections, OAuth, token encryption (auth helper adds fields here) ---
 
     # --- issue 5: producers' API keys and the admin API (admin helper adds fields here) ---
+    #: The operators' secret for the admin API, OAuth start and status page (app/adminauth.py).
+    admin_api_key: SecretStr | None = None
 
     # --- issue 6: dataflow metrics, Prometheus, status page (metrics helper adds fields here) ---
 

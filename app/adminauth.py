@@ -1,0 +1,54 @@
+"""Who may use the admin surface (destinations, connections, producer keys, OAuth start, status page).
+
+One operator secret, ``ADMIN_API_KEY``, sent as ``Authorization: Bearer <key>`` or as the password of
+HTTP Basic auth (so a browser can open the OAuth start URL and the status page). In development
+mode without a key the admin surface is open, and the service says so at start.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from aiohttp import BasicAuth, web
+
+from app.settings import Settings
+
+REALM = 'Basic realm="outreach-sync admin", charset="UTF-8"'
+
+
+def presented_secret(request: web.Request) -> str | None:
+    """The secret a request carries: a bearer token or a Basic-auth password."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return BasicAuth.decode(header).password or None
+        except ValueError:
+            return None
+    return None
+
+
+def admin_refusal(request: web.Request, settings: Settings) -> web.Response | None:
+    """None when the request may use the admin surface, else the 401 answer to send."""
+    expected = settings.admin_api_key
+    if expected is None:
+        return None  # development mode only: startup refuses production without a key
+    given = presented_secret(request)
+    if given is not None and hmac.compare_digest(
+        given.encode(), expected.get_secret_value().encode()
+    ):
+        return None
+    body: dict[str, Any] = {
+        "errors": [
+            {
+                "status": "401",
+                "title": "Admin authentication required",
+                "detail": "send the admin API key as 'Authorization: Bearer <key>' "
+                "(or as the Basic-auth password)",
+            }
+        ]
+    }
+    return web.json_response(body, status=401, headers={"WWW-Authenticate": REALM})
