@@ -1,0 +1,253 @@
+"""The OAuth dance over HTTP: our API (a real process) and the sandbox's authorize page and
+token endpoint. Bad, reused and expired states, denial and token endpoint failures end on a
+clear page; the admin routes show connections without tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.message import Message
+from typing import Any
+
+import pytest
+import redis
+from cryptography.fernet import Fernet
+
+from app.connections import ConnectionStoreSync
+from app.crypto import TokenCipher, parse_keys
+from app.destinations import parse_config
+from app.keys import Keys
+from app.registry import publish_sync
+from tests.conftest import ROOT, Sandbox, free_port, settings_env, wait_until
+
+pytestmark = pytest.mark.integration
+
+ADMIN = "admin-key-for-tests"
+CLIENT = {"OUTREACH_CLIENT_ID": "sandbox-client", "OUTREACH_CLIENT_SECRET": "sandbox-secret"}
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Message
+    body: str
+
+    @property
+    def location(self) -> str:
+        return self.headers.get("Location", "")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def call(url: str, *, method: str = "GET", admin: bool = False, body: Any = None) -> Answer:
+    headers = {"Authorization": f"Bearer {ADMIN}"} if admin else {}
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with _OPENER.open(req, timeout=30) as resp:
+            return Answer(resp.status, resp.headers, resp.read().decode())
+    except urllib.error.HTTPError as exc:
+        return Answer(exc.code, exc.headers, exc.read().decode())
+
+
+@dataclass
+class Api:
+    url: str
+    env: dict[str, str]
+    cipher: TokenCipher
+    proc: subprocess.Popen[bytes]
+
+    def dance(self, conn: str, *, user: str | None = None) -> Answer:
+        """Start, follow Outreach's redirect back, and answer the callback's page."""
+        query = {"connection": conn, **({"user": user} if user else {})}
+        started = call(f"{self.url}/oauth/start?{urllib.parse.urlencode(query)}", admin=True)
+        assert started.status == 302, started.body
+        authorized = call(started.location)
+        assert authorized.status == 302, authorized.body
+        assert authorized.location.startswith(f"{self.url}/oauth/callback?")
+        return call(authorized.location)
+
+
+def start_api(prefix: str, sandbox: Sandbox, **extra: str) -> Api:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    key = Fernet.generate_key().decode()
+    env = settings_env(
+        prefix,
+        sandbox,
+        ADMIN_API_KEY=ADMIN,
+        TOKEN_ENCRYPTION_KEY=key,
+        OUTREACH_REDIRECT_URI=f"{url}/oauth/callback",
+        REAUTH_HOLD_S="1",
+        **CLIENT,
+        **extra,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "api", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+    )
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the API exited with {proc.returncode}")
+        try:
+            return call(f"{url}/healthz").status == 200
+        except OSError:
+            return False
+
+    wait_until(answers, timeout_s=30, what="the API to listen")
+    return Api(url, env, TokenCipher(parse_keys(key)), proc)
+
+
+@pytest.fixture
+def api_factory(prefix: str) -> Iterator[Callable[..., Api]]:
+    started: list[Api] = []
+
+    def start(sandbox: Sandbox, **extra: str) -> Api:
+        started.append(start_api(prefix, sandbox, **extra))
+        return started[-1]
+
+    yield start
+    for api in started:
+        api.proc.terminate()
+        api.proc.wait(timeout=10)
+
+
+def test_the_whole_dance_stores_encrypted_tokens_and_resumes_the_destinations(
+    prefix: str, rclient: redis.Redis, sandbox: Sandbox, api_factory: Callable[..., Api]
+) -> None:
+    api = api_factory(sandbox)
+    keys = Keys(prefix)
+    conf = {
+        "connections": [{"id": "c", "user": "sandbox-user"}],
+        "destinations": [{"id": "d", "name": "d", "connection": "c", "audiences": {"a": 1}}],
+    }
+    publish_sync(rclient, keys, parse_config(conf), cipher=api.cipher)
+    rclient.set(keys.hold("d"), 99999999999999)
+
+    started = call(f"{api.url}/oauth/start?connection=c", admin=True)
+    assert started.status == 302
+    target = urllib.parse.urlsplit(started.location)
+    params = dict(urllib.parse.parse_qsl(target.query))
+    assert f"{target.scheme}://{target.netloc}{target.path}" == f"{sandbox.url}/oauth/authorize"
+    assert params["client_id"] == "sandbox-client" and params["response_type"] == "code"
+    assert params["redirect_uri"] == f"{api.url}/oauth/callback"
+    assert params["scope"] == "prospects.all" and len(params["state"]) >= 40
+
+    back = call(call(started.location).location)
+    assert back.status == 200 and "Connection c (Outreach user sandbox-user) is authorized" in (
+        back.body
+    )
+    assert sandbox.stats()["token_calls"]["authorization_code"] == 1
+    rec = ConnectionStoreSync(rclient, keys, api.cipher).get("c")
+    assert rec is not None and rec.state == "active" and rec.source == "oauth"
+    assert rec.expires_at is not None and rec.refresh_token_enc is not None
+    token = rec.connection(api.cipher).access_token
+    assert token is not None
+    assert token.get_secret_value() not in str(rclient.hgetall(keys.connections()))
+    assert rclient.get(keys.hold("d")) is None  # woken
+
+    shown = call(f"{api.url}/v1/admin/connections/c", admin=True)
+    listed = call(f"{api.url}/v1/admin/connections", admin=True)
+    assert shown.status == 200 and shown.json()["data"]["destinations"] == ["d"]
+    assert [c["id"] for c in listed.json()["data"]] == ["c"]
+    for answer in (shown, listed, back):
+        assert token.get_secret_value() not in answer.body and "sandbox-secret" not in answer.body
+        assert "refresh_token_enc" not in answer.body and "access_token_enc" not in answer.body
+
+
+def test_bad_reused_and_missing_states_end_on_a_clear_page(
+    prefix: str, rclient: redis.Redis, sandbox: Sandbox, api_factory: Callable[..., Api]
+) -> None:
+    api = api_factory(sandbox)
+    bad = call(f"{api.url}/oauth/callback?code=x&state=forged")
+    assert bad.status == 400 and "unknown, has expired or was already used" in bad.body
+    assert "Traceback" not in bad.body
+    assert call(f"{api.url}/oauth/callback").status == 400
+
+    started = call(f"{api.url}/oauth/start?connection=c", admin=True)
+    back = call(started.location).location
+    assert call(back).status == 200
+    reused = call(back)
+    assert reused.status == 400 and "already used" in reused.body
+    assert sandbox.stats()["token_calls"]["authorization_code"] == 1  # never sent twice
+    assert not list(rclient.scan_iter(match=f"{prefix}:oauthstate:*"))
+
+
+def test_start_is_admin_only_and_validates_the_connection_id(
+    rclient: redis.Redis, sandbox: Sandbox, api_factory: Callable[..., Api]
+) -> None:
+    api = api_factory(sandbox)
+    refused = call(f"{api.url}/oauth/start?connection=c")
+    assert refused.status == 401 and "WWW-Authenticate" in refused.headers
+    invalid = call(f"{api.url}/oauth/start?connection=Not%20An%20Id", admin=True)
+    assert invalid.status == 400 and "connection:" in invalid.body
+    assert call(f"{api.url}/v1/admin/connections").status == 401
+
+    made = call(f"{api.url}/v1/admin/connections/c/authorize", method="POST", admin=True, body={})
+    assert made.status == 201 and made.json()["authorize_url"].startswith(sandbox.url)
+    assert call(made.json()["authorize_url"]).location.startswith(f"{api.url}/oauth/callback")
+
+
+def test_denial_leaves_the_connection_untouched(
+    prefix: str, rclient: redis.Redis, sandbox: Sandbox, api_factory: Callable[..., Api]
+) -> None:
+    api = api_factory(sandbox)
+    sandbox.post("/_sandbox/config", {"deny_authorize": True})
+    denied = api.dance("c")
+    assert denied.status == 403 and "did not authorize connection c (access_denied)" in denied.body
+    assert ConnectionStoreSync(rclient, Keys(prefix), api.cipher).get("c") is None
+    assert sandbox.stats()["token_calls"]["authorization_code"] == 0
+
+
+def test_token_endpoint_failures_end_on_a_502_page_without_secrets(
+    prefix: str, rclient: redis.Redis, sandbox: Sandbox, api_factory: Callable[..., Api]
+) -> None:
+    api = api_factory(sandbox, TOKEN_REFRESH_WAIT_S="1")
+    # The code was tampered with: Outreach says invalid_grant.
+    started = call(f"{api.url}/oauth/start?connection=c", admin=True)
+    back = call(started.location).location.replace("code=", "code=tampered")
+    failed = call(back)
+    assert failed.status == 502 and "(invalid_grant)" in failed.body
+    # The token endpoint keeps answering 429 longer than we may wait.
+    sandbox.post("/_sandbox/config", {"token_429_next": 100})
+    busy = api.dance("c")
+    assert busy.status == 502 and "(http_429)" in busy.body
+    for page in (failed, busy):
+        assert "sandbox-secret" not in page.body and "Traceback" not in page.body
+    assert ConnectionStoreSync(rclient, Keys(prefix), api.cipher).get("c") is None
+
+
+def test_deleting_a_connection_in_use_needs_force(
+    prefix: str, rclient: redis.Redis, sandbox: Sandbox, api_factory: Callable[..., Api]
+) -> None:
+    api = api_factory(sandbox)
+    assert api.dance("c", user="sandbox-user").status == 200
+    conf = {
+        "connections": [{"id": "c", "user": "sandbox-user"}],
+        "destinations": [{"id": "d", "name": "d", "connection": "c"}],
+    }
+    publish_sync(rclient, Keys(prefix), parse_config(conf), cipher=api.cipher)
+    refused = call(f"{api.url}/v1/admin/connections/c", method="DELETE", admin=True)
+    assert refused.status == 409 and refused.json()["errors"][0]["title"] == "Connection in use"
+    gone = call(f"{api.url}/v1/admin/connections/c?force=true", method="DELETE", admin=True)
+    assert gone.status == 204
+    assert call(f"{api.url}/v1/admin/connections/c", admin=True).status == 404
