@@ -1,16 +1,19 @@
-"""Who may use the admin surface (destinations, connections, producer keys, OAuth start, status page).
+"""Who may use the admin surface: destinations, connections, OAuth start, the status page.
 
-One operator secret, ``ADMIN_API_KEY``, sent as ``Authorization: Bearer <key>`` or as the password of
-HTTP Basic auth (so a browser can open the OAuth start URL and the status page). In development
-mode without a key the admin surface is open, and the service says so at start.
+One operator secret, ``ADMIN_API_KEY``, sent as ``Authorization: Bearer <key>`` or as the
+password of HTTP Basic auth (so a browser can open the OAuth start URL and the status page).
+In development mode without a key the admin surface is open, and the service says so at start.
+Producer keys are a separate matter (app/producer_auth.py).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from typing import Any
 
-from aiohttp import BasicAuth, web
+from aiohttp import web
 
 from app.settings import Settings
 
@@ -24,11 +27,22 @@ def presented_secret(request: web.Request) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     if scheme.lower() == "basic":
-        try:
-            return BasicAuth.decode(header).password or None
-        except ValueError:
-            return None
+        return _basic_password(value.strip())
     return None
+
+
+def _basic_password(encoded: str) -> str | None:
+    # By hand: aiohttp's BasicAuth is deprecated (gone in aiohttp 4).
+    try:
+        raw = base64.b64decode(encoded.encode("ascii"), validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # RFC 7617's historical default
+    _, colon, password = text.partition(":")
+    return password or None if colon else None
 
 
 def admin_refusal(request: web.Request, settings: Settings) -> web.Response | None:
