@@ -1,0 +1,125 @@
+// outreach-sync status page: refreshes the server-rendered page from its data.json.
+// Every value goes in through textContent, never as HTML.
+"use strict";
+
+const FLOW_ROWS = [
+  ["profiles_received", "Profiles received"],
+  ["profiles_accepted", "Accepted"],
+  ["profiles_excluded", "Excluded"],
+  ["profiles_rejected", "Rejected"],
+  ["prospects_activated", "Identities activated (prospects updated)"],
+  ["fields_activated", "Fields activated"],
+  ["prospects_skipped_noop", "Skipped as no-op (prospects)"],
+  ["failed", "Failed"],
+  ["retried", "Retried"],
+  ["rate_limited", "429s"],
+  ["requests", "Requests spent"],
+];
+
+function reasons(by) {
+  return Object.entries(by || {}).map(([k, v]) => `${k} ${v}`).join(", ");
+}
+
+function clock(epochS) {
+  if (!epochS) return "—";
+  return new Date(epochS * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+}
+
+function duration(s) {
+  if (s === null || s === undefined) return "-";
+  const n = Math.floor(s);
+  if (n < 120) return s < 10 ? `${s.toFixed(1)}s` : `${n}s`;
+  if (n < 7200) return `${Math.floor(n / 60)}m${String(n % 60).padStart(2, "0")}s`;
+  return `${Math.floor(n / 3600)}h${String(Math.floor((n % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+function audienceCells(row) {
+  const t = row.totals;
+  const by = t.activated_by_status || {};
+  const name = (row.audience || "(no longer mapped)") + (row.invalid ? " — refused by Outreach" : "");
+  return [name, row.mapping_id, row.field, t.received, t.activated, by.realized || 0,
+    by.existing || 0, by.exited || 0, t.skipped_noop, t.excluded, t.failed,
+    reasons(t.failed_by_reason)];
+}
+
+function failureCells(f) {
+  const error = [f.error_id, f.title].filter(Boolean).join(" / ");
+  return [f.at, f.reason, f.status || "—", error || "—", f.detail || "", f.fields.join(", "),
+    f.mapping_ids.join(", ") || "—", f.id];
+}
+
+function fill(tbodyId, rows) {
+  const tbody = document.getElementById(tbodyId);
+  if (!tbody) return;
+  const fresh = document.createElement("tbody");
+  fresh.id = tbodyId;
+  for (const cells of rows) {
+    const tr = document.createElement("tr");
+    for (const value of cells) {
+      const td = document.createElement("td");
+      td.textContent = value === null || value === undefined ? "" : String(value);
+      tr.appendChild(td);
+    }
+    fresh.appendChild(tr);
+  }
+  tbody.replaceWith(fresh);
+}
+
+function cardValues(doc) {
+  const c = doc.connection || {};
+  const q = doc.quota || {};
+  const dash = (v) => (v === null || v === undefined ? "—" : v);
+  return {
+    "connection.id": c.id,
+    "connection.user": c.user || "—",
+    "connection.state": c.state || (c.known ? "—" : "unknown connection"),
+    "connection.reason": c.reason || "—",
+    "quota.used_of": `${dash(q.used)} / ${dash(q.limit)}`,
+    "quota.remaining": dash(q.remaining),
+    "quota.server_remaining": dash(q.server_remaining),
+    "quota.reset": clock(q.reset_s),
+    "quota.paused": clock(q.paused_until_s),
+    "pending": doc.pending,
+    "in_flight": doc.in_flight,
+    "lag": duration(doc.lag_s),
+    "invalid": (doc.invalid_mapping_ids || []).join(", ") || "none",
+  };
+}
+
+function render(doc) {
+  const values = cardValues(doc);
+  for (const el of document.querySelectorAll("[data-k]")) {
+    if (el.dataset.k in values) el.textContent = String(values[el.dataset.k]);
+  }
+  const m = doc.metrics;
+  fill("flow", FLOW_ROWS.map(([key, label]) => [label, m.window[key], m.totals[key]]));
+  fill("reasons", [[reasons(m.totals.excluded_by_reason) || "—",
+    reasons(m.totals.failed_by_reason) || "—"]]);
+  fill("audiences", doc.audiences.map(audienceCells));
+  const failures = doc.recent_failures || [];
+  fill("failures", failures.map(failureCells));
+  const none = document.getElementById("no-failures");
+  if (none) none.hidden = failures.length > 0;
+  document.getElementById("updated").textContent = doc.generated_at;
+}
+
+async function refresh() {
+  const body = document.body;
+  const live = document.getElementById("live");
+  try {
+    const answer = await fetch(body.dataset.source, {credentials: "same-origin", cache: "no-store"});
+    if (!answer.ok) throw new Error(`HTTP ${answer.status}`);
+    render(await answer.json());
+    body.dataset.loaded = "true";
+    if (live) live.textContent = "live";
+  } catch (err) {
+    if (live) live.textContent = `refresh failed (${err.message}); showing older figures`;
+  }
+  const every = Number(body.dataset.refresh || 0);
+  if (every > 0) setTimeout(refresh, every * 1000);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  if (document.body.dataset.source) refresh();
+  else document.body.dataset.loaded = "true";
+});

@@ -1,0 +1,190 @@
+"""Dataflow metrics in Redis: one round trip per batch, totals and the hour alike, per audience;
+the Lua scripts' own counts (no-op skips, retries); the lag; the status table and CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from app import metrics
+from app.ingest import ingest_sync
+from app.keys import Keys
+from app.registry import publish_sync
+from app.status import BadQuery, collect_status, parse_hours
+from app.status_table import render_table
+from app.store import ProspectStore, encode
+from tests.conftest import ROOT, TEST_REDIS_URL, make_settings, settings_env
+from tests.test_end_to_end import e2e_config
+
+D = "e2e"
+
+
+def profile(pid: object, **audiences: str) -> dict[str, object]:
+    return {
+        "identityMap": {"OutreachId": [{"id": pid}]} if pid is not None else {},
+        "segmentMembership": {
+            "ups": {a.replace("_", "-"): {"status": s} for a, s in audiences.items()}
+        },
+        "attributes": {"firstName": {"value": "Ada"}},
+    }
+
+
+def hashes(rclient: redis.Redis, keys: Keys, now_s: float) -> tuple[dict[str, int], dict[str, int]]:
+    def ints(key: str) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in rclient.hgetall(key).items()}
+
+    return ints(keys.counters(D)), ints(keys.metrics_hour(D, metrics.hour_of(now_s)))
+
+
+def test_ingest_counts_per_destination_and_audience_in_total_and_hour(
+    prefix: str, rclient: redis.Redis
+) -> None:
+    keys = Keys(prefix, metrics_retention_hours=2)
+    config = e2e_config()
+    publish_sync(rclient, keys, config)
+    profiles = [
+        profile("1", aud_1="realized", aud_2="exited"),
+        profile("2", aud_1="existing", unmapped="realized"),
+        profile(None, aud_1="realized"),
+        profile("abc", aud_2="realized"),
+        # Rejected: a mapped attribute that is not {"value": ...}.
+        {**profile("3", aud_1="realized"), "attributes": {"title": "not an object"}},
+        "not a profile",
+    ]
+    ingest_sync(rclient, keys, config.destination(D), profiles, window_ms=1000)
+    totals, hour = hashes(rclient, keys, time.time())
+    assert totals["profiles_received"] == 6
+    assert (totals["profiles_accepted"], totals["profiles_excluded"]) == (2, 2)
+    assert totals["profiles_rejected"] == 2
+    assert totals["excluded:no_identity"] == totals["excluded:bad_identity"] == 1
+    assert totals["m1:received:realized"] == 3 and totals["m1:received:existing"] == 1
+    assert totals["m2:received:exited"] == totals["m2:received:realized"] == 1
+    assert totals["m1:excluded:no_identity"] == totals["m2:excluded:bad_identity"] == 1
+    assert totals["m1:rejected"] == 1
+    assert totals["audiences_ignored"] == 1
+    # The hour holds the same counts (the merge's own field counts are totals only).
+    assert hour == {k: v for k, v in totals.items() if not k.startswith("fields_")}
+    ttl = rclient.ttl(keys.metrics_hour(D, metrics.hour_of(time.time())))
+    assert 2 * 3600 < ttl <= 3 * 3600
+
+
+async def test_noop_skips_and_retries_are_counted_by_the_lua_scripts(
+    prefix: str, rclient: redis.Redis
+) -> None:
+    keys = Keys(prefix)
+    client = aioredis.from_url(TEST_REDIS_URL)
+    store = ProspectStore(client, keys)
+    now = int(time.time() * 1000)
+    changes = {7: [("custom1", encode("realized"), 1), ("firstName", encode("Ada"), 1)]}
+    try:
+        await store.merge(D, changes, now_ms=now, window_ms=0)
+        [c] = await store.claim(D, now_ms=now, lease_ms=30_000, batch=10, token="a")
+        await store.settle(D, 7, "a", "retry", now_ms=now, window_ms=0, due_ms=now)
+        [c] = await store.claim(D, now_ms=now, lease_ms=30_000, batch=10, token="b")
+        assert c.attempts == 1  # the retry still counts the attempt for the backoff
+        await store.settle(D, 7, "b", "ok", now_ms=now, window_ms=0, fields=tuple(c.fields))
+        # The same values again: Outreach holds them, nothing is claimed.
+        await store.merge(D, {7: [(f, v, 2) for f, v, _ in changes[7]]}, now_ms=now, window_ms=0)
+        assert await store.claim(D, now_ms=now, lease_ms=30_000, batch=10, token="c") == []
+    finally:
+        await client.aclose()
+    totals, hour = hashes(rclient, keys, now / 1000)
+    for counts in (totals, hour):
+        assert counts["retried"] == 1
+        assert counts["prospects_noop"] == 1 and counts["fields_noop"] == 2
+        assert counts["m1:noop"] == 1
+    assert metrics.audience_counts(totals)[1].skipped_noop == 1
+
+
+async def test_lag_is_the_oldest_first_seen_exact_or_sampled(
+    prefix: str, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = Keys(prefix)
+    client = aioredis.from_url(TEST_REDIS_URL)
+    try:
+        assert await metrics.read_lag(client, keys, D) == metrics.Lag(None, True, 0)
+        rclient.hset(keys.first_seen(D), mapping={str(p): 1_000_000 + p for p in range(50)})
+        assert await metrics.read_lag(client, keys, D) == metrics.Lag(1_000_000, True, 50)
+        monkeypatch.setattr(metrics, "LAG_EXACT_UP_TO", 10)
+        sampled = await metrics.read_lag(client, keys, D)
+        assert not sampled.exact and sampled.prospects == 50
+        assert sampled.oldest_ms is not None and 1_000_000 <= sampled.oldest_ms < 1_000_050
+        assert sampled.seconds(1_002_000) == pytest.approx(2.0, abs=0.06)
+    finally:
+        await client.aclose()
+
+
+def test_window_sums_the_last_hours_only(prefix: str, rclient: redis.Redis) -> None:
+    keys = Keys(prefix)
+    now = time.time()
+    metrics.write_sync(rclient, keys, D, {"profiles_received": 5}, now_s=now - 3 * 3600)
+    metrics.write_sync(rclient, keys, D, {"profiles_received": 2, "m4:noop": 1}, now_s=now)
+
+    async def window(hours: int) -> metrics.Window:
+        client = aioredis.from_url(TEST_REDIS_URL)
+        try:
+            return await metrics.read_window(client, keys, D, hours=hours, now_s=now)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(window(1)).total() == {"profiles_received": 2, "m4:noop": 1}
+    four = asyncio.run(window(4))
+    assert four.total()["profiles_received"] == 7 and len(four.hourly) == 4
+    assert metrics.summary(four.hourly[0])["profiles_received"] == 5
+
+
+def test_drain_tally_names_and_hours_query() -> None:
+    tally = {"requests": 3, "delivered": 2, "m7:activated:realized": 2, "deferred": 0}
+    assert metrics.drain_metrics(tally) == {
+        "drain_requests": 3,
+        "drain_delivered": 2,
+        "m7:activated:realized": 2,
+    }
+    keys = Keys("x", metrics_retention_hours=48)
+    assert parse_hours(None, keys=keys) == 24 and parse_hours("48", keys=keys) == 48
+    for bad in ("0", "49", "-1", "2.5", "x"):
+        with pytest.raises(BadQuery, match="hours must be a whole number from 1 to 48"):
+            parse_hours(bad, keys=keys)
+
+
+def test_status_table_is_aligned_and_cli_json_is_kept(prefix: str, rclient: redis.Redis) -> None:
+    env = settings_env(prefix, None)
+    keys = Keys(prefix)
+    config = e2e_config()
+    publish_sync(rclient, keys, config)
+    profiles = [profile(str(p), aud_1="realized", aud_12="exited") for p in range(1, 40)]
+    ingest_sync(rclient, keys, config.destination(D), profiles, window_ms=60_000)
+    docs = asyncio.run(collect_status(make_settings(env)))
+    text = render_table(docs)
+    lines = text.splitlines()
+    assert lines[0].startswith("e2e (End to end)  enabled  connection conn")
+    assert any("pending 39" in line and "lag" in line for line in lines)
+    head = next(i for i, line in enumerate(lines) if "MAPPING ID" in line)
+    rows = lines[head : head + 7]
+    # Right-aligned numbers: every row's RECEIVED column ends where its header does.
+    end = rows[0].index("RECEIVED") + len("RECEIVED")
+    assert [r.split()[0] for r in rows[1:]] == [
+        "aud-1",
+        "aud-2",
+        "aud-3",
+        "aud-4",
+        "aud-7",
+        "aud-12",
+    ]
+    assert rows[1][:end].rstrip().endswith(" 39") and rows[6][:end].rstrip().endswith(" 39")
+    cli = [sys.executable, "-m", "app", "status"]
+    run_env = {**env, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([*cli, "--json", D], cwd=ROOT, env=run_env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    [doc] = json.loads(out.stdout)
+    assert doc["counters"]["profiles_received"] == 39  # the old flat totals, still there
+    assert doc["metrics"]["window"]["hours"] == 24
+    bad = subprocess.run([*cli, "nope"], cwd=ROOT, env=run_env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown destination 'nope'" in bad.stderr

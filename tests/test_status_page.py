@@ -1,0 +1,268 @@
+"""The HTML status page in a real headless Chromium (Debian's ``chromium``; installed by
+``deploy/ensure-chromium.sh``), after a real run: audiences with mapping IDs and counts, a
+failure's reason, connection and quota; escaped, without attribute values, admin-only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import tempfile
+from base64 import b64encode
+from collections.abc import AsyncIterator, Callable
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+from aiohttp import web
+
+from app.api import make_app
+from app.destinations import parse_config
+from app.keys import Keys
+from app.producer import Producer
+from app.registry import publish_sync
+from tests.conftest import Sandbox, free_port, make_settings, settings_env, wait_until
+from tests.test_end_to_end import idle
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NAME = "Spring <b>campaign</b> & co"
+SECRET_VALUE = "Zebedee-Not-On-The-Page"
+AUDIENCES = {"aud-vip": 3, "aud-churn": 9}
+ADMIN_KEY = "status-page-admin-key"
+
+
+def _config() -> Any:
+    return parse_config(
+        {
+            "connections": [{"id": "c", "user": "test-user", "access_token": "test-token"}],
+            "destinations": [
+                {
+                    "id": "web",
+                    "name": NAME,
+                    "connection": "c",
+                    "audiences": AUDIENCES,
+                    "attributes": {"firstName": "firstName"},
+                }
+            ],
+        }
+    )
+
+
+def _profile(pid: int, statuses: dict[str, str], first: str) -> dict[str, Any]:
+    return {
+        "identityMap": {"OutreachId": [{"id": str(pid)}]},
+        "segmentMembership": {"ups": {a: {"status": s} for a, s in statuses.items()}},
+        "attributes": {"firstName": {"value": first}},
+    }
+
+
+async def chromium(url: str, *flags: str, timeout_s: float = 60) -> str:
+    """Run headless Chromium on ``url``; its stdout (``--dump-dom``: the DOM after scripts)."""
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        proc = await asyncio.create_subprocess_exec(
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            *flags,
+            url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    return out.decode()
+
+
+class Cells(HTMLParser):
+    """Text of every table cell, per tbody id, and the body's attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.body: dict[str, str | None] = {}
+        self.ids: dict[str, str] = {}
+        self._tbody: str | None = None
+        self._cell: list[str] | None = None
+        self._id: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "body":
+            self.body = a
+        elif tag == "tbody":
+            self._tbody = a.get("id") or ""
+            self.tables[self._tbody] = []
+        elif tag == "tr" and self._tbody is not None:
+            self.tables[self._tbody].append([])
+        elif tag == "td" and self._tbody is not None:
+            self._cell = []
+        if a.get("id") and tag == "span":
+            self._id = a["id"]
+            self.ids[self._id or ""] = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None and self._tbody is not None:
+            self.tables[self._tbody][-1].append("".join(self._cell))
+            self._cell = None
+        elif tag == "tbody":
+            self._tbody = None
+        elif tag == "span":
+            self._id = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._id is not None:
+            self.ids[self._id] += data
+
+
+def parse(dom: str) -> Cells:
+    cells = Cells()
+    cells.feed(dom)
+    return cells
+
+
+@pytest.fixture
+async def served(
+    prefix: str,
+    rclient: redis.Redis,
+    sandbox_factory: Callable[..., Sandbox],
+    worker_factory: Callable[..., Any],
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """A real run (one prospect unknown to Outreach: a 404) and the API serving the page."""
+    sandbox = sandbox_factory("--prospect-ids", "1", "1000")
+    env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="100", STATUS_PAGE_REFRESH_S="0")
+    keys = Keys(prefix)
+    publish_sync(rclient, keys, _config())
+    worker_factory(env, concurrency=1)
+    profiles = [
+        _profile(101, {"aud-vip": "realized", "aud-churn": "exited"}, "Ada"),
+        _profile(102, {"aud-vip": "existing"}, "Grace"),
+        _profile(103, {"aud-vip": "realized", "aud-churn": "realized"}, "Alan"),
+        _profile(7777, {"aud-churn": "realized"}, SECRET_VALUE),  # not in Outreach: 404
+        {"identityMap": {}, "segmentMembership": {"ups": {"aud-vip": {"status": "realized"}}}},
+    ]
+    producer = Producer(make_settings(env))
+    await asyncio.to_thread(producer.send, "web", profiles)
+    producer.close()
+
+    def settled() -> bool:
+        return idle(rclient, keys, "web") and rclient.hlen(keys.failures("web")) == 1
+
+    await asyncio.to_thread(wait_until, settled, timeout_s=30, what="the run to settle")
+    runner = web.AppRunner(make_app(make_settings(env)))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}", env
+    await runner.cleanup()
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium not installed (deploy/ensure-chromium.sh installs it)"
+)
+async def test_status_page_in_chromium_shows_audiences_failures_and_quota(
+    served: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    base, _ = served
+    dom = await chromium(f"{base}/status/web", "--dump-dom", "--virtual-time-budget=8000")
+    page = parse(dom)
+    # The script ran: it fetched data.json and rendered it (it sets these only on success).
+    assert page.body.get("data-loaded") == "true", dom[:2000]
+    assert page.ids.get("live") == "live"
+    audiences = {row[1]: row for row in page.tables["audiences"]}
+    assert set(audiences) == {"3", "9"}
+    vip, churn = audiences["3"], audiences["9"]
+    # Audience, mapping ID, field, received, activated, realized, existing, exited, ...
+    assert vip[:8] == ["aud-vip", "3", "custom3", "4", "3", "2", "1", "0"]
+    assert churn[:8] == ["aud-churn", "9", "custom9", "3", "2", "1", "0", "1"]
+    assert vip[9] == "1"  # excluded (no OutreachId)
+    assert churn[10] == "1" and churn[11] == "http_404 1"  # failed, by reason
+    [failure] = page.tables["failures"]
+    assert failure[1] == "http_404" and failure[2] == "404"
+    assert failure[5] == "custom9, firstName" and failure[6] == "9"
+    flow = {row[0]: row[1:] for row in page.tables["flow"]}
+    assert flow["Profiles received"] == ["5", "5"]
+    assert flow["Identities activated (prospects updated)"] == ["3", "3"]
+    assert flow["Requests spent"] == ["4", "4"]
+    assert 'data-k="connection.user">test-user<' in dom
+    assert 'data-k="connection.state">active<' in dom
+    assert re.search(r'data-k="quota.remaining">\d+<', dom)
+    # Escaped, never markup; no attribute value anywhere on the page.
+    assert "Spring &lt;b&gt;campaign&lt;/b&gt; &amp; co" in dom and "<b>" not in dom
+    assert SECRET_VALUE not in dom and "Ada" not in dom
+    # A picture for people (and for the record of this test run).
+    shot = tmp_path / "status.png"
+    await chromium(
+        f"{base}/status/web",
+        f"--screenshot={shot}",
+        "--window-size=1280,1100",
+        "--virtual-time-budget=8000",
+        "--hide-scrollbars",
+    )
+    assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium not installed (deploy/ensure-chromium.sh installs it)"
+)
+async def test_status_index_in_chromium_lists_destinations(
+    served: tuple[str, dict[str, str]],
+) -> None:
+    base, _ = served
+    dom = await chromium(f"{base}/status", "--dump-dom", "--virtual-time-budget=3000")
+    page = parse(dom)
+    assert page.body.get("data-loaded") == "true"
+    [row] = page.tables[""]
+    assert row[0] == "web" and row[1] == NAME
+    assert re.search(r'href="/status/web"', dom)
+
+
+async def test_status_page_is_admin_only_and_json_has_no_values(
+    prefix: str, rclient: redis.Redis, served: tuple[str, dict[str, str]]
+) -> None:
+    _, env = served
+    protected = make_settings({**env, "ADMIN_API_KEY": ADMIN_KEY})
+    runner = web.AppRunner(make_app(protected))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            for path in ("/status", "/status/web", "/status/web/data.json", "/metrics"):
+                async with s.get(url + path) as r:
+                    assert r.status == 401, path
+                    assert ADMIN_KEY not in await r.text()
+            bearer = {"Authorization": f"Bearer {ADMIN_KEY}"}
+            async with s.get(f"{url}/status/web/data.json", headers=bearer) as r:
+                assert r.status == 200
+                assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+                text = await r.text()
+            async with s.get(f"{url}/status/web?hours=0", headers=bearer) as r:
+                assert r.status == 400 and "hours must be a whole number" in await r.text()
+            async with s.get(f"{url}/status/nope", headers=bearer) as r:
+                assert r.status == 404
+            basic = {"Authorization": "Basic " + b64encode(f"ops:{ADMIN_KEY}".encode()).decode()}
+            async with s.get(f"{url}/status/web", headers=basic) as r:
+                assert r.status == 200 and r.content_type == "text/html"
+    finally:
+        await runner.cleanup()
+    doc = json.loads(text)
+    assert doc["recent_failures"][0]["reason"] == "http_404"
+    assert SECRET_VALUE not in text and "Grace" not in text
