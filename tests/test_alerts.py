@@ -1,0 +1,284 @@
+"""Alerts: the rules, once per incident across evaluators, recovery, the webhook over HTTP,
+and the lease that keeps one evaluator running — on real Redis with a local webhook server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from app.alert_runner import AlertLoop, Evaluator, Lease, Webhook
+from app.alerts import Snapshot, Window, conditions, snapshot_from_status
+from app.destinations import parse_config
+from app.keys import Keys
+from app.registry import publish_sync
+from app.settings import Settings
+from app.store import ProspectStore
+from tests.conftest import TEST_REDIS_URL, make_settings, settings_env
+
+
+class Hook:
+    """A local webhook receiver; ``fail_first`` answers 503 that many times first."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.fail_first = 0
+        self.server: TestServer | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            return web.Response(status=503)
+        self.received.append(await request.json())
+        return web.Response(status=204)
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("/hook"))
+
+    def events(self) -> list[tuple[str, str]]:
+        return [(n["event"], n["key"]) for n in self.received]
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[Hook]:
+    h = Hook()
+    app = web.Application()
+    app.router.add_post("/hook", h.handle)
+    h.server = TestServer(app)
+    await h.server.start_server()
+    yield h
+    await h.server.close()
+
+
+@pytest.fixture
+async def aclient(rclient: redis.Redis) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(TEST_REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def published(prefix: str, rclient: redis.Redis) -> Iterator[None]:
+    publish_sync(rclient, Keys(prefix), _config())
+    yield
+
+
+def _config() -> Any:
+    return parse_config(
+        {
+            "connections": [{"id": "conn", "user": "u1", "access_token": "t"}],
+            "destinations": [
+                {"id": "d1", "name": "D1", "connection": "conn", "audiences": {"aud-7": 7}}
+            ],
+        }
+    )
+
+
+def _settings(prefix: str, hook: Hook | None = None, **extra: str) -> Settings:
+    env = settings_env(prefix, None, ALERT_WEBHOOK_RETRIES="1", ALERT_MIN_VOLUME="10", **extra)
+    if hook is not None:
+        env["ALERT_WEBHOOK_URL"] = hook.url
+    return make_settings(env)
+
+
+async def _evaluator(client: aioredis.Redis, settings: Settings) -> tuple[Evaluator, Any]:
+    import aiohttp
+
+    session = aiohttp.ClientSession()
+    return Evaluator(client, settings, Webhook(settings, session)), session
+
+
+# The rules, pure -------------------------------------------------------------------------
+
+
+def test_rates_need_the_minimum_volume_and_a_rate_above_the_threshold(prefix: str) -> None:
+    s = _settings(prefix, ALERT_FAILURE_RATE="0.1", ALERT_EXCLUSION_RATE="0.5")
+    snap = Snapshot("d1")
+    assert conditions(snap, Window(delivered=5, failed=4), s, pause_since_s=None, now_s=0) == []
+    assert conditions(snap, Window(delivered=90, failed=10), s, pause_since_s=None, now_s=0) == []
+    (c,) = conditions(snap, Window(delivered=89, failed=11), s, pause_since_s=None, now_s=0)
+    assert (c.key, c.details["rate"]) == ("failure_rate:d1", 0.11)
+    (c,) = conditions(snap, Window(received=20, excluded=11), s, pause_since_s=None, now_s=0)
+    assert c.key == "exclusion_rate:d1" and "11 of 20 excluded" in c.summary
+
+
+def test_pause_alerts_only_when_longer_than_the_threshold(prefix: str) -> None:
+    s = _settings(prefix, ALERT_PAUSED_S="600")
+    snap = Snapshot("d1", user="u1", paused_until_s=1000.0)
+    assert conditions(snap, Window(), s, pause_since_s=500, now_s=900) == []
+    (c,) = conditions(snap, Window(), s, pause_since_s=300, now_s=900)
+    assert c.key == "rate_limit_pause:u1"
+    # A pause that has ended is no incident, however long it was.
+    assert conditions(snap, Window(), s, pause_since_s=0, now_s=1001) == []
+
+
+def test_status_document_adapter_tolerates_new_and_missing_fields(prefix: str) -> None:
+    doc = {
+        "destination": "d1",
+        "counters": {"profiles_received": 3, "excluded:no_id": 1},
+        "invalid_mapping_ids": [7],
+        "quota": {"user": "u1", "paused_until_s": 50.0, "someday": "new"},
+        "connection": {"id": "conn", "state": "reauth_required"},
+        "lag_s": 1200.0,
+        "brand_new_section": {"x": 1},
+    }
+    snap = snapshot_from_status(doc)
+    assert snap == Snapshot(
+        "d1",
+        {"profiles_received": 3, "excluded:no_id": 1},
+        (7,),
+        "u1",
+        50.0,
+        1200.0,
+        "conn",
+        "reauth_required",
+    )
+    keys = {
+        c.key for c in conditions(snap, Window(), _settings(prefix), pause_since_s=None, now_s=0)
+    }
+    assert keys == {"invalid_mapping:d1:7", "reauth_required:conn", "lag:d1"}
+    assert snapshot_from_status({"destination": "d2"}) == Snapshot("d2")
+
+
+# Incidents on real Redis -----------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("published")
+async def test_invalid_mapping_marked_by_the_store_alerts_once_then_recovers(
+    prefix: str, aclient: aioredis.Redis, rclient: redis.Redis, hook: Hook
+) -> None:
+    settings = _settings(prefix, hook)
+    evaluator, session = await _evaluator(aclient, settings)
+    try:
+        assert await evaluator.evaluate() == []
+        await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 7)
+        first = await evaluator.evaluate()
+        second = await evaluator.evaluate()  # the condition still holds: no second message
+        assert [n.key for n in first] == ["invalid_mapping:d1:7"] and second == []
+        assert hook.events() == [("alert", "invalid_mapping:d1:7")]
+        assert hook.received[0]["details"] == {"destination": "d1", "mapping_id": 7}
+        publish_sync(rclient, settings.keys, _config())  # the corrected configuration
+        await evaluator.evaluate()
+        await evaluator.evaluate()
+        assert hook.events()[1:] == [("recovery", "invalid_mapping:d1:7")]
+    finally:
+        await session.close()
+
+
+@pytest.mark.usefixtures("published")
+async def test_two_evaluators_at_once_send_one_alert(
+    prefix: str, aclient: aioredis.Redis, hook: Hook
+) -> None:
+    settings = _settings(prefix, hook)
+    (one, s1), (two, s2) = await _evaluator(aclient, settings), await _evaluator(aclient, settings)
+    try:
+        await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 7)
+        for _ in range(3):
+            await asyncio.gather(one.evaluate(), two.evaluate())
+        assert hook.events() == [("alert", "invalid_mapping:d1:7")]
+    finally:
+        await s1.close()
+        await s2.close()
+
+
+@pytest.mark.usefixtures("published")
+async def test_failure_rate_over_the_last_hour_from_the_counters(
+    prefix: str, aclient: aioredis.Redis, rclient: redis.Redis, hook: Hook
+) -> None:
+    settings = _settings(prefix, hook, ALERT_FAILURE_RATE="0.2")
+    keys = settings.keys
+    rclient.hset(keys.counters("d1"), mapping={"drain_delivered": 1000, "prospects_failed": 5})
+    evaluator, session = await _evaluator(aclient, settings)
+    try:
+        t0 = 1_000_000.0
+        assert await evaluator.evaluate(now_s=t0) == []  # old failures are not this hour's
+        rclient.hincrby(keys.counters("d1"), "drain_delivered", 30)
+        rclient.hincrby(keys.counters("d1"), "prospects_failed", 20)
+        (n,) = await evaluator.evaluate(now_s=t0 + 60)
+        assert n.key == "failure_rate:d1" and n.details["failed"] == 20 and n.details["of"] == 50
+        rclient.hincrby(keys.counters("d1"), "drain_delivered", 200)
+        (r,) = await evaluator.evaluate(now_s=t0 + 120)  # 20 of 250 failed: under 20 %
+        assert (r.event, r.key, r.since_s) == ("recovery", "failure_rate:d1", t0 + 60)
+        assert hook.events() == [("alert", "failure_rate:d1"), ("recovery", "failure_rate:d1")]
+        # An hour later the burst has left the window.
+        assert await evaluator.evaluate(now_s=t0 + 4000) == []
+    finally:
+        await session.close()
+
+
+@pytest.mark.usefixtures("published")
+async def test_unreachable_webhook_is_retried_then_resent_next_evaluation(
+    prefix: str, aclient: aioredis.Redis, hook: Hook
+) -> None:
+    settings = _settings(prefix, hook)
+    evaluator, session = await _evaluator(aclient, settings)
+    try:
+        await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 7)
+        hook.fail_first = 1  # one 503, then the retry lands
+        assert len(await evaluator.evaluate()) == 1
+        assert hook.events() == [("alert", "invalid_mapping:d1:7")]
+        await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 9)
+        hook.fail_first = 2  # both tries fail: sent at the next evaluation instead
+        assert await evaluator.evaluate() == []
+        assert [n.key for n in await evaluator.evaluate()] == ["invalid_mapping:d1:9"]
+        assert hook.events()[-1] == ("alert", "invalid_mapping:d1:9")
+    finally:
+        await session.close()
+
+
+async def test_one_lease_holder_at_a_time(prefix: str, aclient: aioredis.Redis) -> None:
+    settings = _settings(prefix)
+    a, b = Lease(aclient, settings, ttl_s=5), Lease(aclient, settings, ttl_s=5)
+    assert await a.acquire() and await a.acquire()  # renewing is taking it again
+    assert not await b.acquire()
+    await b.release()  # not b's to release
+    assert not await b.acquire()
+    await a.release()
+    assert await b.acquire()
+
+
+@pytest.mark.usefixtures("published")
+def test_alert_loop_threads_share_the_fleet_lease(prefix: str, rclient: redis.Redis) -> None:
+    received: list[Any] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/hook", handle)
+        server = TestServer(app)
+        await server.start_server()
+        settings = _settings(prefix, ALERT_INTERVAL_S="1")
+        settings = settings.model_copy(update={"alert_webhook_url": _secret(server, "/hook")})
+        loops = [AlertLoop(settings), AlertLoop(settings)]
+        for loop in loops:
+            loop.start()
+        rclient.sadd(settings.keys.invalid_mappings("d1"), 7)
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while not received and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2.5)  # both loops run at least twice more
+        finally:
+            for loop in loops:
+                await asyncio.to_thread(loop.stop)
+            await server.close()
+
+    asyncio.run(serve())
+    assert [(n["event"], n["key"]) for n in received] == [("alert", "invalid_mapping:d1:7")]
+
+
+def _secret(server: TestServer, path: str) -> Any:
+    from pydantic import SecretStr
+
+    return SecretStr(str(server.make_url(path)))

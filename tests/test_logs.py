@@ -1,0 +1,127 @@
+"""Structured logs: one JSON object per line with the record's fields, secrets redacted; the
+same setup in a real Celery worker process."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from app.logs import configure_logging, resolve_format
+from tests.conftest import ROOT, make_settings, settings_env
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in root.handlers:
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
+
+
+def _capture(prefix: str, fmt: str) -> io.StringIO:
+    out = io.StringIO()
+    configure_logging(make_settings(settings_env(prefix, None, LOG_FORMAT=fmt)), stream=out)
+    logging.getLogger().setLevel(logging.INFO)
+    return out
+
+
+def test_json_lines_carry_fields_and_extras(prefix: str, restore_root: None) -> None:
+    out = _capture(prefix, "json")
+    log = logging.getLogger("app.delivery")
+    log.info("sent %d prospects", 3, extra={"destination": "demo", "connection": "main"})
+    try:
+        raise ValueError("bad custom7")
+    except ValueError:
+        log.exception("drain failed", extra={"destination": "demo"})
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["level"] == "INFO" and first["logger"] == "app.delivery"
+    assert first["message"] == "sent 3 prospects"
+    assert first["destination"] == "demo" and first["connection"] == "main"
+    assert first["ts"].endswith("+00:00")
+    assert second["level"] == "ERROR" and second["exc_type"] == "ValueError"
+    assert "Traceback" in second["exc"] and "\n" not in lines[1]
+
+
+def test_secrets_are_redacted_in_both_formats(prefix: str, restore_root: None) -> None:
+    for fmt in ("json", "text"):
+        out = _capture(prefix, fmt)
+        log = logging.getLogger("app.outreach")
+        log.warning(
+            "refresh for %s: Authorization: Bearer tok123secret refresh_token=%s key %s",
+            "ada@example.org",
+            "rt-0987654321",
+            "osk_abcdef0123456789",
+            extra={"access_token": "tok123secret", "destination": "demo"},
+        )
+        text = out.getvalue()
+        for secret in ("tok123secret", "rt-0987654321", "osk_abcdef0123456789", "ada@example"):
+            assert secret not in text, (fmt, text)
+        assert "refresh for" in text
+
+
+def test_auto_picks_text_on_a_terminal_and_json_elsewhere() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert resolve_format("auto", Tty()) == "text"
+    assert resolve_format("auto", io.StringIO()) == "json"
+    assert resolve_format("text", io.StringIO()) == "text"
+
+
+def test_bad_log_format_is_refused_naming_the_variable(prefix: str) -> None:
+    from app.settings import SettingsError, load_settings
+
+    env = settings_env(prefix, None, LOG_FORMAT="xml")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        with pytest.raises(SettingsError, match="LOG_FORMAT"):
+            load_settings()
+
+
+def test_celery_worker_logs_json_lines(prefix: str, rclient: redis.Redis) -> None:
+    env = settings_env(prefix, None, LOG_FORMAT="json", LOG_LEVEL="INFO")
+    cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-c", "1"]
+    cmd += ["--loglevel", "INFO", "-n", f"{prefix}-log@%h", "--without-gossip"]
+    cmd += ["--without-mingle", "--without-heartbeat"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    lines: list[dict[str, object]] = []
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        while not any(" ready" in str(d.get("message")) for d in lines):
+            assert time.monotonic() < deadline, f"no 'ready' line; got {lines}"
+            raw = proc.stderr.readline()
+            assert raw, f"worker exited: {lines}"
+            # From the first record on, JSON only (before it, Python may print a warning
+            # of Celery's about running as root, before logging is set up).
+            if lines or raw.startswith(b"{"):
+                lines.append(json.loads(raw))
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)
+        for key in rclient.scan_iter(match=f"*{prefix}*"):
+            rclient.delete(key)
+    assert all({"ts", "level", "logger", "message"} <= d.keys() for d in lines)
+    assert any(d["logger"] == "workers.celery_app" for d in lines)  # our own logger too
