@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: help install redis run test check lint format bench flower worker api sandbox clean
+.PHONY: help install redis chromium run test check lint format bench flower worker api sandbox clean
 
 help:
 	@echo "make run     - sandbox + API + worker + sample traffic, with a summary (Ctrl-C stops)"
@@ -31,7 +31,10 @@ redis: $(STAMP)
 run: install redis
 	$(PY) -m app demo
 
-test: install redis
+chromium:
+	@bash deploy/ensure-chromium.sh
+
+test: install redis chromium
 	$(PY) -m pytest -q
 
 check: install

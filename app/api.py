@@ -6,14 +6,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
+from app import admin_api, openapi, prom, status_page
 from app.ingest import ingest_async, read_profiles
+from app.producer_auth import GUARD as PRODUCER_GUARD
+from app.producer_auth import ProducerGuard, guarded
 from app.ratelimit import QuotaGate, gate_for
+from app.redis_client import async_client
 from app.registry import Registry
 from app.settings import Settings
-from app.status import destination_status
+from app.status import BadQuery, destination_status, parse_hours
 from app.store import ProspectStore
 
 log = logging.getLogger(__name__)
@@ -56,8 +59,12 @@ async def post_profiles(request: web.Request) -> web.Response:
 async def get_status(request: web.Request) -> web.Response:
     dest_id = request.match_info["destination_id"]
     app = request.app
+    try:
+        hours = parse_hours(request.query.get("hours"), keys=app[SETTINGS].keys)
+    except BadQuery as exc:
+        return error(400, "Bad query", str(exc))
     doc = await destination_status(
-        dest_id, store=app[STORE], registry=app[REGISTRY], gate=app[GATE]
+        dest_id, store=app[STORE], registry=app[REGISTRY], gate=app[GATE], hours=hours
     )
     if doc is None:
         return error(404, "Unknown destination", f"no destination {dest_id!r}")
@@ -85,14 +92,26 @@ async def too_large(request: web.Request, handler: Handler) -> web.StreamRespons
 
 
 def make_app(settings: Settings) -> web.Application:
+    from app import oauth_web
+    from app.crypto import cipher_for
+    from app.startup import check_startup
+
+    check_startup(settings)  # outside development: no start without the keys
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[too_large])
-    client = aioredis.from_url(str(settings.redis_url))
+    client = async_client(settings)
     app[SETTINGS] = settings
     app[STORE] = ProspectStore(client, settings.keys)
-    app[REGISTRY] = Registry(client, settings.keys)
+    app[REGISTRY] = Registry(client, settings.keys, cipher=cipher_for(settings))
     app[GATE] = gate_for(client, settings)
-    app.router.add_post("/v1/destinations/{destination_id}/profiles", post_profiles)
-    app.router.add_get("/v1/destinations/{destination_id}/status", get_status)
+    app[PRODUCER_GUARD] = ProducerGuard(client, settings)
+    app.router.add_post("/v1/destinations/{destination_id}/profiles", guarded(post_profiles))
+    app.router.add_get("/v1/destinations/{destination_id}/status", guarded(get_status))
+    admin_api.add_routes(app, client=client, settings=settings, registry=app[REGISTRY])
+    app.router.add_get("/openapi.json", openapi.serve)
+    oauth_web.add_routes(app, client=client, settings=settings)
+    sources = (app[STORE], app[REGISTRY], app[GATE], settings)
+    status_page.add_routes(app, *sources)
+    prom.add_routes(app, *sources)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 

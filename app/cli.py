@@ -10,6 +10,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from app import cli_admin, status_cli
+from app.redis_client import sync_client
 from app.settings import Settings, SettingsError, get_settings
 
 if TYPE_CHECKING:
@@ -56,8 +58,6 @@ def cmd_ingest(ns: argparse.Namespace) -> int:
 
 
 def cmd_config_load(ns: argparse.Namespace) -> int:
-    import redis
-
     from app.destinations import ConfigError, load_config
     from app.registry import publish_sync
 
@@ -67,18 +67,9 @@ def cmd_config_load(ns: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     s = get_settings()
-    publish_sync(redis.Redis.from_url(str(s.redis_url)), s.keys, config)
+    publish_sync(sync_client(s), s.keys, config)
     ids = ", ".join(d.id for d in config.destinations)
     print(f"loaded {len(config.connections)} connection(s), destinations: {ids}")
-    return 0
-
-
-def cmd_status(ns: argparse.Namespace) -> int:
-    import asyncio
-
-    from app.status import render_status
-
-    print(asyncio.run(render_status(get_settings(), ns.destination, as_json=ns.json)))
     return 0
 
 
@@ -86,8 +77,10 @@ def cmd_api(ns: argparse.Namespace) -> int:
     from aiohttp import web
 
     from app.api import make_app
+    from app.observability import init_sentry
 
     s = get_settings()
+    init_sentry(s, component="api")
     web.run_app(make_app(s), host=ns.host or s.api_host, port=ns.port or s.api_port, print=print)
     return 0
 
@@ -95,7 +88,8 @@ def cmd_api(ns: argparse.Namespace) -> int:
 def cmd_worker(ns: argparse.Namespace) -> int:
     """Replace this process with a Celery worker (app/ never imports Celery itself)."""
     argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker"]
-    argv += ["--loglevel", ns.loglevel, "--concurrency", str(ns.concurrency), *ns.celery_args]
+    level = ns.loglevel or get_settings().log_level
+    argv += ["--loglevel", level, "--concurrency", str(ns.concurrency), *ns.celery_args]
     os.execv(sys.executable, argv)
     return 0  # pragma: no cover
 
@@ -116,13 +110,11 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 def cmd_failures_list(ns: argparse.Namespace) -> int:
     import time
 
-    import redis
-
     from app import failures
     from app.registry import destination_sync
 
     s = get_settings()
-    client = redis.Redis.from_url(str(s.redis_url))
+    client = sync_client(s)
     if ns.destination is not None and destination_sync(client, s.keys, ns.destination) is None:
         print(f"error: unknown destination {ns.destination!r}", file=sys.stderr)
         return 2
@@ -142,13 +134,11 @@ def cmd_failures_list(ns: argparse.Namespace) -> int:
 
 
 def cmd_failures_show(ns: argparse.Namespace) -> int:
-    import redis
-
     from app import failures
     from app.registry import destination_sync
 
     s = get_settings()
-    client = redis.Redis.from_url(str(s.redis_url))
+    client = sync_client(s)
     if destination_sync(client, s.keys, ns.destination) is None:
         print(f"error: unknown destination {ns.destination!r}", file=sys.stderr)
         return 2
@@ -165,12 +155,10 @@ def _open_destination(
 ) -> tuple[redis.Redis, Settings, Destination, int] | None:
     """Redis, the settings, the destination and its coalescing window; None (and a message)
     when the destination is unknown."""
-    import redis
-
     from app.registry import destination_sync
 
     s = get_settings()
-    client = redis.Redis.from_url(str(s.redis_url))
+    client = sync_client(s)
     dest = destination_sync(client, s.keys, dest_id)
     if dest is None:
         print(f"error: unknown destination {dest_id!r}", file=sys.stderr)
@@ -206,8 +194,6 @@ def cmd_failures_replay(ns: argparse.Namespace) -> int:
 
 
 def cmd_failures_purge(ns: argparse.Namespace) -> int:
-    import redis
-
     from app import failures
     from app.registry import destination_sync
 
@@ -219,7 +205,7 @@ def cmd_failures_purge(ns: argparse.Namespace) -> int:
         )
         return 2
     s = get_settings()
-    client = redis.Redis.from_url(str(s.redis_url))
+    client = sync_client(s)
     if destination_sync(client, s.keys, ns.destination) is None:
         print(f"error: unknown destination {ns.destination!r}", file=sys.stderr)
         return 2
@@ -265,10 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("file")
     load.set_defaults(func=cmd_config_load)
 
-    st = sub.add_parser("status", help="backlog, counters and quota per destination")
-    st.add_argument("destination", nargs="?")
-    st.add_argument("--json", action="store_true")
-    st.set_defaults(func=cmd_status)
+    status_cli.add_parsers(sub)
 
     api = sub.add_parser("api", help="run the producers' HTTP API")
     api.add_argument("--host")
@@ -277,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     wk = sub.add_parser("worker", help="run a Celery worker (with its dispatcher)")
     wk.add_argument("-c", "--concurrency", type=int, default=os.cpu_count() or 2)
-    wk.add_argument("--loglevel", default="INFO")
+    wk.add_argument("--loglevel", help="default: LOG_LEVEL")
     wk.add_argument("celery_args", nargs=argparse.REMAINDER)
     wk.set_defaults(func=cmd_worker)
 
@@ -319,12 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("resync", help="send the delivered state of every prospect again")
     rs.add_argument("destination")
     rs.set_defaults(func=cmd_resync)
+    cli_admin.add_parsers(sub)
+    from app import cli_connections
+
+    cli_connections.add_parsers(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
     try:
+        from app.logs import configure_logging
+
+        configure_logging(get_settings())  # LOG_FORMAT / LOG_LEVEL, secrets redacted
         sys.exit(ns.func(ns))
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,12 +8,16 @@ import random
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.classify import classify
+from app.connections import ConnectionStore
+from app.crypto import cipher_for
 from app.destinations import Connection, Destination
 from app.errors import DeliveryError, Permanent, RateLimited, Retryable, Unauthorized
+from app.metrics import count_delivered, count_failed, drain_metrics
+from app.oauth import AccessToken, RefreshOutcome, TokenManager
 from app.outreach import OutreachClient
 from app.ratelimit import Grant, QuotaGate
 from app.registry import Registry
@@ -85,18 +89,20 @@ def _now_ms() -> int:
 
 
 class TokenRefresher(Protocol):
-    async def refresh(self, conn: Connection) -> bool:
-        """Get ``conn`` a fresh access token after a 401; True when it did."""
+    """Access tokens, kept fresh (app/oauth.py ``TokenManager``)."""
+
+    async def current(self, conn_id: str) -> AccessToken | None:
+        """The token to send with now (refreshed first when about to expire)."""
+        ...
+
+    async def after_unauthorized(self, conn_id: str, generation: int) -> RefreshOutcome:
+        """Outreach refused the token of ``generation`` (a 401): refresh it, once."""
         ...
 
 
-class NoRefresh:
-    """Until OAuth connections can refresh (issue 5): a 401 is retried with backoff, and
-    recorded as failed with its status once the retry age runs out."""
-
-    async def refresh(self, conn: Connection) -> bool:
-        log.warning("connection %s: access token refused (401), no refresh available", conn.id)
-        return False
+#: A prospect refused with a 401 is sent again at once after a refresh this many times;
+#: after that its 401s are retried with backoff (a token Outreach refuses even fresh).
+REFRESH_RETRIES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,9 @@ class Lot:
     dest: Destination
     conn: Connection
     token: str
+    #: The connection's access token (never logged) and its generation.
+    access_token: str | None = field(default=None, repr=False)
+    generation: int = 0
 
 
 class Deliverer:
@@ -124,7 +133,13 @@ class Deliverer:
         self.client = client
         self.gate = gate
         self.settings = settings
-        self.refresher = refresher or NoRefresh()
+        # Without a refresher tokens are read (decrypted) but never refreshed.
+        self.refresher: TokenRefresher = refresher or TokenManager(
+            ConnectionStore(store.redis, store.keys, cipher_for(settings)),
+            None,
+            margin_s=settings.token_refresh_margin_s,
+            wait_s=settings.token_refresh_wait_s,
+        )
         self._http = asyncio.Semaphore(settings.http_concurrency)
 
     async def drain(self, dest_id: str, slot: str | None = None) -> Counter[str]:
@@ -146,13 +161,18 @@ class Deliverer:
                 )
                 if not claimed:
                     break
-                stats["claimed"] += len(claimed)
-                if not await self._send_batch(lot, claimed, stats):
+                # Each batch's counts reach the metrics in one round trip when it is done.
+                tally: Counter[str] = Counter(claimed=len(claimed))
+                try:
+                    more = await self._send_batch(lot, claimed, tally)
+                finally:
+                    stats.update(tally)
+                    await self.store.count(dest_id, **drain_metrics(tally))
+                if not more:
                     break
         finally:
             if slot is not None:
                 await self.store.release_slot(dest_id, slot)
-            await self.store.count(dest_id, **{f"drain_{k}": v for k, v in stats.items()})
         return stats
 
     async def _lot(self, dest_id: str, token: str) -> Lot | None:
@@ -160,10 +180,24 @@ class Deliverer:
         if dest is None or not dest.enabled:
             return None
         conn = await self.registry.connection(dest.connection)
-        if conn is None:
+        access = None if conn is None else await self.refresher.current(conn.id)
+        if conn is None or access is None:
             log.error("destination %s names unknown connection %s", dest_id, dest.connection)
             return None
-        return Lot(dest, conn, token)
+        if access.blocked is not None:
+            # Nothing is claimed: changes keep coalescing, no attempt is counted.
+            await self._hold_blocked(dest_id, access.blocked)
+            return None
+        return Lot(dest, conn, token, access.token, access.generation)
+
+    async def _hold_blocked(self, dest_id: str, why: str) -> int:
+        """Start no drain of ``dest_id`` for a while: its connection cannot send (needs
+        re-authorization, has no token yet, or its refresh failed). Returns the hold's end."""
+        now = _now_ms()
+        until = now + int(self.settings.reauth_hold_s * 1000)
+        await self.store.hold(dest_id, until, now_ms=now)
+        log.debug("destination %s held: connection blocked (%s)", dest_id, why)
+        return until
 
     async def _send_batch(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool:
         """Send what the quota allows; False when it ran out (the drain should stop)."""
@@ -219,11 +253,14 @@ class Deliverer:
         return grant
 
     async def _send_one(self, lot: Lot, c: Claimed, stats: Counter[str]) -> None:
-        await self._outcome(lot, c, await self._request(lot, c, stats), stats)
+        err = await self._request(lot, c, stats)
+        if err is None:
+            count_delivered(stats, lot.dest, c.fields)
+        await self._outcome(lot, c, err, stats)
 
     async def _request(self, lot: Lot, c: Claimed, stats: Counter[str]) -> DeliveryError | None:
         """One PATCH of ``c``'s fields (a permit is already held); None when Outreach took it."""
-        access = lot.conn.access_token
+        access = lot.access_token
         err: DeliveryError | None
         async with self._http:
             stats["requests"] += 1
@@ -231,9 +268,7 @@ class Deliverer:
             try:
                 if access is None:
                     raise Unauthorized(None, f"connection {lot.conn.id} has no access token")
-                resp = await self.client.patch_prospect(
-                    access.get_secret_value(), c.prospect, c.fields
-                )
+                resp = await self.client.patch_prospect(access, c.prospect, c.fields)
             except (Retryable, Unauthorized) as exc:
                 err = exc
                 # No answer, but the gate's careful single (if this was it) may go again.
@@ -265,12 +300,8 @@ class Deliverer:
             await self._settle(lot, c, "defer", due_ms=due)
         elif isinstance(err, Permanent):
             await self._permanent(lot, c, err, stats)
-        elif (
-            isinstance(err, Unauthorized)
-            and c.attempts == 0
-            and await self.refresher.refresh(lot.conn)
-        ):
-            await self._settle(lot, c, "retry", due_ms=_now_ms())  # once, with the new token
+        elif isinstance(err, Unauthorized) and await self._unauthorized(lot, c):
+            return
         else:
             age_s = (_now_ms() - c.first_seen_ms) / 1000
             if age_s > self.settings.max_retry_age_s:
@@ -279,6 +310,21 @@ class Deliverer:
             after = err.after_s if isinstance(err, Retryable) and err.after_s else None
             delay = max(after or 0.0, backoff_s(c.attempts))
             await self._settle(lot, c, "retry", due_ms=_now_ms() + int(delay * 1000))
+
+    async def _unauthorized(self, lot: Lot, c: Claimed) -> bool:
+        """A 401: refresh the token (one refresh in flight per connection everywhere) and
+        send again. While the connection needs re-authorization, or no refresh is possible
+        now, the change waits without counting an attempt (it never becomes a dead letter)
+        and the destination is held. False: retry it like a transient error."""
+        outcome = await self.refresher.after_unauthorized(lot.conn.id, lot.generation)
+        if outcome is RefreshOutcome.REFRESHED and c.attempts < REFRESH_RETRIES:
+            await self._settle(lot, c, "retry", due_ms=_now_ms())
+            return True
+        if outcome in (RefreshOutcome.REAUTH_REQUIRED, RefreshOutcome.UNAVAILABLE):
+            until = await self._hold_blocked(lot.dest.id, outcome.value)
+            await self._settle(lot, c, "defer", due_ms=until)
+            return True
+        return False
 
     async def _permanent(self, lot: Lot, c: Claimed, err: Permanent, stats: Counter[str]) -> None:
         """Fail what Outreach refused; when it named the bad fields, only those."""
@@ -326,6 +372,7 @@ class Deliverer:
                     queue.clear()
                     break
         # Delivered fields are recorded; the rest of the snapshot returns to pending.
+        count_delivered(stats, lot.dest, {f: c.fields[f] for f in delivered})
         await self._settle(lot, c, "ok", fields=tuple(delivered))
 
     async def _send_part(
@@ -358,7 +405,9 @@ class Deliverer:
     async def _record(self, lot: Lot, c: Claimed, err: DeliveryError, reason: str) -> None:
         record = await failure_record(self.store, lot.dest.id, c, err, reason)
         await self.store.record_failure(lot.dest.id, str(record["id"]), record)
-        await self.store.count(lot.dest.id, prospects_failed=1, **{f"failed:{reason}": 1})
+        counts: Counter[str] = Counter()
+        count_failed(counts, reason, c.fields)
+        await self.store.count(lot.dest.id, **counts)
         log.warning(
             "prospect update failed: destination=%s status=%s reason=%s",
             lot.dest.id,

@@ -44,8 +44,11 @@ def demo_sample(events: int = SAMPLE_EVENTS) -> Sample:
     )
 
 
-def _http(url: str, data: bytes | None = None, ctype: str = "application/json") -> Any:
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": ctype})
+def _http(
+    url: str, data: bytes | None = None, ctype: str = "application/json", *, key: str = ""
+) -> Any:
+    headers = {"Content-Type": ctype, **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
@@ -95,7 +98,14 @@ def _start(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen(c, env=env, cwd=ROOT) for c in cmds]
 
 
-def _feed(api: str) -> dict[str, int]:
+def _producer_key(env: dict[str, str]) -> str:
+    """A producer API key for the demo destination: ingestion always needs one."""
+    cmd = [sys.executable, "-m", "app", "keys", "create", "--name", "demo", "-d", DEST]
+    done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def _feed(api: str, key: str) -> dict[str, int]:
     from tqdm import tqdm
 
     totals = {"accepted": 0, "excluded": 0, "rejected": 0}
@@ -104,7 +114,8 @@ def _feed(api: str) -> dict[str, int]:
         for i in range(0, len(lines), 250):
             chunk = "\n".join(lines[i : i + 250]).encode()
             try:
-                doc = _http(f"{api}/v1/destinations/{DEST}/profiles", chunk, "application/x-ndjson")
+                url = f"{api}/v1/destinations/{DEST}/profiles"
+                doc = _http(url, chunk, "application/x-ndjson", key=key)
             except urllib.error.HTTPError as exc:
                 doc = json.loads(exc.read())
             for k in totals:
@@ -113,12 +124,12 @@ def _feed(api: str) -> dict[str, int]:
     return totals
 
 
-def _wait_delivered(api: str, sandbox: str, expected: int) -> None:
+def _wait_delivered(api: str, sandbox: str, expected: int, key: str) -> None:
     from tqdm import tqdm
 
     with tqdm(total=expected, unit=" prospects", desc="delivering") as bar:
         while True:
-            st = _http(f"{api}/v1/destinations/{DEST}/status")
+            st = _http(f"{api}/v1/destinations/{DEST}/status", key=key)
             done = len(_http(f"{sandbox}/_sandbox/prospects"))
             bar.update(done - bar.n)
             if st["pending"] == 0 and st["in_flight"] == 0 and done >= expected:
@@ -139,9 +150,10 @@ def run_demo(*, keep_serving: bool) -> int:
         subprocess.run(
             [sys.executable, "-m", "app", "config", "load", str(CONFIG)], env=env, check=True
         )
-        totals = _feed(api)
+        key = _producer_key(env)
+        totals = _feed(api, key)
         expected = sample.expected()
-        _wait_delivered(api, sandbox, len(expected))
+        _wait_delivered(api, sandbox, len(expected), key)
         _summary(
             totals,
             sample,
@@ -151,6 +163,8 @@ def run_demo(*, keep_serving: bool) -> int:
         print(f"\nsandbox:  {sandbox}/_sandbox/stats   {sandbox}/_sandbox/prospects")
         dest_url = f"{api}/v1/destinations/{DEST}"
         print(f"API:      POST {dest_url}/profiles   GET {dest_url}/status")
+        print(f"          with 'Authorization: Bearer {key}' (the demo's producer key)")
+        print(f"          {api}/openapi.json describes every route")
         print("flower:   make flower (http://127.0.0.1:5555)")
         if keep_serving:
             print("serving; Ctrl-C stops everything")

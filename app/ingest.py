@@ -15,8 +15,9 @@ from typing import Any
 
 import redis
 
-from app.destinations import Destination
+from app.destinations import STATUSES, Destination
 from app.keys import Keys
+from app.metrics import audience_metric, write_sync
 from app.profiles import ProfileResult, evaluate_profile
 from app.store import Change, MergeResult, ProspectStore, encode, merge_sync
 
@@ -31,6 +32,8 @@ class IngestReport:
     fields_stale: int = 0
     excluded_reasons: Counter[str] = field(default_factory=Counter)
     problems: list[ProfileResult] = field(default_factory=list)
+    #: Per-audience counts by metric name (``m7:received:realized``, app/metrics.py).
+    audiences: Counter[str] = field(default_factory=Counter)
 
     @property
     def received(self) -> int:
@@ -43,6 +46,7 @@ class IngestReport:
         self.fields_stale += other.fields_stale
         self.excluded_reasons.update(other.excluded_reasons)
         self.problems.extend(other.problems)
+        self.audiences.update(other.audiences)
 
     def as_dict(self, *, results: list[ProfileResult] | None = None) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -75,13 +79,38 @@ class IngestReport:
             "audiences_ignored": self.ignored_audiences,
         }
         for reason, n in self.excluded_reasons.items():
-            out[f"excluded:{_reason_key(reason)}"] = n
+            key = f"excluded:{_reason_key(reason)}"
+            out[key] = out.get(key, 0) + n
+        out.update(self.audiences)
         return out
 
 
 def _reason_key(reason: str) -> str:
     # "OutreachId 'abc' is not a positive integer" -> one counter, not one per bad value.
     return "no_identity" if reason.startswith("no ") else "bad_identity"
+
+
+def _count_audiences(
+    counts: Counter[str], raw: object, dest: Destination, res: ProfileResult
+) -> None:
+    """Per mapped audience a profile names: received by status, and excluded or rejected.
+    Read from the raw profile, defensively, so excluded and rejected profiles count too."""
+    segments = raw.get("segmentMembership") if isinstance(raw, dict) else None
+    if not isinstance(segments, dict):
+        return
+    for audiences in segments.values():
+        if not isinstance(audiences, dict):
+            continue
+        for audience, membership in audiences.items():
+            mapping_id = dest.audiences.get(audience) if isinstance(audience, str) else None
+            status = membership.get("status") if isinstance(membership, dict) else None
+            if mapping_id is None or not isinstance(status, str) or status not in STATUSES:
+                continue
+            counts[audience_metric(mapping_id, "received", status)] += 1
+            if res.outcome == "excluded":
+                counts[audience_metric(mapping_id, "excluded", _reason_key(res.reason or ""))] += 1
+            elif res.outcome == "rejected":
+                counts[audience_metric(mapping_id, "rejected")] += 1
 
 
 @dataclass
@@ -105,6 +134,8 @@ def evaluate_batch(
             res = evaluate_profile(raw, destination, index=i, received_ms=received_ms)
         results.append(res)
         report.ignored_audiences += res.ignored_audiences
+        if destination.audiences:
+            _count_audiences(report.audiences, raw, destination, res)
         if res.outcome != "accepted":
             report.problems.append(res)
             if res.outcome == "excluded":
@@ -168,11 +199,7 @@ async def ingest_async(
 
 
 def _count_sync(client: redis.Redis, keys: Keys, dest: str, report: IngestReport) -> None:
-    pipe = client.pipeline(transaction=False)
-    for name, n in report.counters().items():
-        if n:
-            pipe.hincrby(keys.counters(dest), name, n)
-    pipe.execute()
+    write_sync(client, keys, dest, report.counters())
 
 
 def read_profiles(source: str | Iterable[str]) -> Iterator[Any]:

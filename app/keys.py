@@ -24,6 +24,8 @@ DRAIN_BUDGET_S = 20.0
 DISPATCH_MAX_SLEEP_S = 1.0
 #: Outreach's documented quota: 10,000 requests per hour per user.
 DEFAULT_RATE_LIMIT = "10000/hour"
+#: Hourly dataflow metrics are kept this long (8 days: this week against the last).
+METRICS_RETENTION_HOURS = 192
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,8 @@ class Keys:
     """Names of the keys; ``prefix`` isolates deployments and test runs on one Redis."""
 
     prefix: str = "os"
+    #: How long an hourly metrics hash lives (``METRICS_RETENTION_HOURS``; a setting).
+    metrics_retention_hours: int = METRICS_RETENTION_HOURS
 
     # One destination ----------------------------------------------------------------
     def pending(self, dest: str, prospect: int) -> str:
@@ -86,6 +90,14 @@ class Keys:
         """Hash counter name -> integer: dataflow totals of the destination."""
         return f"{self.prefix}:{{{dest}}}:count"
 
+    def metrics_hour(self, dest: str, hour: int) -> str:
+        """Hash metric name -> integer: the counters of one hour (epoch hour), with a TTL."""
+        return f"{self.prefix}:{{{dest}}}:mh:{hour}"
+
+    def metrics_ttl_s(self) -> int:
+        """TTL of an hourly metrics hash: the retention plus the hour being written."""
+        return (self.metrics_retention_hours + 1) * 3600
+
     def failures(self, dest: str) -> str:
         """Hash failure id -> JSON record: changes that could not be delivered."""
         return f"{self.prefix}:{{{dest}}}:fail"
@@ -100,9 +112,46 @@ class Keys:
         return f"{self.prefix}:destinations"
 
     def connections(self) -> str:
-        """Hash connection id -> JSON connection (tokens)."""
+        """Hash connection id -> JSON record (tokens Fernet-encrypted: app/connections.py)."""
         return f"{self.prefix}:connections"
+
+    def refresh_lock(self, conn: str) -> str:
+        """The one token refresh in flight for a connection, across all processes and hosts."""
+        return f"{self.prefix}:reflock:{{{conn}}}"
+
+    def oauth_state(self, state: str) -> str:
+        """JSON of one pending authorization (connection id); single-use, expires."""
+        return f"{self.prefix}:oauthstate:{state}"
 
     def quota(self, user: str) -> str:
         """Namespace of one Outreach user's shared request budget (one cluster slot)."""
         return f"{self.prefix}:quota:{{{user}}}"
+
+    # Alerts (app/alert_runner.py): one hash tag, so the runner's scripts may touch them all.
+    def alerts_open(self) -> str:
+        """Hash incident key -> JSON incident: alerts raised and not yet recovered."""
+        return f"{self.prefix}:{{alerts}}:open"
+
+    def alerts_sending(self, incident: str) -> str:
+        """Held while one evaluator sends an incident's message, so no other sends it too."""
+        return f"{self.prefix}:{{alerts}}:sending:{incident}"
+
+    def alerts_lease(self) -> str:
+        """Token of the one alert evaluator running (expires if its worker dies)."""
+        return f"{self.prefix}:{{alerts}}:lease"
+
+    def alerts_samples(self, dest: str) -> str:
+        """Sorted set of counter samples (score: epoch s) of the last hour: rates' baseline."""
+        return f"{self.prefix}:{{alerts}}:samples:{dest}"
+
+    def alerts_pause_since(self) -> str:
+        """Hash Outreach user -> epoch s its current 429 pause was first seen."""
+        return f"{self.prefix}:{{alerts}}:pause-since"
+
+    def producer_keys(self) -> str:
+        """Hash key id -> JSON producer API key record (SHA-256 of the secret, never the secret)."""
+        return f"{self.prefix}:producer-keys"
+
+    def producer_rate(self) -> str:
+        """Prefix of the producers' request-rate windows (``limits`` adds the key id)."""
+        return f"{self.prefix}:producer-rate"

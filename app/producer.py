@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import redis
-
 from app.ingest import Batch, ingest_sync
+from app.redis_client import sync_client
 from app.registry import destination_sync
 from app.settings import Settings, get_settings
 
@@ -21,7 +20,7 @@ class UnknownDestination(LookupError):
 class Producer:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
-        self.redis = redis.Redis.from_url(str(self.settings.redis_url))
+        self.redis = sync_client(self.settings)
 
     def send(self, destination_id: str, profiles: Iterable[Any], *, start: int = 0) -> Batch:
         """Validate ``profiles`` and merge their changes; bad ones are reported, not raised."""

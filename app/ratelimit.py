@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from app.keys import DEFAULT_RATE_LIMIT, Keys
 from app.ratelimit_signals import parse_budget, parse_reset
+from app.redis_client import limits_storage_uri
 from app.settings import Settings
 
 #: Smallest wait ever returned with a refusal, so that a caller cannot spin on a zero wait.
@@ -339,6 +340,10 @@ def _window_storage(uri: str, prefix: str, redis: redis.asyncio.Redis) -> Storag
         # Share the caller's pool: one set of connections, surely the same database, and
         # closed with the caller's client (limits' storage has no close of its own).
         options["connection_pool"] = redis.connection_pool
+    elif uri.startswith("async+redis+sentinel://"):
+        # The caller's client already follows the Sentinels' master: share its pool too.
+        options["connection_pool"] = redis.connection_pool
+        uri = "async+redis://"
     return cast(Storage, storage_from_string(uri, **options))
 
 
@@ -370,7 +375,7 @@ def gate_for(client: redis.asyncio.Redis, settings: Settings) -> QuotaGate:
     """The gate of a deployment: its Redis, key prefix and fallback pause."""
     return QuotaGate(
         client,
-        storage_uri="async+" + str(settings.redis_url),
+        storage_uri=limits_storage_uri(settings),
         prefix=settings.redis_key_prefix,
         fallback_pause_s=settings.rate_limit_fallback_pause_s,
     )

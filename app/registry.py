@@ -6,13 +6,16 @@ seconds, so a change reaches running workers without a restart.
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any, cast
+from collections.abc import Awaitable
+from importlib import resources
+from typing import cast
 
 import redis
 import redis.asyncio as aioredis
 
+from app.connections import ConnectionStoreSync, decrypt_or_none, parse_record
+from app.crypto import TokenCipher, default_cipher
 from app.destinations import Config, Connection, Destination
 from app.keys import Keys
 
@@ -20,24 +23,26 @@ from app.keys import Keys
 CACHE_TTL_S = 2.0
 
 
-def _connection_doc(conn: Connection) -> str:
-    doc: dict[str, Any] = conn.model_dump(mode="python")
-    for name in ("access_token", "refresh_token"):
-        secret = getattr(conn, name)
-        doc[name] = secret.get_secret_value() if secret is not None else None
-    return json.dumps(doc)
+def publish_sync(
+    client: redis.Redis, keys: Keys, config: Config, *, cipher: TokenCipher | None = None
+) -> None:
+    """Write every connection and destination of ``config`` (replacing same-id entries).
 
-
-def publish_sync(client: redis.Redis, keys: Keys, config: Config) -> None:
-    """Write every connection and destination of ``config`` (replacing same-id entries)."""
-    pipe = client.pipeline()
+    Connections go through the connection store: tokens encrypted with ``cipher`` (default:
+    the process's settings); a connection given without tokens keeps those it has.
+    """
+    conns = ConnectionStoreSync(client, keys, cipher or default_cipher())
     for conn in config.connections:
-        pipe.hset(keys.connections(), conn.id, _connection_doc(conn))
+        conns.publish(conn)
+    pipe = client.pipeline()
     for dest in config.destinations:
         pipe.hset(keys.destinations(), dest.id, dest.model_dump_json())
         # A corrected configuration gets its mapping IDs tried again.
         pipe.delete(keys.invalid_mappings(dest.id))
     pipe.execute()
+    for conn in config.connections:
+        # Destinations held while their connection needed re-authorization start again.
+        conns.resume(conn.id)
 
 
 def destination_sync(client: redis.Redis, keys: Keys, dest_id: str) -> Destination | None:
@@ -45,11 +50,51 @@ def destination_sync(client: redis.Redis, keys: Keys, dest_id: str) -> Destinati
     return None if raw is None else Destination.model_validate_json(raw)
 
 
+_SWAP = resources.files("app").joinpath("lua", "swap_destination.lua").read_text()
+
+
+async def stored_destinations(client: aioredis.Redis, keys: Keys) -> dict[str, bytes]:
+    """Every destination's stored document, by id (what ``swap_destination`` compares)."""
+    raw = await cast("Awaitable[dict[bytes, bytes]]", client.hgetall(keys.destinations()))
+    return {k.decode(): v for k, v in raw.items()}
+
+
+async def stored_destination(client: aioredis.Redis, keys: Keys, dest_id: str) -> bytes | None:
+    return await cast("Awaitable[bytes | None]", client.hget(keys.destinations(), dest_id))
+
+
+async def swap_destination(
+    client: aioredis.Redis,
+    keys: Keys,
+    dest_id: str,
+    *,
+    expected: bytes | None,
+    new: Destination | None,
+) -> bool:
+    """Publish (``new``) or delete (None) one destination if its stored document is still
+    ``expected`` (None: absent); clears its invalid-mapping marks. False: it had changed."""
+    args: list[str | bytes] = [dest_id, expected or b"", new.model_dump_json() if new else ""]
+    keys_ = [keys.destinations(), keys.invalid_mappings(dest_id)]
+    done = await cast("Awaitable[int]", client.eval(_SWAP, len(keys_), *keys_, *args))
+    return bool(done)
+
+
 class Registry:
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, ttl_s: float = CACHE_TTL_S) -> None:
+    """Destinations and connections (tokens decrypted with ``cipher``, default: the
+    process's settings), cached for ``ttl_s``."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        *,
+        ttl_s: float = CACHE_TTL_S,
+        cipher: TokenCipher | None = None,
+    ) -> None:
         self._redis = client
         self._keys = keys
         self._ttl_s = ttl_s
+        self._cipher = cipher
         self._loaded_at = float("-inf")
         self._destinations: dict[str, Destination] = {}
         self._connections: dict[str, Connection] = {}
@@ -64,8 +109,9 @@ class Registry:
         self._destinations = {
             k.decode(): Destination.model_validate_json(v) for k, v in dests.items()
         }
+        cipher = self._cipher = self._cipher or default_cipher()
         self._connections = {
-            k.decode(): Connection.model_validate_json(v) for k, v in conns.items()
+            k.decode(): decrypt_or_none(parse_record(v, cipher), cipher) for k, v in conns.items()
         }
         self._loaded_at = time.monotonic()
 
@@ -80,3 +126,7 @@ class Registry:
     async def destination_ids(self) -> list[str]:
         await self._refresh()
         return sorted(self._destinations)
+
+    def forget(self) -> None:
+        """Drop the cached copy: the next read loads again (after this process's own edit)."""
+        self._loaded_at = float("-inf")

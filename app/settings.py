@@ -46,14 +46,82 @@ class Settings(BaseSettings):
     sentry_dsn: str | None = None
 
     # --- issue 5: connections, OAuth, token encryption (auth helper adds fields here) ---
+    #: development (the default) or production: production refuses to start without
+    #: TOKEN_ENCRYPTION_KEY and ADMIN_API_KEY (app/startup.py).
+    app_env: str = Field("development", pattern=r"^(development|production)$")
+    #: Fernet key(s) encrypting tokens at rest, comma-separated; the first encrypts, all decrypt.
+    token_encryption_key: SecretStr | None = None
+    #: The Outreach OAuth application (app/oauth.py); redirect URI defaults to this API's
+    #: ``/oauth/callback``, scopes are space-separated.
+    outreach_client_id: str | None = None
+    outreach_client_secret: SecretStr | None = None
+    outreach_redirect_uri: str | None = None
+    outreach_scopes: str = Field("prospects.all", min_length=1)
+    #: An access token this close to its expiry is refreshed before it is used.
+    token_refresh_margin_s: float = Field(300.0, ge=0)
+    #: Longest a refresh may take, waiting out the token endpoint's 429s and another process's
+    #: refresh of the same connection included.
+    token_refresh_wait_s: float = Field(30.0, gt=0, le=600)
+    #: How long an OAuth ``state`` (one authorization attempt) stays usable.
+    oauth_state_ttl_s: int = Field(600, ge=30, le=3600)
+    #: A destination whose connection needs re-authorization is held this long at a time.
+    reauth_hold_s: float = Field(5.0, gt=0, le=300)
 
     # --- issue 5: producers' API keys and the admin API (admin helper adds fields here) ---
     #: The operators' secret for the admin API, OAuth start and status page (app/adminauth.py).
     admin_api_key: SecretStr | None = None
+    #: Requests one producer key may make (a moving window shared by every API process),
+    #: in the `limits` notation: "50/second", "3000 per 1 minute".
+    producer_rate_limit: str = "50/second"
+
+    @field_validator("producer_rate_limit")
+    @classmethod
+    def _limits_notation(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parsed = parse_many(value)
+        except ValueError:
+            parsed = []
+        if len(parsed) != 1 or parsed[0].amount < 1:
+            raise ValueError(f"{value!r} is not one rate limit of at least 1, e.g. '50/second'")
+        return value
 
     # --- issue 6: dataflow metrics, Prometheus, status page (metrics helper adds fields here) ---
+    #: Hours of hourly dataflow metrics kept in Redis (app/metrics.py); totals are kept forever.
+    metrics_retention_hours: int = Field(keys.METRICS_RETENTION_HOURS, ge=1, le=24 * 400)
+    #: A worker's Prometheus /metrics port, served by its main process (0: off).
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+    #: Seconds between the status page's refreshes in the browser (0: no refresh).
+    status_page_refresh_s: int = Field(10, ge=0, le=3600)
 
     # --- issue 6: Sentry, JSON logs, alerts (ops helper adds fields here) ---
+    sentry_environment: str | None = None  # e.g. production, staging
+    sentry_traces_sample_rate: float = Field(0.0, ge=0, le=1)
+    #: json: one JSON object per line; text: for people; auto: json unless stderr is a terminal.
+    log_format: str = Field("auto", pattern=r"^(auto|json|text)$")
+    #: Sentinel instead of one Redis: "host:port,host:port"; REDIS_URL then gives db/password.
+    redis_sentinels: str | None = Field(None, pattern=r"^[^\s:,]+:\d{1,5}(,[^\s:,]+:\d{1,5})*$")
+    redis_sentinel_master: str = Field("mymaster", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    redis_sentinel_password: SecretStr | None = None  # the Sentinels' own password, if any
+    #: Alerts are POSTed here as JSON (a secret: chat webhooks carry their token in the URL).
+    alert_webhook_url: SecretStr | None = None
+    alert_webhook_timeout_s: float = Field(5.0, gt=0, le=60)
+    alert_webhook_retries: int = Field(3, ge=0, le=10)
+    alert_interval_s: float = Field(30.0, ge=1, le=3600)  # how often the alert rules run
+    alert_failure_rate: float = Field(0.05, gt=0, le=1)  # failed / attempted, last hour
+    alert_exclusion_rate: float = Field(0.25, gt=0, le=1)  # excluded / received, last hour
+    alert_min_volume: int = Field(100, ge=1)  # below this hourly volume rates are noise
+    alert_paused_s: float = Field(900.0, gt=0)  # a 429 pause longer than this alerts
+    alert_lag_s: float = Field(900.0, gt=0)  # oldest pending change older than this alerts
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
 
     @field_validator("outreach_api_url", "outreach_authorize_url", "outreach_token_url")
     @classmethod
@@ -68,7 +136,7 @@ class Settings(BaseSettings):
 
     @property
     def keys(self) -> keys.Keys:
-        return keys.Keys(self.redis_key_prefix)
+        return keys.Keys(self.redis_key_prefix, self.metrics_retention_hours)
 
 
 def load_settings() -> Settings:

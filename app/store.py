@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from app.errors import StoreUnavailable
 from app.keys import Keys
+from app.metrics import write_async
 
 #: How a claimed prospect ends: delivered, retried (counts an attempt), deferred (no
 #: attempt: rate limit), or dropped (recorded as failed).
@@ -190,8 +191,10 @@ class ProspectStore:
         self, dest: str, *, now_ms: int, lease_ms: int, batch: int, token: str
     ) -> list[Claimed]:
         prefix = self.keys.pending(dest, 0)[: -len("pend:0")]
+        hour = self.keys.metrics_hour(dest, now_ms // 3_600_000)
         flat = await self._claim(
-            keys=self._dest_keys(dest), args=[now_ms, lease_ms, batch, token, prefix]
+            keys=[*self._dest_keys(dest), hour],
+            args=[now_ms, lease_ms, batch, token, prefix, self.keys.metrics_ttl_s()],
         )
         out: list[Claimed] = []
         i = 0
@@ -223,8 +226,10 @@ class ProspectStore:
             k.inflight(dest, prospect),
             k.pending(dest, prospect),
             k.delivered(dest, prospect),
+            k.metrics_hour(dest, now_ms // 3_600_000),
         ]
-        args = [prospect, token, now_ms, window_ms, outcome, due_ms, *fields]
+        ttl = k.metrics_ttl_s()
+        args = [prospect, token, now_ms, window_ms, outcome, due_ms, ttl, *fields]
         return bool(await self._settle(keys=kk, args=args))
 
     async def poll(
@@ -246,11 +251,8 @@ class ProspectStore:
         await cast("Awaitable[int]", self.redis.zrem(self.keys.drainers(dest), slot))
 
     async def count(self, dest: str, **increments: int) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for name, n in increments.items():
-            if n:
-                pipe.hincrby(self.keys.counters(dest), name, n)
-        await pipe.execute()
+        """Add to the destination's dataflow totals and this hour's counts (app/metrics.py)."""
+        await write_async(self.redis, self.keys, dest, increments)
 
     async def failed_versions(self, dest: str, prospect: int, fields: list[str]) -> dict[str, int]:
         """Versions of claimed fields that failed, for a replay that obeys newer-wins. A

@@ -36,12 +36,14 @@ from typing import IO, Any, cast
 
 import aiohttp
 import redis
+import redis.asyncio as aioredis
 from pydantic import RedisDsn
 
 from app.destinations import Config, parse_config
 from app.keys import Keys
 from app.processes import stop_all
 from app.producer import Producer
+from app.producer_keys import ProducerKeys
 from app.registry import publish_sync
 from app.sample import EPOCH_MS, Sample, generate
 from app.settings import Settings
@@ -139,7 +141,9 @@ def _run(
     _say(f"  {enqueued:,} tasks enqueued")
 
     _say(f"HTTP NDJSON: {sizes.events:,} events, {HTTP_CLIENTS} clients")
-    http_rate = _http_rate(f"{api_url}/v1/destinations/{DEST}/profiles", bodies, sizes.events)
+    key = asyncio.run(_producer_key(http_prefix))
+    url = f"{api_url}/v1/destinations/{DEST}/profiles"
+    http_rate = _http_rate(url, bodies, sizes.events, key)
     stop_all(procs)
     _clean(client, http_prefix)
 
@@ -240,6 +244,8 @@ def _start_api(port: int, prefix: str, log: IO[bytes]) -> subprocess.Popen[bytes
         "REDIS_KEY_PREFIX": prefix,
         "API_HOST": "127.0.0.1",
         "LOG_LEVEL": "WARNING",
+        # The producers' rate bound is not what this row measures.
+        "PRODUCER_RATE_LIMIT": "100000/second",
     }
     cmd = [sys.executable, "-m", "app", "api", "--port", str(port)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -318,22 +324,32 @@ def _close_celery() -> None:
         module.app.close()
 
 
-def _http_rate(url: str, bodies: Sequence[bytes], events: int) -> float:
-    received, seconds = asyncio.run(_post_all(url, bodies))
+async def _producer_key(prefix: str) -> str:
+    """A producer API key for the bench destination (the HTTP API refuses requests without)."""
+    client = aioredis.from_url(BENCH_REDIS_URL)
+    try:
+        return (await ProducerKeys(client, Keys(prefix)).create("bench", [DEST]))[1]
+    finally:
+        await client.aclose()
+
+
+def _http_rate(url: str, bodies: Sequence[bytes], events: int, key: str) -> float:
+    received, seconds = asyncio.run(_post_all(url, bodies, key))
     if received != events:
         raise RuntimeError(f"the API received {received} of {events} events")
     return events / seconds
 
 
-async def _post_all(url: str, bodies: Sequence[bytes]) -> tuple[int, float]:
+async def _post_all(url: str, bodies: Sequence[bytes], key: str) -> tuple[int, float]:
     """``HTTP_CLIENTS`` clients, each with its own session, POST the bodies until none are
     left; returns the profiles the API reports received and the seconds it took."""
     pending = iter(bodies)  # shared: each body is taken by exactly one client
+    headers = {"Content-Type": NDJSON, "Authorization": f"Bearer {key}"}
 
     async def client(session: aiohttp.ClientSession) -> int:
         received = 0
         for body in pending:
-            async with session.post(url, data=body, headers={"Content-Type": NDJSON}) as resp:
+            async with session.post(url, data=body, headers=headers) as resp:
                 doc = await resp.json()
                 if resp.status != 202:
                     raise RuntimeError(f"API answered {resp.status}: {str(doc)[:300]}")

@@ -19,6 +19,10 @@ from app.registry import publish_sync
 from tests.conftest import ROOT, free_port, make_settings, settings_env, wait_until
 from tests.test_end_to_end import e2e_config
 
+#: The operator's key, which the producers' routes accept too (producer keys: test_producer_auth).
+ADMIN_KEY = "ingest-test-admin-key"
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
 
 def profile(
     pid: object, status: str = "realized", audience: str = "aud-1", **attrs: Any
@@ -35,7 +39,8 @@ def profile(
 @pytest.fixture
 async def api(prefix: str, rclient: redis.Redis) -> AsyncIterator[str]:
     publish_sync(rclient, Keys(prefix), e2e_config())
-    settings = make_settings(settings_env(prefix, None, MAX_BODY_BYTES="200000"))
+    env = settings_env(prefix, None, MAX_BODY_BYTES="200000", ADMIN_API_KEY=ADMIN_KEY)
+    settings = make_settings(env)
     runner = web.AppRunner(make_app(settings))
     await runner.setup()
     port = free_port()
@@ -46,7 +51,7 @@ async def api(prefix: str, rclient: redis.Redis) -> AsyncIterator[str]:
 
 async def post(url: str, body: bytes, ctype: str = "application/json") -> tuple[int, Any]:
     async with (
-        aiohttp.ClientSession() as s,
+        aiohttp.ClientSession(headers=AUTH) as s,
         s.post(url, data=body, headers={"Content-Type": ctype}) as r,
     ):
         return r.status, await r.json()
@@ -108,7 +113,7 @@ async def test_status_reports_backlog_and_counters(api: str) -> None:
     await post(
         f"{api}/e2e/profiles", json.dumps({"profiles": [profile("1"), profile("x")]}).encode()
     )
-    async with aiohttp.ClientSession() as s, s.get(f"{api}/e2e/status") as r:
+    async with aiohttp.ClientSession(headers=AUTH) as s, s.get(f"{api}/e2e/status") as r:
         doc = await r.json()
     assert doc["pending"] == 1
     assert doc["counters"]["profiles_received"] == 2

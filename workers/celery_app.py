@@ -6,17 +6,19 @@ import logging
 import threading
 from typing import Any
 
-import redis
 from celery import Celery, bootsteps
-from celery.signals import worker_process_shutdown
+from celery.signals import celeryd_init, setup_logging, worker_process_shutdown
 
+from app.alert_runner import AlertLoop
 from app.dispatcher import Dispatcher
+from app.redis_client import broker_transport_options, broker_url, sync_client
 from app.settings import get_settings
+from workers.metrics import MetricsStep
 
 log = logging.getLogger(__name__)
 settings = get_settings()
 
-app = Celery("outreach_sync", broker=settings.celery_broker_url, include=["workers.tasks"])
+app = Celery("outreach_sync", broker=broker_url(settings), include=["workers.tasks"])
 app.conf.update(
     task_default_queue=settings.celery_queue,
     task_ignore_result=True,
@@ -28,7 +30,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     # We never use ETAs/countdowns; redelivery of an unacked task after this is harmless
     # because drains are idempotent (claims are leased in Redis).
-    broker_transport_options={"visibility_timeout": 3600},
+    # (kombu's sentinel:// transport under REDIS_SENTINELS: app/redis_client.py).
+    broker_transport_options=broker_transport_options(settings),
 )
 
 
@@ -38,6 +41,12 @@ class DispatcherStep(bootsteps.StartStopStep):
     requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
+        from app.startup import StartupRefused, check_startup
+
+        try:
+            check_startup(settings)  # outside development: no worker without the keys
+        except StartupRefused as exc:
+            raise SystemExit(f"error: {exc}") from None
         super().__init__(parent, **kwargs)
         self.dispatcher: Dispatcher | None = None
         self.thread: threading.Thread | None = None
@@ -45,7 +54,7 @@ class DispatcherStep(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         from workers.tasks import drain
 
-        client = redis.Redis.from_url(str(settings.redis_url))
+        client = sync_client(settings)
 
         def start_drain(dest: str, slot: str) -> None:
             drain.apply_async(args=(dest, slot))
@@ -63,6 +72,40 @@ class DispatcherStep(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(DispatcherStep)
+app.steps["worker"].add(MetricsStep)  # /metrics on WORKER_METRICS_PORT (workers/metrics.py)
+
+
+class AlertStep(bootsteps.StartStopStep):
+    """Runs the alert evaluator thread in the worker's main process (one evaluates at a
+    time across the fleet: app/alert_runner.py)."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def start(self, parent: Any) -> None:
+        self.loop = AlertLoop(settings)
+        self.loop.start()
+
+    def stop(self, parent: Any) -> None:
+        if getattr(self, "loop", None) is not None:
+            self.loop.stop()
+
+
+app.steps["worker"].add(AlertStep)
+
+
+@setup_logging.connect
+def _setup_logging(loglevel: Any = None, **_: Any) -> None:
+    """Our JSON/text logging instead of Celery's (the worker's --loglevel still counts)."""
+    from app.logs import configure_logging
+
+    configure_logging(settings, level=loglevel or settings.log_level)
+
+
+@celeryd_init.connect
+def _init_sentry(**_: Any) -> None:
+    from app.observability import init_sentry
+
+    init_sentry(settings, component="worker")
 
 
 @worker_process_shutdown.connect

@@ -12,11 +12,14 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import aiohttp
-import redis.asyncio as aioredis
 
+from app.connections import ConnectionStore
+from app.crypto import cipher_for
 from app.delivery import Deliverer
+from app.oauth import TokenManager
 from app.outreach import OutreachClient
 from app.ratelimit import gate_for
+from app.redis_client import async_client
 from app.registry import Registry
 from app.settings import Settings, get_settings
 from app.store import ProspectStore
@@ -36,7 +39,7 @@ class Runtime:
 
     async def _build(self) -> Deliverer:
         s = self.settings
-        self.redis = aioredis.from_url(str(s.redis_url))
+        self.redis = async_client(s)
         limit = aiohttp.TCPConnector(limit=s.http_concurrency * 2)
         self.session = aiohttp.ClientSession(connector=limit)
         store = ProspectStore(self.redis, s.keys)
@@ -44,8 +47,14 @@ class Runtime:
         client = OutreachClient(
             self.session, api_url=s.outreach_api_url, timeout_s=s.outreach_timeout_s
         )
-        registry = Registry(self.redis, s.keys)
-        return Deliverer(store=store, registry=registry, client=client, gate=gate, settings=s)
+        cipher = cipher_for(s)
+        registry = Registry(self.redis, s.keys, cipher=cipher)
+        tokens = TokenManager.from_settings(
+            ConnectionStore(self.redis, s.keys, cipher), self.session, s
+        )
+        return Deliverer(
+            store=store, registry=registry, client=client, gate=gate, settings=s, refresher=tokens
+        )
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from app.producer import Producer
 from workers.celery_app import app
+from workers.metrics import record_drain
 from workers.runtime import get_runtime
 
 
@@ -13,7 +15,10 @@ from workers.runtime import get_runtime
 def drain(destination_id: str, slot: str | None = None) -> dict[str, int]:
     """Deliver the due prospects of one destination (started by the dispatcher)."""
     rt = get_runtime()
-    return dict(rt.run(rt.deliverer.drain(destination_id, slot)))
+    started = time.perf_counter()
+    stats = dict(rt.run(rt.deliverer.drain(destination_id, slot)))
+    record_drain(destination_id, stats, time.perf_counter() - started)
+    return stats
 
 
 _producer: Producer | None = None

@@ -3,8 +3,9 @@
 -- equals the value Outreach last confirmed are dropped: a prospect left with nothing costs no
 -- request.
 -- KEYS[1] due, KEYS[2] leases, KEYS[3] lease tokens, KEYS[4] first-seen, KEYS[5] counters,
--- KEYS[6] attempts hash.
--- ARGV: now_ms, lease_ms, batch, token, key prefix of per-prospect keys ("<p>:{dest}:").
+-- KEYS[6] attempts hash, KEYS[7] this hour's metrics hash (app/metrics.py).
+-- ARGV: now_ms, lease_ms, batch, token, key prefix of per-prospect keys ("<p>:{dest}:"),
+--       TTL of the hourly metrics hash in seconds.
 -- Returns a flat list: per prospect id, first_seen_ms, attempts, n_fields, (field, value) * n.
 local now, lease, batch, token, kp = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 
@@ -22,7 +23,9 @@ for _, pid in ipairs(expired) do
 end
 
 local out = {}
-local noop = 0
+local noop, noop_prospects = 0, 0
+-- No-op skips per audience (mapping ID N of a customN field): "mN:noop".
+local noop_by = {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, batch)
 for _, pid in ipairs(due) do
   redis.call('ZREM', KEYS[1], pid)
@@ -38,6 +41,8 @@ for _, pid in ipairs(due) do
       keep[#keep + 1] = fields[i + 1]
     else
       noop = noop + 1
+      local n = string.match(fields[i], '^custom(%d+)$')
+      if n then noop_by['m' .. n .. ':noop'] = (noop_by['m' .. n .. ':noop'] or 0) + 1 end
     end
   end
   if #keep > 0 then
@@ -51,8 +56,16 @@ for _, pid in ipairs(due) do
     for i = 1, #keep do out[#out + 1] = keep[i] end
   else
     redis.call('HDEL', KEYS[4], pid)
-    redis.call('HINCRBY', KEYS[5], 'prospects_noop', 1)
+    noop_prospects = noop_prospects + 1
   end
 end
-if noop > 0 then redis.call('HINCRBY', KEYS[5], 'fields_noop', noop) end
+if noop > 0 then noop_by['fields_noop'] = noop end
+if noop_prospects > 0 then noop_by['prospects_noop'] = noop_prospects end
+if next(noop_by) ~= nil then
+  for name, n in pairs(noop_by) do
+    redis.call('HINCRBY', KEYS[5], name, n)
+    redis.call('HINCRBY', KEYS[7], name, n)
+  end
+  redis.call('EXPIRE', KEYS[7], tonumber(ARGV[6]))
+end
 return out

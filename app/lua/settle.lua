@@ -2,11 +2,13 @@
 -- A claim whose lease expired and was taken over is recognised by its token: the late
 -- outcome then changes nothing (the other worker's claim decides) and is counted.
 -- KEYS[1] due, KEYS[2] leases, KEYS[3] lease tokens, KEYS[4] first-seen, KEYS[5] counters,
--- KEYS[6] attempts, KEYS[7] in-flight hash, KEYS[8] pending hash, KEYS[9] delivered hash.
+-- KEYS[6] attempts, KEYS[7] in-flight hash, KEYS[8] pending hash, KEYS[9] delivered hash,
+-- KEYS[10] this hour's metrics hash (app/metrics.py).
 -- ARGV: pid, token, now_ms, window_ms, outcome ("ok" | "retry" | "defer" | "drop"),
 --       ("defer" returns the change like "retry" without counting a failed attempt),
---       due_ms (for retry), then fields: for ok those delivered, for retry/defer those
---       dropped (failed on their own) instead of returned to pending.
+--       due_ms (for retry), TTL of the hourly metrics hash in seconds, then fields: for ok
+--       those delivered, for retry/defer those dropped (failed on their own) instead of
+--       returned to pending.
 -- Returns 1 when settled, 0 when the claim was no longer ours.
 local pid, token, now, window, outcome, due_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 if redis.call('HGET', KEYS[3], pid) ~= token then
@@ -16,7 +18,7 @@ end
 redis.call('ZREM', KEYS[2], pid)
 redis.call('HDEL', KEYS[3], pid)
 if outcome == 'ok' then
-  for i = 7, #ARGV do
+  for i = 8, #ARGV do
     local v = redis.call('HGET', KEYS[7], ARGV[i])
     if v then redis.call('HSET', KEYS[9], ARGV[i], v) end
     redis.call('HDEL', KEYS[7], ARGV[i])
@@ -27,11 +29,16 @@ if outcome == 'ok' then
   redis.call('HDEL', KEYS[6], pid)
 end
 if outcome == 'retry' or outcome == 'defer' then
-  for i = 7, #ARGV do redis.call('HDEL', KEYS[7], ARGV[i]) end
+  for i = 8, #ARGV do redis.call('HDEL', KEYS[7], ARGV[i]) end
   -- Newer pending values win over the snapshot that could not be sent.
   local snap = redis.call('HGETALL', KEYS[7])
   for i = 1, #snap, 2 do redis.call('HSETNX', KEYS[8], snap[i], snap[i + 1]) end
-  if outcome == 'retry' then redis.call('HINCRBY', KEYS[6], pid, 1) end
+  if outcome == 'retry' then
+    redis.call('HINCRBY', KEYS[6], pid, 1)
+    redis.call('HINCRBY', KEYS[5], 'retried', 1)
+    redis.call('HINCRBY', KEYS[10], 'retried', 1)
+    redis.call('EXPIRE', KEYS[10], tonumber(ARGV[7]))
+  end
 end
 redis.call('DEL', KEYS[7])
 if outcome == 'ok' or outcome == 'drop' then redis.call('HDEL', KEYS[4], pid) end
