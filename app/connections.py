@@ -292,8 +292,10 @@ class ConnectionStoreSync:
         dests = self.destinations(conn_id)
         if dests:
             pipe = self.redis.pipeline(transaction=False)
+            now_ms = int(time.time() * 1000)
             for dest in dests:
                 pipe.delete(self.keys.hold(dest))
+                pipe.set(self.keys.resumed(dest), now_ms)
                 pipe.rpush(self.keys.wake(), dest)
             pipe.ltrim(self.keys.wake(), -WAKE_KEEP, -1)
             pipe.execute()
@@ -416,8 +418,10 @@ class ConnectionStore:
         dests = await self.destinations(conn_id)
         if dests:
             pipe = self.redis.pipeline(transaction=False)
+            now_ms = int(time.time() * 1000)
             for dest in dests:
                 pipe.delete(self.keys.hold(dest))
+                pipe.set(self.keys.resumed(dest), now_ms)
                 pipe.rpush(self.keys.wake(), dest)
             pipe.ltrim(self.keys.wake(), -WAKE_KEEP, -1)
             await pipe.execute()

@@ -115,6 +115,8 @@ class Lot:
     #: The connection's access token (never logged) and its generation.
     access_token: str | None = field(default=None, repr=False)
     generation: int = 0
+    #: When the connection was last (re)installed: a change's retry age starts no earlier.
+    resumed_ms: int = 0
 
 
 class Deliverer:
@@ -177,22 +179,30 @@ class Deliverer:
 
     async def _lot(self, dest_id: str, token: str) -> Lot | None:
         dest = await self.registry.destination(dest_id)
-        if dest is None or not dest.enabled:
+        if dest is None:
+            return None  # deleted: its keys went with it
+        if not dest.enabled:
+            # Disabled: changes keep coalescing until it is enabled again (the admin API's
+            # enable lifts the hold through the registry's publish).
+            await self._hold_blocked(dest_id, "disabled")
             return None
         conn = await self.registry.connection(dest.connection)
         access = None if conn is None else await self.refresher.current(conn.id)
         if conn is None or access is None:
             log.error("destination %s names unknown connection %s", dest_id, dest.connection)
+            await self._hold_blocked(dest_id, "unknown connection")
             return None
         if access.blocked is not None:
             # Nothing is claimed: changes keep coalescing, no attempt is counted.
             await self._hold_blocked(dest_id, access.blocked)
             return None
-        return Lot(dest, conn, token, access.token, access.generation)
+        resumed = await self.store.resumed_ms(dest_id)
+        return Lot(dest, conn, token, access.token, access.generation, resumed)
 
     async def _hold_blocked(self, dest_id: str, why: str) -> int:
-        """Start no drain of ``dest_id`` for a while: its connection cannot send (needs
-        re-authorization, has no token yet, or its refresh failed). Returns the hold's end."""
+        """Start no drain of ``dest_id`` for a while: it is disabled, or its connection cannot
+        send (needs re-authorization, has no token yet, its refresh failed, or it is unknown).
+        Returns the hold's end."""
         now = _now_ms()
         until = now + int(self.settings.reauth_hold_s * 1000)
         await self.store.hold(dest_id, until, now_ms=now)
@@ -303,7 +313,8 @@ class Deliverer:
         elif isinstance(err, Unauthorized) and await self._unauthorized(lot, c):
             return
         else:
-            age_s = (_now_ms() - c.first_seen_ms) / 1000
+            # Time the destination spent paused (re-authorization) does not count.
+            age_s = (_now_ms() - max(c.first_seen_ms, lot.resumed_ms)) / 1000
             if age_s > self.settings.max_retry_age_s:
                 await self._fail(lot, c, err)
                 return

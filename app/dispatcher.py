@@ -8,6 +8,7 @@ than ``max_drainers`` drains for one destination between them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -24,10 +25,30 @@ log = logging.getLogger(__name__)
 
 StartDrain = Callable[[str, str], None]
 
+#: How often a dispatcher says it is alive; a worker silent for 3 beats counts as gone.
+HEARTBEAT_S = 5.0
+
+
+def live_workers(client: redis.Redis, keys: K.Keys, *, now_ms: int | None = None) -> list[str]:
+    """Hostnames of the workers whose dispatcher beat recently (what ops see in ``status``)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    since = now_ms - int(3 * HEARTBEAT_S * 1000)
+    raw = cast("list[bytes]", client.zrangebyscore(keys.workers(), since, "+inf"))
+    return sorted(r.decode() for r in raw)
+
 
 class Dispatcher:
-    def __init__(self, client: redis.Redis, settings: Settings, start_drain: StartDrain) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        start_drain: StartDrain,
+        *,
+        name: str | None = None,
+    ) -> None:
         self._redis = client
+        self._name = name  # the worker's hostname, for the heartbeat (None: no heartbeat)
+        self._beat_at = float("-inf")
         self._settings = settings
         self._keys = settings.keys
         self._start_drain = start_drain
@@ -41,11 +62,26 @@ class Dispatcher:
     def run(self) -> None:
         while not self._stop.is_set():
             try:
+                self._heartbeat()
                 sleep_s = self.tick()
             except redis.RedisError as exc:
                 log.warning("dispatcher cannot reach Redis: %s", exc)
                 sleep_s = K.DISPATCH_MAX_SLEEP_S
             self._wait(sleep_s)
+        if self._name is not None:
+            with contextlib.suppress(redis.RedisError):  # it ages out of live_workers anyway
+                self._redis.zrem(self._keys.workers(), self._name)
+
+    def _heartbeat(self) -> None:
+        if self._name is None or time.monotonic() - self._beat_at < HEARTBEAT_S:
+            return
+        now_ms = int(time.time() * 1000)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(self._keys.workers(), {self._name: now_ms})
+        # Workers gone for a day are forgotten.
+        pipe.zremrangebyscore(self._keys.workers(), "-inf", now_ms - 86_400_000)
+        pipe.execute()
+        self._beat_at = time.monotonic()
 
     def tick(self) -> float:
         """Start the drains that are due; return how long to sleep until the next is."""

@@ -81,6 +81,11 @@ class Keys:
         """ms before which no drain starts: the quota gate granted nothing until then."""
         return f"{self.prefix}:{{{dest}}}:hold"
 
+    def resumed(self, dest: str) -> str:
+        """ms when the destination's connection was last (re)installed: time spent paused
+        before it does not count against a change's retry age."""
+        return f"{self.prefix}:{{{dest}}}:resumed"
+
     def invalid_mappings(self, dest: str) -> str:
         """Set of mapping IDs whose custom field Outreach refused as unusable (until the
         destination's configuration is published again)."""
@@ -106,6 +111,10 @@ class Keys:
     def wake(self) -> str:
         """List the dispatchers block on: pushed when a prospect becomes pending."""
         return f"{self.prefix}:wake"
+
+    def workers(self) -> str:
+        """Sorted set worker hostname -> ms of its dispatcher's last heartbeat."""
+        return f"{self.prefix}:workers"
 
     def destinations(self) -> str:
         """Hash destination id -> JSON configuration (loaded from the file or the admin API)."""

@@ -18,6 +18,7 @@ from app.connections import ConnectionStoreSync, decrypt_or_none, parse_record
 from app.crypto import TokenCipher, default_cipher
 from app.destinations import Config, Connection, Destination
 from app.keys import Keys
+from app.store import WAKE_KEEP
 
 #: How long a reader trusts its copy: the delay before an edit reaches running workers.
 CACHE_TTL_S = 2.0
@@ -73,8 +74,9 @@ async def swap_destination(
 ) -> bool:
     """Publish (``new``) or delete (None) one destination if its stored document is still
     ``expected`` (None: absent); clears its invalid-mapping marks. False: it had changed."""
-    args: list[str | bytes] = [dest_id, expected or b"", new.model_dump_json() if new else ""]
-    keys_ = [keys.destinations(), keys.invalid_mappings(dest_id)]
+    doc = new.model_dump_json() if new else ""
+    args: list[str | bytes | int] = [dest_id, expected or b"", doc, WAKE_KEEP]
+    keys_ = [keys.destinations(), keys.invalid_mappings(dest_id), keys.hold(dest_id), keys.wake()]
     done = await cast("Awaitable[int]", client.eval(_SWAP, len(keys_), *keys_, *args))
     return bool(done)
 

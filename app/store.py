@@ -247,6 +247,11 @@ class ProspectStore:
         ttl = max(1, until_ms - now_ms) + 1000
         await cast("Awaitable[bool]", self.redis.set(self.keys.hold(dest), until_ms, px=ttl))
 
+    async def resumed_ms(self, dest: str) -> int:
+        """When the destination's connection was last (re)installed (0: never recorded)."""
+        raw = await cast("Awaitable[bytes | None]", self.redis.get(self.keys.resumed(dest)))
+        return int(raw) if raw else 0
+
     async def release_slot(self, dest: str, slot: str) -> None:
         await cast("Awaitable[int]", self.redis.zrem(self.keys.drainers(dest), slot))
 

@@ -4,6 +4,7 @@ Celery worker processes. Everything a test starts it stops, and every key it wri
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,6 +12,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from app.dispatcher import live_workers
+from app.keys import Keys
 from app.settings import Settings
 from bench.harness import ROOT, Sandbox, free_port, http_json, start_worker, stop_all, wait_until
 
@@ -85,12 +88,32 @@ def worker_factory(prefix: str) -> Iterator[Callable[..., subprocess.Popen[bytes
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(
-        env: dict[str, str], *, concurrency: int = 2, name: str = "w", own_group: bool = False
+        env: dict[str, str],
+        *,
+        concurrency: int = 2,
+        name: str = "w",
+        own_group: bool = False,
+        ready: bool = True,
     ) -> subprocess.Popen[bytes]:
+        """A worker process; with ``ready`` (default) it returns once the worker's dispatcher
+        beats, so a test's clock does not start while the worker is still importing."""
+        hostname = f"{prefix}-{name}@{socket.gethostname()}"
         worker = start_worker(
             env, name=f"{prefix}-{name}", concurrency=concurrency, own_group=own_group
         )
         procs.append(worker)
+        if ready:
+            client = redis.Redis.from_url(env.get("REDIS_URL", TEST_REDIS_URL))
+            keys = Keys(env.get("REDIS_KEY_PREFIX", prefix))
+            try:
+                wait_until(
+                    lambda: worker.poll() is not None or hostname in live_workers(client, keys),
+                    timeout_s=60,
+                    what=f"worker {hostname} to start",
+                )
+            finally:
+                client.close()
+            assert worker.poll() is None, f"worker {hostname} exited with {worker.returncode}"
         return worker
 
     yield start

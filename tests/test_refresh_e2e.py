@@ -277,7 +277,8 @@ def test_revoked_token_pauses_without_loss_and_a_new_dance_delivers_everything(
         ],
     }
     publish_sync(rclient, keys, parse_config(conf), cipher=api.cipher)
-    env = {**api.env, "COALESCE_WINDOW_MS": "0"}
+    # Shorter than the pause below: time spent paused must not count against the retry age.
+    env = {**api.env, "COALESCE_WINDOW_MS": "0", "MAX_RETRY_AGE_S": "2.5"}
     worker_factory(env, concurrency=2)
     producer = Producer(make_settings(env))
     # Not authorized yet: changes wait, nothing is sent.
@@ -308,7 +309,16 @@ def test_revoked_token_pauses_without_loss_and_a_new_dance_delivers_everything(
     shown = call(f"{api.url}/v1/admin/connections/c", admin=True).json()["data"]
     assert shown["state"] == "reauth_required" and "invalid_grant" in shown["reason"]
 
+    # Outreach has a bad moment just as the user reconnects: the paused changes are older
+    # than MAX_RETRY_AGE_S, yet a 5xx now is retried, not turned into a dead letter.
+    sandbox.post("/_sandbox/config", {"fault_5xx_rate": 1.0})
     assert api.dance("c").status == 200
+    wait_until(
+        lambda: any(s.startswith("5") for s in sandbox.stats()["by_status"]),
+        timeout_s=30,
+        what="a 5xx after reconnecting",
+    )
+    sandbox.post("/_sandbox/config", {"fault_5xx_rate": 0.0})
     final = {p: {"custom1": "exited", "firstName": "v3" if p <= 3 else "v2"} for p in range(1, 6)}
     wait_until(
         lambda: sandbox.prospects() == final and idle(rclient, keys, "d"),

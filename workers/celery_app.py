@@ -59,7 +59,7 @@ class DispatcherStep(bootsteps.StartStopStep):
         def start_drain(dest: str, slot: str) -> None:
             drain.apply_async(args=(dest, slot))
 
-        self.dispatcher = Dispatcher(client, settings, start_drain)
+        self.dispatcher = Dispatcher(client, settings, start_drain, name=parent.hostname)
         self.thread = threading.Thread(target=self.dispatcher.run, name="dispatcher", daemon=True)
         self.thread.start()
         log.info("dispatcher started")
