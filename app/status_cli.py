@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
@@ -24,8 +28,28 @@ def cmd_status(ns: argparse.Namespace) -> int:
     if ns.destination and not docs:
         print(f"error: unknown destination {ns.destination!r}", file=sys.stderr)
         return 2
-    print(json.dumps(docs, indent=2, default=str) if ns.json else render_table(docs))
+    if ns.json:
+        print(json.dumps(docs, indent=2, default=str))
+        return 0
+    print(render_table(docs))
+    if not ns.destination:
+        print(_workers_line(settings))
     return 0
+
+
+def _workers_line(settings: Settings) -> str:
+    """Which workers' dispatchers beat lately: a backlog with none alive goes nowhere."""
+    from app.dispatcher import live_workers
+    from app.redis_client import sync_client
+
+    client = sync_client(settings)
+    try:
+        alive = live_workers(client, settings.keys)
+    finally:
+        client.close()
+    if not alive:
+        return "workers: none alive (start some: outreach-sync worker)"
+    return f"workers: {len(alive)} alive ({', '.join(alive)})"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

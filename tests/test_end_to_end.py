@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -120,6 +123,17 @@ def test_events_coalesce_into_one_patch_per_prospect_and_land_exactly(
     assert counters["profiles_received"] == len(sample.profiles)
     assert counters["drain_delivered"] == stats2["patches_ok"]
     producer.close()
+
+    # What an operator sees: both workers alive, by name.
+    shown = subprocess.run(
+        [sys.executable, "-m", "app", "status"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert f"workers: 2 alive ({prefix}-a@" in shown and f"{prefix}-b@" in shown
 
 
 def _is_excluded(profile: dict[str, Any]) -> bool:
