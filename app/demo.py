@@ -70,6 +70,8 @@ def _env() -> dict[str, str]:
     sandbox = f"http://127.0.0.1:{SANDBOX_PORT}"
     env = dict(os.environ)
     env.setdefault("REDIS_KEY_PREFIX", "demo")
+    # The summary is what the demo is for: no access log lines through the progress bar.
+    env.setdefault("LOG_LEVEL", "WARNING")
     env.update(
         OUTREACH_API_URL=f"{sandbox}/api/v2",
         OUTREACH_AUTHORIZE_URL=f"{sandbox}/oauth/authorize",
@@ -165,6 +167,8 @@ def run_demo(*, keep_serving: bool) -> int:
         print(f"API:      POST {dest_url}/profiles   GET {dest_url}/status")
         print(f"          with 'Authorization: Bearer {key}' (the demo's producer key)")
         print(f"          {api}/openapi.json describes every route")
+        print(f"status:   {api}/status/{DEST} (page)   {api}/metrics (Prometheus)")
+        print("          outreach-sync status (table; REDIS_KEY_PREFIX=demo)")
         print("flower:   make flower (http://127.0.0.1:5555)")
         if keep_serving:
             print("serving; Ctrl-C stops everything")

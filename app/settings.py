@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 from pydantic import Field, RedisDsn, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,7 +27,6 @@ class Settings(BaseSettings):
     outreach_token_url: str = "https://api.outreach.io/oauth/token"
     outreach_timeout_s: float = Field(30.0, gt=0, le=300)
 
-    config_file: Path | None = None  # destinations/connections file loaded at start
 
     coalesce_window_ms: int = Field(keys.COALESCE_WINDOW_MS, ge=0, le=3_600_000)
     lease_ms: int = Field(keys.LEASE_MS, ge=1000)
