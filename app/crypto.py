@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from app.redaction import remember_secret
+
 if TYPE_CHECKING:
     from app.settings import Settings
 
@@ -69,12 +71,15 @@ class TokenCipher:
 
     def decrypt(self, blob: str) -> str:
         try:
-            return self._fernet.decrypt(blob.encode()).decode()
+            token = self._fernet.decrypt(blob.encode()).decode()
         except (InvalidToken, ValueError, TypeError):
             raise TokenDecryptError(
                 "a stored token cannot be decrypted with TOKEN_ENCRYPTION_KEY "
                 "(was the key that encrypted it removed?)"
             ) from None
+        # A token in clear is known from here on, so logs and Sentry events redact it by value.
+        remember_secret(token)
+        return token
 
     def rotate(self, blob: str) -> str:
         """The same token encrypted with the first key."""

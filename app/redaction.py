@@ -50,22 +50,36 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
-#: Secrets this process knows by value (its settings'): replaced wherever they appear.
-_known: set[str] = set()
+#: Secrets this process knows by value (its settings', the tokens it decrypted): replaced
+#: wherever they appear. Insertion-ordered, so the oldest tokens are forgotten first.
+_known: dict[str, None] = {}
+#: Tokens rotate every couple of hours: keep the newest this many, so redaction stays cheap.
+MAX_KNOWN = 1024
+
+
+def remember_secret(value: str) -> None:
+    """Redact ``value`` by value from now on (an Outreach token has no recognisable shape)."""
+    if len(value) < MIN_SECRET_LEN:
+        return
+    _known.pop(value, None)
+    _known[value] = None
+    while len(_known) > MAX_KNOWN:
+        del _known[next(iter(_known))]
 
 
 def remember_secrets(settings: BaseModel) -> None:
     """Redact the values of ``settings``' secret fields (``SecretStr``) by value too."""
     for name in type(settings).model_fields:
         value = getattr(settings, name)
-        if isinstance(value, SecretStr) and len(value.get_secret_value()) >= MIN_SECRET_LEN:
-            _known.add(value.get_secret_value())
+        if isinstance(value, SecretStr):
+            remember_secret(value.get_secret_value())
 
 
 def redact_text(text: str) -> str:
     """``text`` with every token, API key, e-mail address and named prospect value replaced."""
-    for secret in _known:
-        text = text.replace(secret, FILTERED)
+    for secret in list(_known):
+        if secret in text:
+            text = text.replace(secret, FILTERED)
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
     return text

@@ -125,3 +125,21 @@ def test_celery_worker_logs_json_lines(prefix: str, rclient: redis.Redis) -> Non
             rclient.delete(key)
     assert all({"ts", "level", "logger", "message"} <= d.keys() for d in lines)
     assert any(d["logger"] == "workers.celery_app" for d in lines)  # our own logger too
+
+
+def test_a_decrypted_outreach_token_is_redacted_by_value(prefix: str, restore_root: None) -> None:
+    from cryptography.fernet import Fernet
+
+    from app.crypto import TokenCipher
+
+    token = "shapeless9Outreach7token"  # no label, no "Bearer": only its value can find it
+    cipher = TokenCipher([Fernet(Fernet.generate_key())])
+    blob = cipher.encrypt(token)
+    out = _capture(prefix, "text")
+    log = logging.getLogger("app.oauth")
+    log.warning("upstream said %s", token)  # not yet known: nothing recognises it
+    assert cipher.decrypt(blob) == token
+    log.warning("upstream said %s", token)
+    before, after = out.getvalue().splitlines()
+    assert token in before
+    assert token not in after and "[Filtered]" in after
