@@ -206,7 +206,8 @@ def render_destination(doc: Mapping[str, Any], *, data_url: str, refresh_s: int)
         f"<h2>Dataflow</h2>{flow}{reasons}"
         f"<h2>Audiences</h2>{audiences}"
         f"<h2>Recent failures <small>(newest {FAILURES_SHOWN}; values are never shown)</small></h2>"
-        f"{'' if failures else '<p id=no-failures>No failures recorded.</p>'}{fail_table}"
+        f"<p id=no-failures{' hidden' if failures else ''}>No failures recorded.</p>"
+        f"<div id=failure-table{'' if failures else ' hidden'}>{fail_table}</div>"
         "</main>"
     )
     return _page(

@@ -201,6 +201,9 @@ async def test_status_page_in_chromium_shows_audiences_failures_and_quota(
     assert flow["Identities activated (prospects updated)"] == ["3", "3"]
     assert flow["Requests spent"] == ["4", "4"]
     assert 'data-k="connection.user">test-user<' in dom
+    # With a failure listed, the "none" line is hidden and the table shown.
+    assert re.search(r'<p id="no-failures" hidden="">', dom)
+    assert re.search(r'<div id="failure-table">', dom)
     assert 'data-k="connection.state">active<' in dom
     assert re.search(r'data-k="quota.remaining">\d+<', dom)
     # Escaped, never markup; no attribute value anywhere on the page.

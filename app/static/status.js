@@ -98,8 +98,8 @@ function render(doc) {
   fill("audiences", doc.audiences.map(audienceCells));
   const failures = doc.recent_failures || [];
   fill("failures", failures.map(failureCells));
-  const none = document.getElementById("no-failures");
-  if (none) none.hidden = failures.length > 0;
+  document.getElementById("no-failures").hidden = failures.length > 0;
+  document.getElementById("failure-table").hidden = failures.length === 0;
   document.getElementById("updated").textContent = doc.generated_at;
 }
 
