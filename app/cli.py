@@ -309,8 +309,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Subcommands that hand their remaining options to another program (Celery, the sandbox).
+_PASS_THROUGH = {"worker": "celery_args", "sandbox": "sandbox_args"}
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; ``worker`` and ``sandbox`` pass options they do not know on, so
+    ``outreach-sync sandbox --port 8900`` works without a ``--``."""
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    dest = _PASS_THROUGH.get(ns.command)
+    if dest is None:
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns
+    rest: list[str] = getattr(ns, dest)
+    setattr(ns, dest, [*extra, *(rest[1:] if rest[:1] == ["--"] else rest)])
+    return ns
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    ns = build_parser().parse_args(argv)
+    ns = parse(argv)
     try:
         from app.logs import configure_logging
 

@@ -27,7 +27,6 @@ class Settings(BaseSettings):
     outreach_token_url: str = "https://api.outreach.io/oauth/token"
     outreach_timeout_s: float = Field(30.0, gt=0, le=300)
 
-
     coalesce_window_ms: int = Field(keys.COALESCE_WINDOW_MS, ge=0, le=3_600_000)
     lease_ms: int = Field(keys.LEASE_MS, ge=1000)
     claim_batch: int = Field(keys.CLAIM_BATCH, ge=1, le=1000)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from app.cli import build_parser
+from app.cli import parse
 from app.settings import Settings
 from tests.conftest import ROOT, make_settings, settings_env
 
@@ -54,7 +54,9 @@ def assert_command_exists(argv: list[str]) -> None:
         argv = argv[1:]
     prog, args = argv[0], argv[1:]
     if prog == "outreach-sync":
-        build_parser().parse_args(args)  # exits (fails the test) on an unknown subcommand
+        ns = parse(args)  # exits (fails the test) on an unknown subcommand or option
+        if ns.command == "sandbox":
+            assert_command_exists(["python", "-m", "app.sandbox", *ns.sandbox_args])
     elif prog == "celery":
         assert args[:2] == ["-A", "workers.celery_app"], argv
         assert args[2] in ("worker", "flower", "inspect"), argv
