@@ -282,3 +282,32 @@ def _secret(server: TestServer, path: str) -> Any:
     from pydantic import SecretStr
 
     return SecretStr(str(server.make_url(path)))
+
+
+@pytest.mark.usefixtures("published")
+async def test_a_connection_needing_reauthorization_alerts_once_and_recovers_on_reconnect(
+    prefix: str, aclient: aioredis.Redis, rclient: redis.Redis, hook: Hook
+) -> None:
+    """From the connection store's real state, through the real status document."""
+    import time
+
+    from app.connections import ConnectionStoreSync, with_reauth_required
+    from app.crypto import default_cipher
+
+    settings = _settings(prefix, hook)
+    store = ConnectionStoreSync(rclient, settings.keys, default_cipher())
+    evaluator, session = await _evaluator(aclient, settings)
+    try:
+        assert await evaluator.evaluate() == []
+        store.update(
+            "conn", lambda old: old and with_reauth_required(old, "invalid_grant", now=time.time())
+        )
+        await evaluator.evaluate()
+        await evaluator.evaluate()
+        assert hook.events() == [("alert", "reauth_required:conn")]
+        publish_sync(rclient, settings.keys, _config())  # connected again: tokens installed
+        assert store.get("conn").state == "active"  # type: ignore[union-attr]
+        await evaluator.evaluate()
+        assert hook.events()[1:] == [("recovery", "reauth_required:conn")]
+    finally:
+        await session.close()
