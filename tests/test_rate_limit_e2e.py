@@ -29,11 +29,22 @@ def start_pipeline(
     worker_factory: Callable[..., Any],
     prospects: int,
 ) -> Producer:
+    return send(start_workers(prefix, rclient, sandbox, worker_factory), prospects)
+
+
+def start_workers(
+    prefix: str, rclient: redis.Redis, sandbox: Sandbox, worker_factory: Callable[..., Any]
+) -> dict[str, str]:
+    """Three worker processes, ready; their settings."""
     env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0", CLAIM_BATCH="10", MAX_DRAINERS="4")
     config = e2e_config(rate_limit=f"{LIMIT} per {int(WINDOW_S)} seconds")
     publish_sync(rclient, Keys(prefix), config)
     for name in ("a", "b", "c"):
         worker_factory(env, concurrency=1, name=name)
+    return env
+
+
+def send(env: dict[str, str], prospects: int) -> Producer:
     producer = Producer(make_settings(env))
     profiles = [
         {
@@ -87,9 +98,11 @@ def test_forced_429_pauses_every_worker_until_the_reset(
     prefix: str, rclient: redis.Redis, sandbox_factory: Callable[..., Sandbox], worker_factory: Any
 ) -> None:
     sandbox = sandbox_factory("--quota-limit", "1000", "--quota-window-s", "3600")
+    env = start_workers(prefix, rclient, sandbox, worker_factory)
+    # Outreach pauses the user just before the backlog arrives (the workers are running).
     reset = sandbox.post("/_sandbox/quota/test-user/pause", {"reset_in_s": 3})["reset"]
     prospects = 60
-    start_pipeline(prefix, rclient, sandbox, worker_factory, prospects)
+    send(env, prospects)
     wait_drained(sandbox, rclient, prefix, prospects)
     reqs = patches(sandbox)
     limited = [r for r in reqs if r["status"] == 429]
