@@ -116,9 +116,14 @@ class QuotaGate:
         storage_uri: str,
         prefix: str,
         fallback_pause_s: float = 60.0,
+        probe_first: bool = True,
     ) -> None:
+        """``probe_first``: before anything is known of a user's budget, send one request
+        and read Outreach's figure before a burst (False: our own window alone, from the
+        start — for servers known not to report)."""
         self._redis, self._keys, self._prefix = redis, Keys(prefix), prefix
         self._fallback_pause_s = fallback_pause_s
+        self._probe_first = probe_first
         store = _window_storage(storage_uri, prefix, redis)
         self._storage, self._window = store, cast(MovingWindowSupport, store)
         self._limiter = MovingWindowRateLimiter(store)
@@ -212,7 +217,9 @@ class QuotaGate:
             # Unknown reset: hold the report briefly; the next response brings a fresh one.
             reset = until if until is not None else now + self._fallback_pause_s
         limit = "" if budget is None or budget.limit is None else str(budget.limit)
-        paused = await self._record(user, "observe", now, remaining, reset, until, sent_s, limit)
+        paused = await self._record(
+            user, "observe", now, remaining, reset, until, sent_s, limit, answered=status > 0
+        )
         return None if until is None else max(paused, until)
 
     async def pause(self, user: str, until_s: float) -> None:
@@ -290,6 +297,7 @@ class QuotaGate:
         args: list[str | int] = [repr(time.time()), want, repr(PROBE_TIMEOUT_S), careful]
         guard = min(GUARD_MAX_S, max(GUARD_MIN_S, item.get_expiry() * GUARD_SHARE))
         args += [repr(fresh), headroom, item.amount, free, repr(guard)]
+        args.append("1" if self._probe_first else "0")
         raw = await self._reserve(keys=[f"{ns}:pause", f"{ns}:server"], args=args)
         return _Reservation(
             paused_until_s=_num(raw[0]),
@@ -309,12 +317,14 @@ class QuotaGate:
         until: float | None,
         sent_s: float | None = None,
         limit: str = "",
+        *,
+        answered: bool = False,
     ) -> float:
         ns = self._keys.quota(user)
         pause = "" if until is None else repr(until)
         sent = "" if sent_s is None else repr(sent_s)
         args = [repr(now), remaining, repr(reset_s), pause, repr(SAME_WINDOW_TOLERANCE_S), sent]
-        args.append(limit)
+        args += [limit, "1" if answered else ""]
         try:
             raw = await self._observe(keys=[f"{ns}:server", f"{ns}:pause"], args=args)
         except _STORE_ERRORS as exc:

@@ -40,6 +40,9 @@ async def make_gate(prefix: str) -> AsyncIterator[MakeGate]:
     made: list[tuple[QuotaGate, redis.asyncio.Redis]] = []
 
     def make(**kwargs: Any) -> QuotaGate:
+        # Most tests here exercise our own window from a cold start; the cold-start probe
+        # (the default) has tests of its own below.
+        kwargs.setdefault("probe_first", False)
         client = redis.asyncio.Redis.from_url(REDIS_URL)
         gate = QuotaGate(client, storage_uri=STORAGE_URI, prefix=prefix, **kwargs)
         made.append((gate, client))
@@ -95,7 +98,7 @@ async def test_concurrent_gates_never_exceed_the_limit(make_gate: MakeGate) -> N
 def _process_main(prefix: str, limit: str, seed: int, barrier: Any, out: Any) -> None:
     async def run() -> int:
         client = redis.asyncio.Redis.from_url(REDIS_URL)
-        gate = QuotaGate(client, storage_uri=STORAGE_URI, prefix=prefix)
+        gate = QuotaGate(client, storage_uri=STORAGE_URI, prefix=prefix, probe_first=False)
         try:
             return await _hammer(gate, 60, limit, seed)
         finally:
@@ -166,6 +169,33 @@ async def test_lower_server_remaining_caps_every_gate_until_its_reset(make_gate:
     await b.observe(USER, 200, fresh, None, sent_s=time.time())  # the probe's answer
     assert (await a.acquire(USER, 10, limit=limit)).granted == 10
     assert (await b.state(USER, limit=limit)).server_remaining == 30
+
+
+async def test_a_cold_start_probes_once_before_a_burst(make_gate: MakeGate) -> None:
+    """Nothing known of the user yet: one request goes first; its answer's figure governs
+    (another integration had already spent most of the window)."""
+    a, b = make_gate(probe_first=True), make_gate(probe_first=True)
+    limit = "100 per 10 seconds"
+    assert (await a.acquire(USER, 30, limit=limit)).granted == 1
+    waiting = await b.acquire(USER, 30, limit=limit)
+    assert waiting.granted == 0 and waiting.wait_s <= 0.1  # the probe's answer is near
+    reset = repr(time.time() + 8)
+    answer = {"X-RateLimit-Remaining": "20", "X-RateLimit-Reset": reset}
+    await a.observe(USER, 200, answer, None, sent_s=time.time())
+    # 20 left at the server, less the careful reserve (10% of 100): 10, not our 99.
+    assert (await b.acquire(USER, 30, limit=limit)).granted == 10
+
+
+async def test_a_server_that_reports_nothing_is_probed_once_then_own_window(
+    make_gate: MakeGate,
+) -> None:
+    gate = make_gate(probe_first=True)
+    limit = "20 per 10 seconds"
+    assert (await gate.acquire(USER, 10, limit=limit)).granted == 1
+    await gate.observe(USER, 0, {}, None, sent_s=time.time())  # no answer: probe again
+    assert (await gate.acquire(USER, 10, limit=limit)).granted == 1
+    await gate.observe(USER, 200, {}, None, sent_s=time.time())  # answered, no figure
+    assert (await gate.acquire(USER, 30, limit=limit)).granted == 18  # 20 less the 2 probes
 
 
 async def test_higher_server_remaining_does_not_lift_our_limit(make_gate: MakeGate) -> None:
@@ -265,7 +295,7 @@ async def test_zero_and_negative_wants(make_gate: MakeGate) -> None:
 
 async def test_closing_the_callers_client_closes_everything(prefix: str) -> None:
     client = redis.asyncio.Redis.from_url(REDIS_URL)
-    gate = QuotaGate(client, storage_uri=STORAGE_URI, prefix=prefix)
+    gate = QuotaGate(client, storage_uri=STORAGE_URI, prefix=prefix, probe_first=False)
     assert (await gate.acquire(USER, 2)).granted == 2
     assert (await gate.state(USER)).used == 2
     await client.aclose()

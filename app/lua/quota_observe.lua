@@ -5,7 +5,8 @@
 -- A pause only ever moves later.
 -- KEYS[1] server budget (hash), KEYS[2] pause (string).
 -- ARGV: now, remaining ('' = not reported), its reset (epoch s), pause until ('' = none), tol,
---       when the answered request was sent ('' = not one of ours), the reported limit ('').
+--       when the answered request was sent ('' = not one of ours), the reported limit (''),
+--       '1' when the request got an answer (not a transport failure).
 -- Returns the pause in force (epoch s) or '0'.
 local now, tol = tonumber(ARGV[1]), tonumber(ARGV[5])
 -- Kept past its reset so the next window starts with a probe (see quota_reserve.lua).
@@ -18,6 +19,12 @@ if ARGV[6] ~= '' then
   end
   local single = tonumber(redis.call('HGET', KEYS[1], 'single') or '-1')
   if single >= 0 and tonumber(ARGV[6]) >= single then redis.call('HDEL', KEYS[1], 'single') end
+  if ARGV[2] == '' and not redis.call('HGET', KEYS[1], 'remaining') then
+    -- A cold-start probe came back without a figure: answered, this server does not report
+    -- (own mode from now on); unanswered, the next request probes again.
+    if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'blind', t(now)) end
+    redis.call('HDEL', KEYS[1], 'probe')
+  end
 end
 
 local function record(remaining, reset)

@@ -13,14 +13,19 @@
 -- and nothing is sent within `guard` of the reset: it could land after it, unseen.
 -- KEYS[1] pause (string: resume epoch s), KEYS[2] server budget (hash: remaining, reset,
 -- limit, at, inflight, probe, single).
+-- Cold start: with no report at all, one probe goes first too (someone else may already
+-- have spent most of the window), unless an earlier answer came back without any figure
+-- (`blind`: this server does not report, our own window alone models it).
 -- ARGV: now, permits wanted, probe timeout s (also frees a single whose answer was lost),
 --       careful reserve, fresh s, headroom (permits kept for the user), our limit amount,
---       permits free in our own window, guard s.
+--       permits free in our own window, guard s, '1' to probe at cold start.
 -- Returns {paused until or '0', permits, retry-at epoch s or '0', 'probe' or '', mode}.
 local now, want = tonumber(ARGV[1]), tonumber(ARGV[2])
 local timeout, careful, fresh = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local headroom, amount, free = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local guard = tonumber(ARGV[9])
+-- How long "this server does not report" is believed before it is probed again.
+local BLIND_KEEP_S = 3600
 local function t(x) return string.format('%.17g', x) end
 local function grant(n, kind, mode)
   if n > 0 then redis.call('HINCRBY', KEYS[2], 'inflight', n) end
@@ -35,6 +40,14 @@ end
 local s = redis.call('HMGET', KEYS[2], 'remaining', 'reset', 'limit', 'at', 'inflight',
   'probe', 'single')
 if not s[1] then
+  local blind = tonumber(redis.call('HGET', KEYS[2], 'blind') or '-1e18')
+  if ARGV[10] == '1' and now - blind > BLIND_KEEP_S and math.min(want, free) > 0 then
+    if tonumber(s[6] or '0') > now then
+      return {'0', 0, t(now + 0.02), 'probe', 'own'}
+    end
+    redis.call('HSET', KEYS[2], 'probe', t(now + timeout))
+    return grant(1, 'probe', 'own')
+  end
   return grant(math.min(want, free), '', 'own')
 end
 local mode = 'both'
