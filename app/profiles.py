@@ -126,6 +126,16 @@ class _Parsed:
     timestamp: int | None
 
 
+#: A producer's clock may run this far ahead of ours. A time further ahead (a bug, a typo'd
+#: year) would otherwise win over every later update of the field forever, so it orders the
+#: change as if it had been made on arrival instead; the value itself is kept.
+MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
+
+
+def _no_later_than(ts: int | None, received_ms: int) -> int | None:
+    return received_ms if ts is not None and ts > received_ms + MAX_FUTURE_SKEW_MS else ts
+
+
 def evaluate_profile(
     raw: object, destination: Destination, *, index: int, received_ms: int
 ) -> ProfileResult:
@@ -142,8 +152,10 @@ def evaluate_profile(
         parsed, problems = _full_parse(raw, namespace)
         if parsed is None:
             return _result(index, "rejected", _join(problems))
-    event_ms = received_ms if parsed.timestamp is None else parsed.timestamp
-    changes, ignored = _audience_changes(parsed.memberships, destination, event_ms)
+    stamped = _no_later_than(parsed.timestamp, received_ms)
+    event_ms = received_ms if stamped is None else stamped
+    memberships = [(a, s, _no_later_than(ts, received_ms)) for a, s, ts in parsed.memberships]
+    changes, ignored = _audience_changes(memberships, destination, event_ms)
     problems = _attribute_changes(parsed.attributes, destination, event_ms, changes)
     if problems:
         return _result(index, "rejected", _join(problems))

@@ -11,6 +11,7 @@ import pytest
 
 from app.destinations import Destination
 from app.profiles import (
+    MAX_FUTURE_SKEW_MS,
     FieldChange,
     ProfileResult,
     _fast_parse,
@@ -172,6 +173,26 @@ def test_epoch_ms_and_offset_timestamps() -> None:
     assert changes(evaluate(offset))["firstName"][1] == T_EV_MS
     no_zone = profile(timestamp="2026-11-21T09:02:12")
     assert changes(evaluate(no_zone))["firstName"][1] == T_EV_MS
+
+
+def test_times_far_ahead_of_arrival_order_the_change_as_if_made_on_arrival() -> None:
+    """A typo'd year would otherwise win over every later update of the field forever."""
+    soon = RECEIVED + MAX_FUTURE_SKEW_MS  # a producer's clock a little ahead: kept
+    far = "2126-11-21T09:02:12Z"
+    raw = profile(
+        timestamp=far,
+        segmentMembership={
+            "ups": {
+                A1: {"status": "realized", "lastQualificationTime": far},
+                A2: {"status": "exited", "lastQualificationTime": soon},
+            }
+        },
+    )
+    got = changes(evaluate(raw))
+    assert got["custom4"] == ("realized", RECEIVED)
+    assert got["custom12"] == ("exited", soon)
+    assert got["firstName"] == ("Ada", RECEIVED)
+    assert changes(evaluate(profile(timestamp=soon + 1)))["firstName"] == ("Ada", RECEIVED)
 
 
 def test_same_audience_in_two_namespaces_newest_wins() -> None:
