@@ -15,7 +15,10 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # env_ignore_empty: `VAR=""` (a blank line in a Kubernetes secret, say) means unset.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     redis_url: RedisDsn = Field(RedisDsn("redis://127.0.0.1:6379/0"))
     redis_key_prefix: str = Field("os", pattern=r"^[A-Za-z0-9_.-]{1,32}$")

@@ -20,7 +20,7 @@ from tests.conftest import make_settings, settings_env
 
 TOKEN = "ya29TOKENf00dcafe1234567890"
 REFRESH = "rfrTOKENbeefbeef0987654321"
-API_KEY = "osk_live_9f8e7d6c5b4a3f2e1d0c"
+API_KEY = "osk_fake1_9f8e7d6c5b4a3f2e1d0c"
 CLIENT_SECRET = "cs-SECRET-5566778899"
 EMAIL = "ada.lovelace@analytical-engines.example"
 CUSTOM_VALUE = "PlatinumTierAudienceValue"
