@@ -67,6 +67,11 @@ class Dispatcher:
             except redis.RedisError as exc:
                 log.warning("dispatcher cannot reach Redis: %s", exc)
                 sleep_s = K.DISPATCH_MAX_SLEEP_S
+            except Exception:
+                # The broker refusing a drain task, say. The thread must outlive anything:
+                # a worker whose dispatcher died would look healthy and never drain again.
+                log.exception("dispatcher tick failed; trying again")
+                sleep_s = K.DISPATCH_MAX_SLEEP_S
             self._wait(sleep_s)
         if self._name is not None:
             with contextlib.suppress(redis.RedisError):  # it ages out of live_workers anyway
@@ -99,7 +104,13 @@ class Dispatcher:
                 slot_ttl_ms=self._slot_ttl_ms,
             )
             for slot in poll.new_slots:
-                self._start_drain(dest, slot)
+                try:
+                    self._start_drain(dest, slot)
+                except Exception:
+                    # Not started: give the slot back, so the next tick can try again
+                    # instead of waiting for the slot to expire.
+                    self._redis.zrem(self._keys.drainers(dest), slot)
+                    raise
             if poll.next_ms is not None and poll.next_ms > now:
                 next_ms = poll.next_ms if next_ms is None else min(next_ms, poll.next_ms)
         if next_ms is None:

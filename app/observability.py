@@ -133,6 +133,9 @@ def init_sentry(settings: Settings, *, component: str, transport: Transport | No
         traces_sample_rate=settings.sentry_traces_sample_rate,
         # send_default_pii stays unset, which is False (this SDK deprecates passing it).
         max_request_body_size="never",
+        # Frame locals would carry prospects' attributes under any variable name (a claimed
+        # batch, a PATCH body): names cannot be told apart, so none are sent.
+        include_local_variables=False,
         event_scrubber=EventScrubber(denylist=DENYLIST, recursive=True),
         before_send=scrub_event,  # type: ignore[arg-type]
         before_send_transaction=scrub_event,  # type: ignore[arg-type]

@@ -150,3 +150,21 @@ def test_scrub_event_keeps_structure_and_drops_bodies() -> None:
     }
     assert clean["extra"]["celery-job"] == {"args": "[Filtered]", "task_name": "outreach_sync.x"}
     assert clean["contexts"]["runtime"]["name"] == "CPython"
+
+
+def test_frame_variables_never_leave_whatever_their_name(transport: CapturingTransport) -> None:
+    """A claimed batch under an innocent name still carries a prospect's attributes."""
+    # (Built from the module's constants: Sentry quotes source lines around each frame.)
+    attributes = {"company": FIRST_NAME + " Corp", "addressStreet": CUSTOM_VALUE}
+
+    def send_batch(claimed: list[dict[str, Any]]) -> None:
+        go = list(claimed)
+        raise DeliveryExploded(f"redis went away after {len(go)} sends")
+
+    try:
+        send_batch([{"prospect": 7, "parts": list(attributes.values())}])
+    except DeliveryExploded as exc:
+        sentry_sdk.capture_exception(exc)
+    text = _assert_clean(transport)
+    assert "send_batch" in text  # the frame is there, its variables are not
+    assert attributes["company"] not in text
