@@ -18,7 +18,13 @@ from aiohttp import web
 from app.adminauth import admin_refusal
 from app.destination_admin import Conflict, DestinationAdmin, Invalid, NotFound
 from app.destinations import Destination
-from app.jsonapi import error_object, error_response, errors_response, pointer
+from app.jsonapi import (
+    error_object,
+    error_response,
+    errors_response,
+    pointer,
+    unsupported_media_type,
+)
 from app.registry import Registry
 from app.settings import Settings
 
@@ -71,6 +77,8 @@ class DestinationsApi:
                 return refusal
             try:
                 return await handler(request)
+            except _Refused as exc:
+                return exc.response
             except _BadBody as exc:
                 return error_response(400, "Bad request body", str(exc))
             except Invalid as exc:
@@ -94,6 +102,14 @@ class _BadBody(ValueError):
     pass
 
 
+class _Refused(Exception):
+    """The request is answered with ``response`` before its body is read (415)."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.reason)
+        self.response = response
+
+
 def _invalid(loc: tuple[int | str, ...], msg: str) -> dict[str, Any]:
     where = pointer(loc)
     detail = f"{where.lstrip('/') or 'body'}: {msg}"
@@ -106,6 +122,9 @@ def _id(request: web.Request) -> str:
 
 
 async def _body(request: web.Request) -> Any:
+    refused = unsupported_media_type(request)
+    if refused is not None:
+        raise _Refused(refused)
     try:
         text = await request.text()
     except UnicodeDecodeError:

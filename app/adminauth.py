@@ -31,6 +31,13 @@ def presented_secret(request: web.Request) -> str | None:
     return None
 
 
+def secret_bytes(secret: str) -> bytes:
+    """``secret`` as bytes to compare. aiohttp decodes header bytes that are not UTF-8 with
+    surrogateescape; encoding them back the same way gives the bytes sent (a plain
+    ``encode()`` would raise, and the request end in a 500)."""
+    return secret.encode("utf-8", "surrogateescape")
+
+
 def _basic_password(encoded: str) -> str | None:
     # By hand: aiohttp's BasicAuth is deprecated (gone in aiohttp 4).
     try:
@@ -52,7 +59,7 @@ def admin_refusal(request: web.Request, settings: Settings) -> web.Response | No
         return None  # development mode only: startup refuses production without a key
     given = presented_secret(request)
     if given is not None and hmac.compare_digest(
-        given.encode(), expected.get_secret_value().encode()
+        secret_bytes(given), secret_bytes(expected.get_secret_value())
     ):
         return None
     body: dict[str, Any] = {

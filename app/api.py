@@ -93,7 +93,6 @@ async def too_large(request: web.Request, handler: Handler) -> web.StreamRespons
 
 def make_app(settings: Settings) -> web.Application:
     from app import oauth_web
-    from app.crypto import cipher_for
     from app.startup import check_startup
 
     check_startup(settings)  # outside development: no start without the keys
@@ -101,7 +100,7 @@ def make_app(settings: Settings) -> web.Application:
     client = async_client(settings)
     app[SETTINGS] = settings
     app[STORE] = ProspectStore(client, settings.keys)
-    app[REGISTRY] = Registry(client, settings.keys, cipher=cipher_for(settings))
+    app[REGISTRY] = Registry(client, settings.keys)
     app[GATE] = gate_for(client, settings)
     app[PRODUCER_GUARD] = ProducerGuard(client, settings)
     app.router.add_post("/v1/destinations/{destination_id}/profiles", guarded(post_profiles))

@@ -330,11 +330,14 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     ns = parse(argv)
+    from app.crypto import EncryptionKeyError
+
     try:
         from app.logs import configure_logging
 
         configure_logging(get_settings())  # LOG_FORMAT / LOG_LEVEL, secrets redacted
         sys.exit(ns.func(ns))
-    except SettingsError as exc:
+    except (SettingsError, EncryptionKeyError) as exc:
+        # EncryptionKeyError: TOKEN_ENCRYPTION_KEY missing outside development, or unusable.
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

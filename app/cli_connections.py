@@ -86,12 +86,25 @@ def cmd_add(ns: argparse.Namespace) -> int:
     except ValidationError as exc:
         problems = [describe_error(e) for e in exc.errors()]
         return _fail("; ".join(f"{format_loc(loc) or 'connection'}: {m}" for loc, m in problems))
+    # Options not given keep the stored values (read inside the compare-and-set).
+    kept = {"rate_limit": ns.rate_limit is None, "reserve_share": ns.reserve_share is None}
+
+    def metadata(old: ConnectionRecord | None) -> Connection:
+        if old is None:
+            return meta
+        stored = old.metadata()
+        return meta.model_copy(
+            update={name: getattr(stored, name) for name, keep in kept.items() if keep}
+        )
+
     store = _store()
-    old = store.get(ns.id)
-    if old is not None and ns.rate_limit is None:
-        meta = meta.model_copy(update={"rate_limit": old.rate_limit})
     rec = store.install(
-        meta, access_token=access, refresh_token=refresh, expires_at=expires_at, source="cli"
+        meta,
+        access_token=access,
+        refresh_token=refresh,
+        expires_at=expires_at,
+        source="cli",
+        metadata=metadata,
     )
     dests = store.destinations(ns.id)
     print(f"connection {rec.id} stored (user {rec.user}, token generation {rec.generation})")
@@ -145,9 +158,14 @@ def cmd_remove(ns: argparse.Namespace) -> int:
 
 
 def cmd_authorize(ns: argparse.Namespace) -> int:
-    from app.oauth import authorize_url, create_state
+    from app.oauth import authorize_url, connection_metadata, create_state
     from app.redis_client import async_client
 
+    # The same check as /oauth/start: a bad id or user would only fail after the code
+    # exchange, with the authorization spent.
+    checked = connection_metadata(ns.id, ns.user or None)
+    if isinstance(checked, str):
+        return _fail(checked)
     s = get_settings()
     if not s.outreach_client_id or s.outreach_client_secret is None:
         return _fail("set OUTREACH_CLIENT_ID and OUTREACH_CLIENT_SECRET (the Outreach OAuth app)")

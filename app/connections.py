@@ -26,7 +26,7 @@ import redis
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from app.crypto import TokenCipher, TokenDecryptError
+from app.crypto import TokenCipher
 from app.destinations import Connection
 from app.keys import DEFAULT_RATE_LIMIT, Keys
 from app.store import WAKE_KEEP
@@ -249,6 +249,78 @@ def _state(rec: ConnectionRecord) -> ConnectionState:
     return ConnectionState(rec.id, rec.user, rec.state, rec.reason, rec.updated_at, rec.expires_at)
 
 
+def blocked(rec: ConnectionRecord | None) -> bool:
+    """True when the connection cannot send: absent, needing re-authorization, or without an
+    access token."""
+    return rec is None or rec.state != ACTIVE or rec.access_token_enc is None
+
+
+def unblocks(old: ConnectionRecord | None, new: ConnectionRecord | None) -> bool:
+    """True when a write takes the connection from blocked to able to send: only then are its
+    destinations resumed (a resume restarts their changes' retry age, so merely rewriting an
+    active connection, as every ``config load`` does, must not)."""
+    return blocked(old) and not blocked(new)
+
+
+Pipeline = redis.client.Pipeline | aioredis.client.Pipeline
+
+
+def _queue_resume(pipe: Pipeline, keys: Keys, dests: list[str]) -> None:
+    """Queue the resume of ``dests``: hold lifted, the resume time recorded (time spent
+    blocked does not count against retry age), dispatchers woken."""
+    now_ms = int(time.time() * 1000)
+    for dest in dests:
+        pipe.delete(keys.hold(dest))
+        pipe.set(keys.resumed(dest), now_ms)
+        pipe.rpush(keys.wake(), dest)
+    pipe.ltrim(keys.wake(), -WAKE_KEEP, -1)
+
+
+#: The metadata to install as a function of the stored record (read inside the CAS).
+MetaOf = Callable[[ConnectionRecord | None], Connection]
+
+
+class _TokenWrite:
+    """One installation of new tokens, as a compare-and-set ``change``; remembers whether
+    the write that won unblocked the connection."""
+
+    def __init__(
+        self,
+        meta: Connection,
+        metadata: MetaOf | None,
+        cipher: TokenCipher,
+        access_token: str | SecretStr | None,
+        refresh_token: str | SecretStr | None,
+        expires_at: float | None,
+        scope: str | None,
+        source: str,
+    ) -> None:
+        self.conn_id = meta.id
+        self._meta = metadata or (lambda _: meta)
+        self._cipher = cipher
+        self._tokens = (access_token, refresh_token)
+        self._expires_at = expires_at
+        self._scope = scope
+        self._source = source
+        self.unblocked = False
+
+    def change(self, old: ConnectionRecord | None) -> ConnectionRecord:
+        new = with_tokens(
+            old,
+            self._meta(old),
+            self._cipher,
+            access_token=self._tokens[0],
+            refresh_token=self._tokens[1],
+            expires_at=self._expires_at,
+            scope=self._scope,
+            source=self._source,
+            now=time.time(),
+        )
+        # Each retry of the CAS recomputes it: the last call is the write that won.
+        self.unblocked = unblocks(old, new)
+        return new
+
+
 # Synchronous adapter (CLI, configuration load) --------------------------------------------
 
 
@@ -288,16 +360,12 @@ class ConnectionStoreSync:
         return _destinations_of(raw, conn_id)
 
     def resume(self, conn_id: str) -> list[str]:
-        """Lift the hold of the connection's destinations and wake the dispatchers."""
+        """Lift the hold of the connection's destinations, record the resume and wake the
+        dispatchers (only when the connection has just become able to send: ``unblocks``)."""
         dests = self.destinations(conn_id)
         if dests:
             pipe = self.redis.pipeline(transaction=False)
-            now_ms = int(time.time() * 1000)
-            for dest in dests:
-                pipe.delete(self.keys.hold(dest))
-                pipe.set(self.keys.resumed(dest), now_ms)
-                pipe.rpush(self.keys.wake(), dest)
-            pipe.ltrim(self.keys.wake(), -WAKE_KEEP, -1)
+            _queue_resume(pipe, self.keys, dests)
             pipe.execute()
         return dests
 
@@ -310,40 +378,36 @@ class ConnectionStoreSync:
         expires_at: float | None,
         scope: str | None = None,
         source: str,
+        metadata: MetaOf | None = None,
     ) -> ConnectionRecord:
-        """Store new tokens (encrypted), make the connection active, wake its destinations."""
+        """Store new tokens (encrypted) and make the connection active; when it could not
+        send before, resume its destinations.
 
-        def change(old: ConnectionRecord | None) -> ConnectionRecord:
-            return with_tokens(
-                old,
-                meta,
-                self.cipher,
-                access_token=access_token,
-                refresh_token=refresh_token,
-                expires_at=expires_at,
-                scope=scope,
-                source=source,
-                now=time.time(),
-            )
-
-        rec = self.update(meta.id, change)
+        ``metadata``, when given, computes what is written instead of ``meta`` from the
+        stored record, inside the compare-and-set: metadata written meanwhile (a ``config
+        load`` changing ``rate_limit``, say) is then kept, not overwritten."""
+        write = _TokenWrite(
+            meta, metadata, self.cipher, access_token, refresh_token, expires_at, scope, source
+        )
+        rec = self.update(write.conn_id, write.change)
         assert rec is not None
-        self.resume(meta.id)
+        if write.unblocked:
+            self.resume(rec.id)
         return rec
 
-    def publish(self, conn: Connection) -> ConnectionRecord:
-        """A configuration file's connection: metadata always; tokens when it gives any."""
+    def publish(self, conn: Connection) -> bool:
+        """A configuration file's connection: metadata always; tokens when it gives any.
+        True when it became able to send: the caller resumes its destinations once they are
+        published too (``registry.publish_sync``)."""
         if conn.access_token is None and conn.refresh_token is None:
             rec = self.update(conn.id, lambda old: with_metadata(old, conn, now=time.time()))
             assert rec is not None
-            return rec
-        return self.install(
-            conn,
-            access_token=conn.access_token,
-            refresh_token=conn.refresh_token,
-            expires_at=None,
-            source="config",
+            return False
+        write = _TokenWrite(
+            conn, None, self.cipher, conn.access_token, conn.refresh_token, None, None, "config"
         )
+        self.update(conn.id, write.change)
+        return write.unblocked
 
     def reencrypt(self) -> int:
         """Rewrite every record with the first key (after a key rotation); returns how many."""
@@ -418,12 +482,7 @@ class ConnectionStore:
         dests = await self.destinations(conn_id)
         if dests:
             pipe = self.redis.pipeline(transaction=False)
-            now_ms = int(time.time() * 1000)
-            for dest in dests:
-                pipe.delete(self.keys.hold(dest))
-                pipe.set(self.keys.resumed(dest), now_ms)
-                pipe.rpush(self.keys.wake(), dest)
-            pipe.ltrim(self.keys.wake(), -WAKE_KEEP, -1)
+            _queue_resume(pipe, self.keys, dests)
             await pipe.execute()
         return dests
 
@@ -436,25 +495,16 @@ class ConnectionStore:
         expires_at: float | None,
         scope: str | None = None,
         source: str,
+        metadata: MetaOf | None = None,
     ) -> ConnectionRecord:
         """As ``ConnectionStoreSync.install``."""
-
-        def change(old: ConnectionRecord | None) -> ConnectionRecord:
-            return with_tokens(
-                old,
-                meta,
-                self.cipher,
-                access_token=access_token,
-                refresh_token=refresh_token,
-                expires_at=expires_at,
-                scope=scope,
-                source=source,
-                now=time.time(),
-            )
-
-        rec = await self.update(meta.id, change)
+        write = _TokenWrite(
+            meta, metadata, self.cipher, access_token, refresh_token, expires_at, scope, source
+        )
+        rec = await self.update(write.conn_id, write.change)
         assert rec is not None
-        await self.resume(meta.id)
+        if write.unblocked:
+            await self.resume(rec.id)
         return rec
 
 
@@ -469,17 +519,13 @@ def connection_states_sync(client: redis.Redis, keys: Keys) -> list[ConnectionSt
     return [_state(_record_without_tokens(v)) for v in raw.values()]
 
 
+def stored_metadata(raw: bytes) -> Connection:
+    """A stored connection's metadata, without its tokens (nothing decrypted, no key needed)."""
+    return _record_without_tokens(raw).metadata()
+
+
 def _record_without_tokens(raw: bytes) -> ConnectionRecord:
     doc = json.loads(raw)
     for name in ("access_token", "refresh_token", "access_token_enc", "refresh_token_enc"):
         doc.pop(name, None)
     return ConnectionRecord.model_validate(doc)
-
-
-def decrypt_or_none(rec: ConnectionRecord, cipher: TokenCipher) -> Connection:
-    """The connection with tokens, or without them (logged) when they cannot be decrypted."""
-    try:
-        return rec.connection(cipher)
-    except TokenDecryptError as exc:
-        log.error("connection %s: %s", rec.id, exc)
-        return rec.metadata()

@@ -92,9 +92,18 @@ class TokenCipher:
 
 
 def cipher_for(settings: Settings) -> TokenCipher:
-    """The cipher of these settings; the development key when none is set."""
+    """The cipher of these settings; the development key when none is set in development.
+
+    Outside development a missing key is an ``EncryptionKeyError``: tokens must never be
+    stored under the public development key (the CLI reaches here without the startup check).
+    """
     secret = settings.token_encryption_key
     if secret is None:
+        if settings.app_env != "development":
+            raise EncryptionKeyError(
+                f"TOKEN_ENCRYPTION_KEY is required with APP_ENV={settings.app_env} (tokens are "
+                "stored encrypted; make a key with `outreach-sync connections new-key`)"
+            )
         return TokenCipher([Fernet(DEVELOPMENT_ONLY_INSECURE_KEY)], development=True)
     return TokenCipher(parse_keys(secret.get_secret_value()))
 

@@ -6,7 +6,9 @@ per connection across every process and host (a Redis lock, ``SET NX PX`` with a
 token, released by compare-and-delete). Others wait for it, bounded, and use its result: the
 connection's token ``generation`` changes. The rotated refresh token is persisted before the
 new access token is used. The token endpoint's own 429 is waited out while holding the lock;
-``invalid_grant`` makes the connection ``reauth_required``.
+``invalid_grant`` makes the connection ``reauth_required``. A refresh that fails for the
+moment (5xx, unreachable, 429 beyond the wait) leaves a marker for ``REFRESH_FAILED_MS``: the
+processes that waited for it answer "unavailable" without calling the endpoint again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from app.connections import (
     ACTIVE,
@@ -36,6 +39,7 @@ from app.connections import (
     with_refreshed,
 )
 from app.crypto import TokenDecryptError
+from app.destinations import Connection
 from app.keys import Keys
 from app.settings import Settings
 
@@ -45,11 +49,34 @@ log = logging.getLogger(__name__)
 TOKEN_429_BACKOFF_S = (0.2, 5.0)
 #: How often a process waiting for another one's refresh looks again.
 LOCK_POLL_S = 0.05
+#: The refresh lock outlives the longest refresh by this much (Redis round trips, persisting).
+LOCK_MARGIN_S = 10.0
+#: After a refresh failed for the moment (token endpoint 5xx, unreachable, 429 beyond the
+#: wait), nobody calls the token endpoint for this long: the processes that were waiting for
+#: that refresh answer UNAVAILABLE at once instead of each trying again.
+REFRESH_FAILED_MS = 5000
 #: Releases the refresh lock only if it is still ours (it may have expired and been retaken).
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def _failed_key(lock_key: str) -> str:
+    """Marks a connection whose last refresh failed for the moment (``REFRESH_FAILED_MS``)."""
+    return f"{lock_key}:failed"
+
+
+def connection_metadata(conn_id: str, user: str | None) -> Connection | str:
+    """The connection's id and user validated, or the reason they are not valid (for the
+    OAuth routes and ``connections authorize``: checked before anything is stored)."""
+    try:
+        return Connection.model_validate({"id": conn_id, "user": user})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "connection"
+        name = "connection" if field == "id" else field
+        return f"{name}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def redirect_uri(settings: Settings) -> str:
@@ -175,6 +202,8 @@ class TokenClient:
         self._url = token_url
         self._client = {"client_id": client_id, "client_secret": client_secret}
         self._redirect_uri = redirect_uri
+        #: Longest one POST may take (OUTREACH_TIMEOUT_S).
+        self.timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def exchange_code(self, code: str, *, deadline: float) -> TokenSet:
@@ -297,8 +326,11 @@ class TokenManager:
         self.client = client
         self.margin_s = margin_s
         self.wait_s = wait_s
-        # The lock outlives the longest refresh, so it cannot lapse while one is running.
-        self._lock_ms = int((wait_s + 30) * 1000)
+        # The lock outlives the longest refresh, so it cannot lapse while one is running: 429s
+        # are waited out until ``wait_s`` and the last POST, started just before that, may
+        # then take the client's whole timeout (OUTREACH_TIMEOUT_S).
+        timeout_s = client.timeout_s if client is not None else 0.0
+        self._lock_ms = int((wait_s + timeout_s + LOCK_MARGIN_S) * 1000)
         self._release = store.redis.register_script(_RELEASE)
         self._warned: set[str] = set()
 
@@ -389,6 +421,11 @@ class TokenManager:
             return RefreshOutcome.REFRESHED  # done while we waited for the lock
         if rec.refresh_token_enc is None or self.client is None:
             return RefreshOutcome.NOT_REFRESHABLE
+        failed_key = _failed_key(self.store.keys.refresh_lock(rec.id))
+        if await self.store.redis.exists(failed_key):
+            # A refresh failed a moment ago (the one we were waiting for, perhaps): the
+            # token endpoint is not asked again before the marker expires.
+            return RefreshOutcome.UNAVAILABLE
         try:
             refresh_token = self.store.cipher.decrypt(rec.refresh_token_enc)
             tokens = await self.client.refresh(refresh_token, deadline=deadline)
@@ -399,6 +436,8 @@ class TokenManager:
             return await self._needs_reauth(rec)
         except OAuthError as exc:
             log.error("connection %s: token refresh failed: %s", rec.id, exc)
+            # Set while the lock is still held, so whoever takes it next sees it.
+            await self.store.redis.set(failed_key, 1, px=REFRESH_FAILED_MS)
             return RefreshOutcome.UNAVAILABLE
         return await self._persist(rec, tokens)
 

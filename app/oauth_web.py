@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 import time
 from typing import Any
@@ -22,14 +23,25 @@ import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from app import api
 from app.adminauth import admin_refusal
-from app.connections import ConnectionRecord, ConnectionStore
+from app.connections import ConflictError, ConnectionRecord, ConnectionStore
 from app.crypto import cipher_for
 from app.destinations import Connection
-from app.oauth import OAuthError, authorize_url, create_state, take_state, token_client
+from app.jsonapi import unsupported_media_type
+from app.oauth import (
+    OAuthError,
+    authorize_url,
+    connection_metadata,
+    create_state,
+    take_state,
+    token_client,
+)
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 _SAFE_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -102,17 +114,6 @@ def page(status: int, title: str, message: str) -> web.Response:
     )
 
 
-def _metadata(conn_id: str, user: str | None) -> Connection | str:
-    """The connection's id and user validated, or the reason they are not valid."""
-    try:
-        return Connection.model_validate({"id": conn_id, "user": user})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "connection"
-        name = "connection" if field == "id" else field
-        return f"{name}: {first['msg'].removeprefix('Value error, ')}"
-
-
 # OAuth dance ------------------------------------------------------------------------------
 
 
@@ -123,7 +124,7 @@ async def start(request: web.Request) -> web.StreamResponse:
     if refusal is not None:
         return refusal
     conn_id, user = request.query.get("connection", ""), request.query.get("user") or None
-    checked = _metadata(conn_id, user)
+    checked = connection_metadata(conn_id, user)
     if isinstance(checked, str):
         return page(400, "Cannot start authorization", checked)
     if not web_.configured():
@@ -162,6 +163,11 @@ async def _finish(web_: OAuthWeb, conn_id: str, user: object, code: str) -> web.
     client = token_client(web_.session, web_.settings)
     if client is None:
         return page(503, "Cannot finish authorization", NOT_CONFIGURED)
+    # Checked before the code is spent: after the exchange nothing may fail but Redis.
+    label = user if isinstance(user, str) and user else None
+    checked = connection_metadata(conn_id, label)
+    if isinstance(checked, str):
+        return page(400, "Cannot finish authorization", f"{checked}. Nothing was changed.")
     deadline = time.monotonic() + web_.settings.token_refresh_wait_s
     try:
         tokens = await client.exchange_code(code, deadline=deadline)
@@ -173,24 +179,40 @@ async def _finish(web_: OAuthWeb, conn_id: str, user: object, code: str) -> web.
             "not changed; start again, and check OUTREACH_CLIENT_ID, OUTREACH_CLIENT_SECRET "
             "and OUTREACH_REDIRECT_URI if it keeps failing.",
         )
-    old = await web_.store.get(conn_id)
-    meta = old.metadata() if old is not None else Connection.model_validate({"id": conn_id})
-    if isinstance(user, str) and user:
-        meta = meta.model_copy(update={"user": user})
-    await web_.store.install(
-        meta,
-        access_token=tokens.access_token,
-        refresh_token=tokens.refresh_token,
-        expires_at=tokens.expires_at(time.time()),
-        scope=tokens.scope,
-        source="oauth",
-    )
-    dests = await web_.store.destinations(conn_id)
+
+    def metadata(old: ConnectionRecord | None) -> Connection:
+        # From the record read inside the compare-and-set: a concurrent `config load`'s
+        # rate_limit and reserve_share are kept.
+        meta = old.metadata() if old is not None else checked
+        return meta.model_copy(update={"user": label}) if label else meta
+
+    try:
+        rec = await web_.store.install(
+            checked,
+            access_token=tokens.access_token,
+            refresh_token=tokens.refresh_token,
+            expires_at=tokens.expires_at(time.time()),
+            scope=tokens.scope,
+            source="oauth",
+            metadata=metadata,
+        )
+    except (RedisError, ConflictError, ValidationError) as exc:
+        log.error("connection %s: tokens issued but not stored: %s", conn_id, type(exc).__name__)
+        return page(
+            503,
+            "Authorization not stored",
+            f"Outreach issued tokens but connection {conn_id} could not be stored "
+            f"({type(exc).__name__}). Start again from /oauth/start in a moment.",
+        )
+    try:
+        dests = await web_.store.destinations(conn_id)
+    except RedisError:
+        dests = []  # stored all the same: only the list of its destinations is missing
     resumed = f" Destinations using it: {', '.join(dests)}." if dests else ""
     return page(
         200,
         "Connected to Outreach",
-        f"Connection {conn_id} (Outreach user {meta.user}) is authorized.{resumed}",
+        f"Connection {conn_id} (Outreach user {rec.user}) is authorized.{resumed}",
     )
 
 
@@ -256,7 +278,7 @@ async def authorize(request: web.Request) -> web.Response:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         return api.error(422, "Invalid user", "user must be a string", pointer="/user")
-    checked = _metadata(conn_id, user)
+    checked = connection_metadata(conn_id, user)
     if isinstance(checked, str):
         pointer = "/user" if checked.startswith("user") else None
         return api.error(422, "Invalid connection", checked, pointer=pointer)
@@ -272,6 +294,10 @@ async def _body(request: web.Request) -> dict[str, Any] | web.Response:
     raw = await request.read()
     if not raw.strip():
         return {}
+    # A body must be declared JSON (as on every admin write): no cross-site form post.
+    refused = unsupported_media_type(request)
+    if refused is not None:
+        return refused
     try:
         doc = json.loads(raw)
     except ValueError:

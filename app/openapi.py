@@ -170,7 +170,7 @@ def _admin_destination_paths() -> Doc:
                 "requestBody": body,
                 "responses": {
                     "201": {**dest, "headers": {"Location": {"schema": {"type": "string"}}}},
-                    **_errors(400, 401, 409, 422),
+                    **_errors(400, 401, 409, 415, 422),
                 },
             },
         },
@@ -187,14 +187,14 @@ def _admin_destination_paths() -> Doc:
                 "operationId": "replaceDestination",
                 "summary": "Replace a destination (the body's id, if any, must match)",
                 "requestBody": body,
-                "responses": {"200": dest, **_errors(400, 401, 404, 409, 422)},
+                "responses": {"200": dest, **_errors(400, 401, 404, 409, 415, 422)},
             },
             "patch": {
                 **op,
                 "operationId": "patchDestination",
                 "summary": 'Change some members, e.g. {"enabled": false} to disable',
                 "requestBody": patch,
-                "responses": {"200": dest, **_errors(400, 401, 404, 409, 422)},
+                "responses": {"200": dest, **_errors(400, 401, 404, 409, 415, 422)},
             },
             "delete": {
                 **op,
@@ -287,7 +287,7 @@ def _connection_paths() -> Doc:
                 "requestBody": user_body,
                 "responses": {
                     "201": json_content(authorize, "Open authorize_url in a browser"),
-                    **_errors(400, 401, 422, 503),
+                    **_errors(400, 401, 415, 422, 503),
                 },
             },
         },

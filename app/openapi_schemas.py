@@ -17,6 +17,7 @@ ERROR_TITLES = {
     404: "No such resource",
     409: "Conflicts with the stored state",
     413: "The body is larger than MAX_BODY_BYTES",
+    415: "The body is not declared JSON (Content-Type: application/json)",
     422: "The body is well-formed but invalid; each error names its member",
     429: "Too many requests for this key; see Retry-After",
     503: "Not available now (Redis unreachable, or OAuth not configured)",

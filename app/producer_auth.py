@@ -23,7 +23,7 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from redis.exceptions import RedisError
 
-from app.adminauth import presented_secret
+from app.adminauth import presented_secret, secret_bytes
 from app.jsonapi import error_response
 from app.producer_keys import KeyRefused, ProducerKey, ProducerKeys
 from app.settings import Settings
@@ -72,7 +72,7 @@ class ProducerGuard:
             )
         admin = self._admin_key
         if admin is not None and hmac.compare_digest(
-            presented.encode(), admin.get_secret_value().encode()
+            secret_bytes(presented), secret_bytes(admin.get_secret_value())
         ):
             return Caller(None)
         return Caller(await self.keys.verify(presented))

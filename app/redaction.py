@@ -37,6 +37,9 @@ _KEY = (
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=:-]+"), rf"\1 {FILTERED}"),
     (re.compile(r"\bosk_[A-Za-z0-9_-]+"), f"osk_{FILTERED}"),
+    # OAuth callback parameters (the access log's /oauth/callback?code=…&state=…): only as
+    # query parameters, so ordinary "code: 500" or "state=active" text stays readable.
+    (re.compile(r"(?i)([?&](?:code|state)=)[^&#\s\"']+"), rf"\1{FILTERED}"),
     # key=value, key: value, "key": "value", 'key': 'value' (JSON, reprs, query strings)
     (
         re.compile(rf"(?i)([\"']?\b(?:{_KEY})[\"']?\s*[:=]\s*)([\"'])(?:(?!\2).)*\2"),

@@ -14,7 +14,7 @@ from typing import cast
 import redis
 import redis.asyncio as aioredis
 
-from app.connections import ConnectionStoreSync, decrypt_or_none, parse_record
+from app.connections import ConnectionStoreSync, stored_metadata
 from app.crypto import TokenCipher, default_cipher
 from app.destinations import Config, Connection, Destination
 from app.keys import Keys
@@ -33,17 +33,21 @@ def publish_sync(
     the process's settings); a connection given without tokens keeps those it has.
     """
     conns = ConnectionStoreSync(client, keys, cipher or default_cipher())
-    for conn in config.connections:
-        conns.publish(conn)
+    unblocked = [conn.id for conn in config.connections if conns.publish(conn)]
     pipe = client.pipeline()
     for dest in config.destinations:
         pipe.hset(keys.destinations(), dest.id, dest.model_dump_json())
-        # A corrected configuration gets its mapping IDs tried again.
+        # A corrected configuration gets its mapping IDs tried again; as an admin edit does
+        # (swap_destination), a hold set while it was disabled is lifted and it is woken.
         pipe.delete(keys.invalid_mappings(dest.id))
+        pipe.delete(keys.hold(dest.id))
+        pipe.rpush(keys.wake(), dest.id)
+    pipe.ltrim(keys.wake(), -WAKE_KEEP, -1)
     pipe.execute()
-    for conn in config.connections:
-        # Destinations held while their connection needed re-authorization start again.
-        conns.resume(conn.id)
+    for conn_id in unblocked:
+        # Destinations held while their connection could not send start again; only then,
+        # since a resume restarts their changes' retry age (app/delivery.py).
+        conns.resume(conn_id)
 
 
 def destination_sync(client: redis.Redis, keys: Keys, dest_id: str) -> Destination | None:
@@ -82,21 +86,14 @@ async def swap_destination(
 
 
 class Registry:
-    """Destinations and connections (tokens decrypted with ``cipher``, default: the
-    process's settings), cached for ``ttl_s``."""
+    """Destinations and connections, cached for ``ttl_s``. Connections are metadata only
+    (user, rate limit, reserve share): tokens are never decrypted here; senders get theirs
+    from ``app.oauth.TokenManager``."""
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        keys: Keys,
-        *,
-        ttl_s: float = CACHE_TTL_S,
-        cipher: TokenCipher | None = None,
-    ) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, ttl_s: float = CACHE_TTL_S) -> None:
         self._redis = client
         self._keys = keys
         self._ttl_s = ttl_s
-        self._cipher = cipher
         self._loaded_at = float("-inf")
         self._destinations: dict[str, Destination] = {}
         self._connections: dict[str, Connection] = {}
@@ -111,10 +108,7 @@ class Registry:
         self._destinations = {
             k.decode(): Destination.model_validate_json(v) for k, v in dests.items()
         }
-        cipher = self._cipher = self._cipher or default_cipher()
-        self._connections = {
-            k.decode(): decrypt_or_none(parse_record(v, cipher), cipher) for k, v in conns.items()
-        }
+        self._connections = {k.decode(): stored_metadata(v) for k, v in conns.items()}
         self._loaded_at = time.monotonic()
 
     async def destination(self, dest_id: str) -> Destination | None:

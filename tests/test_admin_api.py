@@ -23,6 +23,7 @@ from app.registry import publish_sync
 from tests.conftest import ROOT, Sandbox, free_port, make_settings, settings_env, wait_until
 from tests.test_end_to_end import e2e_config
 from tests.test_ingest_api import profile
+from tests.test_producer_auth import raw_status
 
 ADMIN_KEY = "admin-api-test-key"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -56,6 +57,8 @@ class Client:
     ) -> tuple[int, Any]:
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body))
         hdrs = AUTH if headers is None else headers
+        if data is not None and "Content-Type" not in hdrs:
+            hdrs = {**hdrs, "Content-Type": "application/json"}  # as the docs' curl sends
         async with (
             aiohttp.ClientSession() as s,
             s.request(method, f"{self.base}{path}", data=data, headers=hdrs) as r,
@@ -288,3 +291,23 @@ async def test_an_edit_reaches_a_running_worker_without_a_restart(
         wait_until(lambda: sent(502).get("custom9") == "realized", timeout_s=30, what="enabled")
     finally:
         await runner.cleanup()
+
+
+async def test_an_admin_key_that_is_not_utf8_is_refused_with_401_not_500(admin: Client) -> None:
+    for header in (b"Authorization: Bearer \xff\xfeadmin", b"Authorization: Basic b3BzOv8="):
+        assert await raw_status(admin.base, "GET", header) == 401
+
+
+async def test_admin_writes_need_a_json_content_type(admin: Client) -> None:
+    """A cross-site form (text/plain, form encodings) cannot reach the admin writes."""
+    body = json.dumps(new_destination("forged")).encode()
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        headers = {**AUTH, "Content-Type": ctype}
+        for method, path in (("POST", ""), ("PUT", "/e2e"), ("PATCH", "/e2e")):
+            status, doc = await admin.call(method, path, body, headers=headers)
+            assert status == 415, (method, ctype, doc)
+            assert doc["errors"][0]["title"] == "Unsupported media type"
+    assert (await admin.call("GET", "/forged"))[0] == 404  # nothing was created
+    merge = {**AUTH, "Content-Type": "application/merge-patch+json"}
+    status, doc = await admin.call("PATCH", "/e2e", {"enabled": False}, headers=merge)
+    assert status == 200 and doc["enabled"] is False

@@ -68,7 +68,7 @@ def config(**conn: Any) -> Any:
     )
 
 
-def test_tokens_are_encrypted_at_rest_and_read_back_through_the_registry(
+def test_tokens_are_encrypted_at_rest_read_back_by_the_store_never_by_the_registry(
     prefix: str, rclient: redis.Redis
 ) -> None:
     key = Fernet.generate_key().decode()
@@ -90,15 +90,20 @@ def test_tokens_are_encrypted_at_rest_and_read_back_through_the_registry(
 
         client = aioredis.from_url(TEST_REDIS_URL)
         try:
-            return await Registry(client, keys, cipher=c).connection("c")
+            return await Registry(client, keys).connection("c")
         finally:
             await client.aclose()
 
     import asyncio
 
+    # The registry (read every couple of seconds by every worker) holds metadata only.
     conn = asyncio.run(read())
     assert conn is not None and conn.user == "u1"
-    assert conn.access_token == SecretStr(ACCESS) and conn.refresh_token == SecretStr(REFRESH)
+    assert conn.access_token is None and conn.refresh_token is None
+    stored = ConnectionStoreSync(rclient, keys, c).get("c")
+    assert stored is not None
+    tokens = stored.connection(c)
+    assert tokens.access_token == SecretStr(ACCESS) and tokens.refresh_token == SecretStr(REFRESH)
 
 
 def test_a_file_without_tokens_keeps_the_stored_ones_and_updates_the_metadata(
@@ -356,3 +361,59 @@ def test_cli_add_names_what_is_wrong(prefix: str) -> None:
         stdin="tok\n",
     )
     assert when.returncode == 2 and "--expires-at 'tomorrow' is not an ISO 8601 time" in when.stderr
+
+
+def test_cli_refuses_to_store_tokens_without_a_key_outside_development(
+    prefix: str, rclient: redis.Redis
+) -> None:
+    # An empty variable counts as unset: no TOKEN_ENCRYPTION_KEY, whatever the environment has.
+    env = {"APP_ENV": "production", "TOKEN_ENCRYPTION_KEY": "", "MY_ACCESS": ACCESS}
+    added = cli(prefix, "add", "c", "--user", "u1", "--access-token-env", "MY_ACCESS", **env)
+    assert added.returncode == 2, added.stderr
+    assert "error: TOKEN_ENCRYPTION_KEY is required with APP_ENV=production" in added.stderr
+    assert "Traceback" not in added.stderr
+    assert not list(rclient.scan_iter(match=f"{prefix}*"))
+
+
+def test_cli_authorize_validates_the_connection_and_user(prefix: str) -> None:
+    env = {"OUTREACH_CLIENT_ID": "app", "OUTREACH_CLIENT_SECRET": "app-secret-1234"}
+    bad_id = cli(prefix, "authorize", "no spaces allowed", **env)
+    assert bad_id.returncode == 2 and bad_id.stderr.startswith("error: connection: "), bad_id.stderr
+    bad_user = cli(prefix, "authorize", "c", "--user", "u" * 300, **env)
+    assert bad_user.returncode == 2 and bad_user.stderr.startswith("error: user: "), bad_user.stderr
+
+
+def test_cli_add_keeps_the_stored_rate_limit_and_reserve_share_when_not_given(
+    prefix: str, rclient: redis.Redis
+) -> None:
+    key = Fernet.generate_key().decode()
+    env = {"TOKEN_ENCRYPTION_KEY": key, "MY_ACCESS": ACCESS}
+    args = ("add", "c", "--user", "u1", "--access-token-env", "MY_ACCESS")
+    first = cli(prefix, *args, "--rate-limit", "500/hour", "--reserve-share", "0.2", **env)
+    assert first.returncode == 0, first.stderr
+    again = cli(prefix, *args, **env)
+    assert again.returncode == 0, again.stderr
+    stored = ConnectionStoreSync(rclient, Keys(prefix), cipher(key)).get("c")
+    assert stored is not None and stored.generation == 2
+    assert (stored.rate_limit, stored.reserve_share) == ("500/hour", 0.2)
+
+
+def test_config_loads_resume_a_connection_only_when_it_becomes_able_to_send(
+    prefix: str, rclient: redis.Redis
+) -> None:
+    keys, c = Keys(prefix), cipher(Fernet.generate_key().decode())
+    publish_sync(rclient, keys, config(), cipher=c)  # no tokens yet: nothing to resume
+    assert rclient.get(keys.resumed("d")) is None
+    publish_sync(rclient, keys, config(access_token=ACCESS), cipher=c)
+    first = rclient.get(keys.resumed("d"))
+    assert first is not None
+    # Periodic loads of an active connection (with or without tokens) must not restart the
+    # retry age of its changes (app/delivery.py counts it from the resume).
+    rclient.set(keys.resumed("d"), 1)
+    publish_sync(rclient, keys, config(), cipher=c)
+    publish_sync(rclient, keys, config(access_token=ACCESS + "2"), cipher=c)
+    assert rclient.get(keys.resumed("d")) == b"1"
+    store = ConnectionStoreSync(rclient, keys, c)
+    store.update("c", lambda old: old and with_reauth_required(old, "revoked", now=0))
+    publish_sync(rclient, keys, config(access_token=ACCESS + "3"), cipher=c)
+    assert int(rclient.get(keys.resumed("d")) or 0) > 1  # reauth_required -> active

@@ -143,3 +143,20 @@ def test_a_decrypted_outreach_token_is_redacted_by_value(prefix: str, restore_ro
     before, after = out.getvalue().splitlines()
     assert token in before
     assert token not in after and "[Filtered]" in after
+
+
+def test_the_oauth_callback_code_and_state_leave_no_trace_in_the_access_log(
+    prefix: str, restore_root: None
+) -> None:
+    out = _capture(prefix, "text")
+    access = logging.getLogger("aiohttp.access")
+    access.info(
+        '127.0.0.1 "GET /oauth/callback?code=Zq81authCODE77&state=Sx9-STATEvalue_42 HTTP/1.1" 200'
+    )
+    access.info('127.0.0.1 "GET /oauth/callback?state=Sx9-STATEvalue_42&code=Zq81authCODE77" 200')
+    logging.getLogger("app.oauth").info("exit code: 2, connection state=active, zip_code=1234")
+    text = out.getvalue()
+    assert "Zq81authCODE77" not in text and "Sx9-STATEvalue_42" not in text, text
+    assert "/oauth/callback?code=[Filtered]&state=[Filtered]" in text
+    # Ordinary words are left alone.
+    assert "exit code: 2, connection state=active, zip_code=1234" in text

@@ -58,6 +58,8 @@ class Answer:
 def call(url: str, *, method: str = "GET", admin: bool = False, body: Any = None) -> Answer:
     headers = {"Authorization": f"Bearer {ADMIN}"} if admin else {}
     data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        headers["Content-Type"] = "application/json"
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with _OPENER.open(req, timeout=30) as resp:
@@ -251,3 +253,41 @@ def test_deleting_a_connection_in_use_needs_force(
     gone = call(f"{api.url}/v1/admin/connections/c?force=true", method="DELETE", admin=True)
     assert gone.status == 204
     assert call(f"{api.url}/v1/admin/connections/c", admin=True).status == 404
+
+
+def test_the_callback_checks_the_connection_before_the_exchange_and_never_ends_in_a_500(
+    prefix: str, rclient: redis.Redis, sandbox: Sandbox, api_factory: Callable[..., Api]
+) -> None:
+    api = api_factory(sandbox)
+    keys = Keys(prefix)
+    # A state naming an id no connection may have (made before ids were checked at start).
+    doc = {"connection": "Not An Id", "user": None, "created_at": 0}
+    rclient.set(keys.oauth_state("s" * 43), json.dumps(doc), ex=60)
+    bad = call(f"{api.url}/oauth/callback?code=abc&state={'s' * 43}")
+    assert bad.status == 400 and "connection:" in bad.body and "Nothing was changed" in bad.body
+    assert sandbox.stats()["token_calls"]["authorization_code"] == 0  # the code not spent
+
+    # Storing fails after the exchange (here: a stored record that no longer validates).
+    rclient.hset(keys.connections(), "c", json.dumps({"id": "c", "user": "u", "rate_limit": "?"}))
+    failed = api.dance("c")
+    assert failed.status == 503 and "could not be stored" in failed.body, failed.body
+    assert "Traceback" not in failed.body and "sandbox-secret" not in failed.body
+    assert sandbox.stats()["token_calls"]["authorization_code"] == 1
+
+
+def test_authorize_with_a_body_needs_a_json_content_type(
+    sandbox: Sandbox, api_factory: Callable[..., Api]
+) -> None:
+    api = api_factory(sandbox)
+    req = urllib.request.Request(
+        f"{api.url}/v1/admin/connections/c/authorize",
+        data=b'{"user": "ada@example.com"}',
+        method="POST",
+        headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "text/plain"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _OPENER.open(req, timeout=30)
+    assert refused.value.code == 415
+    assert json.loads(refused.value.read())["errors"][0]["title"] == "Unsupported media type"
+    made = call(f"{api.url}/v1/admin/connections/c/authorize", method="POST", admin=True, body={})
+    assert made.status == 201

@@ -171,7 +171,8 @@ async def base(app: web.Application, prefix: str, rclient: redis.Redis) -> Async
 
 
 async def test_real_answers_fit_the_documented_schemas(base: str, prefix: str) -> None:
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
+    form = {**admin, "Content-Type": "text/plain"}
     client = aioredis.from_url(TEST_REDIS_URL)
     _, elsewhere = await ProducerKeys(client, Keys(prefix)).create("elsewhere", ["other"])
     await client.aclose()
@@ -193,6 +194,7 @@ async def test_real_answers_fit_the_documented_schemas(base: str, prefix: str) -
         ("GET", "/v1/admin/destinations/nope", admin, None, item, "get", 404),
         ("PATCH", "/v1/admin/destinations/e2e", admin, {"audiences": {"a": 0}}, item, "patch", 422),
         ("PUT", "/v1/admin/destinations/e2e", admin, b"{", item, "put", 400),
+        ("PUT", "/v1/admin/destinations/e2e", form, e2e, item, "put", 415),
     ]
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{base}/openapi.json") as r:  # served, without any key

@@ -240,6 +240,32 @@ async def test_a_revoked_grant_makes_the_connection_reauth_required_logged_once(
         await close_two()
 
 
+async def test_after_a_failed_refresh_the_waiters_do_not_call_the_token_endpoint_again(
+    prefix: str, rclient: redis.Redis, sandbox: Sandbox
+) -> None:
+    key = Fernet.generate_key().decode()
+    cipher = TokenCipher(parse_keys(key))
+    register(sandbox, "a0", "r0", 3600)
+    install(rclient, prefix, cipher, "a0", "r0")
+    # The token endpoint keeps answering 429 for longer than a refresh may wait.
+    sandbox.post("/_sandbox/config", {"token_429_next": 100})
+    env = env_for(prefix, sandbox, key, TOKEN_REFRESH_WAIT_S="0.1")  # one try: no 2nd
+    one, close_one = await manager(env)
+    two, close_two = await manager(env)
+    try:
+        outcomes = await asyncio.gather(*(m.after_unauthorized("c", 1) for m in (one, two)))
+        assert set(outcomes) == {RefreshOutcome.UNAVAILABLE}
+        assert refresh_calls(sandbox) == 1  # the waiter saw the failure, did not try again
+        assert await one.after_unauthorized("c", 1) is RefreshOutcome.UNAVAILABLE
+        assert refresh_calls(sandbox) == 1
+        # Kept only a moment: the lock outlives a refresh (wait + OUTREACH_TIMEOUT_S).
+        assert one._lock_ms >= (0.1 + 30) * 1000
+        assert 0 < rclient.pttl(f"{Keys(prefix).refresh_lock('c')}:failed") <= 5000
+    finally:
+        await close_one()
+        await close_two()
+
+
 def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after_s("3") == 3.0
     assert retry_after_s(None) is None and retry_after_s("soon") is None

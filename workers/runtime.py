@@ -47,10 +47,9 @@ class Runtime:
         client = OutreachClient(
             self.session, api_url=s.outreach_api_url, timeout_s=s.outreach_timeout_s
         )
-        cipher = cipher_for(s)
-        registry = Registry(self.redis, s.keys, cipher=cipher)
+        registry = Registry(self.redis, s.keys)  # metadata only: tokens come from TokenManager
         tokens = TokenManager.from_settings(
-            ConnectionStore(self.redis, s.keys, cipher), self.session, s
+            ConnectionStore(self.redis, s.keys, cipher_for(s)), self.session, s
         )
         return Deliverer(
             store=store, registry=registry, client=client, gate=gate, settings=s, refresher=tokens
