@@ -4,8 +4,10 @@ Every ``ALERT_INTERVAL_S`` each worker's :class:`AlertLoop` tries to take a Redi
 holder reads every destination's status, asks the rules (``app/alerts.py``) what holds and
 compares with the open incidents kept in Redis: a new incident is logged and POSTed to
 ``ALERT_WEBHOOK_URL`` once (``HSETNX`` decides, so even two evaluators could not both send),
-a cleared one gets one recovery message. A webhook that does not answer is retried a few
-times, then again at the next evaluation; it runs on its own thread and loop, never in a drain.
+a cleared one gets one recovery message (the incident stays open, marked recovering, until
+it is sent). A webhook that does not answer is retried a few times, then again at the next
+evaluation; it runs on its own thread and loop, never in a drain. The evaluator renews its
+lease before each message, so a slow webhook never leaves two evaluators running.
 """
 
 from __future__ import annotations
@@ -107,13 +109,23 @@ class Webhook:
 class Evaluator:
     """One evaluation of every destination against the rules, with the incidents in Redis."""
 
-    def __init__(self, client: aioredis.Redis, settings: Settings, webhook: Webhook) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        webhook: Webhook,
+        *,
+        lease: Lease | None = None,
+    ) -> None:
         self._redis = client
         self._settings = settings
         self._keys = settings.keys
         self._webhook = webhook
+        #: Renewed before each send, so a long webhook retry never outlives the lease.
+        self._lease = lease
         self._store = ProspectStore(client, settings.keys)
-        self._registry = Registry(client, settings.keys, ttl_s=0)
+        # Cached like every reader's (decrypting tokens on each evaluation would be waste).
+        self._registry = Registry(client, settings.keys)
         self._gate = gate_for(client, settings)
 
     async def evaluate(self, now_s: float | None = None) -> list[Notice]:
@@ -126,11 +138,18 @@ class Evaluator:
         for key, cond in firing.items():
             if key not in open_:
                 sent += await self._open(cond, now)
+            elif open_[key].get("recovering"):
+                # It holds again before its recovery was sent: the same incident goes on.
+                await self._update(key, recovering=False, recovered_s=None)
             elif not open_[key]["notified"] and await self._claim(key):
-                sent += await self._notify(_notice("alert", cond, open_[key]["since_s"], now))
-        for key, incident in open_.items():
+                fresh = await self._incident(key)
+                if fresh is None or fresh["notified"]:
+                    await self._release(key)  # sent (or closed) since it was read
+                else:
+                    sent += await self._notify(_notice("alert", cond, fresh["since_s"], now))
+        for key in open_:
             if key not in firing:
-                sent += await self._close(key, incident, now)
+                sent += await self._close(key, now)
         return sent
 
     @property
@@ -148,34 +167,76 @@ class Evaluator:
         return await self._notify(_notice("alert", cond, now, now))
 
     async def _claim(self, key: str) -> bool:
-        """The right to send ``key``'s alert now (held until sent, or for the longest send)."""
+        """The right to send ``key``'s alert or recovery now (held until sent, or at most for
+        the longest send)."""
         ms = int(self._webhook.longest_send_s * 1000)
         claim = self._redis.set(self._keys.alerts_sending(key), "1", nx=True, px=ms)
         return bool(await cast("Awaitable[bool | None]", claim))
 
-    async def _notify(self, notice: Notice) -> list[Notice]:
-        if not await self._webhook.send(notice):
-            # Unsent: the next evaluation (of whichever process) tries again.
-            await cast("Awaitable[int]", self._redis.delete(self._keys.alerts_sending(notice.key)))
-            return []
-        raw = await cast("Awaitable[bytes | None]", self._redis.hget(self._open_key, notice.key))
-        if raw is not None:
-            incident = {**json.loads(raw), "notified": True}
-            await cast(
-                "Awaitable[int]", self._redis.hset(self._open_key, notice.key, json.dumps(incident))
-            )
-        return [notice]
+    async def _release(self, key: str) -> None:
+        await cast("Awaitable[int]", self._redis.delete(self._keys.alerts_sending(key)))
 
-    async def _close(self, key: str, incident: Mapping[str, Any], now: float) -> list[Notice]:
-        if not await cast("Awaitable[int]", self._redis.hdel(self._open_key, key)):
-            return []  # another evaluator closed it
-        cond = Condition(key, incident["kind"], incident["summary"], incident["details"])
-        log.info("RECOVERED %s", cond.summary, extra={"alert": key, **cond.details})
-        notice = _notice("recovery", cond, incident["since_s"], now)
-        # A recovery of an alert nobody was told about would only confuse.
-        if incident["notified"] and await self._webhook.send(notice):
+    async def _incident(self, key: str) -> dict[str, Any] | None:
+        """``key``'s open incident as stored now (None: not open)."""
+        raw = await cast("Awaitable[bytes | None]", self._redis.hget(self._open_key, key))
+        return None if raw is None else cast("dict[str, Any]", json.loads(raw))
+
+    async def _update(self, key: str, **changes: Any) -> None:
+        """Change fields of ``key``'s open incident (if it is still open)."""
+        incident = await self._incident(key)
+        if incident is not None:
+            incident.update(changes)
+            await cast(
+                "Awaitable[int]", self._redis.hset(self._open_key, key, json.dumps(incident))
+            )
+
+    async def _send(self, notice: Notice) -> bool:
+        """Send ``notice`` while this evaluator still holds the lease (renewed first, so it
+        outlives the webhook's retries); False when unsent."""
+        if self._lease is not None and not await self._lease.acquire():
+            log.info("alert lease lost; leaving %s to its holder", notice.key)
+            return False
+        return await self._webhook.send(notice)
+
+    async def _notify(self, notice: Notice) -> list[Notice]:
+        """Send an incident's alert (its send lock is held; released when done)."""
+        try:
+            if not await self._send(notice):
+                return []  # unsent: the next evaluation (of whichever process) tries again
+            await self._update(notice.key, notified=True)
             return [notice]
-        return []
+        finally:
+            # Whoever claims it next reads the incident afresh and sees it notified.
+            await self._release(notice.key)
+
+    async def _close(self, key: str, now: float) -> list[Notice]:
+        """End an incident that no longer holds. Its recovery is sent under the send lock
+        (never while another evaluator sends the incident's alert) and the incident is
+        deleted only once the recovery is sent: an unsent one is retried at the next
+        evaluation, like an unsent alert."""
+        if not await self._claim(key):
+            return []  # another evaluator is sending this incident's alert or recovery
+        try:
+            incident = await self._incident(key)
+            if incident is None:
+                return []  # another evaluator closed it
+            cond = Condition(key, incident["kind"], incident["summary"], incident["details"])
+            if not incident.get("recovering"):
+                log.info("RECOVERED %s", cond.summary, extra={"alert": key, **cond.details})
+            # A recovery of an alert nobody was told about would only confuse.
+            if not incident["notified"]:
+                await cast("Awaitable[int]", self._redis.hdel(self._open_key, key))
+                return []
+            at = float(incident.get("recovered_s") or now)
+            if not incident.get("recovering"):
+                await self._update(key, recovering=True, recovered_s=at)
+            notice = _notice("recovery", cond, incident["since_s"], at)
+            if not await self._send(notice):
+                return []  # still open, marked recovering: the next evaluation sends it
+            await cast("Awaitable[int]", self._redis.hdel(self._open_key, key))
+            return [notice]
+        finally:
+            await self._release(key)
 
     async def _conditions(self, now: float) -> list[Condition]:
         found: list[Condition] = []
@@ -262,8 +323,11 @@ class AlertLoop:
         s = self._settings
         client = async_client(s)
         session = aiohttp.ClientSession() if s.alert_webhook_url is not None else None
-        lease = Lease(client, s, ttl_s=max(3 * s.alert_interval_s, 10.0))
-        evaluator = Evaluator(client, s, Webhook(s, session))
+        webhook = Webhook(s, session)
+        # Renewed before each send too; long enough for one send however slow the webhook.
+        ttl_s = max(3 * s.alert_interval_s, 10.0, webhook.longest_send_s + s.alert_interval_s)
+        lease = Lease(client, s, ttl_s=ttl_s)
+        evaluator = Evaluator(client, s, webhook, lease=lease)
         loop = asyncio.get_running_loop()
         try:
             # The first evaluation waits an interval too: a starting worker has drains to run.

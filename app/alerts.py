@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app import metrics
 from app.settings import Settings
 
 Kind = Literal[
@@ -24,10 +25,10 @@ Kind = Literal[
 ]
 
 # Counter names of the totals hash (``Keys.counters``) the rates are computed from.
-RECEIVED = "profiles_received"
-EXCLUDED = "profiles_excluded"
-DELIVERED = "drain_delivered"
-FAILED = "prospects_failed"
+RECEIVED = metrics.PROFILES_RECEIVED
+EXCLUDED = metrics.PROFILES_EXCLUDED
+DELIVERED = metrics.PROSPECTS_ACTIVATED
+FAILED = metrics.FAILED
 WINDOW_COUNTERS = (RECEIVED, EXCLUDED, DELIVERED, FAILED)
 #: Names a lag may have inside a status document's ``lag`` object.
 LAG = ("lag", "age_s", "oldest_age_s", "lag_s")
@@ -45,6 +46,8 @@ class Snapshot:
     lag_s: float | None = None
     connection: str | None = None
     connection_state: str | None = None
+    #: False when the destination is disabled (its backlog waits on purpose).
+    enabled: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,7 @@ def snapshot_from_status(doc: Mapping[str, Any], *, lag_s: float | None = None) 
         lag_s=_lag(doc, lag_s),
         connection=conn_doc.get("id") or (conn if isinstance(conn, str) else None),
         connection_state=conn_doc.get("state") or doc.get("connection_state"),
+        enabled=doc["enabled"] if isinstance(doc.get("enabled"), bool) else None,
     )
 
 
@@ -128,7 +132,8 @@ def conditions(
                 {"connection": who, "destination": snap.destination},
             )
         )
-    if snap.lag_s is not None and snap.lag_s > settings.alert_lag_s:
+    # A disabled destination's changes wait on purpose: no lag incident (one open recovers).
+    if snap.enabled is not False and snap.lag_s is not None and snap.lag_s > settings.alert_lag_s:
         found.append(
             Condition(
                 f"lag:{snap.destination}",

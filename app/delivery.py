@@ -16,7 +16,7 @@ from app.connections import ConnectionStore
 from app.crypto import cipher_for
 from app.destinations import Connection, Destination
 from app.errors import DeliveryError, Permanent, RateLimited, Retryable, Unauthorized
-from app.metrics import count_delivered, count_failed, drain_metrics
+from app.metrics import count_delivered, count_failed, drain_metrics, mapping_id_of
 from app.oauth import AccessToken, RefreshOutcome, TokenManager
 from app.outreach import OutreachClient
 from app.ratelimit import Grant, QuotaGate
@@ -42,10 +42,8 @@ def backoff_s(attempts: int, *, rng: random.Random | None = None) -> float:
 ATTRIBUTE_POINTER = "/data/attributes/"
 
 
-def mapping_id_of(field: str) -> int | None:
-    """N of a ``customN`` field, else None."""
-    n = field[6:]
-    return int(n) if field.startswith("custom") and n.isdigit() else None
+class _NoPermit(Retryable):
+    """A bisection half not sent: the quota has no permit for it now (not an error)."""
 
 
 def _subset(c: Claimed, fields: set[str]) -> Claimed:
@@ -144,9 +142,13 @@ class Deliverer:
         )
         self._http = asyncio.Semaphore(settings.http_concurrency)
 
-    async def drain(self, dest_id: str, slot: str | None = None) -> Counter[str]:
-        """Send due prospects of one destination until none is due or the budget is spent."""
-        stats: Counter[str] = Counter()
+    async def drain(
+        self, dest_id: str, slot: str | None = None, *, stats: Counter[str] | None = None
+    ) -> Counter[str]:
+        """Send due prospects of one destination until none is due or the budget is spent.
+        ``stats`` (returned) receives each batch's counts as it ends, so a caller still has
+        the counts of a drain that raised."""
+        stats = Counter() if stats is None else stats
         deadline = time.monotonic() + self.settings.drain_budget_s
         token = uuid.uuid4().hex
         try:
@@ -230,7 +232,14 @@ class Deliverer:
             # Back to pending (still coalescing); a partial grant's rest is due at once.
             await self._settle(lot, c, "defer", due_ms=due)
         stats["deferred"] += len(wait)
-        await asyncio.gather(*(self._send_one(lot, c, stats) for c in go))
+        # Every send runs to its end (and counts into ``stats``) before the batch's tally is
+        # written; the first error is raised after that.
+        results = await asyncio.gather(
+            *(self._send_one(lot, c, stats) for c in go), return_exceptions=True
+        )
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
         return bool(go)
 
     async def _permits(self, lot: Lot, want: int) -> Grant:
@@ -324,9 +333,12 @@ class Deliverer:
 
     async def _unauthorized(self, lot: Lot, c: Claimed) -> bool:
         """A 401: refresh the token (one refresh in flight per connection everywhere) and
-        send again. While the connection needs re-authorization, or no refresh is possible
-        now, the change waits without counting an attempt (it never becomes a dead letter)
-        and the destination is held. False: retry it like a transient error."""
+        send again. While the connection needs re-authorization (REAUTH_REQUIRED), or its
+        refresh failed for the moment (UNAVAILABLE), the change waits without counting an
+        attempt and the destination is held: it does not become a dead letter. False (no
+        refresh is possible at all, NOT_REFRESHABLE, or a fresh token was refused again):
+        the caller retries it like a transient error, so after ``MAX_RETRY_AGE_S`` it is
+        recorded as failed (``retries_exhausted``)."""
         outcome = await self.refresher.after_unauthorized(lot.conn.id, lot.generation)
         if outcome is RefreshOutcome.REFRESHED and c.attempts < REFRESH_RETRIES:
             await self._settle(lot, c, "retry", due_ms=_now_ms())
@@ -366,6 +378,7 @@ class Deliverer:
         ones, so the good fields still land. Each half costs a permit; without one, or on a
         transient error, the fields not yet settled simply wait in pending."""
         queue, delivered = [sorted(c.fields)], []
+        limited: RateLimited | None = None
         while queue:
             names = queue.pop()
             for part in (names[: len(names) // 2], names[len(names) // 2 :]):
@@ -380,17 +393,34 @@ class Deliverer:
                 elif isinstance(err, Permanent):
                     queue.append(part)
                 else:
+                    if not isinstance(err, _NoPermit):  # Outreach's answer, or none
+                        stats[f"error_{type(err).__name__.lower()}"] += 1
+                    if isinstance(err, RateLimited):
+                        limited = err
                     queue.clear()
                     break
-        # Delivered fields are recorded; the rest of the snapshot returns to pending.
-        count_delivered(stats, lot.dest, {f: c.fields[f] for f in delivered})
-        await self._settle(lot, c, "ok", fields=tuple(delivered))
+        until = None
+        if limited is not None:
+            # As for a whole PATCH: the destination waits for the reset Outreach named.
+            until = int(limited.reset_s * 1000)
+            await self.store.hold(lot.dest.id, until, now_ms=_now_ms())
+        if delivered:
+            # Delivered fields are recorded (the prospect was activated); the rest of the
+            # snapshot returns to pending.
+            stats["delivered"] += 1
+            count_delivered(stats, lot.dest, {f: c.fields[f] for f in delivered})
+            if not await self._settle(lot, c, "ok", fields=tuple(delivered)):
+                stats["duplicates"] += 1
+        elif until is not None:
+            await self._settle(lot, c, "defer", due_ms=until)
+        else:
+            await self._settle(lot, c, "ok")
 
     async def _send_part(
         self, lot: Lot, part: Claimed, stats: Counter[str]
     ) -> DeliveryError | None:
         if not (await self._permits(lot, 1)).granted:
-            return Retryable(None, "no permit left for the next half")
+            return _NoPermit(None, "no permit left for the next half")
         return await self._request(lot, part, stats)
 
     async def _strip_invalid(

@@ -15,10 +15,11 @@ from typing import Any
 
 import redis
 
+from app import metrics
 from app.destinations import STATUSES, Destination
 from app.keys import Keys
 from app.metrics import audience_metric, write_sync
-from app.profiles import ProfileResult, evaluate_profile
+from app.profiles import ProfileResult, evaluate_profile, parse_time
 from app.store import Change, MergeResult, ProspectStore, encode, merge_sync
 
 
@@ -72,14 +73,14 @@ class IngestReport:
 
     def counters(self) -> dict[str, int]:
         out = {
-            "profiles_received": self.received,
-            "profiles_accepted": self.accepted,
-            "profiles_excluded": self.excluded,
-            "profiles_rejected": self.rejected,
-            "audiences_ignored": self.ignored_audiences,
+            metrics.PROFILES_RECEIVED: self.received,
+            metrics.PROFILES_ACCEPTED: self.accepted,
+            metrics.PROFILES_EXCLUDED: self.excluded,
+            metrics.PROFILES_REJECTED: self.rejected,
+            metrics.AUDIENCES_IGNORED: self.ignored_audiences,
         }
         for reason, n in self.excluded_reasons.items():
-            key = f"excluded:{_reason_key(reason)}"
+            key = metrics.EXCLUDED_BY + _reason_key(reason)
             out[key] = out.get(key, 0) + n
         out.update(self.audiences)
         return out
@@ -90,14 +91,25 @@ def _reason_key(reason: str) -> str:
     return "no_identity" if reason.startswith("no ") else "bad_identity"
 
 
+def _time_or(value: object, default: int) -> int:
+    try:
+        return default if value is None else parse_time(value)
+    except ValueError:
+        return default
+
+
 def _count_audiences(
-    counts: Counter[str], raw: object, dest: Destination, res: ProfileResult
+    counts: Counter[str], raw: object, dest: Destination, res: ProfileResult, received_ms: int
 ) -> None:
     """Per mapped audience a profile names: received by status, and excluded or rejected.
-    Read from the raw profile, defensively, so excluded and rejected profiles count too."""
+    Read from the raw profile, defensively, so excluded and rejected profiles count too. An
+    audience named under several namespaces makes one change, so it counts once: with the
+    status of its newest evaluation, as ``app/profiles.py`` picks it."""
     segments = raw.get("segmentMembership") if isinstance(raw, dict) else None
     if not isinstance(segments, dict):
         return
+    event_ms = _time_or(raw.get("timestamp") if isinstance(raw, dict) else None, received_ms)
+    newest: dict[int, tuple[int, str]] = {}
     for audiences in segments.values():
         if not isinstance(audiences, dict):
             continue
@@ -106,11 +118,16 @@ def _count_audiences(
             status = membership.get("status") if isinstance(membership, dict) else None
             if mapping_id is None or not isinstance(status, str) or status not in STATUSES:
                 continue
-            counts[audience_metric(mapping_id, "received", status)] += 1
-            if res.outcome == "excluded":
-                counts[audience_metric(mapping_id, "excluded", _reason_key(res.reason or ""))] += 1
-            elif res.outcome == "rejected":
-                counts[audience_metric(mapping_id, "rejected")] += 1
+            ts = _time_or(membership.get("lastQualificationTime"), event_ms)
+            seen = newest.get(mapping_id)
+            if seen is None or seen[0] <= ts:
+                newest[mapping_id] = (ts, status)
+    for mapping_id, (_, status) in newest.items():
+        counts[audience_metric(mapping_id, "received", status)] += 1
+        if res.outcome == "excluded":
+            counts[audience_metric(mapping_id, "excluded", _reason_key(res.reason or ""))] += 1
+        elif res.outcome == "rejected":
+            counts[audience_metric(mapping_id, "rejected")] += 1
 
 
 @dataclass
@@ -135,7 +152,7 @@ def evaluate_batch(
         results.append(res)
         report.ignored_audiences += res.ignored_audiences
         if destination.audiences:
-            _count_audiences(report.audiences, raw, destination, res)
+            _count_audiences(report.audiences, raw, destination, res, received_ms)
         if res.outcome != "accepted":
             report.problems.append(res)
             if res.outcome == "excluded":

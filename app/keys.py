@@ -26,6 +26,9 @@ DISPATCH_MAX_SLEEP_S = 1.0
 DEFAULT_RATE_LIMIT = "10000/hour"
 #: Hourly dataflow metrics are kept this long (8 days: this week against the last).
 METRICS_RETENTION_HOURS = 192
+#: Failure ids the "recent failures" index keeps (the status page shows the newest 20; the
+#: rest leaves room for ids replayed or purged since).
+RECENT_FAILURES_KEPT = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,12 @@ class Keys:
     def failures(self, dest: str) -> str:
         """Hash failure id -> JSON record: changes that could not be delivered."""
         return f"{self.prefix}:{{{dest}}}:fail"
+
+    def failures_recent(self, dest: str) -> str:
+        """Sorted set failure id -> ms it was recorded: the newest ``RECENT_FAILURES_KEPT``
+        failure ids, so the status page reads the newest few without scanning the (possibly
+        huge) failures hash. Ids replayed or purged since may linger; readers skip them."""
+        return f"{self.prefix}:{{{dest}}}:failrecent"
 
     # Shared ---------------------------------------------------------------------------
     def wake(self) -> str:

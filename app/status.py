@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import json
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import redis.asyncio as aioredis
 from app import metrics
 from app.keys import Keys
 from app.ratelimit import QuotaGate, gate_for
+from app.redaction import redact_text
 from app.registry import Registry
 from app.settings import Settings
 from app.store import ProspectStore
@@ -133,23 +135,41 @@ async def _connection(
     return out
 
 
+def _values(value: Any) -> list[str]:
+    """Every scalar inside a field's value as text (a list's emails, a number), to blank."""
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _values(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _values(v)]
+    if value is None or isinstance(value, bool):
+        return []
+    return [str(value)]
+
+
 def _public_failure(rec: Mapping[str, Any]) -> dict[str, Any]:
     """A failure record as the status shows it: reasons and field names, never values."""
     raw_fields = rec.get("fields")
     fields: dict[str, Any] = raw_fields if isinstance(raw_fields, dict) else {}
     detail = str(rec.get("detail") or "")
-    # Outreach may quote what it refused: a value of the record never leaves through it.
-    for value in fields.values():
-        text = value if isinstance(value, str) else None
-        if text and len(text) >= 3:
+    # Outreach may quote what it refused: a value of the record never leaves through it,
+    # longest first (so a value containing another is blanked whole).
+    # A value shorter than 3 characters (a digit, "US") only as a whole word, so the text
+    # around it ("custom12") survives.
+    texts = {t for v in fields.values() for t in _values(v) if t.strip()}
+    for text in sorted(texts, key=len, reverse=True):
+        if len(text) >= 3:
             detail = detail.replace(text, "…")
+        else:
+            detail = re.sub(rf"(?<!\w){re.escape(text)}(?!\w)", "…", detail)
+    # And what it quotes of values not in the record (e-mails, ``name: value``...).
+    detail = redact_text(detail)
     return {
         "id": str(rec.get("id", "")),
         "at": iso(int(rec.get("at_ms", 0)) / 1000),
         "reason": rec.get("reason"),
         "status": rec.get("status"),
         "error_id": rec.get("error_id"),
-        "title": rec.get("title"),
+        "title": redact_text(str(rec["title"])) if rec.get("title") is not None else None,
         "detail": detail[:DETAIL_CHARS],
         "fields": sorted(fields),
         "mapping_ids": [m for m in rec.get("mapping_ids", []) if isinstance(m, int)],
@@ -157,19 +177,36 @@ def _public_failure(rec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _decoded(fid: bytes | str, raw: bytes | str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict):
+        return None
+    rec["id"] = fid.decode() if isinstance(fid, bytes) else str(fid)
+    return rec
+
+
 async def recent_failures(
     client: aioredis.Redis, keys: Keys, dest: str, *, limit: int
 ) -> list[dict[str, Any]]:
-    """The newest ``limit`` failure records (HSCAN: a large dead-letter hash never blocks)."""
+    """The newest ``limit`` failure records, from the capped recent-failures index (ids
+    replayed or purged since are skipped). Without an index (records written before it
+    existed) the failures hash is scanned (HSCAN: a large dead-letter hash never blocks)."""
+    ids = await cast("Any", client.zrevrange(keys.failures_recent(dest), 0, -1))
+    if ids:
+        raws = await cast("Any", client.hmget(keys.failures(dest), ids))
+        found = [_decoded(fid, raw) for fid, raw in zip(ids, raws, strict=True)]
+        live = [rec for rec in found if rec is not None][:limit]
+        return [_public_failure(rec) for rec in live]
     newest: list[tuple[int, str, dict[str, Any]]] = []
     async for fid, raw in client.hscan_iter(keys.failures(dest), count=_SCAN_BATCH):
-        try:
-            rec = json.loads(raw)
-        except ValueError:
+        rec = _decoded(fid, raw)
+        if rec is None:
             continue
-        if not isinstance(rec, dict):
-            continue
-        rec["id"] = fid.decode() if isinstance(fid, bytes) else str(fid)
         item = (int(rec.get("at_ms") or 0), rec["id"], rec)
         if len(newest) < limit:
             heapq.heappush(newest, item)

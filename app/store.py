@@ -16,8 +16,8 @@ import redis
 import redis.asyncio as aioredis
 
 from app.errors import StoreUnavailable
-from app.keys import Keys
-from app.metrics import write_async
+from app.keys import RECENT_FAILURES_KEPT, Keys
+from app.metrics import hour_of, write_async
 
 #: How a claimed prospect ends: delivered, retried (counts an attempt), deferred (no
 #: attempt: rate limit), or dropped (recorded as failed).
@@ -191,7 +191,7 @@ class ProspectStore:
         self, dest: str, *, now_ms: int, lease_ms: int, batch: int, token: str
     ) -> list[Claimed]:
         prefix = self.keys.pending(dest, 0)[: -len("pend:0")]
-        hour = self.keys.metrics_hour(dest, now_ms // 3_600_000)
+        hour = self.keys.metrics_hour(dest, hour_of(now_ms / 1000))
         flat = await self._claim(
             keys=[*self._dest_keys(dest), hour],
             args=[now_ms, lease_ms, batch, token, prefix, self.keys.metrics_ttl_s()],
@@ -226,7 +226,7 @@ class ProspectStore:
             k.inflight(dest, prospect),
             k.pending(dest, prospect),
             k.delivered(dest, prospect),
-            k.metrics_hour(dest, now_ms // 3_600_000),
+            k.metrics_hour(dest, hour_of(now_ms / 1000)),
         ]
         ttl = k.metrics_ttl_s()
         args = [prospect, token, now_ms, window_ms, outcome, due_ms, ttl, *fields]
@@ -291,10 +291,14 @@ class ProspectStore:
         await cast("Awaitable[int]", self.redis.hdel(self.keys.inflight(dest, prospect), *fields))
 
     async def record_failure(self, dest: str, failure_id: str, record: dict[str, Any]) -> None:
-        await cast(
-            "Awaitable[int]",
-            self.redis.hset(self.keys.failures(dest), failure_id, json.dumps(record)),
-        )
+        """Store a dead letter and index it among the destination's recent failures (capped
+        at ``RECENT_FAILURES_KEPT``), in one round trip."""
+        recent = self.keys.failures_recent(dest)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.failures(dest), failure_id, json.dumps(record))
+        pipe.zadd(recent, {failure_id: int(record.get("at_ms") or 0)})
+        pipe.zremrangebyrank(recent, 0, -RECENT_FAILURES_KEPT - 1)
+        await pipe.execute()
 
     async def counters(self, dest: str) -> dict[str, int]:
         raw = await cast(

@@ -311,3 +311,79 @@ async def test_a_connection_needing_reauthorization_alerts_once_and_recovers_on_
         assert hook.events()[1:] == [("recovery", "reauth_required:conn")]
     finally:
         await session.close()
+
+
+def test_lag_does_not_alert_for_a_disabled_destination(prefix: str) -> None:
+    s = _settings(prefix)
+    late = s.alert_lag_s + 60
+    on, off = Snapshot("d1", lag_s=late, enabled=True), Snapshot("d1", lag_s=late, enabled=False)
+    assert [c.key for c in conditions(on, Window(), s, pause_since_s=None, now_s=0)] == ["lag:d1"]
+    assert conditions(off, Window(), s, pause_since_s=None, now_s=0) == []
+    assert snapshot_from_status({"destination": "d1", "enabled": False}).enabled is False
+
+
+@pytest.mark.usefixtures("published")
+async def test_an_unsent_recovery_keeps_the_incident_and_is_sent_next_evaluation(
+    prefix: str, aclient: aioredis.Redis, rclient: redis.Redis, hook: Hook
+) -> None:
+    settings = _settings(prefix, hook)
+    keys = settings.keys
+    evaluator, session = await _evaluator(aclient, settings)
+    try:
+        await ProspectStore(aclient, keys).mark_invalid_mapping("d1", 7)
+        assert len(await evaluator.evaluate()) == 1
+        rclient.delete(keys.invalid_mappings("d1"))
+        hook.fail_first = 2  # both tries of the recovery fail
+        assert await evaluator.evaluate() == []
+        assert rclient.hexists(keys.alerts_open(), "invalid_mapping:d1:7")
+        [r] = await evaluator.evaluate()
+        assert (r.event, r.key) == ("recovery", "invalid_mapping:d1:7")
+        assert hook.events() == [("alert", r.key), ("recovery", r.key)]
+        assert not rclient.exists(keys.alerts_open())
+    finally:
+        await session.close()
+
+
+@pytest.mark.usefixtures("published")
+async def test_no_recovery_while_the_incident_is_being_sent_elsewhere(
+    prefix: str, aclient: aioredis.Redis, rclient: redis.Redis, hook: Hook
+) -> None:
+    settings = _settings(prefix, hook)
+    keys = settings.keys
+    key = "invalid_mapping:d1:7"
+    evaluator, session = await _evaluator(aclient, settings)
+    try:
+        await ProspectStore(aclient, keys).mark_invalid_mapping("d1", 7)
+        assert len(await evaluator.evaluate()) == 1
+        rclient.delete(keys.invalid_mappings("d1"))
+        rclient.set(keys.alerts_sending(key), "1", px=60_000)  # another evaluator sends it
+        assert await evaluator.evaluate() == []
+        assert rclient.hexists(keys.alerts_open(), key)
+        rclient.delete(keys.alerts_sending(key))
+        assert [n.event for n in await evaluator.evaluate()] == ["recovery"]
+        assert hook.events() == [("alert", key), ("recovery", key)]
+    finally:
+        await session.close()
+
+
+@pytest.mark.usefixtures("published")
+async def test_an_evaluator_that_lost_its_lease_sends_nothing(
+    prefix: str, aclient: aioredis.Redis, hook: Hook
+) -> None:
+    import aiohttp
+
+    settings = _settings(prefix, hook)
+    mine, theirs = Lease(aclient, settings, ttl_s=30), Lease(aclient, settings, ttl_s=30)
+    session = aiohttp.ClientSession()
+    evaluator = Evaluator(aclient, settings, Webhook(settings, session), lease=mine)
+    try:
+        assert await mine.acquire()
+        await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 7)
+        await aclient.delete(settings.keys.alerts_lease())  # expired during a long evaluation
+        assert await theirs.acquire()
+        assert await evaluator.evaluate() == [] and hook.events() == []
+        await theirs.release()
+        assert [n.key for n in await evaluator.evaluate()] == ["invalid_mapping:d1:7"]
+        assert hook.events() == [("alert", "invalid_mapping:d1:7")]
+    finally:
+        await session.close()

@@ -188,3 +188,79 @@ def test_status_table_is_aligned_and_cli_json_is_kept(prefix: str, rclient: redi
     assert doc["metrics"]["window"]["hours"] == 24
     bad = subprocess.run([*cli, "nope"], cwd=ROOT, env=run_env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown destination 'nope'" in bad.stderr
+
+
+def test_an_audience_under_two_namespaces_counts_once_with_its_newest_status(
+    prefix: str, rclient: redis.Redis
+) -> None:
+    keys = Keys(prefix)
+    config = e2e_config()
+    publish_sync(rclient, keys, config)
+    both = {
+        "identityMap": {"OutreachId": [{"id": "5"}]},
+        "segmentMembership": {
+            "ups": {"aud-1": {"status": "realized", "lastQualificationTime": 1_000}},
+            "other": {"aud-1": {"status": "exited", "lastQualificationTime": 2_000}},
+        },
+    }
+    excluded = {**both, "identityMap": {}}
+    ingest_sync(rclient, keys, config.destination(D), [both, excluded], window_ms=1000)
+    totals, _ = hashes(rclient, keys, time.time())
+    # One change per profile (the newer evaluation, "exited"), so one count per profile.
+    assert totals["m1:received:exited"] == 2 and "m1:received:realized" not in totals
+    assert totals["m1:excluded:no_identity"] == 1
+
+
+def test_status_failures_never_show_a_value_and_come_from_the_recent_index(
+    prefix: str, rclient: redis.Redis
+) -> None:
+    from app.status_page import render_destination
+
+    env = settings_env(prefix, None)
+    keys = Keys(prefix)
+    publish_sync(rclient, keys, e2e_config())
+    values = ["jane@acme.com", "+1 555 0100", "Zebedee", "4242", "bob@example.org"]
+    # Written before the index existed: found by scanning the failures hash.
+    old = {"id": "1:1000:custom1", "reason": "http_400", "fields": {"custom1": "realized"}}
+    rclient.hset(keys.failures(D), old["id"], json.dumps({**old, "at_ms": 1000}))
+
+    async def record() -> list[dict[str, object]]:
+        client = aioredis.from_url(TEST_REDIS_URL)
+        store = ProspectStore(client, keys)
+        try:
+            for n in range(3):
+                rec = {
+                    "id": f"7:{2000 + n}:emails",
+                    "reason": "http_422",
+                    "at_ms": 2000 + n,
+                    "fields": {
+                        "emails": [values[0]],
+                        "mobilePhones": [values[1]],
+                        "firstName": "Zebedee",
+                        "n": 4242,
+                    },
+                    "title": "Validation Error",
+                    "detail": f"emails: {values[0]} is already taken; {values[1]} and 4242 are "
+                    f"invalid; Zebedee <{values[4]}> custom12",
+                    "mapping_ids": [],
+                }
+                await store.record_failure(D, str(rec["id"]), rec)
+            await client.hdel(keys.failures(D), "7:2001:emails")  # replayed: index tolerates it
+            [doc] = await collect_status(make_settings(env), D, client=client, failures=20)
+        finally:
+            await client.aclose()
+        return [doc]
+
+    [only_old] = asyncio.run(collect_status(make_settings(env), D, failures=20))
+    assert [f["id"] for f in only_old["recent_failures"]] == [old["id"]]
+    [doc] = asyncio.run(record())
+    failures = doc["recent_failures"]
+    # From the index (newest first, the replayed one skipped); the pre-index record is older.
+    assert [f["id"] for f in failures] == ["7:2002:emails", "7:2000:emails"]
+    assert failures[0]["fields"] == ["emails", "firstName", "mobilePhones", "n"]
+    assert "custom12" in failures[0]["detail"]  # the text around a value survives
+    page = render_destination(doc, data_url="/status/e2e/data.json", refresh_s=0)
+    for value in values:
+        assert value not in json.dumps(doc), value
+        assert value not in page, value
+    assert rclient.zcard(keys.failures_recent(D)) == 3

@@ -39,6 +39,8 @@ class _Metrics:
     drain_s: Histogram
     requests: Counter
     prospects: Counter
+    bisect_requests: Counter
+    fields: Counter
 
 
 _metrics: _Metrics | None = None
@@ -60,8 +62,22 @@ def _get() -> _Metrics:
                 "Claimed prospects by what became of them in this worker",
                 (*d, "outcome"),
             ),
+            Counter(
+                f"{NS}_bisect_requests",
+                "Requests this worker sent for halves of a refused PATCH (in requests too)",
+                d,
+            ),
+            Counter(
+                f"{NS}_fields",
+                "Fields this worker failed on their own, without failing the whole prospect",
+                (*d, "outcome"),
+            ),
         )
     return _metrics
+
+
+#: Drain stats that count fields, not prospects: their ``outcome`` label in ``…_fields_total``.
+FIELD_OUTCOMES = {"fields_isolated": "isolated", "fields_invalid_mapping": "invalid_mapping"}
 
 
 def record_drain(destination: str, stats: Mapping[str, int], seconds: float) -> None:
@@ -74,6 +90,10 @@ def record_drain(destination: str, stats: Mapping[str, int], seconds: float) -> 
             continue  # per-audience counts are the dataflow metrics' (Redis-wide) business
         if name == "requests":
             m.requests.labels(destination).inc(n)
+        elif name == "bisect_requests":
+            m.bisect_requests.labels(destination).inc(n)
+        elif name in FIELD_OUTCOMES:
+            m.fields.labels(destination, FIELD_OUTCOMES[name]).inc(n)
         else:
             m.prospects.labels(destination, name).inc(n)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from app.producer import Producer
@@ -16,9 +17,13 @@ def drain(destination_id: str, slot: str | None = None) -> dict[str, int]:
     """Deliver the due prospects of one destination (started by the dispatcher)."""
     rt = get_runtime()
     started = time.perf_counter()
-    stats = dict(rt.run(rt.deliverer.drain(destination_id, slot)))
-    record_drain(destination_id, stats, time.perf_counter() - started)
-    return stats
+    stats: Counter[str] = Counter()
+    try:
+        rt.run(rt.deliverer.drain(destination_id, slot, stats=stats))
+    finally:
+        # A drain that raised is counted too, with what it did before.
+        record_drain(destination_id, stats, time.perf_counter() - started)
+    return dict(stats)
 
 
 _producer: Producer | None = None
