@@ -99,6 +99,21 @@ async def test_retry_returns_snapshot_but_newer_pending_values_win(store: Prospe
     ]
 
 
+async def test_a_dead_letter_takes_its_attempts_and_a_new_change_starts_fresh(
+    store: ProspectStore, rclient: redis.Redis, prefix: str
+) -> None:
+    await store.merge(D, {4: [ch("title", "CTO", 1)]}, now_ms=T0, window_ms=W)
+    await claim_all(store, T0 + W, "t1")
+    await store.settle(D, 4, "t1", "retry", now_ms=T0 + W, window_ms=W, due_ms=T0 + 2 * W)
+    [again] = await store.claim(D, now_ms=T0 + 2 * W, lease_ms=30_000, batch=10, token="t2")
+    assert again.attempts == 1
+    await store.settle(D, 4, "t2", "drop", now_ms=T0 + 2 * W, window_ms=W)
+    assert rclient.hlen(Keys(prefix).attempts(D)) == 0
+    await store.merge(D, {4: [ch("title", "VP", 2)]}, now_ms=T0 + 3 * W, window_ms=W)
+    [fresh] = await store.claim(D, now_ms=T0 + 4 * W, lease_ms=30_000, batch=10, token="t3")
+    assert (fresh.fields, fresh.attempts) == ({"title": "VP"}, 0)
+
+
 async def test_expired_lease_comes_back_and_late_settle_changes_nothing(
     store: ProspectStore,
 ) -> None:

@@ -42,6 +42,9 @@ if outcome == 'retry' or outcome == 'defer' then
 end
 redis.call('DEL', KEYS[7])
 if outcome == 'ok' or outcome == 'drop' then redis.call('HDEL', KEYS[4], pid) end
+-- A dead letter's count goes with it: a later change starts with a fresh retry budget, and
+-- the hash does not keep one entry per prospect ever failed.
+if outcome == 'drop' then redis.call('HDEL', KEYS[6], pid) end
 if redis.call('EXISTS', KEYS[8]) == 1 then
   -- Changes that arrived during the flight: their window starts now at the latest.
   redis.call('HSETNX', KEYS[4], pid, now)
