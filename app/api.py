@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import cast
 
 from aiohttp import web
 
 from app import admin_api, openapi, prom, status_page
 from app.ingest import ingest_async, read_profiles
+from app.jsonapi import error_response as error
 from app.producer_auth import GUARD as PRODUCER_GUARD
 from app.producer_auth import ProducerGuard, guarded
 from app.ratelimit import QuotaGate, gate_for
@@ -26,14 +27,6 @@ STORE = web.AppKey("store", ProspectStore)
 REGISTRY = web.AppKey("registry", Registry)
 SETTINGS = web.AppKey("settings", Settings)
 GATE = web.AppKey("gate", QuotaGate)
-
-
-def error(status: int, title: str, detail: str, *, pointer: str | None = None) -> web.Response:
-    """A JSON:API-style error answer."""
-    err: dict[str, Any] = {"status": str(status), "title": title, "detail": detail}
-    if pointer:
-        err["source"] = {"pointer": pointer}
-    return web.json_response({"errors": [err]}, status=status)
 
 
 async def post_profiles(request: web.Request) -> web.Response:

@@ -25,12 +25,11 @@ from aiohttp import web
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from app import api
 from app.adminauth import admin_refusal
 from app.connections import ConflictError, ConnectionRecord, ConnectionStore
 from app.crypto import cipher_for
 from app.destinations import Connection
-from app.jsonapi import unsupported_media_type
+from app.jsonapi import error_response, unsupported_media_type
 from app.oauth import (
     OAuthError,
     authorize_url,
@@ -220,7 +219,7 @@ async def _finish(web_: OAuthWeb, conn_id: str, user: object, code: str) -> web.
 
 
 def _not_found(conn_id: str) -> web.Response:
-    return api.error(404, "Unknown connection", f"no connection {conn_id!r}")
+    return error_response(404, "Unknown connection", f"no connection {conn_id!r}")
 
 
 async def list_connections(request: web.Request) -> web.Response:
@@ -255,7 +254,7 @@ async def delete_connection(request: web.Request) -> web.Response:
         return _not_found(conn_id)
     dests = await web_.store.destinations(conn_id)
     if dests and request.query.get("force") != "true":
-        return api.error(
+        return error_response(
             409,
             "Connection in use",
             f"destinations {', '.join(dests)} use connection {conn_id!r}: point them at another "
@@ -277,13 +276,13 @@ async def authorize(request: web.Request) -> web.Response:
         return body
     user = body.get("user")
     if user is not None and not isinstance(user, str):
-        return api.error(422, "Invalid user", "user must be a string", pointer="/user")
+        return error_response(422, "Invalid user", "user must be a string", pointer="/user")
     checked = connection_metadata(conn_id, user)
     if isinstance(checked, str):
         pointer = "/user" if checked.startswith("user") else None
-        return api.error(422, "Invalid connection", checked, pointer=pointer)
+        return error_response(422, "Invalid connection", checked, pointer=pointer)
     if not web_.configured():
-        return api.error(503, "OAuth not configured", NOT_CONFIGURED)
+        return error_response(503, "OAuth not configured", NOT_CONFIGURED)
     url = await web_.new_authorization(conn_id, user)
     return web.json_response(
         {"authorize_url": url, "expires_in_s": web_.settings.oauth_state_ttl_s}, status=201
@@ -301,9 +300,9 @@ async def _body(request: web.Request) -> dict[str, Any] | web.Response:
     try:
         doc = json.loads(raw)
     except ValueError:
-        return api.error(400, "Bad JSON", "the body is not valid JSON")
+        return error_response(400, "Bad JSON", "the body is not valid JSON")
     if not isinstance(doc, dict):
-        return api.error(400, "Bad JSON", "the body must be a JSON object")
+        return error_response(400, "Bad JSON", "the body must be a JSON object")
     return doc
 
 
