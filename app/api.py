@@ -6,11 +6,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import cast
 
+import redis
 from aiohttp import web
 
 from app import admin_api, openapi, prom, status_page
+from app.errors import StoreUnavailable, UnknownDestination
 from app.ingest import ingest_async, read_profiles
 from app.jsonapi import error_response as error
+from app.jsonapi import store_unavailable
 from app.producer_auth import GUARD as PRODUCER_GUARD
 from app.producer_auth import ProducerGuard, guarded
 from app.ratelimit import QuotaGate, gate_for
@@ -77,11 +80,21 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @web.middleware
-async def too_large(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def failures(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors every route may meet, as JSON:API answers a client can act on."""
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:
         return error(413, "Body too large", exc.text or "request body too large")
+    except UnknownDestination as exc:
+        # Deleted while the request was on its way: nothing of the batch was kept.
+        return error(404, "Unknown destination", f"no destination {exc.destination_id!r}")
+    except (StoreUnavailable, redis.RedisError) as exc:
+        log.error("%s %s: Redis unavailable: %s", request.method, request.path, exc)
+        return store_unavailable(
+            "Redis cannot be reached, so this request may not have been recorded: send it "
+            "again (a repeat is harmless: changes merge by version)"
+        )
 
 
 def make_app(settings: Settings) -> web.Application:
@@ -89,7 +102,7 @@ def make_app(settings: Settings) -> web.Application:
     from app.startup import check_startup
 
     check_startup(settings)  # outside development: no start without the keys
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[too_large])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[failures])
     client = async_client(settings)
     app[SETTINGS] = settings
     app[STORE] = ProspectStore(client, settings.keys)

@@ -18,7 +18,12 @@ from pydantic import ValidationError
 
 from app.destinations import Destination, Loc, describe_error, destination_conflicts
 from app.keys import Keys
-from app.registry import stored_destination, stored_destinations, swap_destination
+from app.registry import (
+    DestinationBusy,
+    stored_destination,
+    stored_destinations,
+    swap_destination,
+)
 from app.store import ProspectStore
 
 #: pydantic's error type for the model's own cross-field checks, reported from raw data instead.
@@ -139,19 +144,32 @@ class DestinationAdmin:
         """Remove the destination and everything kept for it. Refused while changes are
         pending or in flight, or failure records remain, unless ``force`` discards them."""
         _, raw = await self._read(dest_id)
-        pending, in_flight = await self._store.backlog(dest_id)
-        failures = await cast("Awaitable[int]", self._redis.hlen(self._keys.failures(dest_id)))
+        pending, in_flight, failures = await self._leftovers(dest_id)
         if (pending or in_flight or failures) and not force:
-            raise Conflict(
-                f"destination {dest_id!r} still has {pending} prospect(s) with pending changes, "
-                f"{in_flight} in flight and {failures} failure record(s); wait for them to "
-                "be delivered (replay or purge the failures), or delete with force=true to "
-                "discard them"
-            )
-        if not await self._swap(dest_id, expected=raw, new=None):
+            raise self._busy(dest_id, pending, in_flight, failures)
+        try:
+            # Checked again atomically with the deletion: changes may have arrived since.
+            swapped = await self._swap(dest_id, expected=raw, new=None, only_if_idle=not force)
+        except DestinationBusy:
+            raise self._busy(dest_id, *await self._leftovers(dest_id)) from None
+        if not swapped:
             raise Conflict(f"destination {dest_id!r} changed meanwhile; read it again and retry")
         await self._purge(dest_id)
         return Deleted(pending, in_flight, failures) if force else Deleted(0, 0, 0)
+
+    async def _leftovers(self, dest_id: str) -> tuple[int, int, int]:
+        pending, in_flight = await self._store.backlog(dest_id)
+        failures = await cast("Awaitable[int]", self._redis.hlen(self._keys.failures(dest_id)))
+        return pending, in_flight, failures
+
+    @staticmethod
+    def _busy(dest_id: str, pending: int, in_flight: int, failures: int) -> Conflict:
+        return Conflict(
+            f"destination {dest_id!r} still has {pending} prospect(s) with pending changes, "
+            f"{in_flight} in flight and {failures} failure record(s); wait for them to "
+            "be delivered (replay or purge the failures), or delete with force=true to "
+            "discard them"
+        )
 
     async def _read(self, dest_id: str) -> tuple[Destination, bytes]:
         raw = await stored_destination(self._redis, self._keys, dest_id)
@@ -177,8 +195,17 @@ class DestinationAdmin:
             )
             raise Invalid([(("connection",), msg)])
 
-    async def _swap(self, dest_id: str, *, expected: bytes | None, new: Destination | None) -> bool:
-        done = await swap_destination(self._redis, self._keys, dest_id, expected=expected, new=new)
+    async def _swap(
+        self,
+        dest_id: str,
+        *,
+        expected: bytes | None,
+        new: Destination | None,
+        only_if_idle: bool = False,
+    ) -> bool:
+        done = await swap_destination(
+            self._redis, self._keys, dest_id, expected=expected, new=new, only_if_idle=only_if_idle
+        )
         if done and self._on_change is not None:
             self._on_change()
         return done

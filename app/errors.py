@@ -13,6 +13,15 @@ class StoreUnavailable(OutreachSyncError):
     """Redis could not be reached or refused a command."""
 
 
+class UnknownDestination(OutreachSyncError, LookupError):
+    """No such destination (never configured, or deleted while the changes were on their way:
+    the merge refuses them atomically, so nothing is stored that no dispatcher would drain)."""
+
+    def __init__(self, destination_id: str) -> None:
+        super().__init__(f"unknown destination {destination_id!r}")
+        self.destination_id = destination_id
+
+
 @dataclass
 class DeliveryError(OutreachSyncError):
     """Outreach did not take a PATCH; subclasses say what to do about it."""

@@ -41,6 +41,16 @@ def error_response(
     )
 
 
+#: Seconds a client is told to wait when Redis cannot be reached.
+STORE_RETRY_AFTER_S = 5
+
+
+def store_unavailable(detail: str) -> web.Response:
+    """503 with ``Retry-After``: Redis cannot be reached; the client should send again."""
+    headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+    return error_response(503, "Store unavailable", detail, headers=headers)
+
+
 #: Media types a JSON request body is accepted as (RFC 7396's for a JSON Merge Patch).
 JSON_TYPES = ("application/json", "application/merge-patch+json")
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from app.errors import UnknownDestination
 from app.ingest import Batch, ingest_sync
 from app.redis_client import sync_client
 from app.registry import destination_sync
 from app.settings import Settings, get_settings
 
-
-class UnknownDestination(LookupError):
-    def __init__(self, destination_id: str) -> None:
-        super().__init__(f"unknown destination {destination_id!r}")
-        self.destination_id = destination_id
+__all__ = ["Producer", "UnknownDestination"]
 
 
 class Producer:

@@ -24,7 +24,7 @@ from limits.storage import storage_from_string
 from redis.exceptions import RedisError
 
 from app.adminauth import presented_secret, secret_bytes
-from app.jsonapi import error_response
+from app.jsonapi import error_response, store_unavailable
 from app.producer_keys import KeyRefused, ProducerKey, ProducerKeys
 from app.settings import Settings
 
@@ -113,7 +113,7 @@ def guarded(handler: Handler) -> Handler:
         except KeyRefused as exc:
             return _unauthorized(exc)
         except (RedisError, StorageError, OSError):
-            return error_response(503, "Unavailable", "cannot check the API key now; retry")
+            return store_unavailable("Redis cannot be reached to check the API key: send again")
         if wait_s is not None:
             return error_response(
                 429,

@@ -68,6 +68,10 @@ async def stored_destination(client: aioredis.Redis, keys: Keys, dest_id: str) -
     return await cast("Awaitable[bytes | None]", client.hget(keys.destinations(), dest_id))
 
 
+class DestinationBusy(Exception):
+    """A deletion found changes pending, in flight or failed (they arrived after the count)."""
+
+
 async def swap_destination(
     client: aioredis.Redis,
     keys: Keys,
@@ -75,13 +79,20 @@ async def swap_destination(
     *,
     expected: bytes | None,
     new: Destination | None,
+    only_if_idle: bool = False,
 ) -> bool:
     """Publish (``new``) or delete (None) one destination if its stored document is still
-    ``expected`` (None: absent); clears its invalid-mapping marks. False: it had changed."""
+    ``expected`` (None: absent); clears its invalid-mapping marks. False: it had changed.
+    A deletion ``only_if_idle`` raises ``DestinationBusy`` when anything is pending, in
+    flight or failed, checked in the same script as the deletion."""
     doc = new.model_dump_json() if new else ""
     args: list[str | bytes | int] = [dest_id, expected or b"", doc, WAKE_KEEP]
+    args.append("1" if only_if_idle else "0")
     keys_ = [keys.destinations(), keys.invalid_mappings(dest_id), keys.hold(dest_id), keys.wake()]
+    keys_ += [keys.due(dest_id), keys.leases(dest_id), keys.failures(dest_id)]
     done = await cast("Awaitable[int]", client.eval(_SWAP, len(keys_), *keys_, *args))
+    if done == -1:
+        raise DestinationBusy(dest_id)
     return bool(done)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal, cast
 import redis
 import redis.asyncio as aioredis
 
-from app.errors import StoreUnavailable
+from app.errors import StoreUnavailable, UnknownDestination
 from app.keys import RECENT_FAILURES_KEPT, Keys
 from app.metrics import hour_of, write_async
 
@@ -99,7 +99,8 @@ def _merge_call(
     window_ms: int,
 ) -> tuple[list[str], list[str | int]]:
     kk = [keys.due(dest), keys.leases(dest), keys.first_seen(dest), keys.counters(dest)]
-    args: list[str | int] = [now_ms, window_ms]
+    kk.append(keys.destinations())
+    args: list[str | int] = [now_ms, window_ms, dest]
     for prospect, changes in chunk:
         kk += [keys.pending(dest, prospect), keys.versions(dest, prospect)]
         args += [prospect, len(changes)]
@@ -143,8 +144,15 @@ def merge_sync(
         if total.newly_due:
             wake_sync(client, keys, dest)
     except redis.RedisError as exc:
-        raise StoreUnavailable(str(exc)) from exc
+        raise _merge_error(dest, exc) from exc
     return total
+
+
+def _merge_error(dest: str, exc: redis.RedisError) -> Exception:
+    """What a failed merge means: the destination is gone (merge.lua's NODEST), or Redis."""
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith("NODEST"):
+        return UnknownDestination(dest)
+    return StoreUnavailable(str(exc))
 
 
 class ProspectStore:
@@ -173,7 +181,7 @@ class ProspectStore:
                 pipe.ltrim(wake, -WAKE_KEEP, -1)
                 await pipe.execute()
         except redis.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            raise _merge_error(dest, exc) from exc
         return total
 
     def _dest_keys(self, dest: str) -> list[str]:

@@ -22,6 +22,7 @@ from tests.test_end_to_end import e2e_config
 #: The operator's key, which the producers' routes accept too (producer keys: test_producer_auth).
 ADMIN_KEY = "ingest-test-admin-key"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+JSON = {"Content-Type": "application/json"}
 
 
 def profile(
@@ -107,6 +108,48 @@ async def test_unknown_destination_and_oversize_body_are_refused(api: str) -> No
     assert len(huge) > 200_000
     status, doc = await post(f"{api}/e2e/profiles", huge)
     assert status == 413 and doc["errors"][0]["title"] == "Body too large"
+
+
+async def test_a_destination_deleted_while_cached_accepts_nothing(
+    api: str, prefix: str, rclient: redis.Redis
+) -> None:
+    # The API process has the destination in its registry cache when an admin (another
+    # process) deletes it: the merge itself refuses, so no change is kept that no
+    # dispatcher would ever drain.
+    status, _ = await post(f"{api}/e2e/profiles", json.dumps(profile("1")).encode())
+    assert status == 202
+    rclient.delete(*rclient.scan_iter(match=f"{prefix}:{{e2e}}:*"))
+    rclient.hdel(Keys(prefix).destinations(), "e2e")
+    status, doc = await post(f"{api}/e2e/profiles", json.dumps(profile("2")).encode())
+    assert status == 404 and doc["errors"][0]["title"] == "Unknown destination"
+    assert list(rclient.scan_iter(match=f"{prefix}:{{e2e}}:*")) == []
+
+
+async def test_redis_down_is_a_503_naming_the_store_with_retry_after(prefix: str) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    env = settings_env(prefix, None, ADMIN_API_KEY=ADMIN_KEY, REDIS_URL=dead)
+    runner = web.AppRunner(make_app(make_settings(env)))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base, answers = f"http://127.0.0.1:{port}/v1", []
+    try:
+        async with aiohttp.ClientSession(headers=AUTH) as s:
+            body = json.dumps(profile("1"))
+            # The producer's route (its key check needs Redis first) and an admin route
+            # (authenticated without Redis, so the store itself fails inside the handler).
+            for method, url in (
+                ("POST", "/destinations/e2e/profiles"),
+                ("GET", "/admin/destinations"),
+            ):
+                async with s.request(method, base + url, data=body, headers=JSON) as r:
+                    answers.append((r.status, r.headers.get("Retry-After"), await r.json()))
+    finally:
+        await runner.cleanup()
+    for status, retry_after, doc in answers:
+        assert status == 503 and retry_after is not None and int(retry_after) > 0
+        assert doc["errors"][0]["title"] == "Store unavailable"
+        assert "Redis cannot be reached" in doc["errors"][0]["detail"]
 
 
 async def test_status_reports_backlog_and_counters(api: str) -> None:

@@ -79,6 +79,7 @@ async def test_noop_skips_and_retries_are_counted_by_the_lua_scripts(
     prefix: str, rclient: redis.Redis
 ) -> None:
     keys = Keys(prefix)
+    publish_sync(rclient, keys, e2e_config(D))
     client = aioredis.from_url(TEST_REDIS_URL)
     store = ProspectStore(client, keys)
     now = int(time.time() * 1000)

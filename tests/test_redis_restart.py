@@ -14,8 +14,10 @@ import redis
 import redis.asyncio as aioredis
 
 from app.keys import Keys
+from app.registry import publish_sync
 from app.store import ProspectStore, encode, merge_sync
 from tests.conftest import ROOT, free_port, wait_until
+from tests.test_end_to_end import e2e_config
 
 pytestmark = [
     pytest.mark.integration,
@@ -65,6 +67,7 @@ def local_redis(tmp_path: Path) -> Iterator[LocalRedis]:
 async def test_state_survives_a_crash_and_restart(local_redis: LocalRedis) -> None:
     keys, dest, now = Keys("os"), "d", int(time.time() * 1000)
     sync = redis.Redis.from_url(local_redis.url)
+    publish_sync(sync, keys, e2e_config(dest))
     merge_sync(sync, keys, dest, {1: [("custom1", encode("realized"), 1)]}, now_ms=now, window_ms=0)
     merge_sync(sync, keys, dest, {2: [("custom2", encode("exited"), 1)]}, now_ms=now, window_ms=0)
     client = aioredis.from_url(local_redis.url)

@@ -8,17 +8,25 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from app.errors import UnknownDestination
 from app.keys import Keys
+from app.registry import DestinationBusy, publish_sync, swap_destination
 from app.store import ProspectStore, encode, merge_sync, poll_sync
 from tests.conftest import TEST_REDIS_URL
+from tests.test_end_to_end import e2e_config
 
 D = "dest-a"
 T0 = 1_800_000_000_000
 W = 1000
 
 
+@pytest.fixture(autouse=True)
+def destination(prefix: str, rclient: redis.Redis) -> None:
+    publish_sync(rclient, Keys(prefix), e2e_config(D))  # merge.lua refuses unknown ones
+
+
 @pytest.fixture
-async def store(prefix: str, rclient: redis.Redis) -> AsyncIterator[ProspectStore]:
+async def store(prefix: str) -> AsyncIterator[ProspectStore]:
     client = aioredis.from_url(TEST_REDIS_URL)
     yield ProspectStore(client, Keys(prefix))
     await client.aclose()
@@ -131,9 +139,10 @@ async def test_sync_merge_matches_async_and_wakes_dispatchers(
     prefix: str, rclient: redis.Redis, store: ProspectStore
 ) -> None:
     keys = Keys(prefix)
+    before = rclient.lrange(keys.wake(), 0, -1)  # publishing the destination woke them too
     res = merge_sync(rclient, keys, D, {1: [ch("custom1", "realized", 1)]}, now_ms=T0, window_ms=W)
     assert res.newly_due == 1
-    assert rclient.lrange(keys.wake(), 0, -1) == [D.encode()]
+    assert rclient.lrange(keys.wake(), 0, -1) == [*before, D.encode()]
     assert await claim_all(store, T0 + W) == {1: {"custom1": "realized"}}
 
 
@@ -165,3 +174,30 @@ async def test_hold_stops_slots_until_it_ends(
     assert (held.ready, held.next_ms, held.new_slots) == (0, T0 + 5000, ())
     after = poll_sync(rclient, keys, D, now_ms=T0 + 5000, batch=50, max_drainers=3, slot_ttl_ms=1)
     assert after.ready == 1 and len(after.new_slots) == 1
+
+
+async def test_merge_refuses_a_destination_that_does_not_exist(
+    prefix: str, rclient: redis.Redis, store: ProspectStore
+) -> None:
+    keys = Keys(prefix)
+    gone = "deleted-dest"
+    with pytest.raises(UnknownDestination, match=gone):
+        await store.merge(gone, {1: [ch("custom1", "realized", 1)]}, now_ms=T0, window_ms=W)
+    with pytest.raises(UnknownDestination, match=gone):
+        merge_sync(rclient, keys, gone, {1: [ch("custom1", "realized", 1)]}, now_ms=T0, window_ms=W)
+    assert list(rclient.scan_iter(match=f"{prefix}:{{{gone}}}:*")) == []
+
+
+async def test_deleting_only_if_idle_is_refused_once_a_change_arrived(
+    prefix: str, rclient: redis.Redis, store: ProspectStore
+) -> None:
+    # What an admin's DELETE (without force) does after counting an empty backlog: the
+    # deletion script counts again, so a change merged in between is never orphaned.
+    keys = Keys(prefix)
+    raw = rclient.hget(keys.destinations(), D)
+    await store.merge(D, {1: [ch("custom1", "realized", 1)]}, now_ms=T0, window_ms=W)
+    with pytest.raises(DestinationBusy):
+        await swap_destination(store.redis, keys, D, expected=raw, new=None, only_if_idle=True)
+    assert rclient.hexists(keys.destinations(), D)
+    assert await swap_destination(store.redis, keys, D, expected=raw, new=None) is True
+    assert not rclient.hexists(keys.destinations(), D)

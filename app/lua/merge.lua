@@ -1,15 +1,22 @@
 -- Merge field changes into the pending state of many prospects of one destination, atomically.
 -- Per field the newer version wins (ties: the later arrival), so a late, older evaluation never
 -- overwrites a newer one, whether that one is pending, in flight or already delivered.
+-- Nothing is merged for a destination that no longer exists: a producer (or an API process
+-- whose cache still knows it) gets an error instead of changes no dispatcher would drain.
+-- The check and the deletion (swap_destination.lua) are atomic with respect to each other.
 -- KEYS[1] due zset, KEYS[2] leases zset, KEYS[3] first-seen hash, KEYS[4] counters hash,
--- then per prospect: pending hash, versions hash.
--- ARGV: now_ms, window_ms, then per prospect: id, n_fields, (field, json_value, ts_ms) * n.
--- Returns {newly_due, fields_applied, fields_stale}.
+-- KEYS[5] destinations hash, then per prospect: pending hash, versions hash.
+-- ARGV: now_ms, window_ms, destination id, then per prospect: id, n_fields,
+-- (field, json_value, ts_ms) * n.
+-- Returns {newly_due, fields_applied, fields_stale}, or the error NODEST.
+if redis.call('HEXISTS', KEYS[5], ARGV[3]) == 0 then
+  return redis.error_reply('NODEST destination ' .. ARGV[3] .. ' does not exist')
+end
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local newly, applied, stale = 0, 0, 0
-local a = 3
-local k = 5
+local a = 4
+local k = 6
 while a <= #ARGV do
   local pid = ARGV[a]
   local n = tonumber(ARGV[a + 1])

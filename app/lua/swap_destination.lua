@@ -1,13 +1,21 @@
 -- Replace one destination's stored document only if it is still the one the caller read,
 -- so two admins editing at once cannot silently overwrite each other.
 -- KEYS[1] destinations hash, KEYS[2] the destination's invalid-mapping set,
--- KEYS[3] its hold, KEYS[4] the dispatchers' wake list
+-- KEYS[3] its hold, KEYS[4] the dispatchers' wake list,
+-- KEYS[5] its due zset, KEYS[6] its leases zset, KEYS[7] its failures hash
 -- ARGV[1] destination id, ARGV[2] expected document ('' = must be absent),
--- ARGV[3] new document ('' = delete), ARGV[4] how many wake entries to keep
--- Returns 1 when written, 0 when the stored document differed.
+-- ARGV[3] new document ('' = delete), ARGV[4] how many wake entries to keep,
+-- ARGV[5] '1': a deletion only while nothing is pending, in flight or failed
+-- Returns 1 when written, 0 when the stored document differed, -1 when a deletion was
+-- refused because changes arrived since the caller counted them (merge.lua refuses changes
+-- once the document is gone, so none can slip in between this check and the deletion).
 local current = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 if current ~= ARGV[2] then
   return 0
+end
+if ARGV[3] == '' and ARGV[5] == '1' and
+   redis.call('ZCARD', KEYS[5]) + redis.call('ZCARD', KEYS[6]) + redis.call('HLEN', KEYS[7]) > 0 then
+  return -1
 end
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
