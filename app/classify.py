@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.errors import DeliveryError, Permanent, RateLimited, Retryable, Unauthorized
-from app.ratelimit_signals import parse_reset, parse_try_again_at
+from app.ratelimit_signals import parse_reset, parse_try_again_at, retry_after_at
 
 PERMANENT = frozenset({400, 403, 404, 405, 409, 413, 415, 422})
 
@@ -58,5 +58,10 @@ def classify(
         return Permanent(
             status, detail, error_id=first.get("id"), title=first.get("title"), pointers=pointers
         )
+    # A 5xx may say when to come back: in its body ("try again at") or a Retry-After header.
     at = parse_try_again_at(body)
+    if at is None:
+        at = retry_after_at(
+            next((v for k, v in headers.items() if k.lower() == "retry-after"), None), now
+        )
     return Retryable(status, detail, after_s=None if at is None else max(0.0, at - now))

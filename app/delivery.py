@@ -8,7 +8,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from app.classify import classify
@@ -46,8 +46,13 @@ class _NoPermit(Retryable):
     """A bisection half not sent: the quota has no permit for it now (not an error)."""
 
 
+class _LeaseLost(Retryable):
+    """Not sent: the claim expired while the request waited its turn, and another drain took
+    the prospect over (it sends the current value; this snapshot may be stale)."""
+
+
 def _subset(c: Claimed, fields: set[str]) -> Claimed:
-    return Claimed(c.prospect, c.first_seen_ms, c.attempts, {f: c.fields[f] for f in fields})
+    return replace(c, fields={f: c.fields[f] for f in fields})
 
 
 async def failure_record(
@@ -235,7 +240,7 @@ class Deliverer:
         # Every send runs to its end (and counts into ``stats``) before the batch's tally is
         # written; the first error is raised after that.
         results = await asyncio.gather(
-            *(self._send_one(lot, c, stats) for c in go), return_exceptions=True
+            *(self._send_one(lot, c, stats, grant.id) for c in go), return_exceptions=True
         )
         for res in results:
             if isinstance(res, BaseException):
@@ -271,17 +276,25 @@ class Deliverer:
         await self.gate.refund_share(conn.user, dest, token, part.granted, grant.granted)
         return grant
 
-    async def _send_one(self, lot: Lot, c: Claimed, stats: Counter[str]) -> None:
-        err = await self._request(lot, c, stats)
+    async def _send_one(self, lot: Lot, c: Claimed, stats: Counter[str], grant: str) -> None:
+        err = await self._request(lot, c, stats, grant)
         if err is None:
             count_delivered(stats, lot.dest, c.fields)
         await self._outcome(lot, c, err, stats)
 
-    async def _request(self, lot: Lot, c: Claimed, stats: Counter[str]) -> DeliveryError | None:
+    async def _request(
+        self, lot: Lot, c: Claimed, stats: Counter[str], grant: str
+    ) -> DeliveryError | None:
         """One PATCH of ``c``'s fields (a permit is already held); None when Outreach took it."""
         access = lot.access_token
         err: DeliveryError | None
         async with self._http:
+            # The lease must cover the request (LEASE_MS > OUTREACH_TIMEOUT_S): renewed now,
+            # at its turn, since the batch may have waited for connections longer than that.
+            until = _now_ms() + self.settings.lease_ms
+            if not await self.store.renew(lot.dest.id, c.prospect, lot.token, until_ms=until):
+                await self.gate.observe(lot.conn.user, 0, {}, None, sent_s=time.time(), grant=grant)
+                return _LeaseLost(None, "claim taken over by another drain before sending")
             stats["requests"] += 1
             sent_s = time.time()
             try:
@@ -291,10 +304,10 @@ class Deliverer:
             except (Retryable, Unauthorized) as exc:
                 err = exc
                 # No answer, but the gate's careful single (if this was it) may go again.
-                await self.gate.observe(lot.conn.user, 0, {}, None, sent_s=sent_s)
+                await self.gate.observe(lot.conn.user, 0, {}, None, sent_s=sent_s, grant=grant)
             else:
                 await self.gate.observe(
-                    lot.conn.user, resp.status, resp.headers, resp.body, sent_s=sent_s
+                    lot.conn.user, resp.status, resp.headers, resp.body, sent_s=sent_s, grant=grant
                 )
                 err = classify(
                     resp.status,
@@ -312,6 +325,9 @@ class Deliverer:
             if not await self._settle(lot, c, "ok", fields=tuple(c.fields)):
                 stats["duplicates"] += 1
             return
+        if isinstance(err, _LeaseLost):
+            stats["lease_lost"] += 1  # the drain that took it over settles it
+            return
         stats[f"error_{type(err).__name__.lower()}"] += 1
         if isinstance(err, RateLimited):
             due = int(err.reset_s * 1000)
@@ -322,14 +338,21 @@ class Deliverer:
         elif isinstance(err, Unauthorized) and await self._unauthorized(lot, c):
             return
         else:
-            # Time the destination spent paused (re-authorization) does not count.
-            age_s = (_now_ms() - max(c.first_seen_ms, lot.resumed_ms)) / 1000
-            if age_s > self.settings.max_retry_age_s:
-                await self._fail(lot, c, err)
-                return
-            after = err.after_s if isinstance(err, Retryable) and err.after_s else None
-            delay = max(after or 0.0, backoff_s(c.attempts))
-            await self._settle(lot, c, "retry", due_ms=_now_ms() + int(delay * 1000))
+            await self._retry(lot, c, err)
+
+    async def _retry(self, lot: Lot, c: Claimed, err: DeliveryError) -> None:
+        """A transient failure: send again after a backoff, or record it as failed once the
+        prospect has been failing for ``MAX_RETRY_AGE_S``. The age runs from its first failed
+        attempt (time spent waiting for quota or while disabled does not count), and time the
+        destination spent paused for re-authorization does not count either."""
+        now = _now_ms()
+        since = c.failing_since_ms or now
+        if (now - max(since, lot.resumed_ms)) / 1000 > self.settings.max_retry_age_s:
+            await self._fail(lot, c, err)
+            return
+        after = err.after_s if isinstance(err, Retryable) and err.after_s else None
+        delay = max(after or 0.0, backoff_s(c.attempts))
+        await self._settle(lot, c, "retry", due_ms=now + int(delay * 1000))
 
     async def _unauthorized(self, lot: Lot, c: Claimed) -> bool:
         """A 401: refresh the token (one refresh in flight per connection everywhere) and
@@ -379,11 +402,16 @@ class Deliverer:
         transient error, the fields not yet settled simply wait in pending."""
         queue, delivered = [sorted(c.fields)], []
         limited: RateLimited | None = None
+        transient: DeliveryError | None = None
+        no_permit = False
         while queue:
             names = queue.pop()
             for part in (names[: len(names) // 2], names[len(names) // 2 :]):
                 stats["bisect_requests"] += 1
                 err = await self._send_part(lot, _subset(c, set(part)), stats)
+                if isinstance(err, _LeaseLost):
+                    stats["lease_lost"] += 1
+                    return  # taken over: the other drain sends the whole snapshot again
                 if err is None:
                     delivered += part
                 elif isinstance(err, Permanent) and len(part) == 1:
@@ -393,10 +421,17 @@ class Deliverer:
                 elif isinstance(err, Permanent):
                     queue.append(part)
                 else:
-                    if not isinstance(err, _NoPermit):  # Outreach's answer, or none
+                    if isinstance(err, _NoPermit):
+                        no_permit = True
+                    else:  # Outreach's answer, or none
                         stats[f"error_{type(err).__name__.lower()}"] += 1
                     if isinstance(err, RateLimited):
                         limited = err
+                    elif not isinstance(err, _NoPermit):
+                        transient = err
+                        # No answer says whether Outreach applied this half: a later value
+                        # equal to the last confirmed one must not be skipped as a no-op.
+                        await self.store.forget_delivered(lot.dest.id, c.prospect, part)
                     queue.clear()
                     break
         until = None
@@ -413,15 +448,22 @@ class Deliverer:
                 stats["duplicates"] += 1
         elif until is not None:
             await self._settle(lot, c, "defer", due_ms=until)
+        elif transient is not None:
+            # Nothing landed: backoff and the retry age, as for a whole PATCH (settling "ok"
+            # here would reset both and send the halves again every window, forever).
+            await self._retry(lot, c, transient)
+        elif no_permit:
+            await self._settle(lot, c, "defer", due_ms=_now_ms())
         else:
-            await self._settle(lot, c, "ok")
+            await self._settle(lot, c, "ok")  # every field failed on its own, and was recorded
 
     async def _send_part(
         self, lot: Lot, part: Claimed, stats: Counter[str]
     ) -> DeliveryError | None:
-        if not (await self._permits(lot, 1)).granted:
+        permit = await self._permits(lot, 1)
+        if not permit.granted:
             return _NoPermit(None, "no permit left for the next half")
-        return await self._request(lot, part, stats)
+        return await self._request(lot, part, stats, permit.id)
 
     async def _strip_invalid(
         self, lot: Lot, c: Claimed, invalid: set[int], stats: Counter[str]

@@ -76,6 +76,12 @@ class Keys:
         """Hash prospect -> failed attempts since its last delivery (backoff)."""
         return f"{self.prefix}:{{{dest}}}:tries"
 
+    def failing_since(self, dest: str) -> str:
+        """Hash prospect -> ms of its first failed attempt since its last delivery: the retry
+        age (``MAX_RETRY_AGE_S``) runs from there, not from the change's arrival, so time
+        spent waiting for quota or disabled does not turn a first failure into a dead letter."""
+        return f"{self.prefix}:{{{dest}}}:failing"
+
     def drainers(self, dest: str) -> str:
         """Sorted set drain-slot id -> ms expiry: how many drain tasks are live."""
         return f"{self.prefix}:{{{dest}}}:drainers"

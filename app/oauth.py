@@ -14,7 +14,6 @@ processes that waited for it answer "unavailable" without calling the endpoint a
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import enum
 import json
 import logging
@@ -41,6 +40,7 @@ from app.connections import (
 from app.crypto import TokenDecryptError
 from app.destinations import Connection
 from app.keys import Keys
+from app.ratelimit_signals import retry_after_at
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -145,17 +145,9 @@ class TokenSet:
 
 def retry_after_s(value: str | None) -> float | None:
     """Seconds from a Retry-After header (seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    now = time.time()
+    at = retry_after_at(value, now)
+    return None if at is None else max(0.0, at - now)
 
 
 def parse_token_answer(status: int, headers: Mapping[str, str], body: bytes) -> TokenSet:

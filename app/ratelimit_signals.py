@@ -55,7 +55,7 @@ def parse_reset(
     lower = _lower(headers)
     resume = _reset_epoch(lower.get("x-ratelimit-reset"), now_s)
     if resume is None:
-        resume = _retry_after(lower.get("retry-after"), now_s)
+        resume = retry_after_at(lower.get("retry-after"), now_s)
     if resume is None and body:
         resume = parse_try_again_at(body)
     if resume is None:
@@ -125,7 +125,8 @@ def _reset_epoch(raw: str | None, now_s: float) -> float | None:
     return value
 
 
-def _retry_after(raw: str | None, now_s: float) -> float | None:
+def retry_after_at(raw: str | None, now_s: float) -> float | None:
+    """The epoch a ``Retry-After`` header names (delay seconds or an HTTP date)."""
     if raw is None:
         return None
     seconds = _number(raw)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, RedisDsn, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    RedisDsn,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import keys
@@ -130,6 +137,18 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _lease_outlives_a_request(self) -> Settings:
+        # A claim is renewed right before its request leaves (app/delivery.py): it must
+        # outlast the request, or another drain could send the same prospect meanwhile.
+        if self.lease_ms < self.outreach_timeout_s * 1000 + 1000:
+            raise ValueError(
+                f"LEASE_MS ({self.lease_ms}) must exceed OUTREACH_TIMEOUT_S "
+                f"({self.outreach_timeout_s:g} s) by at least 1000 ms: a claim must outlive "
+                "the request that sends it"
+            )
+        return self
+
     @property
     def celery_broker_url(self) -> str:
         return self.broker_url or str(self.redis_url)
@@ -145,7 +164,10 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = [
-            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else str(err["msg"]).removeprefix("Value error, ")
+            for err in exc.errors()
         ]
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
 

@@ -58,6 +58,8 @@ class Claimed:
     first_seen_ms: int
     attempts: int
     fields: dict[str, Any]
+    #: ms of the first failed attempt since the last delivery (0: none failed yet).
+    failing_since_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +167,7 @@ class ProspectStore:
         self._claim = client.register_script(_lua("claim"))
         self._settle = client.register_script(_lua("settle"))
         self._poll = client.register_script(_lua("poll"))
+        self._renew = client.register_script(_lua("renew"))
 
     async def merge(
         self, dest: str, changes: Mapping[int, Sequence[Change]], *, now_ms: int, window_ms: int
@@ -193,6 +196,7 @@ class ProspectStore:
             k.first_seen(dest),
             k.counters(dest),
             k.attempts(dest),
+            k.failing_since(dest),
         ]
 
     async def claim(
@@ -207,12 +211,17 @@ class ProspectStore:
         out: list[Claimed] = []
         i = 0
         while i < len(flat):
-            n = int(flat[i + 3])
-            pairs = flat[i + 4 : i + 4 + 2 * n]
+            pid, first, attempts, failing, n = (int(x) for x in flat[i : i + 5])
+            pairs = flat[i + 5 : i + 5 + 2 * n]
             fields = {pairs[j].decode(): json.loads(pairs[j + 1]) for j in range(0, 2 * n, 2)}
-            out.append(Claimed(int(flat[i]), int(flat[i + 1]), int(flat[i + 2]), fields))
-            i += 4 + 2 * n
+            out.append(Claimed(pid, first, attempts, fields, failing))
+            i += 5 + 2 * n
         return out
+
+    async def renew(self, dest: str, prospect: int, token: str, *, until_ms: int) -> bool:
+        """Extend the claim on ``prospect`` to ``until_ms`` if it is still ``token``'s."""
+        kk = [self.keys.leases(dest), self.keys.lease_tokens(dest)]
+        return bool(await self._renew(keys=kk, args=[prospect, token, until_ms]))
 
     async def settle(
         self,
@@ -293,6 +302,13 @@ class ProspectStore:
         """True when newly marked (the first worker to see it alerts)."""
         key = self.keys.invalid_mappings(dest)
         return bool(await cast("Awaitable[int]", self.redis.sadd(key, mapping_id)))
+
+    async def forget_delivered(self, dest: str, prospect: int, fields: Iterable[str]) -> None:
+        """What Outreach holds for ``fields`` is unknown (sent, no answer): no later value of
+        them is skipped as a no-op."""
+        names, key = list(fields), self.keys.delivered(dest, prospect)
+        if names:
+            await cast("Awaitable[int]", self.redis.hdel(key, *names))
 
     async def drop_inflight(self, dest: str, prospect: int, fields: Iterable[str]) -> None:
         """Remove fields from a claimed prospect's snapshot (they were failed on their own)."""

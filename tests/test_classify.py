@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -85,3 +86,13 @@ def test_maintenance_honours_its_try_again_time() -> None:
     )
     err = classify(503, {}, text, now_s=NOW)
     assert isinstance(err, Retryable) and err.after_s == 300
+
+
+@pytest.mark.parametrize(
+    ("header", "after_s"),
+    [("120", 120.0), ("Fri, 15 Jan 2027 08:02:00 GMT", 120.0), ("soon", None)],
+)
+def test_a_5xx_retry_after_header_is_honoured(header: str, after_s: float | None) -> None:
+    now = datetime(2027, 1, 15, 8, 0, tzinfo=UTC).timestamp()
+    err = classify(503, {"Retry-After": header}, "busy", now_s=now)
+    assert isinstance(err, Retryable) and err.after_s == after_s

@@ -68,8 +68,9 @@ async def aclient(rclient: redis.Redis) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-def _setup(prefix: str, rclient: redis.Redis) -> Settings:
-    settings = make_settings(settings_env(prefix, None, COALESCE_WINDOW_MS="0", CLAIM_BATCH="10"))
+def _setup(prefix: str, rclient: redis.Redis, **extra: str) -> Settings:
+    env = {"COALESCE_WINDOW_MS": "0", "CLAIM_BATCH": "10", **extra}
+    settings = make_settings(settings_env(prefix, None, **env))
     config = parse_config(
         {
             "connections": [{"id": "c", "user": f"{prefix}-user", "access_token": "t"}],

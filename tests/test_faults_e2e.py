@@ -33,7 +33,7 @@ def test_faults_and_a_killed_worker_lose_nothing(
     )  # fmt: skip
     env = settings_env(
         prefix, sandbox, COALESCE_WINDOW_MS="200", LEASE_MS="3000", CLAIM_BATCH="20",
-        OUTREACH_TIMEOUT_S="5",
+        OUTREACH_TIMEOUT_S="2",
     )  # fmt: skip
     keys = Keys(prefix)
     publish_sync(rclient, keys, e2e_config())
