@@ -4,6 +4,11 @@ A 429 pauses the user everywhere until the reset Outreach names. Otherwise, whil
 reports its budget (``X-RateLimit-*``), that figure governs, less our requests still in
 flight, with a careful reserve, probes and a guard band (see ``lua/quota_reserve.lua``); when
 it reports nothing, our moving window (``limits``' Redis storage) models the quota.
+
+Requests in flight are counted per grant (``lua/quota_grants.lua``): every grant has an id,
+each answer (:meth:`QuotaGate.observe` with ``grant=``) and each refund names it, and a grant
+that goes ``grant_hold_s`` without either (its worker was killed, or lost track of it) stops
+counting, so its permits come back instead of being lost for every later window.
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ FRESH_MAX_S = 1.0
 GUARD_SHARE = 0.02
 GUARD_MIN_S = 0.05
 GUARD_MAX_S = 1.0
+#: Added to the longest a live holder can go without answering a grant (see `grant_hold_s`).
+GRANT_MARGIN_S = 5.0
+#: The hold `grant_hold_s` gives the default settings (50 claimed, 16 at once, 30 s timeout).
+DEFAULT_GRANT_HOLD_S = (4 + 1) * 30.0 + GRANT_MARGIN_S
 
 _STORE_ERRORS = (RedisError, StorageError, OSError)
 
@@ -69,10 +78,17 @@ class QuotaUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """``granted`` permits (0..want) to send now; when 0, try again in ``wait_s`` seconds."""
+    """``granted`` permits (0..want) to send now; when 0, try again in ``wait_s`` seconds.
+
+    ``id`` names the permits in the shared store ("" when none were granted): report the
+    answer to each request sent on them with ``observe(..., grant=id)`` and give back those
+    never sent with :meth:`QuotaGate.refund`. A grant that hears of neither for the gate's
+    hold stops counting as in flight (its holder died or lost track of it).
+    """
 
     granted: int
     wait_s: float
+    id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,19 +133,28 @@ class QuotaGate:
         prefix: str,
         fallback_pause_s: float = 60.0,
         probe_first: bool = True,
+        grant_hold_s: float = DEFAULT_GRANT_HOLD_S,
     ) -> None:
         """``probe_first``: before anything is known of a user's budget, send one request
         and read Outreach's figure before a burst (False: our own window alone, from the
-        start — for servers known not to report)."""
+        start — for servers known not to report).
+
+        ``grant_hold_s``: a grant's permits stop counting as in flight this long after the
+        grant, its last answer or its last refund (see :func:`grant_hold_s`); it must exceed
+        the longest a live holder goes without answering, or the gate may over-grant."""
+        if grant_hold_s <= 0:
+            raise ValueError(f"grant_hold_s must be positive, not {grant_hold_s}")
         self._redis, self._keys, self._prefix = redis, Keys(prefix), prefix
         self._fallback_pause_s = fallback_pause_s
         self._probe_first = probe_first
+        self._hold_ms = max(1, math.ceil(grant_hold_s * 1000))
         store = _window_storage(storage_uri, prefix, redis)
         self._storage, self._window = store, cast(MovingWindowSupport, store)
         self._limiter = MovingWindowRateLimiter(store)
-        self._reserve = redis.register_script(_lua("quota_reserve"))
-        self._refund = redis.register_script(_lua("quota_refund"))
-        self._observe = redis.register_script(_lua("quota_observe"))
+        self._reserve = redis.register_script(_lua("quota_reserve", grants=True))
+        self._refund = redis.register_script(_lua("quota_refund", grants=True))
+        self._observe = redis.register_script(_lua("quota_observe", grants=True))
+        self._state = redis.register_script(_lua("quota_state", grants=True))
         self._share = redis.register_script(_lua("share_take"))
 
     async def aclose(self) -> None:
@@ -195,11 +220,15 @@ class QuotaGate:
         body: str | None,
         *,
         sent_s: float | None = None,
+        grant: str = "",
     ) -> float | None:
         """Record an Outreach response's rate-limit headers; a 429 pauses the user everywhere.
 
         ``sent_s`` (epoch seconds the request left) lets the gate tell the answer to its
-        outstanding careful request from late answers to earlier ones.
+        outstanding careful request from late answers to earlier ones. ``grant`` (the
+        :attr:`Grant.id` whose permit the request used) stops counting that permit as in
+        flight and keeps the rest of the grant alive; pass it for transport failures too
+        (status 0), once per request.
 
         Returns the epoch second the user is paused until after a 429 (the parsed reset, or
         a later pause already in force), else None.
@@ -210,7 +239,7 @@ class QuotaGate:
             status, headers, body, now_s=now, fallback_pause_s=self._fallback_pause_s
         )
         remaining = "" if budget is None or budget.remaining is None else str(budget.remaining)
-        if not remaining and until is None and sent_s is None:
+        if not remaining and until is None and sent_s is None and not grant:
             return None
         reset = budget.reset_s if budget is not None else None
         if reset is None:
@@ -218,9 +247,31 @@ class QuotaGate:
             reset = until if until is not None else now + self._fallback_pause_s
         limit = "" if budget is None or budget.limit is None else str(budget.limit)
         paused = await self._record(
-            user, "observe", now, remaining, reset, until, sent_s, limit, answered=status > 0
+            user,
+            "observe",
+            now,
+            remaining,
+            reset,
+            until,
+            sent_s,
+            limit,
+            answered=status > 0,
+            grant=grant,
         )
         return None if until is None else max(paused, until)
+
+    async def refund(self, user: str, grant: str, permits: int) -> None:
+        """Give back ``permits`` of grant ``grant`` (a :attr:`Grant.id`) that will not be sent;
+        the rest of the grant, if any, stays in flight. A grant already expired is left
+        alone (its permits already came back)."""
+        if permits < 0:
+            raise ValueError(f"bad refund: permits={permits}")
+        if not grant or not permits:
+            return
+        try:
+            await self._give_back(user, grant, permits)
+        except _STORE_ERRORS as exc:
+            raise QuotaUnavailable(user, "refund") from exc
 
     async def pause(self, user: str, until_s: float) -> None:
         """Stop granting for ``user`` everywhere until ``until_s``; only ever extends a pause."""
@@ -233,10 +284,8 @@ class QuotaGate:
         now = time.time()
         try:
             reset_s, remaining = await self._limiter.get_window_stats(item)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(f"{ns}:pause")
-                pipe.hmget(f"{ns}:server", ["remaining", "reset", "inflight"])
-                paused_raw, server = await pipe.execute()
+            keys = [f"{ns}:pause", f"{ns}:server", *self._grant_keys(ns)]
+            paused_raw, *server = await self._state(keys=keys)
         except _STORE_ERRORS as exc:
             raise QuotaUnavailable(user, "state") from exc
         paused, server_reset = _num(paused_raw), _num(server[1])
@@ -257,11 +306,12 @@ class QuotaGate:
         key, expiry = item.key_for(), item.get_expiry()
         oldest, used = await self._window.get_moving_window(key, cap, expiry)
         free = max(0, cap - used)
-        res = await self._reserve_server(user, want, item, cap, free)
+        grant = uuid.uuid4().hex
+        res = await self._reserve_server(user, want, item, cap, free, grant)
         if res.mode == "server":
             # Outreach's own figure governs; our window is not consulted.
             if res.permits:
-                return Grant(res.permits, 0.0)
+                return Grant(res.permits, 0.0, grant)
             return _refusal(max(res.paused_until_s, res.server_spent_until_s))
         if res.permits == 0:
             blockers = [res.paused_until_s, res.server_spent_until_s]
@@ -271,10 +321,9 @@ class QuotaGate:
         granted, next_free_s = await self._take(key, cap, expiry, res.permits)
         if granted < res.permits:
             # Our window refused some after the server reserved them: they never fly.
-            ns = self._keys.quota(user)
             probe = res.kind if not granted else ""
-            await self._refund(keys=[f"{ns}:server"], args=[res.permits - granted, probe])
-        return Grant(granted, 0.0) if granted else _refusal(next_free_s)
+            await self._give_back(user, grant, res.permits - granted, probe)
+        return Grant(granted, 0.0, grant) if granted else _refusal(next_free_s)
 
     async def _take(self, key: str, cap: int, expiry: int, cost: int) -> tuple[int, float]:
         """Hit the window with ``cost``; after a lost race, with what is left."""
@@ -287,8 +336,17 @@ class QuotaGate:
                 return 0, oldest + expiry
         return 0, 0.0
 
+    async def _give_back(self, user: str, grant: str, permits: int, probe: str = "") -> None:
+        ns = self._keys.quota(user)
+        keys = [f"{ns}:server", *self._grant_keys(ns)]
+        await self._refund(keys=keys, args=[grant, permits, probe, self._hold_ms])
+
+    def _grant_keys(self, ns: str) -> list[str]:
+        """The grants in flight of quota namespace ``ns``: expiries (zset), permits out (hash)."""
+        return [f"{ns}:grants", f"{ns}:grants:out"]
+
     async def _reserve_server(
-        self, user: str, want: int, item: RateLimitItem, cap: int, free: int
+        self, user: str, want: int, item: RateLimitItem, cap: int, free: int, grant: str
     ) -> _Reservation:
         ns = self._keys.quota(user)
         careful = max(CAREFUL_MIN, math.ceil(item.amount * CAREFUL_SHARE))
@@ -297,8 +355,9 @@ class QuotaGate:
         args: list[str | int] = [repr(time.time()), want, repr(PROBE_TIMEOUT_S), careful]
         guard = min(GUARD_MAX_S, max(GUARD_MIN_S, item.get_expiry() * GUARD_SHARE))
         args += [repr(fresh), headroom, item.amount, free, repr(guard)]
-        args.append("1" if self._probe_first else "0")
-        raw = await self._reserve(keys=[f"{ns}:pause", f"{ns}:server"], args=args)
+        args += ["1" if self._probe_first else "0", grant, self._hold_ms]
+        keys = [f"{ns}:pause", f"{ns}:server", *self._grant_keys(ns)]
+        raw = await self._reserve(keys=keys, args=args)
         return _Reservation(
             paused_until_s=_num(raw[0]),
             permits=int(raw[1]),
@@ -319,14 +378,16 @@ class QuotaGate:
         limit: str = "",
         *,
         answered: bool = False,
+        grant: str = "",
     ) -> float:
         ns = self._keys.quota(user)
         pause = "" if until is None else repr(until)
         sent = "" if sent_s is None else repr(sent_s)
         args = [repr(now), remaining, repr(reset_s), pause, repr(SAME_WINDOW_TOLERANCE_S), sent]
-        args += [limit, "1" if answered else ""]
+        args += [limit, "1" if answered else "", grant, str(self._hold_ms)]
+        keys = [f"{ns}:server", f"{ns}:pause", *self._grant_keys(ns)]
         try:
-            raw = await self._observe(keys=[f"{ns}:server", f"{ns}:pause"], args=args)
+            raw = await self._observe(keys=keys, args=args)
         except _STORE_ERRORS as exc:
             raise QuotaUnavailable(user, op) from exc
         return _num(raw)
@@ -367,8 +428,11 @@ def _refusal(until_s: float) -> Grant:
     return Grant(0, max(until_s - time.time(), MIN_WAIT_S))
 
 
-def _lua(name: str) -> str:
-    return resources.files("app").joinpath("lua", f"{name}.lua").read_text()
+def _lua(name: str, *, grants: bool = False) -> str:
+    """A script's text; with ``grants``, after the grant bookkeeping it uses (its functions)."""
+    lua = resources.files("app").joinpath("lua")
+    text = lua.joinpath(f"{name}.lua").read_text()
+    return lua.joinpath("quota_grants.lua").read_text() + text if grants else text
 
 
 def _num(raw: bytes | str | int | float | None) -> float:
@@ -381,11 +445,25 @@ def _text(raw: bytes | str | int | float | None) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
+def grant_hold_s(settings: Settings) -> float:
+    """How long a grant may go without an answer or a refund before its permits stop counting
+    as in flight (every answer renews it). A drain sends one claimed batch at a time: at
+    most ``CLAIM_BATCH`` requests outstanding, ``HTTP_CONCURRENCY`` at once, each bounded by
+    ``OUTREACH_TIMEOUT_S``. So a grant's next answer comes within one timeout while it has a
+    request in flight, and even a request queued behind the rest of its batch (a bisection's
+    half, granted on its own) is answered within one timeout per round of the batch plus its
+    own. Too short a hold could over-grant; too long only delays the return of the permits
+    of a worker that died."""
+    rounds = math.ceil(settings.claim_batch / settings.http_concurrency)
+    return (rounds + 1) * settings.outreach_timeout_s + GRANT_MARGIN_S
+
+
 def gate_for(client: redis.asyncio.Redis, settings: Settings) -> QuotaGate:
-    """The gate of a deployment: its Redis, key prefix and fallback pause."""
+    """The gate of a deployment: its Redis, key prefix, fallback pause and grant hold."""
     return QuotaGate(
         client,
         storage_uri=limits_storage_uri(settings),
         prefix=settings.redis_key_prefix,
         fallback_pause_s=settings.rate_limit_fallback_pause_s,
+        grant_hold_s=grant_hold_s(settings),
     )

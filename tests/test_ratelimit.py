@@ -15,7 +15,7 @@ import redis
 import redis.asyncio
 
 from app.keys import Keys
-from app.ratelimit import Grant, QuotaGate, QuotaUnavailable
+from app.ratelimit import PROBE_TIMEOUT_S, Grant, QuotaGate, QuotaUnavailable
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 STORAGE_URI = "async+redis://127.0.0.1:6379/14"
@@ -67,10 +67,11 @@ async def _hammer(gate: QuotaGate, calls: int, limit: str, seed: int) -> int:
 async def test_grants_exactly_the_limit_then_waits_at_most_the_window(make_gate: MakeGate) -> None:
     gate = make_gate()
     limit = "20 per 2 seconds"
-    assert await gate.acquire(USER, 15, limit=limit) == Grant(15, 0.0)
-    assert await gate.acquire(USER, 15, limit=limit) == Grant(5, 0.0)
+    first, second = [await gate.acquire(USER, 15, limit=limit) for _ in range(2)]
+    assert (first.granted, first.wait_s, second.granted, second.wait_s) == (15, 0.0, 5, 0.0)
+    assert first.id and second.id and first.id != second.id  # each grant is named
     refused = await gate.acquire(USER, 1, limit=limit)
-    assert refused.granted == 0
+    assert refused.granted == 0 and refused.id == ""
     assert 0 < refused.wait_s <= 2.0
     state = await gate.state(USER, limit=limit)
     assert (state.limit, state.used, state.remaining) == (20, 20, 0)
@@ -147,14 +148,16 @@ async def test_lower_server_remaining_caps_every_gate_until_its_reset(make_gate:
     assert await a.observe(USER, 200, headers, None) is None
     # Below the careful reserve (10% of 100) requests go one at a time: a grant only after
     # the answer to the previous one, and together never more than the server has left.
-    grants = [(await g.acquire(USER, 10, limit=limit)).granted for g in (a, b, a)]
-    assert grants == [1, 0, 0]
+    grants = [await g.acquire(USER, 10, limit=limit) for g in (a, b, a)]
+    assert [g.granted for g in grants] == [1, 0, 0]
+    single = grants[0]
     for left in (4, 3, 2, 1):
         answer = {"X-RateLimit-Remaining": str(left), "X-RateLimit-Reset": repr(reset)}
-        await b.observe(USER, 200, answer, None, sent_s=time.time())
-        assert (await (a if left % 2 else b).acquire(USER, 10, limit=limit)).granted == 1
+        await b.observe(USER, 200, answer, None, sent_s=time.time(), grant=single.id)
+        single = await (a if left % 2 else b).acquire(USER, 10, limit=limit)
+        assert single.granted == 1
     spent = {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": repr(reset)}
-    await a.observe(USER, 200, spent, None, sent_s=time.time())
+    await a.observe(USER, 200, spent, None, sent_s=time.time(), grant=single.id)
     refused = await a.acquire(USER, 1, limit=limit)
     assert refused.granted == 0
     assert 0 < refused.wait_s <= 1.5
@@ -163,10 +166,11 @@ async def test_lower_server_remaining_caps_every_gate_until_its_reset(make_gate:
 
     # After the reset: one probe, then nothing until its answer brings a fresh report.
     await asyncio.sleep(reset - time.time() + 0.05)
-    assert (await b.acquire(USER, 10, limit=limit)).granted == 1
+    probe = await b.acquire(USER, 10, limit=limit)
+    assert probe.granted == 1
     assert (await a.acquire(USER, 10, limit=limit)).granted == 0
     fresh = {"X-RateLimit-Remaining": "40", "X-RateLimit-Reset": repr(time.time() + 5)}
-    await b.observe(USER, 200, fresh, None, sent_s=time.time())  # the probe's answer
+    await b.observe(USER, 200, fresh, None, sent_s=time.time(), grant=probe.id)  # its answer
     assert (await a.acquire(USER, 10, limit=limit)).granted == 10
     assert (await b.state(USER, limit=limit)).server_remaining == 30
 
@@ -176,12 +180,13 @@ async def test_a_cold_start_probes_once_before_a_burst(make_gate: MakeGate) -> N
     (another integration had already spent most of the window)."""
     a, b = make_gate(probe_first=True), make_gate(probe_first=True)
     limit = "100 per 10 seconds"
-    assert (await a.acquire(USER, 30, limit=limit)).granted == 1
+    probe = await a.acquire(USER, 30, limit=limit)
+    assert probe.granted == 1
     waiting = await b.acquire(USER, 30, limit=limit)
     assert waiting.granted == 0 and waiting.wait_s <= 0.1  # the probe's answer is near
     reset = repr(time.time() + 8)
     answer = {"X-RateLimit-Remaining": "20", "X-RateLimit-Reset": reset}
-    await a.observe(USER, 200, answer, None, sent_s=time.time())
+    await a.observe(USER, 200, answer, None, sent_s=time.time(), grant=probe.id)
     # 20 left at the server, less the careful reserve (10% of 100): 10, not our 99.
     assert (await b.acquire(USER, 30, limit=limit)).granted == 10
 
@@ -191,10 +196,12 @@ async def test_a_server_that_reports_nothing_is_probed_once_then_own_window(
 ) -> None:
     gate = make_gate(probe_first=True)
     limit = "20 per 10 seconds"
-    assert (await gate.acquire(USER, 10, limit=limit)).granted == 1
-    await gate.observe(USER, 0, {}, None, sent_s=time.time())  # no answer: probe again
-    assert (await gate.acquire(USER, 10, limit=limit)).granted == 1
-    await gate.observe(USER, 200, {}, None, sent_s=time.time())  # answered, no figure
+    probe = await gate.acquire(USER, 10, limit=limit)
+    assert probe.granted == 1
+    await gate.observe(USER, 0, {}, None, sent_s=time.time(), grant=probe.id)  # no answer
+    probe = await gate.acquire(USER, 10, limit=limit)  # so it probes again
+    assert probe.granted == 1
+    await gate.observe(USER, 200, {}, None, sent_s=time.time(), grant=probe.id)  # no figure
     assert (await gate.acquire(USER, 30, limit=limit)).granted == 18  # 20 less the 2 probes
 
 
@@ -212,10 +219,11 @@ async def test_reports_of_one_window_keep_the_lowest_and_a_new_window_replaces(
     limit = "100 per 10 seconds"
     reset = repr(time.time() + 30)
     await gate.observe(USER, 200, {"X-RateLimit-Remaining": "40", "X-RateLimit-Reset": reset}, "")
-    assert (await gate.acquire(USER, 4, limit=limit)).granted == 4
+    four = await gate.acquire(USER, 4, limit=limit)
+    assert four.granted == 4
     # The answer to one of our 4: the other 3 are still in flight and may not be counted yet.
     answer = {"X-RateLimit-Remaining": "39", "X-RateLimit-Reset": reset}
-    await gate.observe(USER, 200, answer, "", sent_s=time.time())
+    await gate.observe(USER, 200, answer, "", sent_s=time.time(), grant=four.id)
     assert (await gate.state(USER, limit=limit)).server_remaining == 36
     # Spent freely down to the careful reserve (10 of 100), then one at a time.
     assert (await gate.acquire(USER, 100, limit=limit)).granted == 26
@@ -283,7 +291,8 @@ async def test_keys_live_under_the_user_namespace(make_gate: MakeGate, prefix: s
     with redis.Redis.from_url(REDIS_URL) as client:
         keys = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:*"))
     ns = Keys(prefix).quota(USER)
-    assert keys == [f"{ns}:pause", f"{ns}:server", f"{ns}:window/10000/1/hour"]
+    grants = [f"{ns}:grants", f"{ns}:grants:out"]
+    assert keys == [*grants, f"{ns}:pause", f"{ns}:server", f"{ns}:window/10000/1/hour"]
 
 
 async def test_zero_and_negative_wants(make_gate: MakeGate) -> None:
@@ -315,6 +324,7 @@ async def test_redis_errors_are_wrapped() -> None:
             gate.observe(USER, 429, {}, None),
             gate.pause(USER, time.time() + 1),
             gate.state(USER),
+            gate.refund(USER, "some-grant", 1),
         ]
         for call in calls:
             with pytest.raises(QuotaUnavailable) as info:
@@ -343,3 +353,205 @@ async def test_a_part_takes_at_most_its_share_and_unused_permits_come_back(
     await gates[1].refund_share(USER, "big", token, grant.granted, grant.granted - 2)
     again, _ = await gates[2].take_share(USER, "big", 5, limit=limit, share=0.5)
     assert again.granted == 2  # exactly what was given back
+
+
+# Grants in flight heal themselves: a grant nobody answers stops counting after its hold.
+
+HOLD_S = 0.6
+
+
+def _report(remaining: int, reset: float, limit: int = 100) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset": repr(reset),
+    }
+
+
+async def _in_flight(prefix: str) -> dict[str, int]:
+    """The permits still out per grant, as stored (the grants that expired included)."""
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    try:
+        raw = await client.hgetall(f"{Keys(prefix).quota(USER)}:grants:out")
+    finally:
+        await client.aclose()
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+async def test_a_grant_never_answered_stops_counting_after_its_hold(
+    make_gate: MakeGate,
+) -> None:
+    """A worker killed mid-drain never answers its 50 permits: once their hold has passed
+    the next window is the server's whole figure again, not 50 less for good."""
+    gate = make_gate(grant_hold_s=HOLD_S)
+    limit = "100 per 60 seconds"
+    await gate.observe(USER, 200, _report(100, time.time() + 30), None)
+    lost = await gate.acquire(USER, 50, limit=limit)
+    assert lost.granted == 50
+    # While the grant may still be answered, its permits count as in flight.
+    assert (await gate.state(USER, limit=limit)).server_remaining == 50
+    await asyncio.sleep(HOLD_S + 0.1)
+    # The next window: Outreach reports its whole allowance again.
+    await gate.observe(USER, 200, _report(100, time.time() + 60), None)
+    assert (await gate.state(USER, limit=limit)).server_remaining == 100
+    # Spent freely down to the careful reserve (10% of 100): 90, where the leak left 40.
+    assert (await gate.acquire(USER, 100, limit=limit)).granted == 90
+
+
+def _hold_grant(prefix: str, started: Any) -> None:
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        gate = QuotaGate(client, storage_uri=STORAGE_URI, prefix=prefix, grant_hold_s=1.0)
+        grant = await gate.acquire(USER, 50, limit="100 per 60 seconds")
+        started.put(grant.granted)
+        await asyncio.sleep(60)  # "sending": killed before any answer
+
+    asyncio.run(run())
+
+
+async def test_permits_of_a_killed_worker_come_back(make_gate: MakeGate, prefix: str) -> None:
+    gate = make_gate(grant_hold_s=1.0)
+    limit = "100 per 60 seconds"
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Queue()
+    await gate.observe(USER, 200, _report(100, time.time() + 30), None)
+    worker = ctx.Process(target=_hold_grant, args=(prefix, started))
+    worker.start()
+    try:
+        assert await asyncio.to_thread(started.get, timeout=30) == 50
+    finally:
+        worker.kill()
+        worker.join(timeout=10)
+    assert (await gate.state(USER, limit=limit)).server_remaining == 50
+    await asyncio.sleep(1.1)
+    await gate.observe(USER, 200, _report(100, time.time() + 60), None)  # the next window
+    assert (await gate.acquire(USER, 100, limit=limit)).granted == 90
+
+
+async def test_a_live_grant_that_keeps_answering_is_not_expired_early(
+    make_gate: MakeGate, prefix: str
+) -> None:
+    """Each answer renews the rest of its grant: a drain answering at least once per hold
+    keeps its permits counted for as long as it runs, far past one hold."""
+    a, b = make_gate(grant_hold_s=HOLD_S), make_gate(grant_hold_s=HOLD_S)
+    limit = "100 per 60 seconds"
+    reset = time.time() + 30
+    await a.observe(USER, 200, _report(100, reset), None)
+    grant = await a.acquire(USER, 20, limit=limit)
+    assert grant.granted == 20
+    for answered in range(1, 11):  # 2.5 s: over four holds
+        await asyncio.sleep(HOLD_S / 2.4)
+        await a.observe(
+            USER, 200, _report(100 - answered, reset), None, sent_s=time.time(), grant=grant.id
+        )
+        # 10 answered, 10 still in flight: never more than the server has left for us.
+        assert (await b.state(USER, limit=limit)).server_remaining == 80
+    assert await _in_flight(prefix) == {grant.id: 10}
+    assert (await b.acquire(USER, 100, limit=limit)).granted == 70  # 80 less the careful 10
+
+
+async def test_a_refusal_behind_permits_in_flight_waits_for_their_hold_not_the_reset(
+    make_gate: MakeGate,
+) -> None:
+    gate = make_gate(grant_hold_s=HOLD_S)
+    limit = "100 per 60 seconds"
+    reset = time.time() + 30
+    await gate.observe(USER, 200, _report(1, reset), None)
+    lost = await gate.acquire(USER, 5, limit=limit)  # the careful single, never answered
+    assert lost.granted == 1
+    refused = await gate.acquire(USER, 5, limit=limit)
+    assert refused.granted == 0 and refused.wait_s <= HOLD_S + 0.05  # not ~30 s
+    await asyncio.sleep(refused.wait_s + 0.05)
+    await gate.observe(USER, 200, _report(1, reset), None)  # a fresh report
+    await asyncio.sleep(PROBE_TIMEOUT_S)  # the lost single's turn passes too
+    await gate.observe(USER, 200, _report(1, reset), None)
+    single = await gate.acquire(USER, 5, limit=limit)
+    assert single.granted == 1
+    # Answered: the server has nothing left, so the wait is the reset's again.
+    await gate.observe(USER, 200, _report(0, reset), None, sent_s=time.time(), grant=single.id)
+    spent = await gate.acquire(USER, 5, limit=limit)
+    assert spent.granted == 0 and spent.wait_s == pytest.approx(reset - time.time(), abs=0.5)
+
+
+async def test_in_flight_is_never_negative(make_gate: MakeGate, prefix: str) -> None:
+    """Extra answers, answers and refunds of expired or unknown grants, refunds larger than
+    the grant: what the server left for us is never above what it reported."""
+    gate = make_gate(grant_hold_s=HOLD_S)
+    limit = "100 per 60 seconds"
+    reset = time.time() + 30
+
+    async def server_remaining() -> int | None:
+        return (await gate.state(USER, limit=limit)).server_remaining
+
+    await gate.observe(USER, 200, _report(50, reset), None)
+    five = await gate.acquire(USER, 5, limit=limit)
+    assert five.granted == 5 and await server_remaining() == 45
+    for _ in range(7):  # two answers more than the grant had
+        await gate.observe(USER, 200, {}, None, sent_s=time.time(), grant=five.id)
+    await gate.observe(USER, 200, {}, None, sent_s=time.time(), grant="no-such-grant")
+    assert await server_remaining() == 50
+    assert await _in_flight(prefix) == {}
+
+    four = await gate.acquire(USER, 4, limit=limit)
+    await gate.refund(USER, four.id, 3)  # partly used: 1 still in flight
+    assert await server_remaining() == 49
+    await gate.refund(USER, four.id, 10)  # more than it holds
+    assert await server_remaining() == 50
+
+    three = await gate.acquire(USER, 3, limit=limit)
+    assert await server_remaining() == 47
+    await asyncio.sleep(HOLD_S + 0.1)
+    assert await server_remaining() == 50  # expired: no longer counted, even unpruned
+    for _ in range(3):  # late answers of the expired grant take nothing more
+        await gate.observe(USER, 200, {}, None, sent_s=time.time(), grant=three.id)
+    await gate.refund(USER, three.id, 3)
+    assert await server_remaining() == 50
+    assert all(n > 0 for n in (await _in_flight(prefix)).values())
+    with pytest.raises(ValueError):
+        await gate.refund(USER, three.id, -1)
+
+
+async def test_a_refund_gives_back_exactly_the_unused_permits(make_gate: MakeGate) -> None:
+    a, b = make_gate(), make_gate()
+    limit = "100 per 60 seconds"
+    reset = time.time() + 30
+    await a.observe(USER, 200, _report(40, reset), None)
+    grant = await a.acquire(USER, 30, limit=limit)
+    assert grant.granted == 30  # 40 less the careful 10
+    await a.refund(USER, grant.id, 12)  # 18 sent, 12 never will be
+    assert (await b.state(USER, limit=limit)).server_remaining == 22
+    assert (await b.acquire(USER, 30, limit=limit)).granted == 12
+
+
+async def test_nothing_is_left_in_redis_without_a_ttl(make_gate: MakeGate, prefix: str) -> None:
+    """Every path: a cold-start probe answered without a figure (a server that does not
+    report), our own window, reports, refusals, refunds, answers, a pause, a share."""
+    blind, reporting = make_gate(probe_first=True, grant_hold_s=HOLD_S), make_gate()
+    probe = await blind.acquire(USER, 5, limit="20 per 10 seconds")
+    assert probe.granted == 1
+    await blind.observe(USER, 200, {}, None, sent_s=time.time(), grant=probe.id)
+    assert (await blind.acquire(USER, 5, limit="20 per 10 seconds")).granted == 5  # own window
+    other = "user-2"
+    await reporting.observe(other, 200, _report(30, time.time() + 30), None)
+    grant = await reporting.acquire(other, 100, limit="100 per 60 seconds")
+    await reporting.refund(other, grant.id, 5)
+    await reporting.observe(other, 200, {}, None, sent_s=time.time(), grant=grant.id)
+    # 30 reported, 14 in flight, 10 careful: 6 at once, then one at a time.
+    wants = [await reporting.acquire(other, 100, limit="100 per 60 seconds") for _ in range(3)]
+    assert [g.granted for g in wants] == [6, 1, 0]
+    await reporting.take_share(other, "dest", 3, limit="100 per 60 seconds", share=0.5)
+    await reporting.pause(other, time.time() + 5)
+
+    def ttls() -> dict[str, int]:
+        with redis.Redis.from_url(REDIS_URL) as client:
+            return {k.decode(): client.pttl(k) for k in client.scan_iter(match=f"{prefix}:*")}
+
+    found = ttls()
+    ns, other_ns = Keys(prefix).quota(USER), Keys(prefix).quota(other)
+    for key in (f"{ns}:server", f"{ns}:grants", f"{other_ns}:grants", f"{other_ns}:server"):
+        assert key in found
+    assert all(ttl > 0 for ttl in found.values()), found
+    # The grants' keys live no longer than their last grant.
+    assert found[f"{ns}:grants"] <= HOLD_S * 1000
+    await asyncio.sleep(HOLD_S + 0.1)
+    assert f"{ns}:grants" not in ttls() and f"{ns}:grants:out" not in ttls()

@@ -3,26 +3,37 @@
 -- Within one window (resets within `tol` of each other) the server's lowest Remaining wins:
 -- answers arrive out of order. A newer window replaces the record; an older one is stale.
 -- A pause only ever moves later.
--- KEYS[1] server budget (hash), KEYS[2] pause (string).
+-- KEYS[1] server budget (hash), KEYS[2] pause (string), KEYS[3] grant expiries (zset),
+-- KEYS[4] grants' permits still out (hash): see quota_grants.lua.
 -- ARGV: now, remaining ('' = not reported), its reset (epoch s), pause until ('' = none), tol,
 --       when the answered request was sent ('' = not one of ours), the reported limit (''),
---       '1' when the request got an answer (not a transport failure).
+--       '1' when the request got an answer (not a transport failure), the id of the grant
+--       whose permit the request used ('' = none), hold ms (the rest of that grant lives
+--       this much longer).
 -- Returns the pause in force (epoch s) or '0'.
 local now, tol = tonumber(ARGV[1]), tonumber(ARGV[5])
 -- Kept past its reset so the next window starts with a probe (see quota_reserve.lua).
 local STALE_REPORT_KEEP_MS = 3600000
+-- How long "this server does not report" is believed (BLIND_KEEP_S in quota_reserve.lua).
+local BLIND_KEEP_MS = 3600000
 local function t(x) return string.format('%.17g', x) end
 
+if ARGV[9] ~= '' then
+  grants_settle(KEYS[3], KEYS[4], ARGV[9], 1, grants_now(), tonumber(ARGV[10]))
+end
+
 if ARGV[6] ~= '' then
-  if tonumber(redis.call('HINCRBY', KEYS[1], 'inflight', -1)) < 0 then
-    redis.call('HSET', KEYS[1], 'inflight', 0)
-  end
   local single = tonumber(redis.call('HGET', KEYS[1], 'single') or '-1')
   if single >= 0 and tonumber(ARGV[6]) >= single then redis.call('HDEL', KEYS[1], 'single') end
   if ARGV[2] == '' and not redis.call('HGET', KEYS[1], 'remaining') then
     -- A cold-start probe came back without a figure: answered, this server does not report
     -- (own mode from now on); unanswered, the next request probes again.
-    if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'blind', t(now)) end
+    if ARGV[8] == '1' then
+      redis.call('HSET', KEYS[1], 'blind', t(now))
+      if redis.call('PTTL', KEYS[1]) < BLIND_KEEP_MS then
+        redis.call('PEXPIRE', KEYS[1], BLIND_KEEP_MS)
+      end
+    end
     redis.call('HDEL', KEYS[1], 'probe')
   end
 end
