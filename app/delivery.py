@@ -358,10 +358,11 @@ class Deliverer:
         """A 401: refresh the token (one refresh in flight per connection everywhere) and
         send again. While the connection needs re-authorization (REAUTH_REQUIRED), or its
         refresh failed for the moment (UNAVAILABLE), the change waits without counting an
-        attempt and the destination is held: it does not become a dead letter. False (no
-        refresh is possible at all, NOT_REFRESHABLE, or a fresh token was refused again):
-        the caller retries it like a transient error, so after ``MAX_RETRY_AGE_S`` it is
-        recorded as failed (``retries_exhausted``)."""
+        attempt and the destination is held: it does not become a dead letter (a token that
+        cannot be refreshed at all makes the connection ``reauth_required`` too). False (the
+        connection is gone, NOT_REFRESHABLE, or a fresh token was refused again): the caller
+        retries it like a transient error, so after ``MAX_RETRY_AGE_S`` it is recorded as
+        failed (``retries_exhausted``)."""
         outcome = await self.refresher.after_unauthorized(lot.conn.id, lot.generation)
         if outcome is RefreshOutcome.REFRESHED and c.attempts < REFRESH_RETRIES:
             await self._settle(lot, c, "retry", due_ms=_now_ms())

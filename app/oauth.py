@@ -367,6 +367,19 @@ class TokenManager:
             return RefreshOutcome.REAUTH_REQUIRED
         if rec.generation != generation:
             return RefreshOutcome.REFRESHED  # someone else already did
+        if self.client is None or rec.refresh_token_enc is None:
+            # Nothing here can make Outreach take this token again: retrying it until every
+            # change becomes a dead letter helps no one. Pause like a refused refresh token.
+            why = (
+                "it has no refresh token"
+                if rec.refresh_token_enc is None
+                else "no OAuth application is configured (OUTREACH_CLIENT_ID)"
+            )
+            return await self._needs_reauth(
+                rec,
+                f"Outreach refused the access token (401) and {why}: authorize again "
+                "(OAuth) or install a new token (outreach-sync connections add)",
+            )
         return await self._refresh(rec)
 
     def _token(self, rec: ConnectionRecord) -> AccessToken:
@@ -425,7 +438,9 @@ class TokenManager:
             log.error("connection %s: %s", rec.id, exc)
             return RefreshOutcome.UNAVAILABLE
         except InvalidGrant:
-            return await self._needs_reauth(rec)
+            return await self._needs_reauth(
+                rec, "Outreach refused the refresh token (invalid_grant): authorize again"
+            )
         except OAuthError as exc:
             log.error("connection %s: token refresh failed: %s", rec.id, exc)
             # Set while the lock is still held, so whoever takes it next sees it.
@@ -454,8 +469,7 @@ class TokenManager:
         log.info("connection %s: access token refreshed", rec.id)
         return RefreshOutcome.REFRESHED
 
-    async def _needs_reauth(self, rec: ConnectionRecord) -> RefreshOutcome:
-        reason = "Outreach refused the refresh token (invalid_grant): authorize again"
+    async def _needs_reauth(self, rec: ConnectionRecord, reason: str) -> RefreshOutcome:
         now, changed = time.time(), False
 
         def change(old: ConnectionRecord | None) -> ConnectionRecord | None:

@@ -4,6 +4,7 @@ a refused field does not take the prospect's other fields down with it."""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 import redis
 
+from app.connections import ConnectionStoreSync
+from app.crypto import default_cipher
 from app.destinations import parse_config
 from app.keys import Keys
 from app.producer import Producer
@@ -137,19 +140,41 @@ def test_transient_failures_past_the_maximum_age_become_dead_letters(
     assert idle(rclient, keys, "d")
 
 
-def test_a_refused_token_is_retried_and_then_failed_with_its_401(
+def test_a_refused_token_that_cannot_be_refreshed_pauses_until_a_new_one_is_installed(
     prefix: str, rclient: redis.Redis, sandbox_factory: Any, worker_factory: Any
 ) -> None:
+    # A token from a file (no refresh token) that Outreach refuses: nothing can make it work
+    # again, so the connection waits for an operator instead of turning every change into a
+    # dead letter after MAX_RETRY_AGE_S.
     sandbox = sandbox_factory()
     env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0", MAX_RETRY_AGE_S="1.5")
+    env["REAUTH_HOLD_S"] = "0.5"
     keys = Keys(prefix)
     conn = {"id": "c", "user": "test-user", "access_token": "revoked-token"}
     dest = {"id": "d", "name": "d", "connection": "c", "audiences": {"a": 1}}
     publish_sync(rclient, keys, parse_config({"connections": [conn], "destinations": [dest]}))
     worker_factory(env, concurrency=1)
-    Producer(make_settings(env)).send("d", [profile(7, {"a": "realized"})])
-    wait_until(lambda: bool(failures(rclient, keys)), timeout_s=30, what="a dead letter")
-    [failed] = failures(rclient, keys)
-    assert (failed["status"], failed["error"]) == (401, "Unauthorized")
-    assert sandbox.stats()["by_status"] == {"401": failed["attempts"]}
-    assert "revoked-token" not in json.dumps(failed)  # the token never reaches a record
+    producer = Producer(make_settings(env))
+    producer.send("d", [profile(7, {"a": "realized"})])
+    store = ConnectionStoreSync(rclient, keys, default_cipher())
+
+    def state() -> str | None:
+        rec = store.get("c")
+        return None if rec is None else rec.state
+
+    wait_until(lambda: state() == "reauth_required", timeout_s=30, what="reauth_required")
+    rec = store.get("c")
+    assert rec is not None and "401" in (rec.reason or "") and "refresh token" in rec.reason
+    assert "revoked-token" not in (rec.reason or "")
+    time.sleep(3)  # twice MAX_RETRY_AGE_S: paused, nothing is retried or failed
+    assert sandbox.stats()["by_status"] == {"401": 1}
+    assert failures(rclient, keys) == []
+    producer.send("d", [profile(7, {"a": "exited"})])
+    conn["access_token"] = "test-token"  # an operator installs a working token
+    publish_sync(rclient, keys, parse_config({"connections": [conn], "destinations": [dest]}))
+    wait_until(
+        lambda: sandbox.prospects().get(7, {}).get("custom1") == "exited",
+        timeout_s=30,
+        what="the newest value delivered once the token works",
+    )
+    assert state() == "active" and failures(rclient, keys) == []
