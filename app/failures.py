@@ -166,7 +166,7 @@ def replay(
         changes, superseded = _changes(batch)
         res = merge_sync(client, keys, destination, changes, now_ms=now, window_ms=window_ms)
         # Deleted only after the merge: a crash in between replays again, never loses.
-        client.hdel(keys.failures(destination), *(str(r["id"]) for r in batch))
+        _delete(client, keys, destination, [str(r["id"]) for r in batch])
         replayed += len(batch)
         applied += res.applied
         stale += res.stale + superseded
@@ -184,8 +184,19 @@ def purge(
 ) -> int:
     """Delete the selected records (``failure_ids=None``: all matching); returns how many."""
     batches, _ = _select(client, keys, destination, failure_ids, _Filter(reason, mapping_id))
-    key = keys.failures(destination)
-    return sum(cast("int", client.hdel(key, *(str(r["id"]) for r in b))) for b in batches)
+    return sum(_delete(client, keys, destination, [str(r["id"]) for r in b]) for b in batches)
+
+
+def _delete(client: redis.Redis, keys: Keys, destination: str, ids: list[str]) -> int:
+    """Delete failure records and their entries in the recent-failures index together, so
+    the status page does not list (and skip) records that are gone. Returns how many were."""
+    if not ids:
+        return 0
+    pipe = client.pipeline(transaction=True)
+    pipe.hdel(keys.failures(destination), *ids)
+    pipe.zrem(keys.failures_recent(destination), *ids)
+    deleted, _ = pipe.execute()
+    return cast("int", deleted)
 
 
 def _age(ms: int) -> str:

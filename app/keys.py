@@ -119,7 +119,7 @@ class Keys:
     def failures_recent(self, dest: str) -> str:
         """Sorted set failure id -> ms it was recorded: the newest ``RECENT_FAILURES_KEPT``
         failure ids, so the status page reads the newest few without scanning the (possibly
-        huge) failures hash. Ids replayed or purged since may linger; readers skip them."""
+        huge) failures hash. Replaying or purging a record removes its id here too."""
         return f"{self.prefix}:{{{dest}}}:failrecent"
 
     # Shared ---------------------------------------------------------------------------

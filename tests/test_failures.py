@@ -207,6 +207,16 @@ async def test_purge_by_reason_and_by_id(
     assert purge(rclient, keys, destination=A, failure_ids=[f1, f2]) == 1
     assert [r["id"] for r in list_failures(rclient, keys)] == [f3]
     assert pending(rclient, keys, A, 2) == {}  # purging sends nothing
+    assert rclient.zrange(keys.failures_recent(A), 0, -1) == []  # the status page's index too
+
+
+async def test_replay_removes_the_record_from_the_recent_failures_index(
+    store: ProspectStore, rclient: redis.Redis, keys: Keys
+) -> None:
+    f1, f2, _ = await three_failures(store)
+    assert set(rclient.zrange(keys.failures_recent(A), 0, -1)) == {f1.encode(), f2.encode()}
+    replay(rclient, keys, destination=A, failure_ids=[f1], window_ms=W, now_ms=T0)
+    assert rclient.zrange(keys.failures_recent(A), 0, -1) == [f2.encode()]
 
 
 def cli(prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
