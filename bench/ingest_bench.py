@@ -380,6 +380,7 @@ def _pending_memory(client: redis.Redis, keys: Keys, n: int) -> int:
     }
     items = list(changes.items())
     calls = [dict(items[s : s + MERGE_CALL]) for s in range(0, n, MERGE_CALL)]
+    publish_sync(client, keys, _config())  # merge.lua takes changes for known destinations only
     now = int(time.time() * 1000)
     before = _used_memory(client)
     for call in calls:
