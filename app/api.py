@@ -39,11 +39,11 @@ async def post_profiles(request: web.Request) -> web.Response:
         return error(404, "Unknown destination", f"no destination {dest_id!r}")
     try:
         text = await request.text()
-    except UnicodeDecodeError:
+    except (UnicodeDecodeError, LookupError):  # LookupError: a charset Python does not know
         return error(400, "Bad encoding", "the body must be UTF-8")
     profiles = list(read_profiles(text))
     if not profiles:
-        return error(400, "Empty body", 'send one profile, {"profiles": [...]}, or NDJSON')
+        return error(400, "No profiles", 'send one profile, {"profiles": [...]}, or NDJSON')
     settings = request.app[SETTINGS]
     batch = await ingest_async(
         request.app[STORE], dest, profiles, window_ms=settings.coalesce_window_ms

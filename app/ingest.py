@@ -224,21 +224,28 @@ def read_profiles(source: str | Iterable[str]) -> Iterator[Any]:
     a list, or one profile per line. A line that is not JSON yields an ``InvalidJSON`` marker
     that validation rejects on its own, so it never takes its neighbours down."""
     text = source if isinstance(source, str) else "".join(source)
+    text = text.removeprefix("\ufeff")  # a byte order mark some editors and tools write
     if not text.strip():
         return
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     else:
         yield from _documents(doc)
         return
-    for n, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" (and "\r\n") only: str.splitlines() would also cut at U+2028,
+    # U+2029 and U+0085, which JSON strings may hold unescaped.
+    for n, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 yield from _documents(json.loads(line), ndjson=True)
             except json.JSONDecodeError as exc:
                 yield InvalidJSON(f"line {n}: not JSON ({exc.msg})")
+            except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+                yield InvalidJSON(f"line {n}: not usable JSON ({exc})")
+            except RecursionError:
+                yield InvalidJSON(f"line {n}: not usable JSON (nested too deeply)")
 
 
 def _documents(doc: Any, *, ndjson: bool = False) -> Iterator[Any]:

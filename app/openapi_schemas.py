@@ -107,7 +107,11 @@ def schemas() -> Doc:
         "required": ["status"],
         "properties": {
             "status": {"type": "string", "enum": list(STATUSES)},
-            "lastQualificationTime": {"type": ["string", "integer", "null"]},
+            "lastQualificationTime": {
+                "type": ["string", "integer", "null"],
+                "description": "ISO 8601 (no zone: UTC) or epoch milliseconds (an integer "
+                "below 1e11 reads as epoch seconds and is rejected)",
+            },
         },
     }
     profile = {
@@ -129,7 +133,10 @@ def schemas() -> Doc:
                 "type": "object",
                 "additionalProperties": {"type": "object", "properties": {"value": {}}},
             },
-            "timestamp": {"type": ["string", "integer", "null"]},
+            "timestamp": {
+                "type": ["string", "integer", "null"],
+                "description": "When the event was made: as lastQualificationTime",
+            },
         },
     }
     counts = (

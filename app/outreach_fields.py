@@ -95,7 +95,11 @@ def check_value(name: str, value: object) -> str | None:
         # bool is an int subclass, but True is not a score.
         if isinstance(value, bool) or not isinstance(value, int | float):
             return "must be a number"
-        return None if math.isfinite(value) else "must be a finite number"
+        try:
+            finite = math.isfinite(value)  # an integer beyond a double's range overflows
+        except OverflowError:
+            finite = False
+        return None if finite else "must be a finite number"
     if spec.kind == "bool":
         return None if isinstance(value, bool) else "must be true or false"
     return _check_string_list(value)
@@ -106,10 +110,20 @@ def _check_string(value: object, max_length: int | None) -> str | None:
         return "must be a string"
     if max_length is not None and len(value) > max_length:
         return f"longer than {max_length} characters"
-    return None
+    return _check_unicode(value)
 
 
 def _check_string_list(value: object) -> str | None:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         return "must be a list of strings"
+    return next(filter(None, map(_check_unicode, value)), None)
+
+
+def _check_unicode(text: str) -> str | None:
+    """JSON can carry a lone UTF-16 surrogate (a string cut in the middle of an emoji); no
+    UTF-8 can, so it would fail later, in the merge, and take the whole batch down with it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (it contains a lone surrogate)"
     return None

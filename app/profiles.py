@@ -22,6 +22,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _MAX_ID_DIGITS = 19  # int() of a longer string is slow or refused; Outreach ids are far shorter
+_MAX_ID = 2**63 - 1  # Outreach ids are 64-bit integers (far smaller in practice)
+#: An integer time below this (March 1973 in milliseconds) is epoch seconds sent by mistake:
+#: read as milliseconds it would date the change to January 1970, and it would then lose to
+#: every later update of its field, silently.
+_MIN_EPOCH_MS = 100_000_000_000
 _MAX_PROBLEMS = 5
 _ABSENT: Any = object()
 
@@ -51,6 +56,11 @@ def parse_time(value: object) -> int:
     """Milliseconds since the epoch from ISO 8601 (zone-less means UTC) or integer epoch ms."""
     if isinstance(value, int) and not isinstance(value, bool):
         ms = value
+        if 0 <= ms < _MIN_EPOCH_MS:
+            raise ValueError(
+                f"{_short(value)} looks like epoch seconds: integer times are epoch "
+                "milliseconds (or send ISO 8601)"
+            )
     elif isinstance(value, str):
         ms = _parse_iso(value)
     else:
@@ -161,7 +171,7 @@ def evaluate_profile(
         return _result(index, "rejected", _join(problems))
     ids, bad = _prospect_ids(parsed.ids)
     if not ids:
-        reasons = [f"{namespace} {_short(v)} is not a positive integer" for v in bad]
+        reasons = [f"{namespace} {_short(v)} is not a positive 64-bit integer" for v in bad]
         return _result(index, "excluded", _join(reasons or [f"no {namespace}"]))
     return ProfileResult(index, "accepted", None, ids, tuple(changes.values()), ignored)
 
@@ -249,7 +259,9 @@ def _audience_changes(
         # The same audience under two namespaces: the newer evaluation wins.
         if field not in changes or changes[field].ts_ms <= change.ts_ms:
             changes[field] = change
-    return changes, ignored
+    # A status whose value is configured as null writes nothing (docs/admin.md): the field
+    # keeps what it holds. Dropped only now, so it still wins over an older evaluation.
+    return {f: c for f, c in changes.items() if c.value is not None}, ignored
 
 
 def _attribute_changes(
@@ -305,13 +317,16 @@ def _prospect_ids(values: list[object]) -> tuple[tuple[int, ...], list[object]]:
 
 
 def _positive_int(value: object) -> int | None:
+    """The prospect id in ``value`` (an integer, or its decimal string), 1 to 2**63-1."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if value > 0 else None
-    if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        if len(value) > _MAX_ID_DIGITS:
+            return None
+        number = int(value)
+    else:
         return None
-    if len(value) > _MAX_ID_DIGITS or int(value) == 0:
-        return None
-    return int(value)
+    return number if 0 < number <= _MAX_ID else None
 
 
 def _identities(raw: dict[Any, Any], namespace: str) -> tuple[list[_Identity], list[str]]:

@@ -83,6 +83,49 @@ async def test_one_malformed_profile_in_a_thousand_rejects_only_itself(api: str)
     assert bad["outcome"] == "rejected" and "status" in bad["reason"] and "gone" in bad["reason"]
 
 
+async def test_hostile_profiles_reject_only_themselves(api: str, rclient: redis.Redis) -> None:
+    # Each of these once turned the whole batch into a 500: a lone surrogate (a string cut
+    # in the middle of an emoji) failed in the merge; a 5,000-digit number and 3,000 levels
+    # of nesting escaped the JSON parser.
+    good = [json.dumps(profile(str(1000 + i))) for i in range(3)]
+    cut_emoji = json.dumps(profile("21", firstName="Ada \ud83d"))
+    huge_id = '{"identityMap": {"OutreachId": [{"id": ' + "9" * 5000 + "}]}}"
+    deep = '{"attributes": {"x": ' + "[" * 3000 + "]" * 3000 + "}}"
+    body = "\n".join([good[0], cut_emoji, huge_id, good[1], deep, good[2]])
+    status, doc = await post(f"{api}/e2e/profiles", body.encode(), "application/x-ndjson")
+    assert status == 202
+    outcomes = [p["outcome"] for p in doc["profiles"]]
+    assert outcomes == ["accepted", "rejected", "rejected", "accepted", "rejected", "accepted"]
+    reasons = [p.get("reason") or "" for p in doc["profiles"]]
+    assert "attributes.firstName" in reasons[1] and "Unicode" in reasons[1]
+    assert "line 3" in reasons[2] and "line 5" in reasons[4]
+    # The same profiles as one JSON document: parsed line by line after the whole failed.
+    status, doc = await post(f"{api}/e2e/profiles", f"[{good[0]}, {cut_emoji}]".encode())
+    assert status == 202 and (doc["accepted"], doc["rejected"]) == (1, 1)
+
+
+async def test_ndjson_lines_end_only_at_newlines_and_a_bom_is_ignored(api: str) -> None:
+    # U+2028 is legal unescaped inside a JSON string (JSON.stringify writes it raw):
+    # str.splitlines() used to cut the profile there and shift every later index.
+    lines = [
+        json.dumps(profile("5")),
+        json.dumps(profile("6", firstName="one\u2028two\u0085three"), ensure_ascii=False),
+        json.dumps(profile("7")),
+    ]
+    body = "\ufeff" + "\r\n".join(lines)
+    status, doc = await post(f"{api}/e2e/profiles", body.encode(), "application/x-ndjson")
+    assert status == 202 and doc["received"] == 3 and doc["accepted"] == 3
+    one_doc = "\ufeff" + json.dumps({"profiles": [profile("8"), profile("9")]})
+    status, doc = await post(f"{api}/e2e/profiles", one_doc.encode())
+    assert status == 202 and doc["accepted"] == 2
+
+
+async def test_an_unknown_charset_is_a_400_not_a_500(api: str) -> None:
+    ctype = "application/json; charset=no-such-charset"
+    status, doc = await post(f"{api}/e2e/profiles", json.dumps(profile("1")).encode(), ctype)
+    assert status == 400 and doc["errors"][0]["title"] == "Bad encoding"
+
+
 async def test_ndjson_with_a_broken_line_and_an_excluded_profile(api: str) -> None:
     lines = [
         json.dumps(profile("5")),

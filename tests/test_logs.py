@@ -94,6 +94,38 @@ def test_bad_log_format_is_refused_naming_the_variable(prefix: str) -> None:
             load_settings()
 
 
+def test_celery_task_arguments_never_reach_the_log(prefix: str, restore_root: None) -> None:
+    # What Celery logs at INFO when a producer's ingest task arrives and finishes (the shape
+    # of celery.app.trace's and celery.worker.strategy's records): profiles are its arguments.
+    out = _capture(prefix, "json")
+    profiles = [
+        {
+            "identityMap": {"OutreachId": [{"id": "7"}]},
+            "attributes": {
+                "mobilePhones": {"value": ["+1 555 0100 777"]},
+                "tags": {"value": ["Diabetes-program"]},
+            },
+        }
+    ]
+    data = {
+        "id": "t-1",
+        "name": "outreach_sync.ingest",
+        "args": ("demo", profiles),
+        "kwargs": {"p": profiles},
+    }
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).info(
+            "Task %s[%s] received", "outreach_sync.ingest", "t-1", extra={"data": data}
+        )
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 2
+    for doc in lines:
+        assert doc["data"]["name"] == "outreach_sync.ingest" and doc["data"]["id"] == "t-1"
+        assert doc["data"]["args"] == doc["data"]["kwargs"] == "[Filtered]"
+    text = out.getvalue()
+    assert "555 0100" not in text and "Diabetes" not in text
+
+
 def test_celery_worker_logs_json_lines(prefix: str, rclient: redis.Redis) -> None:
     env = settings_env(prefix, None, LOG_FORMAT="json", LOG_LEVEL="INFO")
     cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-c", "1"]

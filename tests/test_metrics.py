@@ -200,8 +200,8 @@ def test_an_audience_under_two_namespaces_counts_once_with_its_newest_status(
     both = {
         "identityMap": {"OutreachId": [{"id": "5"}]},
         "segmentMembership": {
-            "ups": {"aud-1": {"status": "realized", "lastQualificationTime": 1_000}},
-            "other": {"aud-1": {"status": "exited", "lastQualificationTime": 2_000}},
+            "ups": {"aud-1": {"status": "realized", "lastQualificationTime": 1_700_000_000_000}},
+            "other": {"aud-1": {"status": "exited", "lastQualificationTime": 1_700_000_001_000}},
         },
     }
     excluded = {**both, "identityMap": {}}

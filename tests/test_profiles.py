@@ -213,7 +213,8 @@ def test_same_audience_in_two_namespaces_newest_wins() -> None:
         ("2026-11-20T15:15:49+02:00", T_Q1_MS),
         ("2026-11-20T13:15:49", T_Q1_MS),
         (T_Q1_MS, T_Q1_MS),
-        (0, 0),
+        (100_000_000_000, 100_000_000_000),  # the smallest integer read as milliseconds
+        ("1970-01-01T00:00:00Z", 0),
     ],
 )
 def test_parse_time(value: object, ms: int) -> None:
@@ -229,6 +230,11 @@ def test_parse_time(value: object, ms: int) -> None:
         (True, "True is not an ISO 8601 time nor integer epoch milliseconds"),
         (None, "None is not an ISO 8601 time nor integer epoch milliseconds"),
         (-1, "-1 is not between 1970 and 9999"),
+        (
+            1_763_644_549,  # 2025-11-20 in epoch seconds
+            "1763644549 looks like epoch seconds: integer times are epoch milliseconds "
+            "(or send ISO 8601)",
+        ),
         ("1969-12-31T23:59:59Z", "'1969-12-31T23:59:59Z' is not between 1970 and 9999"),
         (10**20, f"{10**20} is not between 1970 and 9999"),
     ],
@@ -248,7 +254,7 @@ def test_status_values_are_applied() -> None:
     )
     got = changes(evaluate(profile(), dest))
     assert got["custom4"] == ("in", T_Q1_MS)
-    assert got["custom12"] == (None, T_Q2_MS)
+    assert "custom12" not in got  # null writes nothing: the field keeps what it holds
 
 
 def test_unmapped_audiences_are_counted_not_written() -> None:
@@ -274,19 +280,20 @@ def test_unmapped_audiences_are_counted_not_written() -> None:
         ({"email": [{"id": "a@b.c"}]}, "no OutreachId"),
         ({"OutreachId": []}, "no OutreachId"),
         ({"OutreachId": None}, "no OutreachId"),
-        ({"OutreachId": [{"id": "abc"}]}, "OutreachId 'abc' is not a positive integer"),
-        ({"OutreachId": [{"id": "0"}]}, "OutreachId '0' is not a positive integer"),
-        ({"OutreachId": [{"id": "-3"}]}, "OutreachId '-3' is not a positive integer"),
-        ({"OutreachId": [{"id": "1.5"}]}, "OutreachId '1.5' is not a positive integer"),
-        ({"OutreachId": [{"id": 1.5}]}, "OutreachId 1.5 is not a positive integer"),
-        ({"OutreachId": [{"id": 0}]}, "OutreachId 0 is not a positive integer"),
-        ({"OutreachId": [{"id": True}]}, "OutreachId True is not a positive integer"),
-        ({"OutreachId": [{"id": None}]}, "OutreachId None is not a positive integer"),
-        ({"OutreachId": [{"id": " 12"}]}, "OutreachId ' 12' is not a positive integer"),
-        ({"OutreachId": [{"id": "١٢"}]}, "OutreachId '١٢' is not a positive integer"),
+        ({"OutreachId": [{"id": "abc"}]}, "OutreachId 'abc' is not a positive 64-bit integer"),
+        ({"OutreachId": [{"id": "0"}]}, "OutreachId '0' is not a positive 64-bit integer"),
+        ({"OutreachId": [{"id": "-3"}]}, "OutreachId '-3' is not a positive 64-bit integer"),
+        ({"OutreachId": [{"id": "1.5"}]}, "OutreachId '1.5' is not a positive 64-bit integer"),
+        ({"OutreachId": [{"id": 1.5}]}, "OutreachId 1.5 is not a positive 64-bit integer"),
+        ({"OutreachId": [{"id": 0}]}, "OutreachId 0 is not a positive 64-bit integer"),
+        ({"OutreachId": [{"id": True}]}, "OutreachId True is not a positive 64-bit integer"),
+        ({"OutreachId": [{"id": None}]}, "OutreachId None is not a positive 64-bit integer"),
+        ({"OutreachId": [{"id": " 12"}]}, "OutreachId ' 12' is not a positive 64-bit integer"),
+        ({"OutreachId": [{"id": "١٢"}]}, "OutreachId '١٢' is not a positive 64-bit integer"),
         (
             {"OutreachId": [{"id": "x"}, {"id": "-1"}]},
-            "OutreachId 'x' is not a positive integer; OutreachId '-1' is not a positive integer",
+            "OutreachId 'x' is not a positive 64-bit integer; "
+            "OutreachId '-1' is not a positive 64-bit integer",
         ),
     ],
 )
@@ -308,7 +315,8 @@ def test_identity_namespace_comes_from_the_destination() -> None:
 def test_huge_digit_string_is_excluded_not_raised() -> None:
     result = evaluate(profile(identityMap={"OutreachId": [{"id": "9" * 5000}]}))
     assert result.outcome == "excluded"
-    assert result.reason is not None and result.reason.endswith("... is not a positive integer")
+    assert result.reason is not None
+    assert result.reason.endswith("... is not a positive 64-bit integer")
 
 
 # Rejected ------------------------------------------------------------------------------------
@@ -350,6 +358,14 @@ def test_huge_digit_string_is_excluded_not_raised() -> None:
         ({"identityMap": {"OutreachId": ["12"]}}, "identityMap.OutreachId[0]: must be an object"),
         ({"identityMap": "12345"}, "identityMap: must be an object"),
         ({"attributes": {"firstName": {"value": 5}}}, "attributes.firstName: must be a string"),
+        (
+            {"attributes": {"score": {"value": 10**400}}},
+            "attributes.score: must be a finite number",
+        ),
+        (
+            {"attributes": {"tags": {"value": ["ok", "cut \ud83d"]}}},
+            "attributes.tags: is not valid Unicode (it contains a lone surrogate)",
+        ),
         ({"attributes": {"firstName": {"value": False}}}, "attributes.firstName: must be a string"),
         (
             {"attributes": {"firstName": {"value": "x" * 256}}},

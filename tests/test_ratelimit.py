@@ -398,10 +398,12 @@ async def test_a_grant_never_answered_stops_counting_after_its_hold(
     assert (await gate.acquire(USER, 100, limit=limit)).granted == 90
 
 
-def _hold_grant(prefix: str, started: Any) -> None:
+def _hold_grant(prefix: str, started: Any, go: Any) -> None:
     async def run() -> None:
         client = redis.asyncio.Redis.from_url(REDIS_URL)
         gate = QuotaGate(client, storage_uri=STORAGE_URI, prefix=prefix, grant_hold_s=1.0)
+        started.put("ready")
+        await asyncio.to_thread(go.get, timeout=30)
         grant = await gate.acquire(USER, 50, limit="100 per 60 seconds")
         started.put(grant.granted)
         await asyncio.sleep(60)  # "sending": killed before any answer
@@ -413,11 +415,15 @@ async def test_permits_of_a_killed_worker_come_back(make_gate: MakeGate, prefix:
     gate = make_gate(grant_hold_s=1.0)
     limit = "100 per 60 seconds"
     ctx = multiprocessing.get_context("spawn")
-    started = ctx.Queue()
-    await gate.observe(USER, 200, _report(100, time.time() + 30), None)
-    worker = ctx.Process(target=_hold_grant, args=(prefix, started))
+    started, go = ctx.Queue(), ctx.Queue()
+    worker = ctx.Process(target=_hold_grant, args=(prefix, started, go))
     worker.start()
     try:
+        # A report fresher than FRESH_MAX_S when the worker asks, however slow its start:
+        # an older one would be probed first (a grant of 1).
+        assert await asyncio.to_thread(started.get, timeout=30) == "ready"
+        await gate.observe(USER, 200, _report(100, time.time() + 30), None)
+        go.put("go")
         assert await asyncio.to_thread(started.get, timeout=30) == 50
     finally:
         worker.kill()
