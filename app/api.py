@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -25,6 +26,9 @@ from app.store import ProspectStore
 
 log = logging.getLogger(__name__)
 
+#: A body longer than this is parsed on a thread: the event loop keeps answering meanwhile.
+PARSE_ON_THREAD_ABOVE_CHARS = 1_000_000
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STORE = web.AppKey("store", ProspectStore)
 REGISTRY = web.AppKey("registry", Registry)
@@ -41,7 +45,10 @@ async def post_profiles(request: web.Request) -> web.Response:
         text = await request.text()
     except (UnicodeDecodeError, LookupError):  # LookupError: a charset Python does not know
         return error(400, "Bad encoding", "the body must be UTF-8")
-    profiles = list(read_profiles(text))
+    if len(text) > PARSE_ON_THREAD_ABOVE_CHARS:
+        profiles = await asyncio.to_thread(lambda: list(read_profiles(text)))
+    else:
+        profiles = list(read_profiles(text))
     if not profiles:
         return error(400, "No profiles", 'send one profile, {"profiles": [...]}, or NDJSON')
     settings = request.app[SETTINGS]

@@ -6,6 +6,7 @@ and then one of the two merge adapters, so every producer gets the same rules.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -201,11 +202,19 @@ def ingest_sync(
     return batch
 
 
+#: A request with more profiles than this is validated on a thread, so the API's event loop
+#: keeps answering (health checks, other producers) while a 16 MB body is checked.
+THREAD_ABOVE_PROFILES = 2000
+
+
 async def ingest_async(
-    store: ProspectStore, destination: Destination, profiles: Iterable[Any], *, window_ms: int
+    store: ProspectStore, destination: Destination, profiles: list[Any], *, window_ms: int
 ) -> Batch:
     now = int(time.time() * 1000)
-    batch = evaluate_batch(profiles, destination, received_ms=now)
+    if len(profiles) > THREAD_ABOVE_PROFILES:
+        batch = await asyncio.to_thread(evaluate_batch, profiles, destination, received_ms=now)
+    else:
+        batch = evaluate_batch(profiles, destination, received_ms=now)
     window = (
         destination.coalesce_window_ms if destination.coalesce_window_ms is not None else window_ms
     )

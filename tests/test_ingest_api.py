@@ -16,7 +16,7 @@ from aiohttp import web
 from app.api import make_app
 from app.keys import Keys
 from app.registry import publish_sync
-from tests.conftest import ROOT, free_port, make_settings, settings_env, wait_until
+from tests.conftest import ROOT, TEST_REDIS_URL, free_port, make_settings, settings_env, wait_until
 from tests.test_end_to_end import e2e_config
 
 #: The operator's key, which the producers' routes accept too (producer keys: test_producer_auth).
@@ -278,3 +278,28 @@ def test_bundled_sample_is_the_generators_output() -> None:
 
     lines = SAMPLE_FILE.read_text().splitlines()
     assert [json.loads(line) for line in lines] == demo_sample().profiles
+
+
+async def test_a_batch_large_enough_to_be_validated_on_a_thread_gives_the_same_result(
+    prefix: str, rclient: redis.Redis
+) -> None:
+    import redis.asyncio as aioredis
+
+    from app.ingest import THREAD_ABOVE_PROFILES, ingest_async
+    from app.store import ProspectStore
+
+    keys = Keys(prefix)
+    config = e2e_config()
+    publish_sync(rclient, keys, config)
+    n = THREAD_ABOVE_PROFILES + 500
+    profiles: list[Any] = [profile(str(1 + i)) for i in range(n)]
+    profiles[7] = profile("x")  # excluded, alone
+    client = aioredis.from_url(TEST_REDIS_URL)
+    try:
+        store = ProspectStore(client, keys)
+        batch = await ingest_async(store, config.destination("e2e"), profiles, window_ms=1000)
+    finally:
+        await client.aclose()
+    assert (batch.report.accepted, batch.report.excluded) == (n - 1, 1)
+    assert batch.results[7].outcome == "excluded"
+    assert rclient.zcard(keys.due("e2e")) == n - 1
