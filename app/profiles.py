@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError
@@ -70,6 +71,7 @@ def parse_time(value: object) -> int:
     return ms
 
 
+@lru_cache(maxsize=4096)  # a segment job stamps many profiles with the same few times
 def _parse_iso(text: str) -> int:
     try:
         moment = datetime.fromisoformat(text)

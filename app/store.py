@@ -102,13 +102,14 @@ def _merge_call(
 ) -> tuple[list[str], list[str | int]]:
     kk = [keys.due(dest), keys.leases(dest), keys.first_seen(dest), keys.counters(dest)]
     kk.append(keys.destinations())
-    args: list[str | int] = [now_ms, window_ms, dest]
-    for prospect, changes in chunk:
-        kk += [keys.pending(dest, prospect), keys.versions(dest, prospect)]
-        args += [prospect, len(changes)]
-        for field, value, ts in changes:
-            args += [field, value, ts]
-    return kk, args
+    # Ids and times as strings: Lua's cjson reads numbers as doubles (inexact past 2^53).
+    doc = [
+        [str(prospect), [[field, value, str(ts)] for field, value, ts in changes]]
+        for prospect, changes in chunk
+    ]
+    prefix = keys.pending(dest, 0)[: -len("pend:0")]
+    payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return kk, [now_ms, window_ms, dest, prefix, payload]
 
 
 def _chunks(

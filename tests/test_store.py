@@ -201,3 +201,20 @@ async def test_deleting_only_if_idle_is_refused_once_a_change_arrived(
     assert rclient.hexists(keys.destinations(), D)
     assert await swap_destination(store.redis, keys, D, expected=raw, new=None) is True
     assert not rclient.hexists(keys.destinations(), D)
+
+
+async def test_values_ids_and_times_cross_the_merge_exactly(
+    store: ProspectStore, rclient: redis.Redis, prefix: str
+) -> None:
+    # The changes reach the merge script as one JSON document: non-ASCII text (an emoji is a
+    # UTF-16 surrogate pair in JSON), quotes and backslashes, a 64-bit prospect id and the
+    # latest time a profile may carry (9999-12-31, exact in a double) must come out exactly.
+    keys = Keys(prefix)
+    big_id, late = 2**63 - 1, 253_402_300_799_999
+    value = 'Zoë "Z" \\ 東京 😀'
+    await store.merge(D, {big_id: [ch("firstName", value, late)]}, now_ms=T0, window_ms=W)
+    assert rclient.hget(keys.pending(D, big_id), "firstName") == encode(value).encode()
+    assert rclient.hget(keys.versions(D, big_id), "firstName") == str(late).encode()
+    assert await claim_all(store, T0 + W) == {big_id: {"firstName": value}}
+    older = await store.merge(D, {big_id: [ch("firstName", "x", late - 1)]}, now_ms=T0, window_ms=W)
+    assert (older.applied, older.stale) == (0, 1)

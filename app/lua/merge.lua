@@ -5,31 +5,30 @@
 -- whose cache still knows it) gets an error instead of changes no dispatcher would drain.
 -- The check and the deletion (swap_destination.lua) are atomic with respect to each other.
 -- KEYS[1] due zset, KEYS[2] leases zset, KEYS[3] first-seen hash, KEYS[4] counters hash,
--- KEYS[5] destinations hash, then per prospect: pending hash, versions hash.
--- ARGV: now_ms, window_ms, destination id, then per prospect: id, n_fields,
--- (field, json_value, ts_ms) * n.
+-- KEYS[5] destinations hash.
+-- ARGV: now_ms, window_ms, destination id, key prefix of per-prospect keys ("<p>:{dest}:"),
+-- then the changes as one JSON document: [[prospect id, [[field, json value, ts ms], ...]],
+-- ...], ids and times as strings (exact beyond 2^53). One document rather than one argument
+-- per item: packing hundreds of thousands of arguments was most of a producer's merge time.
+-- The per-prospect keys (pending, versions hashes) carry the destination's hash tag like the
+-- declared ones, as in claim.lua.
 -- Returns {newly_due, fields_applied, fields_stale}, or the error NODEST.
 if redis.call('HEXISTS', KEYS[5], ARGV[3]) == 0 then
   return redis.error_reply('NODEST destination ' .. ARGV[3] .. ' does not exist')
 end
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
+local kp = ARGV[4]
 local newly, applied, stale = 0, 0, 0
-local a = 4
-local k = 6
-while a <= #ARGV do
-  local pid = ARGV[a]
-  local n = tonumber(ARGV[a + 1])
-  local pend, ver = KEYS[k], KEYS[k + 1]
-  a = a + 2
-  k = k + 2
+for _, prospect in ipairs(cjson.decode(ARGV[5])) do
+  local pid, fields = prospect[1], prospect[2]
+  local pend, ver = kp .. 'pend:' .. pid, kp .. 'ver:' .. pid
   local changed = false
-  for _ = 1, n do
-    local field, value, ts = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-    a = a + 3
+  for _, change in ipairs(fields) do
+    local field, value, ts = change[1], change[2], tonumber(change[3])
     local mark = redis.call('HGET', ver, field)
     if (not mark) or ts >= tonumber(mark) then
-      redis.call('HSET', ver, field, ts)
+      redis.call('HSET', ver, field, change[3])
       redis.call('HSET', pend, field, value)
       applied = applied + 1
       changed = true
