@@ -34,8 +34,14 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 600.0
 
 
-def backoff_s(attempts: int, *, rng: random.Random | None = None) -> float:
-    raw = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** min(attempts, 20))
+def backoff_s(
+    attempts: int,
+    *,
+    base_s: float = BACKOFF_BASE_S,
+    cap_s: float = BACKOFF_CAP_S,
+    rng: random.Random | None = None,
+) -> float:
+    raw = min(cap_s, base_s * 2.0 ** min(attempts, 20))
     return raw * (0.5 + 0.5 * (rng or random).random())
 
 
@@ -351,7 +357,11 @@ class Deliverer:
             await self._fail(lot, c, err)
             return
         after = err.after_s if isinstance(err, Retryable) and err.after_s else None
-        delay = max(after or 0.0, backoff_s(c.attempts))
+        settings = self.settings
+        backoff = backoff_s(
+            c.attempts, base_s=settings.retry_backoff_base_s, cap_s=settings.retry_backoff_cap_s
+        )
+        delay = max(after or 0.0, backoff)
         await self._settle(lot, c, "retry", due_ms=now + int(delay * 1000))
 
     async def _unauthorized(self, lot: Lot, c: Claimed) -> bool:

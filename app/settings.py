@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     drain_budget_s: float = Field(keys.DRAIN_BUDGET_S, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_retry_age_s: float = Field(24 * 3600, gt=0)
+    #: A transient failure is retried after base * 2^attempts seconds (capped), jittered.
+    retry_backoff_base_s: float = Field(1.0, gt=0, le=60)
+    retry_backoff_cap_s: float = Field(600.0, gt=0)
     rate_limit_fallback_pause_s: float = Field(60.0, gt=0)
 
     api_host: str = "127.0.0.1"

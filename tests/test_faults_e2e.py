@@ -21,6 +21,7 @@ from tests.test_end_to_end import AUDIENCES, differing, e2e_config, idle
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(240)
 def test_faults_and_a_killed_worker_lose_nothing(
     prefix: str,
     rclient: redis.Redis,
@@ -33,7 +34,7 @@ def test_faults_and_a_killed_worker_lose_nothing(
     )  # fmt: skip
     env = settings_env(
         prefix, sandbox, COALESCE_WINDOW_MS="200", LEASE_MS="3000", CLAIM_BATCH="20",
-        OUTREACH_TIMEOUT_S="2",
+        OUTREACH_TIMEOUT_S="2", RETRY_BACKOFF_BASE_S="0.2",
     )  # fmt: skip
     keys = Keys(prefix)
     publish_sync(rclient, keys, e2e_config())
