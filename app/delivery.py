@@ -436,13 +436,13 @@ class Deliverer:
                         no_permit = True
                     else:  # Outreach's answer, or none
                         stats[f"error_{type(err).__name__.lower()}"] += 1
-                    if isinstance(err, RateLimited):
-                        limited = err
-                    elif not isinstance(err, _NoPermit):
-                        transient = err
-                        # No answer says whether Outreach applied this half: a later value
-                        # equal to the last confirmed one must not be skipped as a no-op.
-                        await self.store.forget_delivered(lot.dest.id, c.prospect, part)
+                        if isinstance(err, RateLimited):
+                            limited = err
+                        else:
+                            transient = err
+                            # No answer says whether Outreach applied this half: a later
+                            # value equal to the last confirmed one must not be skipped.
+                            await self.store.forget_delivered(lot.dest.id, c.prospect, part)
                     queue.clear()
                     break
         until = None

@@ -107,7 +107,7 @@ def _merge_call(
         [str(prospect), [[field, value, str(ts)] for field, value, ts in changes]]
         for prospect, changes in chunk
     ]
-    prefix = keys.pending(dest, 0)[: -len("pend:0")]
+    prefix = _prospect_prefix(keys, dest)
     payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
     return kk, [now_ms, window_ms, dest, prefix, payload]
 
@@ -149,6 +149,12 @@ def merge_sync(
     except redis.RedisError as exc:
         raise _merge_error(dest, exc) from exc
     return total
+
+
+def _prospect_prefix(keys: Keys, dest: str) -> str:
+    """The part of a destination's per-prospect key names before "pend:<id>" and the like,
+    from which the merge and claim scripts build those keys ("<prefix>:{dest}:")."""
+    return keys.pending(dest, 0)[: -len("pend:0")]
 
 
 def _merge_error(dest: str, exc: redis.RedisError) -> Exception:
@@ -203,7 +209,7 @@ class ProspectStore:
     async def claim(
         self, dest: str, *, now_ms: int, lease_ms: int, batch: int, token: str
     ) -> list[Claimed]:
-        prefix = self.keys.pending(dest, 0)[: -len("pend:0")]
+        prefix = _prospect_prefix(self.keys, dest)
         hour = self.keys.metrics_hour(dest, hour_of(now_ms / 1000))
         flat = await self._claim(
             keys=[*self._dest_keys(dest), hour],
