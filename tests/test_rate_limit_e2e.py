@@ -219,12 +219,16 @@ def test_destinations_sharing_a_user_each_get_their_share_and_headroom_is_kept(
     assert max(total.values()) <= headroom_cap  # 10% of each window left to the user
     assert max(per_dest["big"].values()) <= LIMIT // 2  # its share, though its backlog is larger
     # The small destination is never starved. Whatever the big one takes (at most its share),
-    # the small one keeps the rest of the usable window: it sends in every window of its span,
-    # and finishes at that pace, give or take a partial window at each end (its cold-start
-    # probe can land alone just before a boundary).
+    # the small one keeps the rest of the usable window and finishes at that pace, give or take
+    # a partial window at each end (its cold-start probe can land alone just before a
+    # boundary). Its share is a sliding log, out of phase with the sandbox's fixed windows: a
+    # burst at the very end of one window frees its permits one window length later, which
+    # with a little latency can fall past the next boundary, so one window may be empty; two
+    # in a row never.
     small_windows = sorted(per_dest["small"])
     span = range(small_windows[0], small_windows[-1] + 1)
-    assert all(per_dest["small"][w] > 0 for w in span), dict(per_dest["small"])
+    empty = [w for w in span if per_dest["small"][w] == 0]
+    assert not any(w + 1 in empty for w in empty), dict(per_dest["small"])
     least_pace = headroom_cap - LIMIT // 2
     assert len(span) <= math.ceil(27 / least_pace) + 2, dict(per_dest["small"])
 
