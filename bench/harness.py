@@ -11,13 +11,47 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import redis
 
 from app.processes import stop_all
 
-__all__ = ["ROOT", "Sandbox", "free_port", "http_json", "start_worker", "stop_all", "wait_until"]
+__all__ = [
+    "ROOT",
+    "Sandbox",
+    "forget_run",
+    "free_port",
+    "http_json",
+    "start_worker",
+    "stop_all",
+    "wait_until",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def forget_run(client: redis.Redis, part: str) -> int:
+    """Delete what a run wrote to the shared Redis (its workers stopped first), ``part`` being
+    a string unique to the run found in every key and queue name it used: its keys, its
+    members of kombu's shared ``_kombu.binding*`` sets, and its entries in kombu's global
+    ``unacked`` hash (a worker killed outright leaves its messages there, and any later
+    consumer of the database would restore them into the run's deleted queue). Returns the
+    number of keys deleted."""
+    needle = part.encode()
+    for tag, raw in client.hscan_iter("unacked"):
+        if needle in raw:
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
+    for key in client.scan_iter(match="_kombu.binding*", count=1000):
+        if client.type(key) == b"set":
+            mine = [m for m in cast("set[bytes]", client.smembers(key)) if needle in m]
+            if mine:
+                client.srem(key, *mine)
+    names = list(client.scan_iter(match=f"*{part}*", count=10_000))
+    for start in range(0, len(names), 1000):
+        client.delete(*names[start : start + 1000])
+    return len(names)
 
 
 def free_port() -> int:

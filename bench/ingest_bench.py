@@ -48,7 +48,7 @@ from app.registry import publish_sync
 from app.sample import EPOCH_MS, Sample, generate
 from app.settings import Settings
 from app.store import Change, encode, merge_sync
-from bench.harness import ROOT, free_port, http_json, wait_until
+from bench.harness import ROOT, forget_run, free_port, http_json, wait_until
 from bench.table import Row
 
 #: Database 12 of the shared Redis, as every benchmark uses (bench.rate_adherence).
@@ -101,7 +101,7 @@ def run(*, smoke: bool) -> list[Row]:
         finally:
             stop_all(procs)
             _close_celery()
-            removed = _clean(client, run_id)
+            removed = forget_run(client, run_id)
             client.close()
             _say(f"final cleanup: {removed:,} keys were left to delete")
 
@@ -131,13 +131,13 @@ def _run(
 
     _say(f"batch API: {sizes.events:,} events in chunks of {CHUNK:,}")
     batch_rate = _batch_rate(batch_prefix, sample)
-    _clean(client, batch_prefix)
+    forget_run(client, batch_prefix)
 
     _say(f"per-event Celery enqueue: up to {sizes.baseline_max:,} or {sizes.baseline_s:g} s")
     celery_rate, enqueued = _celery_rate(
         client, f"{run_id}-q1", per_event, limit=sizes.baseline_max, seconds=sizes.baseline_s
     )
-    _clean(client, f"{run_id}-q1")
+    forget_run(client, f"{run_id}-q1")
     _say(f"  {enqueued:,} tasks enqueued")
 
     _say(f"HTTP NDJSON: {sizes.events:,} events, {HTTP_CLIENTS} clients")
@@ -145,16 +145,16 @@ def _run(
     url = f"{api_url}/v1/destinations/{DEST}/profiles"
     http_rate = _http_rate(url, bodies, sizes.events, key)
     stop_all(procs)
-    _clean(client, http_prefix)
+    forget_run(client, http_prefix)
 
     _say(f"memory: {sizes.pending:,} pending prospects")
     ours_bytes = _pending_memory(client, Keys(memory_prefix), sizes.pending)
-    _clean(client, memory_prefix)
+    forget_run(client, memory_prefix)
     _say(f"memory: {sizes.pending:,} queued Celery messages")
     celery_bytes = _celery_memory(
         client, f"{run_id}-q3", sizes.pending, captured=min(sizes.captured, sizes.pending)
     )
-    _clean(client, f"{run_id}-q3")
+    forget_run(client, f"{run_id}-q3")
 
     scale = PER / sizes.pending / MB
     baseline = "one Celery task per event (apply_async, enqueue only)"
@@ -219,14 +219,6 @@ def _would_be(sample: Sample) -> list[tuple[int, dict[str, Any]]]:
 
 def _ndjson(profiles: Sequence[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(p, separators=(",", ":")) + "\n" for p in profiles).encode()
-
-
-def _clean(client: redis.Redis, part: str) -> int:
-    """Delete every key whose name contains ``part`` (a run-unique string)."""
-    names = list(client.scan_iter(match=f"*{part}*", count=10_000))
-    for start in range(0, len(names), CHUNK):
-        client.delete(*names[start : start + CHUNK])
-    return len(names)
 
 
 def _used_memory(client: redis.Redis) -> int:

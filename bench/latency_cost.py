@@ -34,7 +34,7 @@ from app.keys import Keys
 from app.producer import Producer
 from app.registry import publish_sync
 from app.settings import Settings
-from bench.harness import Sandbox, start_worker, stop_all, wait_until
+from bench.harness import Sandbox, forget_run, start_worker, stop_all, wait_until
 from bench.table import Row
 
 BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"  # as bench.rate_adherence
@@ -353,7 +353,7 @@ def _stop(
     finally:
         if producer is not None:
             producer.close()
-        _clean(client, prefix)
+        forget_run(client, prefix)
         client.close()
 
 
@@ -406,19 +406,6 @@ def _profile(prospect: int) -> dict[str, Any]:
         "identityMap": {"OutreachId": [{"id": str(prospect)}]},
         "segmentMembership": {"ups": {"a": {"status": "realized"}}},
     }
-
-
-def _clean(client: redis.Redis, prefix: str) -> None:
-    """Every key of this run: its own keys, its queue and the queue's ``_kombu`` binding
-    (all named with the prefix), and the worker's entries in kombu's shared binding sets."""
-    for key in client.scan_iter(match=f"*{prefix}*", count=1000):
-        client.delete(key)
-    for key in client.scan_iter(match="_kombu.binding*", count=1000):
-        if client.type(key) != b"set":
-            continue
-        mine = [m for m in cast("set[bytes]", client.smembers(key)) if prefix.encode() in m]
-        if mine:
-            client.srem(key, *mine)
 
 
 # The worker's process tree --------------------------------------------------------------

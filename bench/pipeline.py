@@ -16,7 +16,7 @@ from app.keys import Keys
 from app.processes import stop_all
 from app.producer import Producer
 from app.settings import Settings
-from bench.harness import Sandbox, start_worker
+from bench.harness import Sandbox, forget_run, start_worker
 
 BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"
 DEST = "bench"
@@ -79,6 +79,5 @@ def pipeline(
         stop_all(run.workers)
         sandbox.stop()
         producer.close()
-        for key in client.scan_iter(match=f"*{prefix}*", count=1000):
-            client.delete(key)
+        forget_run(client, prefix)
         client.close()

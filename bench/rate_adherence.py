@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from bench.harness import Sandbox, start_worker, stop_all, wait_until
+from bench.harness import Sandbox, forget_run, start_worker, stop_all, wait_until
 from bench.pipeline import BENCH_REDIS_URL, DEST, pipeline
 
 
@@ -72,8 +72,7 @@ def _sandbox(quota: Quota) -> Sandbox:
 
 def _clean(prefix: str) -> None:
     client = redis.Redis.from_url(BENCH_REDIS_URL)
-    for key in client.scan_iter(match=f"*{prefix}*", count=1000):
-        client.delete(key)
+    forget_run(client, prefix)
     client.close()
 
 

@@ -15,7 +15,16 @@ import redis
 from app.dispatcher import live_workers
 from app.keys import Keys
 from app.settings import Settings
-from bench.harness import ROOT, Sandbox, free_port, http_json, start_worker, stop_all, wait_until
+from bench.harness import (
+    ROOT,
+    Sandbox,
+    forget_run,
+    free_port,
+    http_json,
+    start_worker,
+    stop_all,
+    wait_until,
+)
 
 #: The suite's own database on the shared Redis; keys carry a per-test prefix as well.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -40,8 +49,7 @@ def prefix() -> str:
 def rclient(prefix: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(TEST_REDIS_URL)
     yield client
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        client.delete(key)
+    forget_run(client, prefix)
     client.close()
 
 
@@ -118,15 +126,6 @@ def worker_factory(prefix: str) -> Iterator[Callable[..., subprocess.Popen[bytes
 
     yield start
     stop_all(procs)
-    # The suite's own broker queue and Celery's bookkeeping for it. A worker killed outright
-    # leaves its messages in kombu's global "unacked" hash, from where any later consumer of
-    # this database would restore them into the (deleted) queue: they go first.
     client = redis.Redis.from_url(TEST_REDIS_URL)
-    queue = f'"{prefix}-q"'
-    for tag, raw in client.hscan_iter("unacked"):
-        if queue in raw.decode(errors="replace"):
-            client.hdel("unacked", tag)
-            client.zrem("unacked_index", tag)
-    for key in client.scan_iter(match=f"*{prefix}*", count=1000):
-        client.delete(key)
+    forget_run(client, prefix)  # the test's broker queue and Celery's bookkeeping for it
     client.close()

@@ -120,7 +120,9 @@ def start_api(prefix: str, sandbox: Sandbox, **extra: str) -> Api:
 
 
 @pytest.fixture
-def api_factory(prefix: str) -> Iterator[Callable[..., Api]]:
+def api_factory(prefix: str, rclient: redis.Redis) -> Iterator[Callable[..., Api]]:
+    """API processes, stopped before ``rclient`` deletes the test's keys (an authorize URL
+    made and never followed leaves its ``state`` key, which would otherwise outlive the test)."""
     started: list[Api] = []
 
     def start(sandbox: Sandbox, **extra: str) -> Api:
