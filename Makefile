@@ -50,7 +50,7 @@ bench: install redis
 	$(PY) -m bench
 
 flower: install redis
-	$(PY) -m celery -A workers.celery_app flower --port=5555
+	$(PY) -m workers.flower --port=5555
 
 worker: install redis
 	$(PY) -m app worker

@@ -94,6 +94,12 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+def cmd_flower(ns: argparse.Namespace) -> int:
+    """Replace this process with Flower on our broker, logging in our format."""
+    os.execv(sys.executable, [sys.executable, "-m", "workers.flower", *ns.flower_args])
+    return 0  # pragma: no cover
+
+
 def cmd_sandbox(ns: argparse.Namespace) -> int:
     from app.sandbox.cli import main as sandbox_main
 
@@ -264,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("celery_args", nargs=argparse.REMAINDER)
     wk.set_defaults(func=cmd_worker)
 
+    fw = sub.add_parser(
+        "flower", help="run the Flower dashboard on the workers' broker (its options pass on)"
+    )
+    fw.add_argument("flower_args", nargs=argparse.REMAINDER)
+    fw.set_defaults(func=cmd_flower)
+
     sb = sub.add_parser(
         "sandbox", help="run the local Outreach sandbox (its options: sandbox -- --help)"
     )
@@ -309,13 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: Subcommands that hand their remaining options to another program (Celery, the sandbox).
-_PASS_THROUGH = {"worker": "celery_args", "sandbox": "sandbox_args"}
+#: Subcommands that hand their remaining options to another program (Celery, Flower, the
+#: sandbox).
+_PASS_THROUGH = {"worker": "celery_args", "flower": "flower_args", "sandbox": "sandbox_args"}
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv``; ``worker`` and ``sandbox`` pass options they do not know on, so
-    ``outreach-sync sandbox --port 8900`` works without a ``--``."""
+    """Parse ``argv``; ``worker``, ``flower`` and ``sandbox`` pass options they do not know
+    on, so ``outreach-sync sandbox --port 8900`` works without a ``--``."""
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
     dest = _PASS_THROUGH.get(ns.command)

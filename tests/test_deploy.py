@@ -57,6 +57,11 @@ def assert_command_exists(argv: list[str]) -> None:
         ns = parse(args)  # exits (fails the test) on an unknown subcommand or option
         if ns.command == "sandbox":
             assert_command_exists(["python", "-m", "app.sandbox", *ns.sandbox_args])
+        if ns.command == "flower":
+            from flower.options import options
+
+            for arg in ns.flower_args:
+                assert arg.split("=")[0].lstrip("-") in options._options, (argv, arg)
     elif prog == "celery":
         assert args[:2] == ["-A", "workers.celery_app"], argv
         assert args[2] in ("worker", "flower", "inspect"), argv
@@ -101,10 +106,20 @@ def test_compose_redis_persists_with_aof() -> None:
     assert conf.lstrip("./") in redis_svc["command"][-1]
 
 
-def test_compose_probe_hits_a_real_route(routes: set[str]) -> None:
-    probe = " ".join(_compose()["services"]["api"]["healthcheck"]["test"])
-    path = re.search(r"127\.0\.0\.1:8080(/\w+)", probe)
-    assert path is not None and path.group(1) in routes
+def flower_route(path: str) -> bool:
+    """``path`` is one of Flower's own pages (not its catch-all 404)."""
+    from flower.urls import handlers
+
+    patterns = [h[0] if isinstance(h, tuple) else h.regex.pattern for h in handlers]
+    return any(re.fullmatch(p, path) for p in patterns if p != ".*")
+
+
+def test_compose_probes_hit_real_routes(routes: set[str]) -> None:
+    services = _compose()["services"]
+    for name, port, known in (("api", 8080, routes.__contains__), ("flower", 5555, flower_route)):
+        probe = " ".join(services[name]["healthcheck"]["test"])
+        path = re.search(rf"127\.0\.0\.1:{port}(/\w+)", probe)
+        assert path is not None and known(path.group(1)), (name, probe)
 
 
 def test_kubernetes_manifests_reference_what_exists(routes: set[str]) -> None:
@@ -140,7 +155,8 @@ def test_kubernetes_manifests_reference_what_exists(routes: set[str]) -> None:
         for probe in ("livenessProbe", "readinessProbe"):
             p = c.get(probe, {})
             if "httpGet" in p:
-                assert p["httpGet"]["path"] in routes, (c["name"], p)
+                path = p["httpGet"]["path"]
+                assert flower_route(path) if c["name"] == "flower" else path in routes, p
             if "exec" in p and c["image"].startswith("outreach-sync"):
                 assert_command_exists(p["exec"]["command"])
     # Every variable the manifests set is a setting (or Flower's own).
@@ -184,7 +200,7 @@ def test_flower_sees_meaningful_task_names_on_our_broker() -> None:
     app.loader.import_default_modules()  # the worker's includes, as Flower's workers load them
     assert {"outreach_sync.drain", "outreach_sync.ingest"} <= set(app.tasks)
     makefile = (ROOT / "Makefile").read_text()
-    assert "celery -A workers.celery_app flower" in makefile
+    assert "-m workers.flower" in makefile
 
 
 def test_every_yaml_in_deploy_parses() -> None:

@@ -10,13 +10,15 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 import redis
 
 from app.logs import configure_logging, resolve_format
-from tests.conftest import ROOT, make_settings, settings_env
+from tests.conftest import ROOT, free_port, make_settings, settings_env
 
 
 @pytest.fixture
@@ -157,6 +159,54 @@ def test_celery_worker_logs_json_lines(prefix: str, rclient: redis.Redis) -> Non
             rclient.delete(key)
     assert all({"ts", "level", "logger", "message"} <= d.keys() for d in lines)
     assert any(d["logger"] == "workers.celery_app" for d in lines)  # our own logger too
+
+
+def test_flower_logs_json_lines_and_answers_its_probe_without_auth(
+    prefix: str, rclient: redis.Redis
+) -> None:
+    """``outreach-sync flower``: Flower's own lines in our format (Tornado's colour formatter
+    would otherwise take over the root logger), its /healthcheck open to probes, its
+    dashboard behind the basic auth."""
+    port = free_port()
+    env = settings_env(prefix, None, LOG_FORMAT="json", LOG_LEVEL="INFO")
+    env["FLOWER_BASIC_AUTH"] = "ops:flower-password-1"
+    bindings = "_kombu.binding.celeryev"  # Flower's event receiver binds a queue of its own
+    before = rclient.smembers(bindings)
+    cmd = [sys.executable, "-m", "app", "flower", f"--port={port}", "--address=127.0.0.1"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    lines: list[dict[str, object]] = []
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        while not any("Visit me at" in str(d.get("message")) for d in lines):
+            assert time.monotonic() < deadline, f"Flower did not start; got {lines}"
+            raw = proc.stderr.readline()
+            assert raw, f"Flower exited: {lines}"
+            lines.append(json.loads(raw))  # every line, from the first: JSON
+        health = _get(f"http://127.0.0.1:{port}/healthcheck")
+        dashboard = _get(f"http://127.0.0.1:{port}/")
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=15)
+        new = rclient.smembers(bindings) - before
+        if new:
+            rclient.srem(bindings, *new)
+    lines += [json.loads(raw) for raw in err.splitlines() if raw.strip()]
+    assert health == (200, b"OK")
+    assert dashboard[0] == 401  # FLOWER_BASIC_AUTH, read by Flower itself
+    assert all({"ts", "level", "logger", "message"} <= d.keys() for d in lines)
+    assert any(str(d["logger"]).startswith("flower") for d in lines)
+    assert "flower-password-1" not in json.dumps(lines)
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 def test_a_decrypted_outreach_token_is_redacted_by_value(prefix: str, restore_root: None) -> None:
