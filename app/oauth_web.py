@@ -83,6 +83,11 @@ OAUTH = web.AppKey("oauth_web", OAuthWeb)
 NOT_CONFIGURED = (
     "no Outreach OAuth application is configured: set OUTREACH_CLIENT_ID and OUTREACH_CLIENT_SECRET"
 )
+CROSS_SITE = (
+    "this link was followed from another site, and only a link opened directly may start an "
+    "authorization: paste the address into the address bar, or create a link to hand on "
+    "with 'outreach-sync connections authorize'"
+)
 
 
 def add_routes(app: web.Application, *, client: aioredis.Redis, settings: Settings) -> None:
@@ -116,9 +121,22 @@ def page(status: int, title: str, message: str) -> web.Response:
 # OAuth dance ------------------------------------------------------------------------------
 
 
+#: What browsers say (``Sec-Fetch-Site``) of a navigation typed, pasted or bookmarked, or
+#: followed from one of our own pages; clients that send no such header are not browsers.
+TRUSTED_FETCH_SITES = frozenset({"none", "same-origin"})
+
+
 async def start(request: web.Request) -> web.StreamResponse:
-    """`GET /oauth/start`: redirect an operator to Outreach's authorize page."""
+    """`GET /oauth/start`: redirect an operator to Outreach's authorize page.
+
+    A browser resends Basic-auth credentials by itself, so another site could otherwise send
+    an operator's browser here (request forgery) and, when Outreach skips the consent screen
+    for an app already approved, bind a connection of its choosing to whoever is logged in
+    to Outreach: a navigation that a browser marks as coming from another site is refused."""
     web_ = request.app[OAUTH]
+    site = request.headers.get("Sec-Fetch-Site", "none").lower()
+    if site not in TRUSTED_FETCH_SITES:
+        return page(403, "Cannot start authorization", CROSS_SITE)
     refusal = admin_refusal(request, web_.settings)
     if refusal is not None:
         return refusal

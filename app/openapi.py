@@ -304,6 +304,7 @@ def _connection_paths() -> Doc:
                     "302": {"description": "To OUTREACH_AUTHORIZE_URL"},
                     "400": _html("A bad or missing parameter"),
                     "401": {"$ref": "#/components/responses/Error401"},
+                    "403": _html("A browser navigation from another site (Sec-Fetch-Site)"),
                     "503": _html("OAuth is not configured (OUTREACH_CLIENT_ID/SECRET)"),
                 },
             }

@@ -55,8 +55,16 @@ class Answer:
         return json.loads(self.body)
 
 
-def call(url: str, *, method: str = "GET", admin: bool = False, body: Any = None) -> Answer:
+def call(
+    url: str,
+    *,
+    method: str = "GET",
+    admin: bool = False,
+    body: Any = None,
+    extra: dict[str, str] | None = None,
+) -> Answer:
     headers = {"Authorization": f"Bearer {ADMIN}"} if admin else {}
+    headers |= extra or {}
     data = None if body is None else json.dumps(body).encode()
     if data is not None:
         headers["Content-Type"] = "application/json"
@@ -209,6 +217,22 @@ def test_start_is_admin_only_and_validates_the_connection_id(
     made = call(f"{api.url}/v1/admin/connections/c/authorize", method="POST", admin=True, body={})
     assert made.status == 201 and made.json()["authorize_url"].startswith(sandbox.url)
     assert call(made.json()["authorize_url"]).location.startswith(f"{api.url}/oauth/callback")
+
+
+def test_start_refuses_a_navigation_from_another_site(
+    prefix: str, rclient: redis.Redis, sandbox: Sandbox, api_factory: Callable[..., Api]
+) -> None:
+    """Another site cannot start an authorization with the operator's browser (which would
+    send its stored Basic-auth credentials by itself); a link opened directly still works."""
+    api = api_factory(sandbox)
+    url = f"{api.url}/oauth/start?connection=c"
+    for site in ("cross-site", "same-site"):
+        forged = call(url, admin=True, extra={"Sec-Fetch-Site": site})
+        assert forged.status == 403 and "followed from another site" in forged.body, site
+    assert not list(rclient.scan_iter(match=f"{prefix}:oauthstate:*"))  # no state issued
+    for site in ("none", "same-origin"):
+        started = call(url, admin=True, extra={"Sec-Fetch-Site": site})
+        assert started.status == 302 and started.location.startswith(sandbox.url), site
 
 
 def test_denial_leaves_the_connection_untouched(
