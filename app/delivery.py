@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -239,9 +241,15 @@ class Deliverer:
             # frees, so the backlog is not churned meanwhile.
             due = now + int(max(grant.wait_s, 0.05) * 1000)
             await self.store.hold(lot.dest.id, due, now_ms=now)
-        for c in wait:
-            # Back to pending (still coalescing); a partial grant's rest is due at once.
-            await self._settle(lot, c, "defer", due_ms=due)
+        try:
+            for c in wait:
+                # Back to pending (still coalescing); a partial grant's rest is due at once.
+                await self._settle(lot, c, "defer", due_ms=due)
+        except BaseException:
+            # None of the permits will be used: they go back now, not when the grant expires.
+            with contextlib.suppress(Exception):  # the original error is the one to see
+                await self.gate.refund(lot.conn.user, grant.id, len(go))
+            raise
         stats["deferred"] += len(wait)
         # Every send runs to its end (and counts into ``stats``) before the batch's tally is
         # written; the first error is raised after that.
@@ -291,36 +299,55 @@ class Deliverer:
     async def _request(
         self, lot: Lot, c: Claimed, stats: Counter[str], grant: str
     ) -> DeliveryError | None:
-        """One PATCH of ``c``'s fields (a permit is already held); None when Outreach took it."""
+        """One PATCH of ``c``'s fields (a permit is already held); None when Outreach took it.
+
+        The gate hears of the permit exactly once: with Outreach's answer, with "no answer",
+        or, when an exception (Redis, a cancelled drain, a bug) ends the attempt first, with
+        "no answer" on the way out, so its hold ends now rather than when the grant expires."""
+        answered = False
+
+        async def answer(status: int, headers: Mapping[str, str], body: str | None) -> None:
+            nonlocal answered
+            answered = True
+            await self.gate.observe(
+                lot.conn.user, status, headers, body, sent_s=sent_s, grant=grant
+            )
+
         access = lot.access_token
         err: DeliveryError | None
-        async with self._http:
-            # The lease must cover the request (LEASE_MS > OUTREACH_TIMEOUT_S): renewed now,
-            # at its turn, since the batch may have waited for connections longer than that.
-            until = _now_ms() + self.settings.lease_ms
-            if not await self.store.renew(lot.dest.id, c.prospect, lot.token, until_ms=until):
-                await self.gate.observe(lot.conn.user, 0, {}, None, sent_s=time.time(), grant=grant)
-                return _LeaseLost(None, "claim taken over by another drain before sending")
-            stats["requests"] += 1
-            sent_s = time.time()
-            try:
-                if access is None:
-                    raise Unauthorized(None, f"connection {lot.conn.id} has no access token")
-                resp = await self.client.patch_prospect(access, c.prospect, c.fields)
-            except (Retryable, Unauthorized) as exc:
-                err = exc
-                # No answer, but the gate's careful single (if this was it) may go again.
-                await self.gate.observe(lot.conn.user, 0, {}, None, sent_s=sent_s, grant=grant)
-            else:
-                await self.gate.observe(
-                    lot.conn.user, resp.status, resp.headers, resp.body, sent_s=sent_s, grant=grant
-                )
-                err = classify(
-                    resp.status,
-                    resp.headers,
-                    resp.body,
-                    fallback_pause_s=self.settings.rate_limit_fallback_pause_s,
-                )
+        sent_s = time.time()
+        try:
+            async with self._http:
+                # The lease must cover the request (LEASE_MS > OUTREACH_TIMEOUT_S): renewed
+                # now, at its turn, since the batch may have waited for connections longer.
+                until = _now_ms() + self.settings.lease_ms
+                if not await self.store.renew(lot.dest.id, c.prospect, lot.token, until_ms=until):
+                    sent_s = time.time()
+                    await answer(0, {}, None)
+                    return _LeaseLost(None, "claim taken over by another drain before sending")
+                stats["requests"] += 1
+                sent_s = time.time()
+                try:
+                    if access is None:
+                        raise Unauthorized(None, f"connection {lot.conn.id} has no access token")
+                    resp = await self.client.patch_prospect(access, c.prospect, c.fields)
+                except (Retryable, Unauthorized) as exc:
+                    err = exc
+                    # No answer, but the gate's careful single (if this was it) may go again.
+                    await answer(0, {}, None)
+                else:
+                    await answer(resp.status, resp.headers, resp.body)
+                    err = classify(
+                        resp.status,
+                        resp.headers,
+                        resp.body,
+                        fallback_pause_s=self.settings.rate_limit_fallback_pause_s,
+                    )
+        except BaseException:
+            if not answered:
+                with contextlib.suppress(Exception):  # the original error is the one to see
+                    await answer(0, {}, None)
+            raise
         return err
 
     async def _outcome(

@@ -10,6 +10,7 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -143,3 +144,24 @@ async def test_retry_age_runs_from_the_first_failure_not_the_arrival(
     await deliverer.drain(D)
     assert rclient.hlen(keys.failures(D)) == 1
     assert not rclient.hexists(keys.failing_since(D), "6")  # gone with the dead letter
+
+
+async def test_a_send_ended_by_an_exception_gives_its_permit_back_at_once(
+    prefix: str, rclient: redis.Redis, aclient: aioredis.Redis
+) -> None:
+    """An exception between the permit and Outreach's answer (here a bug in the client) does
+    not keep the permit in flight until its grant expires (minutes, out of every window)."""
+    settings = _setup(prefix, rclient)
+
+    def answer(pid: int, fields: Any) -> Response:
+        if pid == 1:
+            raise RuntimeError("a bug between the permit and the answer")
+        return ok()
+
+    deliverer, store = await _deliverer(aclient, settings, FakeOutreach(answer))
+    in_flight = f"{settings.keys.quota(f'{prefix}-user')}:grants:out"
+    assert rclient.hgetall(in_flight) == {}  # the warm-up's permit was answered
+    await pend(store, 1, "realized", 1)
+    with pytest.raises(RuntimeError, match="a bug"):
+        await deliverer.drain(D)
+    assert rclient.hgetall(in_flight) == {}
