@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import os
@@ -81,7 +82,12 @@ def cmd_api(ns: argparse.Namespace) -> int:
 
     s = get_settings()
     init_sentry(s, component="api")
-    web.run_app(make_app(s), host=ns.host or s.api_host, port=ns.port or s.api_port, print=print)
+    app = make_app(s)
+    # What startup loaded (modules, the app, its scripts) lives as long as the process: out
+    # of the collector's generations, full collections no longer traverse it while requests
+    # allocate (HTTP ingestion about a quarter faster: docs/benchmarks.md).
+    gc.freeze()
+    web.run_app(app, host=ns.host or s.api_host, port=ns.port or s.api_port, print=print)
     return 0
 
 
