@@ -61,8 +61,19 @@ GUARD_MIN_S = 0.05
 GUARD_MAX_S = 1.0
 #: Added to the longest a live holder can go without answering a grant (see `grant_hold_s`).
 GRANT_MARGIN_S = 5.0
-#: The hold `grant_hold_s` gives the default settings (50 claimed, 16 at once, 30 s timeout).
-DEFAULT_GRANT_HOLD_S = (4 + 1) * 30.0 + GRANT_MARGIN_S
+
+
+def _hold_s(claim_batch: int, http_concurrency: int, timeout_s: float) -> float:
+    return (math.ceil(claim_batch / http_concurrency) + 1) * timeout_s + GRANT_MARGIN_S
+
+
+#: The hold `grant_hold_s` gives the settings' defaults (155 s).
+_DEFAULTS = Settings.model_fields
+DEFAULT_GRANT_HOLD_S = _hold_s(
+    _DEFAULTS["claim_batch"].default,
+    _DEFAULTS["http_concurrency"].default,
+    _DEFAULTS["outreach_timeout_s"].default,
+)
 
 _STORE_ERRORS = (RedisError, StorageError, OSError)
 
@@ -454,8 +465,7 @@ def grant_hold_s(settings: Settings) -> float:
     half, granted on its own) is answered within one timeout per round of the batch plus its
     own. Too short a hold could over-grant; too long only delays the return of the permits
     of a worker that died."""
-    rounds = math.ceil(settings.claim_batch / settings.http_concurrency)
-    return (rounds + 1) * settings.outreach_timeout_s + GRANT_MARGIN_S
+    return _hold_s(settings.claim_batch, settings.http_concurrency, settings.outreach_timeout_s)
 
 
 def gate_for(client: redis.asyncio.Redis, settings: Settings) -> QuotaGate:
