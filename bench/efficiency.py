@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from app.sample import Sample, generate
+from app.cli.sample import Sample, generate
 from bench.harness import wait_until
 from bench.pipeline import DEST, Pipeline, pipeline
 from bench.table import Row

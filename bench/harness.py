@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import redis
 
-from app.processes import stop_all
+from app.cli.processes import stop_all
 
 __all__ = [
     "ROOT",

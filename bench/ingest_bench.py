@@ -40,15 +40,15 @@ import redis
 import redis.asyncio as aioredis
 from pydantic import RedisDsn
 
-from app.destinations import Config, parse_config
-from app.keys import Keys
-from app.processes import stop_all
-from app.producer import Producer
-from app.producer_keys import ProducerKeys
-from app.registry import publish_sync
-from app.sample import EPOCH_MS, Sample, generate
-from app.settings import Settings
-from app.store import Change, encode, merge_sync
+from app.admin.producer_keys import ProducerKeys
+from app.cli.processes import stop_all
+from app.cli.sample import EPOCH_MS, Sample, generate
+from app.config.destinations import Config, parse_config
+from app.core.keys import Keys
+from app.core.settings import Settings
+from app.ingest.producer import Producer
+from app.store.prospects import Change, encode, merge_sync
+from app.store.registry import publish_sync
 from bench.harness import ROOT, forget_run, free_port, http_json, wait_until
 from bench.table import Row
 

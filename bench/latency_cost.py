@@ -29,11 +29,11 @@ from typing import Any, cast
 import redis
 from pydantic import RedisDsn
 
-from app.destinations import Config, parse_config
-from app.keys import Keys
-from app.producer import Producer
-from app.registry import publish_sync
-from app.settings import Settings
+from app.config.destinations import Config, parse_config
+from app.core.keys import Keys
+from app.core.settings import Settings
+from app.ingest.producer import Producer
+from app.store.registry import publish_sync
 from bench.harness import Sandbox, forget_run, start_worker, stop_all, wait_until
 from bench.table import Row
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import redis
 
-from app.destinations import parse_config
-from app.keys import Keys
-from app.processes import stop_all
-from app.producer import Producer
-from app.settings import Settings
+from app.cli.processes import stop_all
+from app.config.destinations import parse_config
+from app.core.keys import Keys
+from app.core.settings import Settings
+from app.ingest.producer import Producer
 from bench.harness import Sandbox, forget_run, start_worker
 
 BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -67,7 +67,7 @@ def pipeline(
     conn = {"id": "c", "user": "test-user", "access_token": "test-token", "rate_limit": rate_limit}
     dest: dict[str, Any] = {"id": DEST, "name": "Bench", "connection": "c"}
     dest |= {"audiences": dict(audiences), "attributes": dict(attributes or {})}
-    from app.registry import publish_sync
+    from app.store.registry import publish_sync
 
     keys = Keys(prefix)
     publish_sync(client, keys, parse_config({"connections": [conn], "destinations": [dest]}))

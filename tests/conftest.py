@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from app.dispatcher import live_workers
-from app.keys import Keys
-from app.settings import Settings
+from app.core.keys import Keys
+from app.core.settings import Settings
+from app.delivery.dispatcher import live_workers
 from bench.harness import (
     ROOT,
     Sandbox,

@@ -16,10 +16,10 @@ import pytest
 import redis
 from aiohttp import web
 
-from app.api import make_app
-from app.keys import Keys
-from app.producer import Producer
-from app.registry import publish_sync
+from app.api.app import make_app
+from app.core.keys import Keys
+from app.ingest.producer import Producer
+from app.store.registry import publish_sync
 from tests.conftest import ROOT, Sandbox, free_port, make_settings, settings_env, wait_until
 from tests.test_end_to_end import e2e_config
 from tests.test_ingest_api import profile

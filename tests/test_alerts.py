@@ -13,13 +13,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from app.alert_runner import AlertLoop, Evaluator, Lease, Webhook
-from app.alerts import Snapshot, Window, conditions, snapshot_from_status
-from app.destinations import parse_config
-from app.keys import Keys
-from app.registry import publish_sync
-from app.settings import Settings
-from app.store import ProspectStore
+from app.config.destinations import parse_config
+from app.core.keys import Keys
+from app.core.settings import Settings
+from app.ops.alert_runner import AlertLoop, Evaluator, Lease, Webhook
+from app.ops.alerts import Snapshot, Window, conditions, snapshot_from_status
+from app.store.prospects import ProspectStore
+from app.store.registry import publish_sync
 from tests.conftest import TEST_REDIS_URL, make_settings, settings_env
 
 
@@ -291,8 +291,8 @@ async def test_a_connection_needing_reauthorization_alerts_once_and_recovers_on_
     """From the connection store's real state, through the real status document."""
     import time
 
-    from app.connections import ConnectionStoreSync, with_reauth_required
-    from app.crypto import default_cipher
+    from app.connections.crypto import default_cipher
+    from app.connections.records import ConnectionStoreSync, with_reauth_required
 
     settings = _settings(prefix, hook)
     store = ConnectionStoreSync(rclient, settings.keys, default_cipher())

@@ -1,4 +1,4 @@
-"""Every Outreach answer maps to one error class (app/classify.py), pure and without HTTP."""
+"""Every Outreach answer maps to one error class (outreach/answers.py), pure and without HTTP."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.classify import classify
-from app.errors import Permanent, RateLimited, Retryable, Unauthorized
+from app.core.errors import Permanent, RateLimited, Retryable, Unauthorized
+from app.outreach.answers import classify
 
 NOW = 1_800_000_000.0
 

@@ -15,23 +15,23 @@ import redis
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
-from app.connections import (
-    REAUTH_REQUIRED,
-    ConnectionStoreSync,
-    connection_states_sync,
-    with_reauth_required,
-)
-from app.crypto import (
+from app.config.destinations import Connection, parse_config
+from app.connections.crypto import (
     DEVELOPMENT_ONLY_INSECURE_KEY,
     TokenCipher,
     TokenDecryptError,
     cipher_for,
     parse_keys,
 )
-from app.destinations import Connection, parse_config
-from app.keys import Keys
-from app.registry import Registry, publish_sync
-from app.startup import StartupRefused, check_startup, startup_problems
+from app.connections.records import (
+    REAUTH_REQUIRED,
+    ConnectionStoreSync,
+    connection_states_sync,
+    with_reauth_required,
+)
+from app.core.keys import Keys
+from app.ops.startup import StartupRefused, check_startup, startup_problems
+from app.store.registry import Registry, publish_sync
 from tests.conftest import ROOT, TEST_REDIS_URL, make_settings, settings_env
 
 ACCESS = "ACCESS-tok-8f3a1c"
@@ -232,9 +232,9 @@ def test_development_without_a_key_warns_once_and_uses_the_development_key(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = make_settings({})
-    with caplog.at_level(logging.WARNING, logger="app.startup"):
+    with caplog.at_level(logging.WARNING, logger="app.ops.startup"):
         check_startup(settings)
-    [record] = [r for r in caplog.records if r.name == "app.startup"]
+    [record] = [r for r in caplog.records if r.name == "app.ops.startup"]
     assert "DEVELOPMENT_ONLY_INSECURE_KEY" in record.getMessage()
     assert cipher_for(settings).development
 
@@ -408,7 +408,7 @@ def test_config_loads_resume_a_connection_only_when_it_becomes_able_to_send(
     first = rclient.get(keys.resumed("d"))
     assert first is not None
     # Periodic loads of an active connection (with or without tokens) must not restart the
-    # retry age of its changes (app/delivery.py counts it from the resume).
+    # retry age of its changes (app/delivery/drain.py counts it from the resume).
     rclient.set(keys.resumed("d"), 1)
     publish_sync(rclient, keys, config(), cipher=c)
     publish_sync(rclient, keys, config(access_token=ACCESS + "2"), cipher=c)

@@ -14,9 +14,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app.errors import Retryable
-from app.outreach import Response
-from app.store import ProspectStore, encode
+from app.core.errors import Retryable
+from app.outreach.client import Response
+from app.store.prospects import ProspectStore, encode
 from tests.test_drain_counts import D, FakeOutreach, _deliverer, _setup, aclient, ok
 
 __all__ = ["aclient"]  # the fixture, used by name

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from app.cli import parse
-from app.settings import Settings
+from app.cli.main import parse
+from app.core.settings import Settings
 from tests.conftest import ROOT, make_settings, settings_env
 
 DEPLOY = ROOT / "deploy"
@@ -40,7 +40,7 @@ def _containers() -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def routes() -> set[str]:
-    from app.api import make_app
+    from app.api.app import make_app
 
     app: web.Application = make_app(make_settings(settings_env("deploycheck", None)))
     return {r.resource.canonical for r in app.router.routes() if r.resource is not None}
@@ -176,7 +176,7 @@ def test_autoscaling_query_names_a_metric_we_export() -> None:
     query = scaled["spec"]["triggers"][0]["metadata"]["query"]
     metric = re.search(r"(outreach_sync_\w+)", query)
     assert metric is not None
-    prom = (ROOT / "app" / "prom.py").read_text()
+    prom = (ROOT / "app" / "api" / "prometheus.py").read_text()
     assert metric.group(1).removeprefix("outreach_sync") in prom
 
 
@@ -215,7 +215,7 @@ def test_the_kubernetes_configmap_and_example_secret_make_a_service_that_starts(
     (production mode): nothing the pods get is refused, empty optional values included."""
     from cryptography.fernet import Fernet
 
-    from app.startup import startup_problems
+    from app.ops.startup import startup_problems
 
     env: dict[str, str] = {}
     for doc in _k8s_docs():

@@ -12,8 +12,7 @@ import limits
 import pytest
 from pydantic import ValidationError
 
-from app import outreach_fields
-from app.destinations import (
+from app.config.destinations import (
     Config,
     ConfigError,
     Connection,
@@ -22,6 +21,7 @@ from app.destinations import (
     load_config,
     parse_config,
 )
+from app.outreach import fields as outreach_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-token-value-xyz"

@@ -7,11 +7,11 @@ import threading
 import pytest
 import redis
 
-from app.destinations import parse_config
-from app.dispatcher import Dispatcher, live_workers
-from app.keys import Keys
-from app.producer import Producer
-from app.registry import publish_sync
+from app.config.destinations import parse_config
+from app.core.keys import Keys
+from app.delivery.dispatcher import Dispatcher, live_workers
+from app.ingest.producer import Producer
+from app.store.registry import publish_sync
 from tests.conftest import TEST_REDIS_URL, make_settings, settings_env, wait_until
 
 

@@ -14,15 +14,15 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app.delivery import Deliverer
-from app.destinations import parse_config
-from app.keys import Keys
-from app.oauth import AccessToken, RefreshOutcome
-from app.outreach import Response
-from app.ratelimit import gate_for
-from app.registry import Registry, publish_sync
-from app.settings import Settings
-from app.store import ProspectStore, encode
+from app.config.destinations import parse_config
+from app.connections.oauth import AccessToken, RefreshOutcome
+from app.core.keys import Keys
+from app.core.settings import Settings
+from app.delivery.drain import Deliverer
+from app.outreach.client import Response
+from app.ratelimit.gate import gate_for
+from app.store.prospects import ProspectStore, encode
+from app.store.registry import Registry, publish_sync
 from tests.conftest import TEST_REDIS_URL, make_settings, settings_env
 
 D = "d"
@@ -206,7 +206,7 @@ def test_the_drain_task_counts_a_drain_that_raised(monkeypatch: pytest.MonkeyPat
 def test_worker_series_keep_fields_and_bisection_requests_out_of_prospects() -> None:
     from prometheus_client import REGISTRY
 
-    from workers.metrics import record_drain
+    from workers.prometheus import record_drain
 
     dest = f"d-{time.monotonic_ns()}"
     record_drain(

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import redis
 
-from app.destinations import Config, parse_config
-from app.keys import Keys
-from app.producer import Producer
-from app.registry import publish_sync
-from app.sample import Sample, generate
+from app.cli.sample import Sample, generate
+from app.config.destinations import Config, parse_config
+from app.core.keys import Keys
+from app.ingest.producer import Producer
+from app.store.registry import publish_sync
 from tests.conftest import Sandbox, make_settings, settings_env, wait_until
 
 pytestmark = pytest.mark.integration

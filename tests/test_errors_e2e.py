@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import redis
 
-from app.connections import ConnectionStoreSync
-from app.crypto import default_cipher
-from app.destinations import parse_config
-from app.keys import Keys
-from app.producer import Producer
-from app.registry import publish_sync
+from app.config.destinations import parse_config
+from app.connections.crypto import default_cipher
+from app.connections.records import ConnectionStoreSync
+from app.core.keys import Keys
+from app.ingest.producer import Producer
+from app.store.registry import publish_sync
 from tests.conftest import Sandbox, make_settings, settings_env, wait_until
 from tests.test_end_to_end import idle
 

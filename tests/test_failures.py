@@ -13,13 +13,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app.delivery import failure_record
-from app.errors import Permanent, Retryable
-from app.failures import list_failures, purge, replay, show_failure
-from app.keys import Keys
-from app.registry import publish_sync
-from app.resync import resync
-from app.store import ProspectStore, encode
+from app.core.errors import Permanent, Retryable
+from app.core.keys import Keys
+from app.delivery.drain import failure_record
+from app.store.failures import list_failures, purge, replay, show_failure
+from app.store.prospects import ProspectStore, encode
+from app.store.registry import publish_sync
+from app.store.resync import resync
 from tests.conftest import ROOT, TEST_REDIS_URL, settings_env
 from tests.test_end_to_end import e2e_config
 

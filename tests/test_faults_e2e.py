@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import redis
 
-from app.keys import Keys
-from app.producer import Producer
-from app.registry import publish_sync
-from app.sample import generate
+from app.cli.sample import generate
+from app.core.keys import Keys
+from app.ingest.producer import Producer
+from app.store.registry import publish_sync
 from tests.conftest import Sandbox, make_settings, settings_env, wait_until
 from tests.test_end_to_end import AUDIENCES, differing, e2e_config, idle
 

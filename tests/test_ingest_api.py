@@ -13,9 +13,9 @@ import pytest
 import redis
 from aiohttp import web
 
-from app.api import make_app
-from app.keys import Keys
-from app.registry import publish_sync
+from app.api.app import make_app
+from app.core.keys import Keys
+from app.store.registry import publish_sync
 from tests.conftest import ROOT, TEST_REDIS_URL, free_port, make_settings, settings_env, wait_until
 from tests.test_end_to_end import e2e_config
 
@@ -274,7 +274,7 @@ def _base_env() -> dict[str, str]:
 
 
 def test_bundled_sample_is_the_generators_output() -> None:
-    from app.demo import SAMPLE_FILE, demo_sample
+    from app.cli.demo import SAMPLE_FILE, demo_sample
 
     lines = SAMPLE_FILE.read_text().splitlines()
     assert [json.loads(line) for line in lines] == demo_sample().profiles
@@ -285,8 +285,8 @@ async def test_a_batch_large_enough_to_be_validated_on_a_thread_gives_the_same_r
 ) -> None:
     import redis.asyncio as aioredis
 
-    from app.ingest import THREAD_ABOVE_PROFILES, ingest_async
-    from app.store import ProspectStore
+    from app.ingest.batch import THREAD_ABOVE_PROFILES, ingest_async
+    from app.store.prospects import ProspectStore
 
     keys = Keys(prefix)
     config = e2e_config()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from app.logs import configure_logging, resolve_format
+from app.ops.logs import configure_logging, resolve_format
 from tests.conftest import ROOT, free_port, make_settings, settings_env
 
 
@@ -41,7 +41,7 @@ def _capture(prefix: str, fmt: str) -> io.StringIO:
 
 def test_json_lines_carry_fields_and_extras(prefix: str, restore_root: None) -> None:
     out = _capture(prefix, "json")
-    log = logging.getLogger("app.delivery")
+    log = logging.getLogger("app.delivery.drain")
     log.info("sent %d prospects", 3, extra={"destination": "demo", "connection": "main"})
     try:
         raise ValueError("bad custom7")
@@ -50,7 +50,7 @@ def test_json_lines_carry_fields_and_extras(prefix: str, restore_root: None) -> 
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
     first, second = (json.loads(line) for line in lines)
-    assert first["level"] == "INFO" and first["logger"] == "app.delivery"
+    assert first["level"] == "INFO" and first["logger"] == "app.delivery.drain"
     assert first["message"] == "sent 3 prospects"
     assert first["destination"] == "demo" and first["connection"] == "main"
     assert first["ts"].endswith("+00:00")
@@ -61,7 +61,7 @@ def test_json_lines_carry_fields_and_extras(prefix: str, restore_root: None) -> 
 def test_secrets_are_redacted_in_both_formats(prefix: str, restore_root: None) -> None:
     for fmt in ("json", "text"):
         out = _capture(prefix, fmt)
-        log = logging.getLogger("app.outreach")
+        log = logging.getLogger("app.outreach.client")
         log.warning(
             "refresh for %s: Authorization: Bearer tok123secret refresh_token=%s key %s",
             "ada@example.org",
@@ -86,7 +86,7 @@ def test_auto_picks_text_on_a_terminal_and_json_elsewhere() -> None:
 
 
 def test_bad_log_format_is_refused_naming_the_variable(prefix: str) -> None:
-    from app.settings import SettingsError, load_settings
+    from app.core.settings import SettingsError, load_settings
 
     env = settings_env(prefix, None, LOG_FORMAT="xml")
     with pytest.MonkeyPatch.context() as mp:
@@ -212,13 +212,13 @@ def _get(url: str) -> tuple[int, bytes]:
 def test_a_decrypted_outreach_token_is_redacted_by_value(prefix: str, restore_root: None) -> None:
     from cryptography.fernet import Fernet
 
-    from app.crypto import TokenCipher
+    from app.connections.crypto import TokenCipher
 
     token = "shapeless9Outreach7token"  # no label, no "Bearer": only its value can find it
     cipher = TokenCipher([Fernet(Fernet.generate_key())])
     blob = cipher.encrypt(token)
     out = _capture(prefix, "text")
-    log = logging.getLogger("app.oauth")
+    log = logging.getLogger("app.connections.oauth")
     log.warning("upstream said %s", token)  # not yet known: nothing recognises it
     assert cipher.decrypt(blob) == token
     log.warning("upstream said %s", token)
@@ -236,7 +236,9 @@ def test_the_oauth_callback_code_and_state_leave_no_trace_in_the_access_log(
         '127.0.0.1 "GET /oauth/callback?code=Zq81authCODE77&state=Sx9-STATEvalue_42 HTTP/1.1" 200'
     )
     access.info('127.0.0.1 "GET /oauth/callback?state=Sx9-STATEvalue_42&code=Zq81authCODE77" 200')
-    logging.getLogger("app.oauth").info("exit code: 2, connection state=active, zip_code=1234")
+    logging.getLogger("app.connections.oauth").info(
+        "exit code: 2, connection state=active, zip_code=1234"
+    )
     text = out.getvalue()
     assert "Zq81authCODE77" not in text and "Sx9-STATEvalue_42" not in text, text
     assert "/oauth/callback?code=[Filtered]&state=[Filtered]" in text

@@ -13,13 +13,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app import metrics
-from app.ingest import ingest_sync
-from app.keys import Keys
-from app.registry import publish_sync
-from app.status import BadQuery, collect_status, parse_hours
-from app.status_table import render_table
-from app.store import ProspectStore, encode
+from app.core.keys import Keys
+from app.ingest.batch import ingest_sync
+from app.ops.status import BadQuery, collect_status, parse_hours
+from app.ops.status_table import render_table
+from app.store import counters as metrics
+from app.store.prospects import ProspectStore, encode
+from app.store.registry import publish_sync
 from tests.conftest import ROOT, TEST_REDIS_URL, make_settings, settings_env
 from tests.test_end_to_end import e2e_config
 
@@ -215,7 +215,7 @@ def test_an_audience_under_two_namespaces_counts_once_with_its_newest_status(
 def test_status_failures_never_show_a_value_and_come_from_the_recent_index(
     prefix: str, rclient: redis.Redis
 ) -> None:
-    from app.status_page import render_destination
+    from app.api.status_page import render_destination
 
     env = settings_env(prefix, None)
     keys = Keys(prefix)

@@ -20,11 +20,11 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
-from app.connections import ConnectionStoreSync
-from app.crypto import TokenCipher, parse_keys
-from app.destinations import parse_config
-from app.keys import Keys
-from app.registry import publish_sync
+from app.config.destinations import parse_config
+from app.connections.crypto import TokenCipher, parse_keys
+from app.connections.records import ConnectionStoreSync
+from app.core.keys import Keys
+from app.store.registry import publish_sync
 from tests.conftest import ROOT, Sandbox, free_port, settings_env, wait_until
 
 pytestmark = pytest.mark.integration

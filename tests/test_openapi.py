@@ -14,11 +14,11 @@ import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from app.api import make_app
-from app.keys import Keys
-from app.openapi import document
-from app.producer_keys import ProducerKeys
-from app.registry import publish_sync
+from app.admin.producer_keys import ProducerKeys
+from app.api.app import make_app
+from app.api.openapi import document
+from app.core.keys import Keys
+from app.store.registry import publish_sync
 from tests.conftest import TEST_REDIS_URL, free_port, make_settings, settings_env
 from tests.test_end_to_end import e2e_config
 from tests.test_ingest_api import profile
@@ -64,7 +64,7 @@ def test_every_registered_route_is_documented(app: web.Application) -> None:
 
 def test_every_documented_route_is_registered(app: web.Application) -> None:
     gone = documented(document()) - registered(app)
-    assert not gone, f"described in app/openapi.py but not registered: {sorted(gone)}"
+    assert not gone, f"described in app/api/openapi.py but not registered: {sorted(gone)}"
 
 
 def test_the_document_is_consistent() -> None:

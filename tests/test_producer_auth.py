@@ -17,10 +17,10 @@ import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from app.api import make_app
-from app.keys import Keys
-from app.producer_keys import ProducerKeys
-from app.registry import publish_sync
+from app.admin.producer_keys import ProducerKeys
+from app.api.app import make_app
+from app.core.keys import Keys
+from app.store.registry import publish_sync
 from tests.conftest import ROOT, TEST_REDIS_URL, free_port, make_settings, settings_env
 from tests.test_end_to_end import e2e_config
 from tests.test_ingest_api import profile

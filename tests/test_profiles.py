@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from app.destinations import Destination
-from app.profiles import (
+from app.config.destinations import Destination
+from app.ingest.profiles import (
     MAX_FUTURE_SKEW_MS,
     FieldChange,
     ProfileResult,

@@ -13,10 +13,10 @@ import redis
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.api import make_app
-from app.keys import Keys
-from app.producer import Producer
-from app.registry import publish_sync
+from app.api.app import make_app
+from app.core.keys import Keys
+from app.ingest.producer import Producer
+from app.store.registry import publish_sync
 from tests.conftest import Sandbox, free_port, make_settings, settings_env, wait_until
 from tests.test_end_to_end import e2e_config, idle
 

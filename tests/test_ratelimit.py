@@ -14,8 +14,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from app.keys import Keys
-from app.ratelimit import PROBE_TIMEOUT_S, Grant, QuotaGate, QuotaUnavailable
+from app.core.keys import Keys
+from app.ratelimit.gate import PROBE_TIMEOUT_S, Grant, QuotaGate, QuotaUnavailable
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 STORAGE_URI = "async+redis://127.0.0.1:6379/14"

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.ratelimit_signals import ServerBudget, parse_budget, parse_reset, parse_try_again_at
+from app.outreach.signals import ServerBudget, parse_budget, parse_reset, parse_try_again_at
 
 NOW = 1_700_000_000.0
 FALLBACK = 60.0

@@ -15,15 +15,15 @@ import pytest
 import redis
 from kombu import Connection
 
-from app.ratelimit import gate_for
-from app.redis_client import (
+from app.core.redis_client import (
     async_client,
     broker_transport_options,
     broker_url,
     limits_storage_uri,
     sync_client,
 )
-from app.settings import Settings
+from app.core.settings import Settings
+from app.ratelimit.gate import gate_for
 from tests.conftest import TEST_REDIS_URL, free_port, make_settings, settings_env, wait_until
 
 pytestmark = pytest.mark.skipif(

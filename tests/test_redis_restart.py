@@ -13,9 +13,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app.keys import Keys
-from app.registry import publish_sync
-from app.store import ProspectStore, encode, merge_sync
+from app.core.keys import Keys
+from app.store.prospects import ProspectStore, encode, merge_sync
+from app.store.registry import publish_sync
 from tests.conftest import ROOT, free_port, wait_until
 from tests.test_end_to_end import e2e_config
 

@@ -21,13 +21,13 @@ import redis
 import redis.asyncio as aioredis
 from cryptography.fernet import Fernet
 
-from app.connections import ConnectionStore, ConnectionStoreSync
-from app.crypto import TokenCipher, parse_keys
-from app.destinations import Connection, parse_config
-from app.keys import Keys
-from app.oauth import RefreshOutcome, TokenManager, retry_after_s
-from app.producer import Producer
-from app.registry import publish_sync
+from app.config.destinations import Connection, parse_config
+from app.connections.crypto import TokenCipher, parse_keys
+from app.connections.oauth import RefreshOutcome, TokenManager, retry_after_s
+from app.connections.records import ConnectionStore, ConnectionStoreSync
+from app.core.keys import Keys
+from app.ingest.producer import Producer
+from app.store.registry import publish_sync
 from tests.conftest import TEST_REDIS_URL, Sandbox, make_settings, settings_env, wait_until
 from tests.test_end_to_end import idle
 from tests.test_oauth_e2e import CLIENT, Api, api_factory, call
@@ -222,7 +222,7 @@ async def test_a_revoked_grant_makes_the_connection_reauth_required_logged_once(
     one, close_one = await manager(env_for(prefix, sandbox, key))
     two, close_two = await manager(env_for(prefix, sandbox, key))
     try:
-        with caplog.at_level(logging.ERROR, logger="app.oauth"):
+        with caplog.at_level(logging.ERROR, logger="app.connections.oauth"):
             outcomes = await asyncio.gather(
                 *(m.after_unauthorized("c", 1) for m in (one, two, one, two))
             )

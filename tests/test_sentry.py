@@ -14,8 +14,8 @@ from celery import Celery
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
-from app.api import make_app
-from app.observability import init_sentry, scrub_event
+from app.api.app import make_app
+from app.ops.sentry import init_sentry, scrub_event
 from tests.conftest import make_settings, settings_env
 
 TOKEN = "ya29TOKENf00dcafe1234567890"

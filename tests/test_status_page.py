@@ -20,11 +20,11 @@ import pytest
 import redis
 from aiohttp import web
 
-from app.api import make_app
-from app.destinations import parse_config
-from app.keys import Keys
-from app.producer import Producer
-from app.registry import publish_sync
+from app.api.app import make_app
+from app.config.destinations import parse_config
+from app.core.keys import Keys
+from app.ingest.producer import Producer
+from app.store.registry import publish_sync
 from tests.conftest import Sandbox, free_port, make_settings, settings_env, wait_until
 from tests.test_end_to_end import idle
 

@@ -8,10 +8,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app.errors import UnknownDestination
-from app.keys import Keys
-from app.registry import DestinationBusy, publish_sync, swap_destination
-from app.store import ProspectStore, encode, merge_sync, poll_sync
+from app.core.errors import UnknownDestination
+from app.core.keys import Keys
+from app.store.prospects import ProspectStore, encode, merge_sync, poll_sync
+from app.store.registry import DestinationBusy, publish_sync, swap_destination
 from tests.conftest import TEST_REDIS_URL
 from tests.test_end_to_end import e2e_config
 

@@ -9,11 +9,11 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.signals import celeryd_init, setup_logging, worker_process_shutdown
 
-from app.alert_runner import AlertLoop
-from app.dispatcher import Dispatcher
-from app.redis_client import broker_transport_options, broker_url, sync_client
-from app.settings import get_settings
-from workers.metrics import MetricsStep
+from app.core.redis_client import broker_transport_options, broker_url, sync_client
+from app.core.settings import get_settings
+from app.delivery.dispatcher import Dispatcher
+from app.ops.alert_runner import AlertLoop
+from workers.prometheus import MetricsStep
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -30,7 +30,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     # We never use ETAs/countdowns; redelivery of an unacked task after this is harmless
     # because drains are idempotent (claims are leased in Redis).
-    # (kombu's sentinel:// transport under REDIS_SENTINELS: app/redis_client.py).
+    # (kombu's sentinel:// transport under REDIS_SENTINELS: app/core/redis_client.py).
     broker_transport_options=broker_transport_options(settings),
 )
 
@@ -41,7 +41,7 @@ class DispatcherStep(bootsteps.StartStopStep):
     requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
-        from app.startup import StartupRefused, check_startup
+        from app.ops.startup import StartupRefused, check_startup
 
         try:
             check_startup(settings)  # outside development: no worker without the keys
@@ -72,12 +72,12 @@ class DispatcherStep(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(DispatcherStep)
-app.steps["worker"].add(MetricsStep)  # /metrics on WORKER_METRICS_PORT (workers/metrics.py)
+app.steps["worker"].add(MetricsStep)  # /metrics on WORKER_METRICS_PORT (workers/prometheus.py)
 
 
 class AlertStep(bootsteps.StartStopStep):
     """Runs the alert evaluator thread in the worker's main process (one evaluates at a
-    time across the fleet: app/alert_runner.py)."""
+    time across the fleet: app/ops/alert_runner.py)."""
 
     requires = ("celery.worker.components:Pool",)
 
@@ -96,14 +96,14 @@ app.steps["worker"].add(AlertStep)
 @setup_logging.connect
 def _setup_logging(loglevel: Any = None, **_: Any) -> None:
     """Our JSON/text logging instead of Celery's (the worker's --loglevel still counts)."""
-    from app.logs import configure_logging
+    from app.ops.logs import configure_logging
 
     configure_logging(settings, level=loglevel or settings.log_level)
 
 
 @celeryd_init.connect
 def _init_sentry(**_: Any) -> None:
-    from app.observability import init_sentry
+    from app.ops.sentry import init_sentry
 
     init_sentry(settings, component="worker")
 

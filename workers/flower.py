@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from app.logs import configure_logging
-from app.settings import get_settings
+from app.core.settings import get_settings
+from app.ops.logs import configure_logging
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -13,16 +13,16 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from app.connections import ConnectionStore
-from app.crypto import cipher_for
-from app.delivery import Deliverer
-from app.oauth import TokenManager
-from app.outreach import OutreachClient
-from app.ratelimit import gate_for
-from app.redis_client import async_client
-from app.registry import Registry
-from app.settings import Settings, get_settings
-from app.store import ProspectStore
+from app.connections.crypto import cipher_for
+from app.connections.oauth import TokenManager
+from app.connections.records import ConnectionStore
+from app.core.redis_client import async_client
+from app.core.settings import Settings, get_settings
+from app.delivery.drain import Deliverer
+from app.outreach.client import OutreachClient
+from app.ratelimit.gate import gate_for
+from app.store.prospects import ProspectStore
+from app.store.registry import Registry
 
 T = TypeVar("T")
 

@@ -6,9 +6,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from app.producer import Producer
+from app.ingest.producer import Producer
 from workers.celery_app import app
-from workers.metrics import record_drain
+from workers.prometheus import record_drain
 from workers.runtime import get_runtime
 
 

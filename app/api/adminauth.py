@@ -1,0 +1,75 @@
+"""Who may use the admin surface: destinations, connections, OAuth start, the status page.
+
+One operator secret, ``ADMIN_API_KEY``, sent as ``Authorization: Bearer <key>`` or as the
+password of HTTP Basic auth (so a browser can open the OAuth start URL and the status page).
+In development mode without a key the admin surface is open, and the service says so at start.
+Producer keys are a separate matter (app/api/producer_auth.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from typing import Any
+
+from aiohttp import web
+
+from app.core.settings import Settings
+
+REALM = 'Basic realm="outreach-sync admin", charset="UTF-8"'
+
+
+def presented_secret(request: web.Request) -> str | None:
+    """The secret a request carries: a bearer token or a Basic-auth password."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if scheme.lower() == "basic":
+        return _basic_password(value.strip())
+    return None
+
+
+def secret_bytes(secret: str) -> bytes:
+    """``secret`` as bytes to compare. aiohttp decodes header bytes that are not UTF-8 with
+    surrogateescape; encoding them back the same way gives the bytes sent (a plain
+    ``encode()`` would raise, and the request end in a 500)."""
+    return secret.encode("utf-8", "surrogateescape")
+
+
+def _basic_password(encoded: str) -> str | None:
+    # By hand: aiohttp's BasicAuth is deprecated (gone in aiohttp 4).
+    try:
+        raw = base64.b64decode(encoded.encode("ascii"), validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # RFC 7617's historical default
+    _, colon, password = text.partition(":")
+    return password or None if colon else None
+
+
+def admin_refusal(request: web.Request, settings: Settings) -> web.Response | None:
+    """None when the request may use the admin surface, else the 401 answer to send."""
+    expected = settings.admin_api_key
+    if expected is None:
+        return None  # development mode only: startup refuses production without a key
+    given = presented_secret(request)
+    if given is not None and hmac.compare_digest(
+        secret_bytes(given), secret_bytes(expected.get_secret_value())
+    ):
+        return None
+    body: dict[str, Any] = {
+        "errors": [
+            {
+                "status": "401",
+                "title": "Admin authentication required",
+                "detail": "send the admin API key as 'Authorization: Bearer <key>' "
+                "(or as the Basic-auth password)",
+            }
+        ]
+    }
+    return web.json_response(body, status=401, headers={"WWW-Authenticate": REALM})

@@ -1,0 +1,481 @@
+"""The HTTP API described as an OpenAPI 3.1 document, served at ``GET /openapi.json``.
+
+Written by hand next to the routes; tests/test_openapi.py fails when a route is registered
+but not described here (or described but gone), and checks error answers against it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from aiohttp import web
+
+from app.api.openapi_schemas import JSON, Doc, components, json_content, ref
+
+PRODUCER: list[Doc] = [
+    {"producerKey": []},
+    {"producerApiKey": []},
+    {"adminKey": []},
+    {"adminBasic": []},
+]
+ADMIN: list[Doc] = [{"adminKey": []}, {"adminBasic": []}]
+
+
+def _errors(*codes: int) -> Doc:
+    out: Doc = {}
+    for code in codes:
+        out[str(code)] = {"$ref": f"#/components/responses/Error{code}"}
+    return out
+
+
+def _html(description: str) -> Doc:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def _path_param(name: str, description: str) -> Doc:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _query(name: str, description: str, schema: Doc, *, required: bool = False) -> Doc:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": schema,
+    }
+
+
+DEST_PARAM = _path_param("destination_id", "The destination's id")
+CONN_PARAM = _path_param("connection_id", "The connection's id")
+
+
+def _producer_paths() -> Doc:
+    ndjson = {"type": "string", "description": "One profile (JSON object) per line"}
+    body = {
+        "required": True,
+        "content": {
+            JSON: {
+                "schema": {
+                    "oneOf": [
+                        ref("Profile"),
+                        {
+                            "type": "object",
+                            "required": ["profiles"],
+                            "properties": {"profiles": {"type": "array", "items": ref("Profile")}},
+                        },
+                    ]
+                }
+            },
+            "application/x-ndjson": {"schema": ndjson},
+        },
+    }
+    return {
+        "/v1/destinations/{destination_id}/profiles": {
+            "parameters": [DEST_PARAM],
+            "post": {
+                "operationId": "ingestProfiles",
+                "tags": ["producers"],
+                "summary": 'Send profiles (one, {"profiles": [...]}, or NDJSON)',
+                "description": "Each profile is accepted, excluded (no usable OutreachId) or "
+                "rejected (the reason names the field); one bad profile never rejects another.",
+                "security": PRODUCER,
+                "requestBody": body,
+                "responses": {
+                    "202": json_content(ref("IngestReport"), "At least one profile was accepted"),
+                    "422": json_content(ref("IngestReport"), "No profile was accepted"),
+                    **_errors(400, 401, 403, 404, 413, 429, 503),
+                },
+            },
+        },
+        "/v1/destinations/{destination_id}/status": {
+            "parameters": [DEST_PARAM],
+            "get": {
+                "operationId": "destinationStatus",
+                "tags": ["producers"],
+                "summary": "Backlog, counters and quota of a destination",
+                "security": PRODUCER,
+                "parameters": [
+                    _query(
+                        "hours",
+                        "Windows of the recent-activity figures, in hours",
+                        {"type": "integer", "minimum": 1},
+                    )
+                ],
+                "responses": {
+                    "200": json_content(ref("DestinationStatus"), "The destination's state"),
+                    **_errors(400, 401, 403, 404, 429, 503),
+                },
+            },
+        },
+    }
+
+
+def _data(schema: Doc) -> Doc:
+    """Successful admin answers carry their document under ``data``."""
+    return {"type": "object", "required": ["data"], "properties": {"data": schema}}
+
+
+def _admin_destination_paths() -> Doc:
+    dest = json_content(_data(ref("Destination")), "The destination as stored")
+    body = {"required": True, "content": {JSON: {"schema": ref("Destination")}}}
+    patch_schema = {
+        "type": "object",
+        "description": "JSON Merge Patch (RFC 7396) of a Destination: members given replace, "
+        "objects merge, null removes a member (it returns to its default)",
+    }
+    patch = {
+        "required": True,
+        "content": {
+            JSON: {"schema": patch_schema},
+            "application/merge-patch+json": {"schema": patch_schema},
+        },
+    }
+    deleted = {
+        "type": "object",
+        "required": ["id", "discarded"],
+        "properties": {
+            "id": {"type": "string"},
+            "discarded": {
+                "type": "object",
+                "properties": {
+                    k: {"type": "integer"} for k in ("pending", "in_flight", "failures")
+                },
+            },
+        },
+    }
+    listing = _data({"type": "array", "items": ref("Destination")})
+    op = {"tags": ["admin"], "security": ADMIN}
+    return {
+        "/v1/admin/destinations": {
+            "get": {
+                **op,
+                "operationId": "listDestinations",
+                "summary": "Every destination",
+                "responses": {
+                    "200": json_content(listing, "The destinations, by id"),
+                    **_errors(401),
+                },
+            },
+            "post": {
+                **op,
+                "operationId": "createDestination",
+                "summary": "Create a destination (its id in the body)",
+                "requestBody": body,
+                "responses": {
+                    "201": {**dest, "headers": {"Location": {"schema": {"type": "string"}}}},
+                    **_errors(400, 401, 409, 415, 422),
+                },
+            },
+        },
+        "/v1/admin/destinations/{destination_id}": {
+            "parameters": [DEST_PARAM],
+            "get": {
+                **op,
+                "operationId": "getDestination",
+                "summary": "One destination",
+                "responses": {"200": dest, **_errors(401, 404)},
+            },
+            "put": {
+                **op,
+                "operationId": "replaceDestination",
+                "summary": "Replace a destination (the body's id, if any, must match)",
+                "requestBody": body,
+                "responses": {"200": dest, **_errors(400, 401, 404, 409, 415, 422)},
+            },
+            "patch": {
+                **op,
+                "operationId": "patchDestination",
+                "summary": 'Change some members, e.g. {"enabled": false} to disable',
+                "requestBody": patch,
+                "responses": {"200": dest, **_errors(400, 401, 404, 409, 415, 422)},
+            },
+            "delete": {
+                **op,
+                "operationId": "deleteDestination",
+                "summary": "Delete a destination and everything kept for it",
+                "description": "Refused (409) while changes are pending or in flight or failure "
+                "records remain, unless force=true, which discards them (the answer counts them).",
+                "parameters": [
+                    _query("force", "Discard the backlog", {"type": "boolean", "default": False})
+                ],
+                "responses": {
+                    "200": json_content(_data(deleted), "Deleted; what was discarded"),
+                    **_errors(400, 401, 404, 409),
+                },
+            },
+        },
+    }
+
+
+def _connection_paths() -> Doc:
+    conn = {
+        "type": "object",
+        "description": "A connection's metadata, state (active, reauth_required), token expiry "
+        "and the destinations using it; never tokens",
+        "required": ["id"],
+        "properties": {"id": {"type": "string"}},
+    }
+    authorize = {
+        "type": "object",
+        "required": ["authorize_url"],
+        "properties": {
+            "authorize_url": {"type": "string", "format": "uri"},
+            "expires_in_s": {"type": "integer"},
+        },
+    }
+    user_body = {
+        "required": False,
+        "content": {
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "user": {"type": "string", "description": "Outreach user label"}
+                    },
+                }
+            }
+        },
+    }
+    op = {"tags": ["connections"], "security": ADMIN}
+    return {
+        "/v1/admin/connections": {
+            "get": {
+                **op,
+                "operationId": "listConnections",
+                "summary": "Every Outreach connection",
+                "responses": {
+                    "200": json_content(_data({"type": "array", "items": conn}), "The connections"),
+                    **_errors(401),
+                },
+            }
+        },
+        "/v1/admin/connections/{connection_id}": {
+            "parameters": [CONN_PARAM],
+            "get": {
+                **op,
+                "operationId": "getConnection",
+                "summary": "One connection",
+                "responses": {
+                    "200": json_content(_data(conn), "The connection"),
+                    **_errors(401, 404),
+                },
+            },
+            "delete": {
+                **op,
+                "operationId": "deleteConnection",
+                "summary": "Remove a connection and its tokens",
+                "description": "Refused (409) while destinations use it, unless force=true.",
+                "parameters": [
+                    _query("force", "Remove it even if in use", {"type": "boolean"}),
+                ],
+                "responses": {"204": {"description": "Removed"}, **_errors(401, 404, 409)},
+            },
+        },
+        "/v1/admin/connections/{connection_id}/authorize": {
+            "parameters": [CONN_PARAM],
+            "post": {
+                **op,
+                "operationId": "authorizeConnection",
+                "summary": "Start an OAuth authorization for the connection",
+                "requestBody": user_body,
+                "responses": {
+                    "201": json_content(authorize, "Open authorize_url in a browser"),
+                    **_errors(400, 401, 415, 422, 503),
+                },
+            },
+        },
+        "/oauth/start": {
+            "get": {
+                **op,
+                "operationId": "oauthStart",
+                "summary": "Redirect to Outreach's authorize page (single-use, expiring state)",
+                "parameters": [
+                    _query("connection", "Connection id", {"type": "string"}, required=True),
+                    _query("user", "The Outreach user's label (quota sharing)", {"type": "string"}),
+                ],
+                "responses": {
+                    "302": {"description": "To OUTREACH_AUTHORIZE_URL"},
+                    "400": _html("A bad or missing parameter"),
+                    "401": {"$ref": "#/components/responses/Error401"},
+                    "403": _html("A browser navigation from another site (Sec-Fetch-Site)"),
+                    "503": _html("OAuth is not configured (OUTREACH_CLIENT_ID/SECRET)"),
+                },
+            }
+        },
+        "/oauth/callback": {
+            "get": {
+                "tags": ["connections"],
+                "operationId": "oauthCallback",
+                "summary": "Where Outreach sends the user back; exchanges the code",
+                "security": [],
+                "parameters": [
+                    _query("code", "The authorization code", {"type": "string"}),
+                    _query("state", "The state /oauth/start issued", {"type": "string"}),
+                    _query("error", "Set when Outreach did not authorize", {"type": "string"}),
+                ],
+                "responses": {
+                    "200": _html("Connected"),
+                    "400": _html("Unknown, expired or reused state, or no code"),
+                    "403": _html("The user denied access"),
+                    "502": _html("The token endpoint failed"),
+                },
+            }
+        },
+    }
+
+
+def _operator_paths() -> Doc:
+    text = {
+        "description": "Prometheus text format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    health = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}, "redis": {"type": "string"}},
+    }
+    open_ = {"tags": ["operations"], "security": []}
+    hours = _query("hours", "Window of the figures, in hours", {"type": "integer", "minimum": 1})
+    page = {"tags": ["operations"], "security": ADMIN}
+    return {
+        "/healthz": {
+            "get": {
+                **open_,
+                "operationId": "healthz",
+                "summary": "The process answers",
+                "responses": {"200": json_content(health, "Alive")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                **open_,
+                "operationId": "readyz",
+                "summary": "Redis answers",
+                "responses": {
+                    "200": json_content(health, "Ready"),
+                    "503": json_content(health, "Not ready"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                **page,
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (scrape with the admin key)",
+                "responses": {"200": text, **_errors(401)},
+            }
+        },
+        "/status": {
+            "get": {
+                **page,
+                "operationId": "statusPage",
+                "summary": "Status page: every destination",
+                "parameters": [hours],
+                "responses": {
+                    "200": _html("The page"),
+                    "400": _html("A bad hours value"),
+                    **_errors(401),
+                },
+            }
+        },
+        "/status/{destination_id}": {
+            "parameters": [DEST_PARAM],
+            "get": {
+                **page,
+                "operationId": "destinationStatusPage",
+                "summary": "Status page of one destination",
+                "parameters": [hours],
+                "responses": {
+                    "200": _html("The page"),
+                    "400": _html("A bad hours value"),
+                    "404": _html("No such destination"),
+                    **_errors(401),
+                },
+            },
+        },
+        "/status/{destination_id}/data.json": {
+            "parameters": [DEST_PARAM],
+            "get": {
+                **page,
+                "operationId": "destinationStatusData",
+                "summary": "What the status page shows, as JSON (the page reloads it)",
+                "parameters": [hours],
+                "responses": {
+                    "200": json_content({"type": "object"}, "The destination's figures"),
+                    "400": _html("A bad hours value"),
+                    "404": json_content({"type": "object"}, "No such destination"),
+                    **_errors(401),
+                },
+            },
+        },
+        "/status/assets/{name}": {
+            "parameters": [_path_param("name", "A file of the page (script, style sheet)")],
+            "get": {
+                **open_,
+                "operationId": "statusPageAsset",
+                "summary": "A static file of the status page",
+                "responses": {
+                    "200": {"description": "The file", "content": {"*/*": {"schema": {}}}},
+                    "404": {"description": "No such file"},
+                },
+            },
+        },
+        "/openapi.json": {
+            "get": {
+                **open_,
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": json_content({"type": "object"}, "OpenAPI 3.1")},
+            }
+        },
+    }
+
+
+@cache
+def document() -> Doc:
+    """The whole OpenAPI 3.1 document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "outreach-sync",
+            "version": "1",
+            "description": "Streams CDP audience membership into Outreach prospects. Producers "
+            "send profiles with an API key (osk_...); operators manage destinations with the "
+            'admin key. Errors are JSON:API-style: {"errors": [{status, title, detail, '
+            "source.pointer}]}.",
+        },
+        "paths": {
+            **_producer_paths(),
+            **_admin_destination_paths(),
+            **_connection_paths(),
+            **_operator_paths(),
+        },
+        "components": {
+            **components(),
+            "securitySchemes": {
+                "producerKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A producer API key (outreach-sync keys create)",
+                },
+                "producerApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "adminKey": {"type": "http", "scheme": "bearer", "description": "ADMIN_API_KEY"},
+                "adminBasic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "ADMIN_API_KEY as the password (any user name)",
+                },
+            },
+        },
+    }
+
+
+async def serve(_: web.Request) -> web.Response:
+    return web.json_response(document())

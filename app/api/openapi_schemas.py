@@ -1,0 +1,212 @@
+"""The reusable parts of the OpenAPI document (app/api/openapi.py): schemas and error answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.config.destinations import STATUSES
+from app.outreach import fields as outreach_fields
+
+JSON = "application/json"
+Doc = dict[str, Any]
+#: The description of each error answer the document refers to (``ErrorNNN``).
+ERROR_TITLES = {
+    400: "The request is malformed (body, parameter)",
+    401: "No valid key (see WWW-Authenticate)",
+    403: "The key is valid but not for this destination",
+    404: "No such resource",
+    409: "Conflicts with the stored state",
+    413: "The body is larger than MAX_BODY_BYTES",
+    415: "The body is not declared JSON (Content-Type: application/json)",
+    422: "The body is well-formed but invalid; each error names its member",
+    429: "Too many requests for this key; see Retry-After",
+    503: "Not available now (Redis unreachable, or OAuth not configured)",
+}
+
+
+def ref(name: str) -> Doc:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def json_content(schema: Doc, description: str, **extra: Any) -> Doc:
+    return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
+
+
+def schemas() -> Doc:
+    custom_max = outreach_fields.CUSTOM_MAX_LENGTH
+    error = {
+        "type": "object",
+        "required": ["status", "title", "detail"],
+        "properties": {
+            "status": {"type": "string", "description": "The HTTP status, as a string"},
+            "title": {"type": "string"},
+            "detail": {"type": "string", "description": "What is wrong and how to fix it"},
+            "source": {
+                "type": "object",
+                "required": ["pointer"],
+                "properties": {
+                    "pointer": {
+                        "type": "string",
+                        "description": "RFC 6901 JSON Pointer into the request body, "
+                        "e.g. /audiences/<audience id>",
+                    }
+                },
+            },
+        },
+    }
+    destination = {
+        "type": "object",
+        "required": ["id", "name", "connection"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "description": {"type": "string", "default": ""},
+            "connection": {"type": "string", "description": "An existing connection's id"},
+            "enabled": {
+                "type": "boolean",
+                "default": True,
+                "description": "false: nothing is sent; accepted changes keep coalescing",
+            },
+            "identity_namespace": {
+                "type": "string",
+                "minLength": 1,
+                "default": "OutreachId",
+                "description": "identityMap namespace whose ids are Outreach prospect ids "
+                "(the OutreachId identity mapping, required)",
+            },
+            "audiences": {
+                "type": "object",
+                "description": "Audience id -> mapping ID N (prospect field customN); unique",
+                "additionalProperties": {
+                    "type": "integer",
+                    "minimum": outreach_fields.CUSTOM_MIN,
+                    "maximum": outreach_fields.CUSTOM_MAX,
+                },
+            },
+            "attributes": {
+                "type": "object",
+                "description": "Source attribute -> writable Outreach prospect attribute",
+                "additionalProperties": {"type": "string", "enum": sorted(outreach_fields.FIELDS)},
+            },
+            "status_values": {
+                "type": "object",
+                "description": "Value written per status (default: the status itself); "
+                "null writes nothing for it",
+                "properties": {
+                    s: {"type": ["string", "null"], "maxLength": custom_max} for s in STATUSES
+                },
+                "additionalProperties": False,
+            },
+            "coalesce_window_ms": {"type": ["integer", "null"], "minimum": 0},
+            "quota_share": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+        },
+    }
+    membership = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "lastQualificationTime": {
+                "type": ["string", "integer", "null"],
+                "description": "ISO 8601 (no zone: UTC) or epoch milliseconds (an integer "
+                "below 1e11 reads as epoch seconds and is rejected)",
+            },
+        },
+    }
+    profile = {
+        "type": "object",
+        "description": "The platform's profile format",
+        "properties": {
+            "identityMap": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["id"], "properties": {"id": {}}},
+                },
+            },
+            "segmentMembership": {
+                "type": "object",
+                "additionalProperties": {"type": "object", "additionalProperties": membership},
+            },
+            "attributes": {
+                "type": "object",
+                "additionalProperties": {"type": "object", "properties": {"value": {}}},
+            },
+            "timestamp": {
+                "type": ["string", "integer", "null"],
+                "description": "When the event was made: as lastQualificationTime",
+            },
+        },
+    }
+    counts = (
+        "received",
+        "accepted",
+        "excluded",
+        "rejected",
+        "ignored_audiences",
+        "fields_applied",
+        "fields_stale",
+    )
+    report = {
+        "type": "object",
+        "required": list(counts),
+        "properties": {
+            **{c: {"type": "integer"} for c in counts},
+            "profiles": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "outcome", "reason", "prospects"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "outcome": {"type": "string", "enum": ["accepted", "excluded", "rejected"]},
+                        "reason": {"type": ["string", "null"]},
+                        "prospects": {"type": "array", "items": {"type": "integer"}},
+                    },
+                },
+            },
+        },
+    }
+    status = {
+        "type": "object",
+        "required": ["destination", "enabled", "pending", "in_flight", "counters"],
+        "properties": {
+            "destination": {"type": "string"},
+            "enabled": {"type": "boolean"},
+            "pending": {"type": "integer"},
+            "in_flight": {"type": "integer"},
+            "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "invalid_mapping_ids": {"type": "array", "items": {"type": "integer"}},
+            "quota": {"type": "object"},
+        },
+    }
+    return {
+        "Error": error,
+        "Errors": {
+            "type": "object",
+            "required": ["errors"],
+            "properties": {"errors": {"type": "array", "minItems": 1, "items": ref("Error")}},
+        },
+        "Destination": destination,
+        "Profile": profile,
+        "IngestReport": report,
+        "DestinationStatus": status,
+    }
+
+
+def responses() -> Doc:
+    out: Doc = {}
+    for code, title in ERROR_TITLES.items():
+        resp: Doc = json_content(ref("Errors"), title)
+        if code == 401:
+            resp["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        if code == 429:
+            resp["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        out[f"Error{code}"] = resp
+    return out
+
+
+def components() -> Doc:
+    """``schemas`` and ``responses`` of the document's ``components``."""
+    return {"schemas": schemas(), "responses": responses()}

@@ -1,0 +1,141 @@
+"""Who may ingest: a producer API key (or the admin key), scoped to destinations, rate-bounded.
+
+Wraps the producers' routes (``guarded(handler)``). Unauthenticated ingestion is refused in
+every mode: a development deployment creates a key (``outreach-sync keys create``) as
+``make run`` does. The check runs before the body is read, so a refused request costs little.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from limits import RateLimitItem, parse
+from limits.aio.storage import Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from redis.exceptions import RedisError
+
+from app.admin.producer_keys import KeyRefused, ProducerKey, ProducerKeys
+from app.api.adminauth import presented_secret, secret_bytes
+from app.api.jsonapi import error_response, store_unavailable
+from app.core.settings import Settings
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CHALLENGE = 'Bearer realm="outreach-sync"'
+#: Rate-limit identity of requests made with the admin key.
+ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a request is: a producer key, or the operator's admin key (key None)."""
+
+    key: ProducerKey | None
+
+    @property
+    def identity(self) -> str:
+        return ADMIN if self.key is None else self.key.key_id
+
+    def allows(self, destination_id: str) -> bool:
+        return self.key is None or self.key.allows(destination_id)
+
+
+class MissingKey(KeyRefused):
+    """The request carries no key at all."""
+
+
+class ProducerGuard:
+    """Authentication, scope and request rate of the producers' routes."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self.keys = ProducerKeys(client, settings.keys)
+        self._admin_key = settings.admin_api_key
+        self._limiter = MovingWindowRateLimiter(_storage(client, settings))
+        base = parse(settings.producer_rate_limit)
+        #: Requests per key, one moving window per key id.
+        self.limit: RateLimitItem = type(base)(base.amount, base.multiples, namespace="window")
+
+    async def caller(self, request: web.Request) -> Caller:
+        """The request's caller; ``KeyRefused`` when it carries no usable key."""
+        presented = request.headers.get("X-API-Key", "").strip() or presented_secret(request)
+        if not presented:
+            raise MissingKey(
+                "send a producer API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+            )
+        admin = self._admin_key
+        if admin is not None and hmac.compare_digest(
+            secret_bytes(presented), secret_bytes(admin.get_secret_value())
+        ):
+            return Caller(None)
+        return Caller(await self.keys.verify(presented))
+
+    async def retry_after_s(self, caller: Caller) -> int | None:
+        """None when the caller may make one more request now, else seconds until it may."""
+        if await self._limiter.hit(self.limit, caller.identity):
+            return None
+        stats = await self._limiter.get_window_stats(self.limit, caller.identity)
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+
+def _storage(client: aioredis.Redis, settings: Settings) -> Storage:
+    # The API's own pool (one set of connections, the same database); limits prepends the
+    # prefix itself, so the windows land under Keys.producer_rate.
+    options: dict[str, Any] = {
+        "implementation": "redispy",
+        "key_prefix": settings.keys.producer_rate(),
+        "wrap_exceptions": True,
+        "connection_pool": client.connection_pool,
+    }
+    # With the pool given, the URI only picks limits' Redis storage (Sentinel included).
+    return cast(Storage, storage_from_string("async+redis://", **options))
+
+
+GUARD = web.AppKey("producer_guard", ProducerGuard)
+
+
+def guarded(handler: Handler) -> Handler:
+    """``handler`` behind the producer check: 401 without a valid key, 429 over the rate,
+    403 for a destination outside the key's scope."""
+
+    async def check(request: web.Request) -> web.StreamResponse:
+        guard = request.app[GUARD]
+        try:
+            caller = await guard.caller(request)
+            wait_s = await guard.retry_after_s(caller)
+        except KeyRefused as exc:
+            return _unauthorized(exc)
+        except (RedisError, StorageError, OSError):
+            return store_unavailable("Redis cannot be reached to check the API key: send again")
+        if wait_s is not None:
+            return error_response(
+                429,
+                "Too many requests",
+                f"this API key may make {guard.limit} requests; retry in {wait_s} s",
+                headers={"Retry-After": str(wait_s)},
+            )
+        dest = request.match_info["destination_id"]
+        if not caller.allows(dest):
+            return error_response(
+                403,
+                "Destination not allowed",
+                f"API key {caller.identity} may not use destination {dest!r}",
+            )
+        return await handler(request)
+
+    return check
+
+
+def _unauthorized(exc: KeyRefused) -> web.Response:
+    # RFC 6750: no error code when no credentials were sent at all.
+    missing = isinstance(exc, MissingKey)
+    challenge = CHALLENGE if missing else f'{CHALLENGE}, error="invalid_token"'
+    headers: dict[str, Any] = {"WWW-Authenticate": challenge}
+    return error_response(401, "Authentication required", exc.reason, headers=headers)

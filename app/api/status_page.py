@@ -1,0 +1,362 @@
+"""The HTML status page: ``GET /status`` (every destination) and ``GET /status/{id}``.
+
+Rendered on the server from the status document (app/ops/status.py), every value escaped, and
+refreshed in the browser by ``static/status.js`` from ``/status/{id}/data.json``. Admin only
+(app/api/adminauth.py); self-contained (no CDN) under a strict Content-Security-Policy. Failures
+show reasons and field names, never a value.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from html import escape
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from app.api.adminauth import admin_refusal
+from app.core.settings import Settings
+from app.ops.status import BadQuery, destination_status, parse_hours
+from app.ops.status_table import duration
+from app.ratelimit.gate import QuotaGate
+from app.store.prospects import ProspectStore
+from app.store.registry import Registry
+
+#: Newest failure records shown on a destination's page.
+FAILURES_SHOWN = 20
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+ASSETS = {"status.js": "text/javascript", "status.css": "text/css"}
+#: (summary key, label) of the dataflow table, in order.
+FLOW_ROWS = (
+    ("profiles_received", "Profiles received"),
+    ("profiles_accepted", "Accepted"),
+    ("profiles_excluded", "Excluded"),
+    ("profiles_rejected", "Rejected"),
+    ("prospects_activated", "Identities activated (prospects updated)"),
+    ("fields_activated", "Fields activated"),
+    ("prospects_skipped_noop", "Skipped as no-op (prospects)"),
+    ("failed", "Failed"),
+    ("retried", "Retried"),
+    ("rate_limited", "429s"),
+    ("requests", "Requests spent"),
+)
+
+
+def _e(value: object) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _page(title: str, body: str, *, data: Mapping[str, str] | None = None) -> str:
+    attrs = "".join(f' data-{k}="{_e(v)}"' for k, v in (data or {}).items())
+    return (
+        "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title>"
+        '<link rel=stylesheet href="/status/assets/status.css">'
+        '<script defer src="/status/assets/status.js"></script>'
+        f"</head><body{attrs}>{body}</body></html>\n"
+    )
+
+
+def _table(head: Iterable[str], rows: Iterable[Iterable[object]], *, tbody_id: str = "") -> str:
+    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    tid = f' id="{_e(tbody_id)}"' if tbody_id else ""
+    return f"<table><thead><tr>{th}</tr></thead><tbody{tid}>{trs}</tbody></table>"
+
+
+def _clock(epoch_s: float | None) -> str:
+    return "—" if not epoch_s else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch_s))
+
+
+def _reasons(by: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in by.items())
+
+
+def audience_cells(row: Mapping[str, Any]) -> list[object]:
+    t = row["totals"]
+    by = t["activated_by_status"]
+    name = row["audience"] or "(no longer mapped)"
+    return [
+        name + (" — refused by Outreach" if row.get("invalid") else ""),
+        row["mapping_id"],
+        row["field"],
+        t["received"],
+        t["activated"],
+        by.get("realized", 0),
+        by.get("existing", 0),
+        by.get("exited", 0),
+        t["skipped_noop"],
+        t["excluded"],
+        t["failed"],
+        _reasons(t["failed_by_reason"]),
+    ]
+
+
+AUDIENCE_HEAD = (
+    "Audience",
+    "Mapping ID",
+    "Field",
+    "Received",
+    "Activated",
+    "Realized",
+    "Existing",
+    "Exited",
+    "No-op",
+    "Excluded",
+    "Failed",
+    "Failure reasons",
+)
+FAILURE_HEAD = ("When", "Reason", "HTTP", "Error", "Detail", "Fields", "Mapping IDs", "Failure ID")
+
+
+def failure_cells(f: Mapping[str, Any]) -> list[object]:
+    error = " / ".join(str(x) for x in (f.get("error_id"), f.get("title")) if x)
+    return [
+        f["at"],
+        f["reason"],
+        f.get("status") or "—",
+        error or "—",
+        f.get("detail") or "",
+        ", ".join(f["fields"]),
+        ", ".join(str(m) for m in f["mapping_ids"]) or "—",
+        f["id"],
+    ]
+
+
+def _card(title: str, items: Iterable[tuple[str, object, str]]) -> str:
+    dl = "".join(f'<dt>{_e(k)}</dt><dd data-k="{_e(key)}">{_e(v)}</dd>' for k, v, key in items)
+    return f"<section class=card><h2>{_e(title)}</h2><dl>{dl}</dl></section>"
+
+
+def render_destination(doc: Mapping[str, Any], *, data_url: str, refresh_s: int) -> str:
+    """A destination's page (the JS keeps it fresh from ``data_url``)."""
+    conn, q = doc["connection"], doc.get("quota") or {}
+    state = conn.get("state") or ("unknown connection" if not conn.get("known") else "—")
+    m = doc["metrics"]
+    hours = m["window"]["hours"]
+    cards = [
+        _card(
+            "Connection",
+            [
+                ("id", conn["id"], "connection.id"),
+                ("Outreach user", conn.get("user") or "—", "connection.user"),
+                ("state", state, "connection.state"),
+                ("reason", conn.get("reason") or "—", "connection.reason"),
+            ],
+        ),
+        _card(
+            "Quota",
+            [
+                ("used / limit", f"{q.get('used', '—')} / {q.get('limit', '—')}", "quota.used_of"),
+                ("remaining", q.get("remaining", "—"), "quota.remaining"),
+                ("Outreach reports", _or_dash(q.get("server_remaining")), "quota.server_remaining"),
+                ("window resets", _clock(q.get("reset_s")), "quota.reset"),
+                ("paused until", _clock(q.get("paused_until_s")), "quota.paused"),
+            ],
+        ),
+        _card(
+            "Backlog",
+            [
+                ("pending", doc["pending"], "pending"),
+                ("in flight", doc["in_flight"], "in_flight"),
+                ("lag (oldest change)", duration(doc.get("lag_s")), "lag"),
+                ("invalid mapping IDs", _ids(doc["invalid_mapping_ids"]), "invalid"),
+            ],
+        ),
+    ]
+    flow = _table(
+        ("", f"Last {hours} h", "Total"),
+        ((label, m["window"][key], m["totals"][key]) for key, label in FLOW_ROWS),
+        tbody_id="flow",
+    )
+    reasons = _table(
+        ("Excluded by reason", "Failed by reason"),
+        [
+            (
+                _reasons(m["totals"]["excluded_by_reason"]) or "—",
+                _reasons(m["totals"]["failed_by_reason"]) or "—",
+            )
+        ],
+        tbody_id="reasons",
+    )
+    audiences = _table(AUDIENCE_HEAD, map(audience_cells, doc["audiences"]), tbody_id="audiences")
+    failures = doc.get("recent_failures") or []
+    fail_table = _table(FAILURE_HEAD, map(failure_cells, failures), tbody_id="failures")
+    picker = " ".join(
+        f'<a href="?hours={h}"{" class=on" if h == hours else ""}>{h} h</a>' for h in (1, 24, 168)
+    )
+    enabled = "enabled" if doc["enabled"] else "DISABLED"
+    body = (
+        f'<header><a href="/status">All destinations</a><h1>{_e(doc["name"])} '
+        f"<small>{_e(doc['destination'])} · {enabled}</small></h1>"
+        f"<p class=live>As of <span id=updated>{_e(doc['generated_at'])}</span> · "
+        f"<span id=live>static</span> · window: {picker}</p></header>"
+        f"<main><div class=cards>{''.join(cards)}</div>"
+        f"<h2>Dataflow</h2>{flow}{reasons}"
+        f"<h2>Audiences</h2>{audiences}"
+        f"<h2>Recent failures <small>(newest {FAILURES_SHOWN}; values are never shown)</small></h2>"
+        f"<p id=no-failures{' hidden' if failures else ''}>No failures recorded.</p>"
+        f"<div id=failure-table{'' if failures else ' hidden'}>{fail_table}</div>"
+        "</main>"
+    )
+    return _page(
+        f"{doc['name']} — outreach-sync status",
+        body,
+        data={"source": data_url, "refresh": str(refresh_s), "loaded": "false"},
+    )
+
+
+def _or_dash(value: object) -> object:
+    return "—" if value is None else value
+
+
+def _ids(ids: Iterable[int]) -> str:
+    return ", ".join(map(str, ids)) or "none"
+
+
+def render_index(docs: Iterable[Mapping[str, Any]], *, hours: int) -> str:
+    rows = []
+    for d in docs:
+        w, q, c = d["metrics"]["window"], d.get("quota") or {}, d["connection"]
+        link = f'<a href="/status/{_e(d["destination"])}">{_e(d["destination"])}</a>'
+        cells = [
+            _e(d["name"]),
+            _e("enabled" if d["enabled"] else "DISABLED"),
+            _e(c.get("state") or "—"),
+            _e(d["pending"]),
+            _e(duration(d.get("lag_s"))),
+            _e(w["profiles_received"]),
+            _e(w["prospects_activated"]),
+            _e(w["failed"]),
+            _e(w["requests"]),
+            _e(q.get("remaining", "—")),
+        ]
+        rows.append(f"<tr><td>{link}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = (
+        "Destination", "Name", "State", "Connection", "Pending", "Lag",
+        f"Received {hours} h", f"Activated {hours} h", f"Failed {hours} h",
+        f"Requests {hours} h", "Quota left",
+    )  # fmt: skip
+    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+    table = f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    empty = "" if rows else "<p>No destinations configured.</p>"
+    body = f"<header><h1>outreach-sync</h1></header><main>{table}{empty}</main>"
+    return _page("outreach-sync status", body, data={"loaded": "false"})
+
+
+# Routes ------------------------------------------------------------------------------------
+
+
+class _Sources:
+    def __init__(
+        self, store: ProspectStore, registry: Registry, gate: QuotaGate, settings: Settings
+    ) -> None:
+        self.store, self.registry, self.gate, self.settings = store, registry, gate, settings
+
+    async def doc(self, dest: str, *, hours: int, failures: int = 0) -> dict[str, Any] | None:
+        return await destination_status(
+            dest,
+            store=self.store,
+            registry=self.registry,
+            gate=self.gate,
+            hours=hours,
+            failures=failures,
+        )
+
+
+SOURCES = web.AppKey("status_page_sources", _Sources)
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", headers=HEADERS)
+
+
+def _not_found(dest: str) -> web.Response:
+    body = f"<main><h1>Unknown destination</h1><p>No destination {_e(repr(dest))}.</p></main>"
+    return _html(_page("Unknown destination", body), status=404)
+
+
+async def _prepare(request: web.Request) -> tuple[_Sources, int] | web.Response:
+    sources = request.app[SOURCES]
+    refusal = admin_refusal(request, sources.settings)
+    if refusal is not None:
+        return refusal
+    try:
+        return sources, parse_hours(request.query.get("hours"), keys=sources.settings.keys)
+    except BadQuery as exc:
+        return _html(_page("Bad request", f"<main><p>{_e(exc)}</p></main>"), status=400)
+
+
+async def index(request: web.Request) -> web.Response:
+    ready = await _prepare(request)
+    if isinstance(ready, web.Response):
+        return ready
+    sources, hours = ready
+    docs = []
+    for dest in await sources.registry.destination_ids():
+        doc = await sources.doc(dest, hours=hours)
+        if doc is not None:
+            docs.append(doc)
+    return _html(render_index(docs, hours=hours))
+
+
+async def destination_page(request: web.Request) -> web.Response:
+    ready = await _prepare(request)
+    if isinstance(ready, web.Response):
+        return ready
+    sources, hours = ready
+    dest = request.match_info["destination_id"]
+    doc = await sources.doc(dest, hours=hours, failures=FAILURES_SHOWN)
+    if doc is None:
+        return _not_found(dest)
+    data_url = f"/status/{dest}/data.json?hours={hours}"
+    refresh = sources.settings.status_page_refresh_s
+    return _html(render_destination(doc, data_url=data_url, refresh_s=refresh))
+
+
+async def destination_data(request: web.Request) -> web.Response:
+    ready = await _prepare(request)
+    if isinstance(ready, web.Response):
+        return ready
+    sources, hours = ready
+    dest = request.match_info["destination_id"]
+    doc = await sources.doc(dest, hours=hours, failures=FAILURES_SHOWN)
+    if doc is None:
+        return web.json_response({"error": f"no destination {dest!r}"}, status=404)
+    doc.pop("counters", None)  # the page reads the summaries
+    return web.json_response(doc, headers=HEADERS, dumps=lambda d: json.dumps(d, default=str))
+
+
+async def asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in ASSETS:
+        raise web.HTTPNotFound()
+    text = resources.files("app.api").joinpath("static", name).read_text(encoding="utf-8")
+    headers = {**HEADERS, "Cache-Control": "max-age=300"}
+    return web.Response(text=text, content_type=ASSETS[name], headers=headers)
+
+
+def add_routes(
+    app: web.Application,
+    store: ProspectStore,
+    registry: Registry,
+    gate: QuotaGate,
+    settings: Settings,
+) -> None:
+    """``GET /status``, ``/status/{id}``, its ``data.json`` and the page's assets."""
+    app[SOURCES] = _Sources(store, registry, gate, settings)
+    app.router.add_get("/status", index)
+    app.router.add_get("/status/assets/{name}", asset)
+    app.router.add_get("/status/{destination_id}", destination_page)
+    app.router.add_get("/status/{destination_id}/data.json", destination_data)

@@ -1,0 +1,183 @@
+"""Every Redis key, TTL and default of the service, each with why it is what it is.
+
+Keys of one destination carry the destination id in a hash tag (``{dest}``) so a Redis
+Cluster keeps them in one slot and the Lua scripts may touch them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Defaults -------------------------------------------------------------------------------
+
+#: How long changes to one prospect are gathered before it is sent: one request per burst.
+COALESCE_WINDOW_MS = 1000
+#: A claimed prospect not acknowledged within this time goes back to pending (crashed worker).
+LEASE_MS = 60_000
+#: Prospects one claim takes at once: large enough to keep the HTTP pipe full.
+CLAIM_BATCH = 50
+#: Most drain tasks running at once for one destination (across all hosts).
+MAX_DRAINERS = 8
+#: A drain task stops after this long so that Celery sees progress and fairness holds.
+DRAIN_BUDGET_S = 20.0
+#: The dispatcher never sleeps longer than this, so it notices new destinations and leases.
+DISPATCH_MAX_SLEEP_S = 1.0
+#: Outreach's documented quota: 10,000 requests per hour per user.
+DEFAULT_RATE_LIMIT = "10000/hour"
+#: Hourly dataflow metrics are kept this long (8 days: this week against the last).
+METRICS_RETENTION_HOURS = 192
+#: Failure ids the "recent failures" index keeps (the status page shows the newest 20; the
+#: rest leaves room for ids replayed or purged since).
+RECENT_FAILURES_KEPT = 200
+#: Wake signals kept while no dispatcher listens: one is enough to wake one.
+WAKE_KEEP = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Names of the keys; ``prefix`` isolates deployments and test runs on one Redis."""
+
+    prefix: str = "os"
+    #: How long an hourly metrics hash lives (``METRICS_RETENTION_HOURS``; a setting).
+    metrics_retention_hours: int = METRICS_RETENTION_HOURS
+
+    # One destination ----------------------------------------------------------------
+    def pending(self, dest: str, prospect: int) -> str:
+        """Hash field -> JSON value: what is waiting to be sent."""
+        return f"{self.prefix}:{{{dest}}}:pend:{prospect}"
+
+    def versions(self, dest: str, prospect: int) -> str:
+        """Hash field -> ms timestamp of the newest accepted value (newer-wins high mark)."""
+        return f"{self.prefix}:{{{dest}}}:ver:{prospect}"
+
+    def inflight(self, dest: str, prospect: int) -> str:
+        """Hash field -> JSON value: the snapshot a worker is sending now."""
+        return f"{self.prefix}:{{{dest}}}:fly:{prospect}"
+
+    def delivered(self, dest: str, prospect: int) -> str:
+        """Hash field -> JSON value last confirmed by Outreach (for no-op skipping)."""
+        return f"{self.prefix}:{{{dest}}}:dlv:{prospect}"
+
+    def due(self, dest: str) -> str:
+        """Sorted set prospect -> ms when it may be sent ("not before")."""
+        return f"{self.prefix}:{{{dest}}}:due"
+
+    def leases(self, dest: str) -> str:
+        """Sorted set prospect -> ms when its claim expires."""
+        return f"{self.prefix}:{{{dest}}}:lease"
+
+    def lease_tokens(self, dest: str) -> str:
+        """Hash prospect -> claim token, so a late ack of an expired claim is recognised."""
+        return f"{self.prefix}:{{{dest}}}:ltok"
+
+    def first_seen(self, dest: str) -> str:
+        """Hash prospect -> ms of its oldest pending change (lag and fairness)."""
+        return f"{self.prefix}:{{{dest}}}:first"
+
+    def attempts(self, dest: str) -> str:
+        """Hash prospect -> failed attempts since its last delivery (backoff)."""
+        return f"{self.prefix}:{{{dest}}}:tries"
+
+    def failing_since(self, dest: str) -> str:
+        """Hash prospect -> ms of its first failed attempt since its last delivery: the retry
+        age (``MAX_RETRY_AGE_S``) runs from there, not from the change's arrival, so time
+        spent waiting for quota or disabled does not turn a first failure into a dead letter."""
+        return f"{self.prefix}:{{{dest}}}:failing"
+
+    def drainers(self, dest: str) -> str:
+        """Sorted set drain-slot id -> ms expiry: how many drain tasks are live."""
+        return f"{self.prefix}:{{{dest}}}:drainers"
+
+    def hold(self, dest: str) -> str:
+        """ms before which no drain starts: the quota gate granted nothing until then."""
+        return f"{self.prefix}:{{{dest}}}:hold"
+
+    def resumed(self, dest: str) -> str:
+        """ms when the destination's connection was last (re)installed: time spent paused
+        before it does not count against a change's retry age."""
+        return f"{self.prefix}:{{{dest}}}:resumed"
+
+    def invalid_mappings(self, dest: str) -> str:
+        """Set of mapping IDs whose custom field Outreach refused as unusable (until the
+        destination's configuration is published again)."""
+        return f"{self.prefix}:{{{dest}}}:badmap"
+
+    def counters(self, dest: str) -> str:
+        """Hash counter name -> integer: dataflow totals of the destination."""
+        return f"{self.prefix}:{{{dest}}}:count"
+
+    def metrics_hour(self, dest: str, hour: int) -> str:
+        """Hash metric name -> integer: the counters of one hour (epoch hour), with a TTL."""
+        return f"{self.prefix}:{{{dest}}}:mh:{hour}"
+
+    def metrics_ttl_s(self) -> int:
+        """TTL of an hourly metrics hash: the retention plus the hour being written."""
+        return (self.metrics_retention_hours + 1) * 3600
+
+    def failures(self, dest: str) -> str:
+        """Hash failure id -> JSON record: changes that could not be delivered."""
+        return f"{self.prefix}:{{{dest}}}:fail"
+
+    def failures_recent(self, dest: str) -> str:
+        """Sorted set failure id -> ms it was recorded: the newest ``RECENT_FAILURES_KEPT``
+        failure ids, so the status page reads the newest few without scanning the (possibly
+        huge) failures hash. Replaying or purging a record removes its id here too."""
+        return f"{self.prefix}:{{{dest}}}:failrecent"
+
+    # Shared ---------------------------------------------------------------------------
+    def wake(self) -> str:
+        """List the dispatchers block on: pushed when a prospect becomes pending."""
+        return f"{self.prefix}:wake"
+
+    def workers(self) -> str:
+        """Sorted set worker hostname -> ms of its dispatcher's last heartbeat."""
+        return f"{self.prefix}:workers"
+
+    def destinations(self) -> str:
+        """Hash destination id -> JSON configuration (loaded from the file or the admin API)."""
+        return f"{self.prefix}:destinations"
+
+    def connections(self) -> str:
+        """Hash connection id -> JSON record (tokens Fernet-encrypted, connections/records.py)."""
+        return f"{self.prefix}:connections"
+
+    def refresh_lock(self, conn: str) -> str:
+        """The one token refresh in flight for a connection, across all processes and hosts."""
+        return f"{self.prefix}:reflock:{{{conn}}}"
+
+    def oauth_state(self, state: str) -> str:
+        """JSON of one pending authorization (connection id); single-use, expires."""
+        return f"{self.prefix}:oauthstate:{state}"
+
+    def quota(self, user: str) -> str:
+        """Namespace of one Outreach user's shared request budget (one cluster slot)."""
+        return f"{self.prefix}:quota:{{{user}}}"
+
+    # Alerts (app/ops/alert_runner.py): one hash tag, so the runner's scripts may touch them all.
+    def alerts_open(self) -> str:
+        """Hash incident key -> JSON incident: alerts raised and not yet recovered."""
+        return f"{self.prefix}:{{alerts}}:open"
+
+    def alerts_sending(self, incident: str) -> str:
+        """Held while one evaluator sends an incident's message, so no other sends it too."""
+        return f"{self.prefix}:{{alerts}}:sending:{incident}"
+
+    def alerts_lease(self) -> str:
+        """Token of the one alert evaluator running (expires if its worker dies)."""
+        return f"{self.prefix}:{{alerts}}:lease"
+
+    def alerts_samples(self, dest: str) -> str:
+        """Sorted set of counter samples (score: epoch s) of the last hour: rates' baseline."""
+        return f"{self.prefix}:{{alerts}}:samples:{dest}"
+
+    def alerts_pause_since(self) -> str:
+        """Hash Outreach user -> epoch s its current 429 pause was first seen."""
+        return f"{self.prefix}:{{alerts}}:pause-since"
+
+    def producer_keys(self) -> str:
+        """Hash key id -> JSON producer API key record (SHA-256 of the secret, never the secret)."""
+        return f"{self.prefix}:producer-keys"
+
+    def producer_rate(self) -> str:
+        """Prefix of the producers' request-rate windows (``limits`` adds the key id)."""
+        return f"{self.prefix}:producer-rate"

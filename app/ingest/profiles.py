@@ -1,0 +1,365 @@
+"""Validation of one platform profile and the prospect field changes it asks for.
+
+``evaluate_profile`` never raises for JSON input: every profile ends as accepted, excluded
+(no usable prospect id) or rejected (malformed; the reason names the field).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError
+
+from app.config.destinations import STATUSES, Destination, Status, describe_error, format_loc
+from app.outreach import fields as outreach_fields
+
+JSONValue = str | int | float | bool | None | list[str]
+Outcome = Literal["accepted", "excluded", "rejected"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_MAX_ID_DIGITS = 19  # int() of a longer string is slow or refused; Outreach ids are far shorter
+_MAX_ID = 2**63 - 1  # Outreach ids are 64-bit integers (far smaller in practice)
+#: An integer time below this (March 1973 in milliseconds) is epoch seconds sent by mistake:
+#: read as milliseconds it would date the change to January 1970, and it would then lose to
+#: every later update of its field, silently.
+_MIN_EPOCH_MS = 100_000_000_000
+_MAX_PROBLEMS = 5
+_ABSENT: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    """One prospect attribute to set; ``ts_ms`` orders it against other versions."""
+
+    field: str
+    value: JSONValue
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileResult:
+    """What one profile of a request amounts to for one destination."""
+
+    index: int
+    outcome: Outcome
+    reason: str | None
+    prospect_ids: tuple[int, ...]
+    changes: tuple[FieldChange, ...]
+    ignored_audiences: int
+
+
+def parse_time(value: object) -> int:
+    """Milliseconds since the epoch from ISO 8601 (zone-less means UTC) or integer epoch ms."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        ms = value
+        if 0 <= ms < _MIN_EPOCH_MS:
+            raise ValueError(
+                f"{_short(value)} looks like epoch seconds: integer times are epoch "
+                "milliseconds (or send ISO 8601)"
+            )
+    elif isinstance(value, str):
+        ms = _parse_iso(value)
+    else:
+        raise ValueError(f"{_short(value)} is not an ISO 8601 time nor integer epoch milliseconds")
+    if not 0 <= ms <= _MAX_MS:
+        raise ValueError(f"{_short(value)} is not between 1970 and 9999")
+    return ms
+
+
+@lru_cache(maxsize=4096)  # a segment job stamps many profiles with the same few times
+def _parse_iso(text: str) -> int:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{_short(text)} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MS
+
+
+def _short(value: object) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _optional_time(value: object) -> int | None:
+    return None if value is None else parse_time(value)
+
+
+def _known_status(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    if value not in STATUSES:
+        raise ValueError(f"{_short(value)} is not one of {', '.join(STATUSES)}")
+    return value
+
+
+Time = Annotated[int | None, BeforeValidator(_optional_time)]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", hide_input_in_errors=True)
+
+
+class _Membership(_Lenient):
+    status: Annotated[Status, BeforeValidator(_known_status)]
+    lastQualificationTime: Time = None
+
+
+class _Profile(_Lenient):
+    identityMap: dict[str, Any] | None = None
+    segmentMembership: dict[str, dict[str, _Membership]] | None = None
+    attributes: dict[str, Any] | None = None
+    timestamp: Time = None
+
+
+class _Identity(_Lenient):
+    id: Any
+
+
+_IDENTITIES = TypeAdapter(list[_Identity])
+
+
+@dataclass(slots=True)
+class _Parsed:
+    """A profile whose shape is known good; its identities are not checked yet."""
+
+    ids: list[object]
+    memberships: list[tuple[str, Status, int | None]]
+    attributes: dict[str, Any]
+    timestamp: int | None
+
+
+#: A producer's clock may run this far ahead of ours. A time further ahead (a bug, a typo'd
+#: year) would otherwise win over every later update of the field forever, so it orders the
+#: change as if it had been made on arrival instead; the value itself is kept.
+MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
+
+
+def _no_later_than(ts: int | None, received_ms: int) -> int | None:
+    return received_ms if ts is not None and ts > received_ms + MAX_FUTURE_SKEW_MS else ts
+
+
+def evaluate_profile(
+    raw: object, destination: Destination, *, index: int, received_ms: int
+) -> ProfileResult:
+    """Validate one raw profile and derive the changes for ``destination``.
+
+    Malformed input is rejected before a missing identity excludes: a broken producer
+    should show up as failures, not hide among profiles that merely lack an id.
+    """
+    if not isinstance(raw, dict):
+        return _result(index, "rejected", f"a profile must be an object, not {_json_type(raw)}")
+    namespace = destination.identity_namespace
+    parsed = _fast_parse(raw, namespace)
+    if parsed is None:
+        parsed, problems = _full_parse(raw, namespace)
+        if parsed is None:
+            return _result(index, "rejected", _join(problems))
+    stamped = _no_later_than(parsed.timestamp, received_ms)
+    event_ms = received_ms if stamped is None else stamped
+    memberships = [(a, s, _no_later_than(ts, received_ms)) for a, s, ts in parsed.memberships]
+    changes, ignored = _audience_changes(memberships, destination, event_ms)
+    problems = _attribute_changes(parsed.attributes, destination, event_ms, changes)
+    if problems:
+        return _result(index, "rejected", _join(problems))
+    ids, bad = _prospect_ids(parsed.ids)
+    if not ids:
+        reasons = [f"{namespace} {_short(v)} is not a positive 64-bit integer" for v in bad]
+        return _result(index, "excluded", _join(reasons or [f"no {namespace}"]))
+    return ProfileResult(index, "accepted", None, ids, tuple(changes.values()), ignored)
+
+
+def _result(index: int, outcome: Outcome, reason: str) -> ProfileResult:
+    return ProfileResult(index, outcome, reason, (), (), 0)
+
+
+def _full_parse(raw: dict[Any, Any], namespace: str) -> tuple[_Parsed | None, list[str]]:
+    """Validation by the pydantic models: slower, but names every problem."""
+    identities, problems = _identities(raw, namespace)
+    try:
+        profile = _Profile.model_validate(raw)
+    except ValidationError as exc:
+        return None, _problems(exc, ()) + problems
+    if problems:
+        return None, problems
+    memberships = [
+        (audience, m.status, m.lastQualificationTime)
+        for audiences in (profile.segmentMembership or {}).values()
+        for audience, m in audiences.items()
+    ]
+    ids = [identity.id for identity in identities]
+    return _Parsed(ids, memberships, profile.attributes or {}, profile.timestamp), []
+
+
+def _fast_parse(raw: dict[Any, Any], namespace: str) -> _Parsed | None:
+    """The usual well-formed profile without pydantic; ``None`` on anything unusual.
+
+    For JSON input it accepts only what the models accept and yields the same result (a
+    test holds it to that); whatever it declines goes through ``_full_parse``.
+    """
+    identity_map = raw.get("identityMap")
+    entries = identity_map.get(namespace) if type(identity_map) is dict else None
+    segments = _or_empty(raw.get("segmentMembership"))
+    attributes = _or_empty(raw.get("attributes"))
+    if type(entries) is not list or type(segments) is not dict or type(attributes) is not dict:
+        return None
+    if not all(type(entry) is dict and "id" in entry for entry in entries):
+        return None
+    memberships = _fast_memberships(segments)
+    if memberships is None:
+        return None
+    try:
+        timestamp = _optional_time(raw.get("timestamp"))
+    except ValueError:
+        return None
+    return _Parsed([entry["id"] for entry in entries], memberships, attributes, timestamp)
+
+
+def _or_empty(value: object) -> object:
+    return {} if value is None else value
+
+
+def _fast_memberships(segments: dict[Any, Any]) -> list[tuple[str, Status, int | None]] | None:
+    memberships: list[tuple[str, Status, int | None]] = []
+    for audiences in segments.values():
+        if type(audiences) is not dict:
+            return None
+        for audience, m in audiences.items():
+            if type(m) is not dict or (status := m.get("status")) not in STATUSES:
+                return None
+            try:
+                ts = _optional_time(m.get("lastQualificationTime"))
+            except ValueError:
+                return None
+            memberships.append((audience, status, ts))
+    return memberships
+
+
+def _audience_changes(
+    memberships: list[tuple[str, Status, int | None]], destination: Destination, event_ms: int
+) -> tuple[dict[str, FieldChange], int]:
+    changes: dict[str, FieldChange] = {}
+    ignored = 0
+    fields = destination.audience_fields
+    for audience, status, ts in memberships:
+        field = fields.get(audience)
+        if field is None:
+            ignored += 1
+            continue
+        change = FieldChange(
+            field, destination.status_values[status], event_ms if ts is None else ts
+        )
+        # The same audience under two namespaces: the newer evaluation wins.
+        if field not in changes or changes[field].ts_ms <= change.ts_ms:
+            changes[field] = change
+    # A status whose value is configured as null writes nothing (docs/admin.md): the field
+    # keeps what it holds. Dropped only now, so it still wins over an older evaluation.
+    return {f: c for f, c in changes.items() if c.value is not None}, ignored
+
+
+def _attribute_changes(
+    attributes: dict[str, Any],
+    destination: Destination,
+    event_ms: int,
+    changes: dict[str, FieldChange],
+) -> list[str]:
+    problems: list[str] = []
+    for source, target in destination.attributes.items():
+        leaf = _lookup(attributes, source)
+        if leaf is _ABSENT:
+            continue
+        if not isinstance(leaf, dict):
+            problems.append(f'attributes.{source}: must be an object like {{"value": ...}}')
+            continue
+        if "value" not in leaf:
+            continue  # {} carries no value: nothing to change
+        value = leaf["value"]
+        reason = outreach_fields.check_value(target, value)
+        if reason is not None:
+            problems.append(f"attributes.{source}: {reason}")
+        else:
+            copied = list(value) if isinstance(value, list) else value
+            changes[target] = FieldChange(target, copied, event_ms)
+    return problems
+
+
+def _lookup(attributes: dict[str, Any], key: str) -> Any:
+    """The literal key first, else the dotted path through nested objects."""
+    if key in attributes:
+        return attributes[key]
+    if "." not in key:
+        return _ABSENT
+    node: Any = attributes
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _prospect_ids(values: list[object]) -> tuple[tuple[int, ...], list[object]]:
+    good: dict[int, None] = {}  # ordered, without repeats
+    bad: list[object] = []
+    for value in values:
+        prospect = _positive_int(value)
+        if prospect is None:
+            bad.append(value)
+        else:
+            good[prospect] = None
+    return tuple(good), bad
+
+
+def _positive_int(value: object) -> int | None:
+    """The prospect id in ``value`` (an integer, or its decimal string), 1 to 2**63-1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        if len(value) > _MAX_ID_DIGITS:
+            return None
+        number = int(value)
+    else:
+        return None
+    return number if 0 < number <= _MAX_ID else None
+
+
+def _identities(raw: dict[Any, Any], namespace: str) -> tuple[list[_Identity], list[str]]:
+    """The profile's entries in ``namespace``; a malformed identityMap is _Profile's to report."""
+    identity_map = raw.get("identityMap")
+    entries = identity_map.get(namespace) if isinstance(identity_map, dict) else None
+    if entries is None:
+        return [], []
+    try:
+        return _IDENTITIES.validate_python(entries), []
+    except ValidationError as exc:
+        return [], _problems(exc, ("identityMap", namespace))
+
+
+def _problems(exc: ValidationError, prefix: tuple[str, ...]) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        loc, msg = describe_error(error)
+        where = format_loc((*prefix, *loc))
+        problems.append(f"{where}: {msg}" if where else msg)
+    return problems
+
+
+def _join(problems: list[str]) -> str:
+    shown = "; ".join(problems[:_MAX_PROBLEMS])
+    more = len(problems) - _MAX_PROBLEMS
+    return f"{shown}; and {more} more" if more > 0 else shown
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        return "a boolean" if value is not None else "null"
+    names = {int: "a number", float: "a number", str: "a string", list: "an array"}
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,202 @@
+"""Alert rules: what is wrong with a destination right now, as pure functions of a snapshot.
+
+The runner (``app/ops/alert_runner.py``) builds a :class:`Snapshot` per destination from its
+status document (:func:`snapshot_from_status`, tolerant of fields it does not know), adds the
+last hour's counter deltas (:class:`Window`) and asks :func:`conditions` what holds. Each
+:class:`Condition` has a stable ``key``: one incident per key, alerted once, recovered once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from app.core.settings import Settings
+from app.store import counters as metrics
+
+Kind = Literal[
+    "failure_rate",
+    "exclusion_rate",
+    "reauth_required",
+    "rate_limit_pause",
+    "lag",
+    "invalid_mapping",
+]
+
+# Counter names of the totals hash (``Keys.counters``) the rates are computed from.
+RECEIVED = metrics.PROFILES_RECEIVED
+EXCLUDED = metrics.PROFILES_EXCLUDED
+DELIVERED = metrics.PROSPECTS_ACTIVATED
+FAILED = metrics.FAILED
+WINDOW_COUNTERS = (RECEIVED, EXCLUDED, DELIVERED, FAILED)
+#: Names a lag may have inside a status document's ``lag`` object.
+LAG = ("lag", "age_s", "oldest_age_s", "lag_s")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the rules need to know about one destination."""
+
+    destination: str
+    counters: Mapping[str, int] = field(default_factory=dict)
+    invalid_mapping_ids: tuple[int, ...] = ()
+    user: str | None = None
+    paused_until_s: float | None = None
+    lag_s: float | None = None
+    connection: str | None = None
+    connection_state: str | None = None
+    #: False when the destination is disabled (its backlog waits on purpose).
+    enabled: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Counter increases over the last hour (or since the first sample, if younger)."""
+
+    received: int = 0
+    excluded: int = 0
+    delivered: int = 0
+    failed: int = 0
+
+    @classmethod
+    def between(cls, old: Mapping[str, int], new: Mapping[str, int]) -> Window:
+        # A counter that went down was reset: count from zero rather than go negative.
+        def grew(name: str) -> int:
+            before, now = old.get(name, 0), new.get(name, 0)
+            return now - before if now >= before else now
+
+        return cls(grew(RECEIVED), grew(EXCLUDED), grew(DELIVERED), grew(FAILED))
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A rule that holds; ``key`` names the incident (the same key: the same incident)."""
+
+    key: str
+    kind: Kind
+    summary: str
+    details: dict[str, Any]
+
+
+def snapshot_from_status(doc: Mapping[str, Any], *, lag_s: float | None = None) -> Snapshot:
+    """A snapshot from ``app.ops.status.destination_status``'s document; fields it lacks are
+    unknown (no rule fires on them). ``lag_s`` is used when the document has no lag."""
+    quota = doc.get("quota") if isinstance(doc.get("quota"), Mapping) else {}
+    conn = doc.get("connection")
+    conn_doc: Mapping[str, Any] = conn if isinstance(conn, Mapping) else {}
+    counters = doc.get("counters") if isinstance(doc.get("counters"), Mapping) else {}
+    return Snapshot(
+        destination=str(doc["destination"]),
+        counters={k: int(v) for k, v in (counters or {}).items() if isinstance(v, int | float)},
+        invalid_mapping_ids=tuple(int(m) for m in doc.get("invalid_mapping_ids") or ()),
+        user=(quota or {}).get("user"),
+        paused_until_s=_number((quota or {}).get("paused_until_s")),
+        lag_s=_lag(doc, lag_s),
+        connection=conn_doc.get("id") or (conn if isinstance(conn, str) else None),
+        connection_state=conn_doc.get("state") or doc.get("connection_state"),
+        enabled=doc["enabled"] if isinstance(doc.get("enabled"), bool) else None,
+    )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _lag(doc: Mapping[str, Any], default: float | None) -> float | None:
+    lag = doc.get("lag")
+    inner: Mapping[str, Any] = lag if isinstance(lag, Mapping) else {"lag": lag}
+    for where, name in [(doc, "lag_s"), (doc, "oldest_pending_age_s"), *((inner, n) for n in LAG)]:
+        if (value := _number(where.get(name))) is not None:
+            return value
+    return default
+
+
+def conditions(
+    snap: Snapshot, window: Window, settings: Settings, *, pause_since_s: float | None, now_s: float
+) -> list[Condition]:
+    """Every rule that holds for ``snap``; ``pause_since_s`` is when its user's current 429
+    pause was first seen."""
+    found = [
+        *_rates(snap, window, settings),
+        *_pause(snap, settings, pause_since_s, now_s),
+        *_invalid_mappings(snap),
+    ]
+    if snap.connection_state == "reauth_required":
+        who = snap.connection or snap.user or snap.destination
+        found.append(
+            Condition(
+                f"reauth_required:{who}",
+                "reauth_required",
+                f"connection {who} needs re-authorization in Outreach",
+                {"connection": who, "destination": snap.destination},
+            )
+        )
+    # A disabled destination's changes wait on purpose: no lag incident (one open recovers).
+    if snap.enabled is not False and snap.lag_s is not None and snap.lag_s > settings.alert_lag_s:
+        found.append(
+            Condition(
+                f"lag:{snap.destination}",
+                "lag",
+                f"{snap.destination}: oldest pending change is {snap.lag_s:.0f} s old "
+                f"(threshold {settings.alert_lag_s:.0f} s)",
+                {"destination": snap.destination, "lag_s": round(snap.lag_s, 1)},
+            )
+        )
+    return found
+
+
+def _rates(snap: Snapshot, w: Window, s: Settings) -> list[Condition]:
+    found = []
+    attempted = w.delivered + w.failed
+    if attempted >= s.alert_min_volume and w.failed / attempted > s.alert_failure_rate:
+        found.append(
+            _rate(snap, "failure_rate", "failed", w.failed, attempted, s.alert_failure_rate)
+        )
+    if w.received >= s.alert_min_volume and w.excluded / w.received > s.alert_exclusion_rate:
+        found.append(
+            _rate(
+                snap, "exclusion_rate", "excluded", w.excluded, w.received, s.alert_exclusion_rate
+            )
+        )
+    return found
+
+
+def _rate(snap: Snapshot, kind: Kind, what: str, n: int, of: int, limit: float) -> Condition:
+    return Condition(
+        f"{kind}:{snap.destination}",
+        kind,
+        f"{snap.destination}: {n} of {of} {what} in the last hour ({n / of:.1%}, "
+        f"threshold {limit:.1%})",
+        {"destination": snap.destination, what: n, "of": of, "rate": round(n / of, 4)},
+    )
+
+
+def _pause(snap: Snapshot, s: Settings, since_s: float | None, now_s: float) -> list[Condition]:
+    until = snap.paused_until_s
+    if snap.user is None or until is None or until <= now_s or since_s is None:
+        return []
+    if until - since_s <= s.alert_paused_s:
+        return []
+    return [
+        Condition(
+            f"rate_limit_pause:{snap.user}",
+            "rate_limit_pause",
+            f"Outreach user {snap.user} paused by 429 for {until - since_s:.0f} s "
+            f"(threshold {s.alert_paused_s:.0f} s)",
+            {"user": snap.user, "paused_since_s": since_s, "paused_until_s": until},
+        )
+    ]
+
+
+def _invalid_mappings(snap: Snapshot) -> list[Condition]:
+    return [
+        Condition(
+            f"invalid_mapping:{snap.destination}:{m}",
+            "invalid_mapping",
+            f"{snap.destination}: Outreach refused mapping ID {m} (custom{m}); its changes fail "
+            "until the destination is published again",
+            {"destination": snap.destination, "mapping_id": m},
+        )
+        for m in snap.invalid_mapping_ids
+    ]

@@ -1,0 +1,344 @@
+"""The coalescing store: pending changes per destination and prospect, kept in Redis.
+
+All multi-key updates run as the Lua scripts in ``app/lua`` (atomic, one round trip).
+``encode`` gives every value one canonical JSON text, so equal values compare equal in Lua.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal, cast
+
+import redis
+import redis.asyncio as aioredis
+
+from app.core.errors import StoreUnavailable, UnknownDestination
+from app.core.keys import RECENT_FAILURES_KEPT, WAKE_KEEP, Keys
+from app.store.counters import hour_of, write_async
+
+#: How a claimed prospect ends: delivered, retried (counts an attempt), deferred (no
+#: attempt: rate limit), or dropped (recorded as failed).
+Outcome = Literal["ok", "retry", "defer", "drop"]
+#: (field, encoded JSON value, version in ms)
+Change = tuple[str, str, int]
+#: Prospects per merge call: bounds how long one script holds Redis.
+MERGE_CHUNK = 500
+
+
+def encode(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def _lua(name: str) -> str:
+    return resources.files("app.store").joinpath("lua", f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    newly_due: int = 0
+    applied: int = 0
+    stale: int = 0
+
+    def __add__(self, other: MergeResult) -> MergeResult:
+        return MergeResult(
+            self.newly_due + other.newly_due,
+            self.applied + other.applied,
+            self.stale + other.stale,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    prospect: int
+    first_seen_ms: int
+    attempts: int
+    fields: dict[str, Any]
+    #: ms of the first failed attempt since the last delivery (0: none failed yet).
+    failing_since_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    ready: int
+    next_ms: int | None
+    new_slots: tuple[str, ...]
+
+
+def parse_poll(res: list[Any]) -> Poll:
+    nxt = int(res[1])
+    return Poll(int(res[0]), None if nxt < 0 else nxt, tuple(str(int(s)) for s in res[2:]))
+
+
+def poll_sync(
+    client: redis.Redis,
+    keys: Keys,
+    dest: str,
+    *,
+    now_ms: int,
+    batch: int,
+    max_drainers: int,
+    slot_ttl_ms: int,
+) -> Poll:
+    """The dispatcher's look at a destination (see ``lua/poll.lua``)."""
+    script = client.register_script(_lua("poll"))
+    res = script(
+        keys=[keys.due(dest), keys.leases(dest), keys.drainers(dest), keys.hold(dest)],
+        args=[now_ms, batch, max_drainers, slot_ttl_ms],
+    )
+    return parse_poll(res)
+
+
+def _merge_call(
+    keys: Keys,
+    dest: str,
+    chunk: Sequence[tuple[int, Sequence[Change]]],
+    now_ms: int,
+    window_ms: int,
+) -> tuple[list[str], list[str | int]]:
+    kk = [keys.due(dest), keys.leases(dest), keys.first_seen(dest), keys.counters(dest)]
+    kk.append(keys.destinations())
+    # Ids and times as strings: Lua's cjson reads numbers as doubles (inexact past 2^53).
+    doc = [
+        [str(prospect), [[field, value, str(ts)] for field, value, ts in changes]]
+        for prospect, changes in chunk
+    ]
+    prefix = _prospect_prefix(keys, dest)
+    payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return kk, [now_ms, window_ms, dest, prefix, payload]
+
+
+def _chunks(
+    changes: Mapping[int, Sequence[Change]],
+) -> Iterable[Sequence[tuple[int, Sequence[Change]]]]:
+    items = [(p, c) for p, c in changes.items() if c]
+    for start in range(0, len(items), MERGE_CHUNK):
+        yield items[start : start + MERGE_CHUNK]
+
+
+def wake_sync(client: redis.Redis, keys: Keys, dest: str) -> None:
+    """Tell the dispatchers that ``dest`` has newly pending prospects."""
+    pipe = client.pipeline(transaction=False)
+    pipe.rpush(keys.wake(), dest)
+    pipe.ltrim(keys.wake(), -WAKE_KEEP, -1)
+    pipe.execute()
+
+
+def merge_sync(
+    client: redis.Redis,
+    keys: Keys,
+    dest: str,
+    changes: Mapping[int, Sequence[Change]],
+    *,
+    now_ms: int,
+    window_ms: int,
+) -> MergeResult:
+    """Merge changes from a synchronous producer (CLI, Python API, Celery task)."""
+    script = client.register_script(_lua("merge"))
+    total = MergeResult()
+    try:
+        for chunk in _chunks(changes):
+            kk, args = _merge_call(keys, dest, chunk, now_ms, window_ms)
+            total += MergeResult(*script(keys=kk, args=args))
+        if total.newly_due:
+            wake_sync(client, keys, dest)
+    except redis.RedisError as exc:
+        raise _merge_error(dest, exc) from exc
+    return total
+
+
+def _prospect_prefix(keys: Keys, dest: str) -> str:
+    """The part of a destination's per-prospect key names before "pend:<id>" and the like,
+    from which the merge and claim scripts build those keys ("<prefix>:{dest}:")."""
+    return keys.pending(dest, 0)[: -len("pend:0")]
+
+
+def _merge_error(dest: str, exc: redis.RedisError) -> Exception:
+    """What a failed merge means: the destination is gone (merge.lua's NODEST), or Redis."""
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith("NODEST"):
+        return UnknownDestination(dest)
+    return StoreUnavailable(str(exc))
+
+
+class ProspectStore:
+    """Async adapter used by the HTTP API and the workers."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+        self._merge = client.register_script(_lua("merge"))
+        self._claim = client.register_script(_lua("claim"))
+        self._settle = client.register_script(_lua("settle"))
+        self._poll = client.register_script(_lua("poll"))
+        self._renew = client.register_script(_lua("renew"))
+
+    async def merge(
+        self, dest: str, changes: Mapping[int, Sequence[Change]], *, now_ms: int, window_ms: int
+    ) -> MergeResult:
+        total = MergeResult()
+        try:
+            for chunk in _chunks(changes):
+                kk, args = _merge_call(self.keys, dest, chunk, now_ms, window_ms)
+                total += MergeResult(*await self._merge(keys=kk, args=args))
+            if total.newly_due:
+                wake = self.keys.wake()
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.rpush(wake, dest)
+                pipe.ltrim(wake, -WAKE_KEEP, -1)
+                await pipe.execute()
+        except redis.RedisError as exc:
+            raise _merge_error(dest, exc) from exc
+        return total
+
+    def _dest_keys(self, dest: str) -> list[str]:
+        k = self.keys
+        return [
+            k.due(dest),
+            k.leases(dest),
+            k.lease_tokens(dest),
+            k.first_seen(dest),
+            k.counters(dest),
+            k.attempts(dest),
+            k.failing_since(dest),
+        ]
+
+    async def claim(
+        self, dest: str, *, now_ms: int, lease_ms: int, batch: int, token: str
+    ) -> list[Claimed]:
+        prefix = _prospect_prefix(self.keys, dest)
+        hour = self.keys.metrics_hour(dest, hour_of(now_ms / 1000))
+        flat = await self._claim(
+            keys=[*self._dest_keys(dest), hour],
+            args=[now_ms, lease_ms, batch, token, prefix, self.keys.metrics_ttl_s()],
+        )
+        out: list[Claimed] = []
+        i = 0
+        while i < len(flat):
+            pid, first, attempts, failing, n = (int(x) for x in flat[i : i + 5])
+            pairs = flat[i + 5 : i + 5 + 2 * n]
+            fields = {pairs[j].decode(): json.loads(pairs[j + 1]) for j in range(0, 2 * n, 2)}
+            out.append(Claimed(pid, first, attempts, fields, failing))
+            i += 5 + 2 * n
+        return out
+
+    async def renew(self, dest: str, prospect: int, token: str, *, until_ms: int) -> bool:
+        """Extend the claim on ``prospect`` to ``until_ms`` if it is still ``token``'s."""
+        kk = [self.keys.leases(dest), self.keys.lease_tokens(dest)]
+        return bool(await self._renew(keys=kk, args=[prospect, token, until_ms]))
+
+    async def settle(
+        self,
+        dest: str,
+        prospect: int,
+        token: str,
+        outcome: Outcome,
+        *,
+        now_ms: int,
+        window_ms: int,
+        due_ms: int = 0,
+        fields: Iterable[str] = (),
+    ) -> bool:
+        """End a claim. ``fields``: for "ok" those delivered; for "retry"/"defer" those
+        dropped (failed on their own) rather than returned to pending."""
+        k = self.keys
+        kk = [
+            *self._dest_keys(dest),
+            k.inflight(dest, prospect),
+            k.pending(dest, prospect),
+            k.delivered(dest, prospect),
+            k.metrics_hour(dest, hour_of(now_ms / 1000)),
+        ]
+        ttl = k.metrics_ttl_s()
+        args = [prospect, token, now_ms, window_ms, outcome, due_ms, ttl, *fields]
+        return bool(await self._settle(keys=kk, args=args))
+
+    async def poll(
+        self, dest: str, *, now_ms: int, batch: int, max_drainers: int, slot_ttl_ms: int
+    ) -> Poll:
+        k = self.keys
+        res = await self._poll(
+            keys=[k.due(dest), k.leases(dest), k.drainers(dest), k.hold(dest)],
+            args=[now_ms, batch, max_drainers, slot_ttl_ms],
+        )
+        return parse_poll(res)
+
+    async def hold(self, dest: str, until_ms: int, *, now_ms: int) -> None:
+        """Start no drain for ``dest`` before ``until_ms`` (the quota is spent until then)."""
+        ttl = max(1, until_ms - now_ms) + 1000
+        await cast("Awaitable[bool]", self.redis.set(self.keys.hold(dest), until_ms, px=ttl))
+
+    async def resumed_ms(self, dest: str) -> int:
+        """When the destination's connection was last (re)installed (0: never recorded)."""
+        raw = await cast("Awaitable[bytes | None]", self.redis.get(self.keys.resumed(dest)))
+        return int(raw) if raw else 0
+
+    async def release_slot(self, dest: str, slot: str) -> None:
+        await cast("Awaitable[int]", self.redis.zrem(self.keys.drainers(dest), slot))
+
+    async def count(self, dest: str, **increments: int) -> None:
+        """Add to the destination's dataflow totals and this hour's counts (counters.py)."""
+        await write_async(self.redis, self.keys, dest, increments)
+
+    async def failed_versions(self, dest: str, prospect: int, fields: list[str]) -> dict[str, int]:
+        """Versions of claimed fields that failed, for a replay that obeys newer-wins. A
+        field with a pending value was superseded during the flight: the version on record
+        is the newer change's, so it is left out (a replay then counts as the oldest)."""
+        if not fields:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.versions(dest, prospect), fields)
+        pipe.hmget(self.keys.pending(dest, prospect), fields)
+        versions, pending = await pipe.execute()
+        return {
+            f: int(v)
+            for f, v, p in zip(fields, versions, pending, strict=True)
+            if v is not None and p is None
+        }
+
+    async def invalid_mappings(self, dest: str) -> set[int]:
+        raw = await cast(
+            "Awaitable[set[bytes]]", self.redis.smembers(self.keys.invalid_mappings(dest))
+        )
+        return {int(m) for m in raw}
+
+    async def mark_invalid_mapping(self, dest: str, mapping_id: int) -> bool:
+        """True when newly marked (the first worker to see it alerts)."""
+        key = self.keys.invalid_mappings(dest)
+        return bool(await cast("Awaitable[int]", self.redis.sadd(key, mapping_id)))
+
+    async def forget_delivered(self, dest: str, prospect: int, fields: Iterable[str]) -> None:
+        """What Outreach holds for ``fields`` is unknown (sent, no answer): no later value of
+        them is skipped as a no-op."""
+        names, key = list(fields), self.keys.delivered(dest, prospect)
+        if names:
+            await cast("Awaitable[int]", self.redis.hdel(key, *names))
+
+    async def drop_inflight(self, dest: str, prospect: int, fields: Iterable[str]) -> None:
+        """Remove fields from a claimed prospect's snapshot (they were failed on their own)."""
+        await cast("Awaitable[int]", self.redis.hdel(self.keys.inflight(dest, prospect), *fields))
+
+    async def record_failure(self, dest: str, failure_id: str, record: dict[str, Any]) -> None:
+        """Store a dead letter and index it among the destination's recent failures (capped
+        at ``RECENT_FAILURES_KEPT``), in one round trip."""
+        recent = self.keys.failures_recent(dest)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.failures(dest), failure_id, json.dumps(record))
+        pipe.zadd(recent, {failure_id: int(record.get("at_ms") or 0)})
+        pipe.zremrangebyrank(recent, 0, -RECENT_FAILURES_KEPT - 1)
+        await pipe.execute()
+
+    async def counters(self, dest: str) -> dict[str, int]:
+        raw = await cast(
+            "Awaitable[dict[bytes, bytes]]", self.redis.hgetall(self.keys.counters(dest))
+        )
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def backlog(self, dest: str) -> tuple[int, int]:
+        """(prospects pending, prospects in flight)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(self.keys.due(dest))
+        pipe.zcard(self.keys.leases(dest))
+        due, flying = await pipe.execute()
+        return int(due), int(flying)

@@ -1,0 +1,138 @@
+"""Destinations and connections as the workers and the API see them: kept in Redis.
+
+The configuration file (and later the admin API) publishes here; readers cache for a few
+seconds, so a change reaches running workers without a restart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from importlib import resources
+from typing import cast
+
+import redis
+import redis.asyncio as aioredis
+
+from app.config.destinations import Config, Connection, Destination
+from app.connections.crypto import TokenCipher, default_cipher
+from app.connections.records import ConnectionStoreSync, stored_metadata
+from app.core.keys import WAKE_KEEP, Keys
+
+#: How long a reader trusts its copy: the delay before an edit reaches running workers.
+CACHE_TTL_S = 2.0
+
+
+def publish_sync(
+    client: redis.Redis, keys: Keys, config: Config, *, cipher: TokenCipher | None = None
+) -> None:
+    """Write every connection and destination of ``config`` (replacing same-id entries).
+
+    Connections go through the connection store: tokens encrypted with ``cipher`` (default:
+    the process's settings); a connection given without tokens keeps those it has.
+    """
+    conns = ConnectionStoreSync(client, keys, cipher or default_cipher())
+    unblocked = [conn.id for conn in config.connections if conns.publish(conn)]
+    pipe = client.pipeline()
+    for dest in config.destinations:
+        pipe.hset(keys.destinations(), dest.id, dest.model_dump_json())
+        # A corrected configuration gets its mapping IDs tried again; as an admin edit does
+        # (swap_destination), a hold set while it was disabled is lifted and it is woken.
+        pipe.delete(keys.invalid_mappings(dest.id))
+        pipe.delete(keys.hold(dest.id))
+        pipe.rpush(keys.wake(), dest.id)
+    pipe.ltrim(keys.wake(), -WAKE_KEEP, -1)
+    pipe.execute()
+    for conn_id in unblocked:
+        # Destinations held while their connection could not send start again; only then,
+        # since a resume restarts their changes' retry age (app/delivery/drain.py).
+        conns.resume(conn_id)
+
+
+def destination_sync(client: redis.Redis, keys: Keys, dest_id: str) -> Destination | None:
+    raw = cast("bytes | None", client.hget(keys.destinations(), dest_id))
+    return None if raw is None else Destination.model_validate_json(raw)
+
+
+_SWAP = resources.files("app.store").joinpath("lua", "swap_destination.lua").read_text()
+
+
+async def stored_destinations(client: aioredis.Redis, keys: Keys) -> dict[str, bytes]:
+    """Every destination's stored document, by id (what ``swap_destination`` compares)."""
+    raw = await cast("Awaitable[dict[bytes, bytes]]", client.hgetall(keys.destinations()))
+    return {k.decode(): v for k, v in raw.items()}
+
+
+async def stored_destination(client: aioredis.Redis, keys: Keys, dest_id: str) -> bytes | None:
+    return await cast("Awaitable[bytes | None]", client.hget(keys.destinations(), dest_id))
+
+
+class DestinationBusy(Exception):
+    """A deletion found changes pending, in flight or failed (they arrived after the count)."""
+
+
+async def swap_destination(
+    client: aioredis.Redis,
+    keys: Keys,
+    dest_id: str,
+    *,
+    expected: bytes | None,
+    new: Destination | None,
+    only_if_idle: bool = False,
+) -> bool:
+    """Publish (``new``) or delete (None) one destination if its stored document is still
+    ``expected`` (None: absent); clears its invalid-mapping marks. False: it had changed.
+    A deletion ``only_if_idle`` raises ``DestinationBusy`` when anything is pending, in
+    flight or failed, checked in the same script as the deletion."""
+    doc = new.model_dump_json() if new else ""
+    args: list[str | bytes | int] = [dest_id, expected or b"", doc, WAKE_KEEP]
+    args.append("1" if only_if_idle else "0")
+    keys_ = [keys.destinations(), keys.invalid_mappings(dest_id), keys.hold(dest_id), keys.wake()]
+    keys_ += [keys.due(dest_id), keys.leases(dest_id), keys.failures(dest_id)]
+    done = await cast("Awaitable[int]", client.eval(_SWAP, len(keys_), *keys_, *args))
+    if done == -1:
+        raise DestinationBusy(dest_id)
+    return bool(done)
+
+
+class Registry:
+    """Destinations and connections, cached for ``ttl_s``. Connections are metadata only
+    (user, rate limit, reserve share): tokens are never decrypted here; senders get theirs
+    from ``app.connections.oauth.TokenManager``."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, ttl_s: float = CACHE_TTL_S) -> None:
+        self._redis = client
+        self._keys = keys
+        self._ttl_s = ttl_s
+        self._loaded_at = float("-inf")
+        self._destinations: dict[str, Destination] = {}
+        self._connections: dict[str, Connection] = {}
+
+    async def _refresh(self) -> None:
+        if time.monotonic() - self._loaded_at < self._ttl_s:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(self._keys.destinations())
+        pipe.hgetall(self._keys.connections())
+        dests, conns = await pipe.execute()
+        self._destinations = {
+            k.decode(): Destination.model_validate_json(v) for k, v in dests.items()
+        }
+        self._connections = {k.decode(): stored_metadata(v) for k, v in conns.items()}
+        self._loaded_at = time.monotonic()
+
+    async def destination(self, dest_id: str) -> Destination | None:
+        await self._refresh()
+        return self._destinations.get(dest_id)
+
+    async def connection(self, conn_id: str) -> Connection | None:
+        await self._refresh()
+        return self._connections.get(conn_id)
+
+    async def destination_ids(self) -> list[str]:
+        await self._refresh()
+        return sorted(self._destinations)
+
+    def forget(self) -> None:
+        """Drop the cached copy: the next read loads again (after this process's own edit)."""
+        self._loaded_at = float("-inf")
