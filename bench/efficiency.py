@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from app.cli.sample import Sample, generate
-from bench.harness import wait_until
+from app.testing.harness import wait_until
 from bench.pipeline import DEST, Pipeline, pipeline
 from bench.table import Row
 

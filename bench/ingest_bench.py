@@ -49,7 +49,7 @@ from app.core.settings import Settings
 from app.ingest.producer import Producer
 from app.store.prospects import Change, encode, merge_sync
 from app.store.registry import publish_sync
-from bench.harness import ROOT, forget_run, free_port, http_json, wait_until
+from app.testing.harness import ROOT, forget_run, free_port, http_json, wait_until
 from bench.table import Row
 
 #: Database 12 of the shared Redis, as every benchmark uses (bench.rate_adherence).

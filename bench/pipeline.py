@@ -16,7 +16,7 @@ from app.config.destinations import parse_config
 from app.core.keys import Keys
 from app.core.settings import Settings
 from app.ingest.producer import Producer
-from bench.harness import Sandbox, forget_run, start_worker
+from app.testing.harness import Sandbox, forget_run, start_worker
 
 BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"
 DEST = "bench"

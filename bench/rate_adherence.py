@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from bench.harness import Sandbox, forget_run, start_worker, stop_all, wait_until
+from app.testing.harness import Sandbox, forget_run, start_worker, stop_all, wait_until
 from bench.pipeline import BENCH_REDIS_URL, DEST, pipeline
 
 

@@ -15,7 +15,7 @@ import redis
 from app.core.keys import Keys
 from app.core.settings import Settings
 from app.delivery.dispatcher import live_workers
-from bench.harness import (
+from app.testing.harness import (
     ROOT,
     Sandbox,
     forget_run,

@@ -1,4 +1,5 @@
-"""Starting the real things as processes: the sandbox and Celery workers (tests use it too)."""
+"""Starting the real things as processes: the sandbox and Celery workers, for the tests and the
+benchmarks (it ships in the package, like dramatiq's StubBroker, so neither imports the other)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ __all__ = [
     "wait_until",
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def forget_run(client: redis.Redis, part: str) -> int:
