@@ -35,12 +35,14 @@ chromium:
 	@bash deploy/ensure-chromium.sh
 
 test: install redis chromium
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 check: install
 	$(VENV)/bin/ruff check app workers tests bench
 	$(VENV)/bin/ruff format --check app workers tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 format: install
 	$(VENV)/bin/ruff format app workers tests bench
