@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ __all__ = [
     "forget_run",
     "free_port",
     "http_json",
+    "kill_groups",
     "start_worker",
     "stop_all",
     "wait_until",
@@ -123,6 +125,17 @@ class Sandbox:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+def kill_groups(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL each process's group (started with ``own_group``), or the process alone."""
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                proc.kill()
+        proc.wait()
 
 
 def start_worker(
