@@ -1,0 +1,1 @@
+"""Changing the service at run time: destinations one at a time, producer keys."""

@@ -1,0 +1,1 @@
+"""Destination and connection configuration: the models, their validation, the file format."""

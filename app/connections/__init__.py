@@ -1,0 +1,1 @@
+"""Outreach connections: records in Redis, tokens encrypted at rest, OAuth and refresh."""
