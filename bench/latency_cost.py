@@ -34,7 +34,7 @@ from app.core.keys import Keys
 from app.core.settings import Settings
 from app.ingest.producer import Producer
 from app.store.registry import publish_sync
-from app.testing.harness import Sandbox, forget_run, start_worker, stop_all, wait_until
+from app.testing.harness import Sandbox, forget_run, kill_groups, start_worker, wait_until
 from bench.table import Row
 
 BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"  # as bench.rate_adherence
@@ -347,7 +347,7 @@ def _stop(
 ) -> None:
     """The worker first (it may still write to Redis), then the sandbox, then every key."""
     try:
-        stop_all(procs)
+        kill_groups(procs)
         if sandbox is not None:
             sandbox.stop()
     finally:

@@ -11,12 +11,11 @@ from typing import Any
 
 import redis
 
-from app.cli.processes import stop_all
 from app.config.destinations import parse_config
 from app.core.keys import Keys
 from app.core.settings import Settings
 from app.ingest.producer import Producer
-from app.testing.harness import Sandbox, forget_run, start_worker
+from app.testing.harness import Sandbox, forget_run, kill_groups, start_worker
 
 BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"
 DEST = "bench"
@@ -76,7 +75,7 @@ def pipeline(
     try:
         yield run
     finally:
-        stop_all(run.workers)
+        kill_groups(run.workers)
         sandbox.stop()
         producer.close()
         forget_run(client, prefix)

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from app.testing.harness import Sandbox, forget_run, start_worker, stop_all, wait_until
+from app.testing.harness import Sandbox, forget_run, kill_groups, start_worker, wait_until
 from bench.pipeline import BENCH_REDIS_URL, DEST, pipeline
 
 
@@ -123,7 +123,7 @@ def run_celery_rate_limit(*, workers: int, quota: Quota, prospects: int, per_wor
         label = f"Celery rate_limit {per_worker:g}/s per worker, {workers} workers"
         return _result(label, sandbox, quota, prospects, t0)
     finally:
-        stop_all(procs)
+        kill_groups(procs)
         sandbox.stop()
         _clean(prefix)
 
