@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from app.core.keys import Keys
 from app.ingest.batch import ingest_sync
-from app.ops.status import BadQuery, collect_status, parse_hours
+from app.ops.status import BadQuery, DestinationStatus, collect_status, parse_hours
 from app.ops.status_table import render_table
 from app.store import counters as metrics
 from app.store.prospects import ProspectStore, encode
@@ -225,7 +225,7 @@ def test_status_failures_never_show_a_value_and_come_from_the_recent_index(
     old = {"id": "1:1000:custom1", "reason": "http_400", "fields": {"custom1": "realized"}}
     rclient.hset(keys.failures(D), old["id"], json.dumps({**old, "at_ms": 1000}))
 
-    async def record() -> list[dict[str, object]]:
+    async def record() -> list[DestinationStatus]:
         client = aioredis.from_url(TEST_REDIS_URL)
         store = ProspectStore(client, keys)
         try:
@@ -253,14 +253,15 @@ def test_status_failures_never_show_a_value_and_come_from_the_recent_index(
         return [doc]
 
     [only_old] = asyncio.run(collect_status(make_settings(env), D, failures=20))
-    assert [f["id"] for f in only_old["recent_failures"]] == [old["id"]]
-    [doc] = asyncio.run(record())
+    assert [f.id for f in only_old.recent_failures or []] == [old["id"]]
+    [typed] = asyncio.run(record())
+    doc = typed.as_json()
     failures = doc["recent_failures"]
     # From the index (newest first, the replayed one skipped); the pre-index record is older.
     assert [f["id"] for f in failures] == ["7:2002:emails", "7:2000:emails"]
     assert failures[0]["fields"] == ["emails", "firstName", "mobilePhones", "n"]
     assert "custom12" in failures[0]["detail"]  # the text around a value survives
-    page = render_destination(doc, data_url="/status/e2e/data.json", refresh_s=0)
+    page = render_destination(typed, data_url="/status/e2e/data.json", refresh_s=0)
     for value in values:
         assert value not in json.dumps(doc), value
         assert value not in page, value
