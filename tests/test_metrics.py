@@ -15,7 +15,13 @@ import redis.asyncio as aioredis
 
 from app.core.keys import Keys
 from app.ingest.batch import ingest_sync
-from app.ops.status import BadQuery, DestinationStatus, collect_status, parse_hours
+from app.ops.status import (
+    BadQuery,
+    DestinationStatus,
+    collect_status,
+    governing_limit,
+    parse_hours,
+)
 from app.ops.status_table import render_table
 from app.store import counters as metrics
 from app.store.prospects import ProspectStore, encode
@@ -266,3 +272,65 @@ def test_status_failures_never_show_a_value_and_come_from_the_recent_index(
         assert value not in json.dumps(doc), value
         assert value not in page, value
     assert rclient.zcard(keys.failures_recent(D)) == 3
+
+
+def test_governing_limit_is_the_lower_and_the_configured_one_always_caps() -> None:
+    assert governing_limit(10_000, None).model_dump(exclude={"why"}) == {
+        "limit": 10_000,
+        "source": "configured",
+    }
+    server = governing_limit(1_000_000, 10_000)
+    assert (server.limit, server.source) == (10_000, "reported")
+    ours = governing_limit(5_000, 10_000)
+    assert (ours.limit, ours.source) == (5_000, "configured")
+    assert "caps spending" in ours.why
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "governing", "source"),
+    [("1000000/hour", 10_000, "Outreach's governs"), ("5000/hour", 5_000, "caps spending")],
+)
+def test_quota_shows_what_outreach_counts_as_spent_and_which_limit_governs(
+    prefix: str, rclient: redis.Redis, rate_limit: str, governing: int, source: str
+) -> None:
+    """Issue 14 defect 10 / issue 15: after 400 requests Outreach reports 9600 of 10000 left;
+    the figures say which count is Outreach's and which ours, and which limit caps spending."""
+    from app.api.prometheus import exposition
+    from app.api.status_page import render_destination
+    from app.ratelimit.gate import gate_for
+
+    env = settings_env(prefix, None)
+    settings = make_settings(env)
+    publish_sync(rclient, Keys(prefix), e2e_config(rate_limit=rate_limit))
+    reset = time.time() + 1800
+    told = {"X-RateLimit-Limit": "10000", "X-RateLimit-Remaining": "9600"}
+
+    async def run() -> DestinationStatus:
+        client = aioredis.from_url(TEST_REDIS_URL)
+        try:
+            gate = gate_for(client, settings)
+            await gate.observe("test-user", 200, {**told, "X-RateLimit-Reset": str(reset)}, None)
+            [doc] = await collect_status(settings, D, client=client)
+        finally:
+            await client.aclose()
+        return doc
+
+    doc = asyncio.run(run())
+    q = doc.quota
+    assert q is not None
+    assert (q.outreach_spent, q.reported_limit, q.server_remaining) == (400, 10_000, 9600)
+    assert q.configured_limit == int(rate_limit.split("/")[0])
+    assert q.governing_limit == governing
+    text = render_table([doc])
+    assert "Outreach's count: spent 400 of 10000  left 9600" in text
+    assert f"our window: {q.used} of {q.configured_limit}" in text
+    assert f"limit per hour: configured {q.configured_limit}  Outreach reports 10000" in text
+    assert f"governing {governing} ({q.governing_why})" in text
+    assert source in q.governing_why
+    page = render_destination(doc, data_url="/x", refresh_s=0)
+    assert 'data-k="quota.outreach_spent">400 of 10000<' in page
+    assert f'data-k="quota.governing_limit">{governing} (' in page
+    assert 'data-k="quota.reported_limit">10000<' in page
+    metrics_text = exposition([doc]).decode()
+    assert 'outreach_sync_quota_outreach_spent{user="test-user"} 400.0' in metrics_text
+    assert f'outreach_sync_quota_governing_limit{{user="test-user"}} {governing}.0' in metrics_text

@@ -71,6 +71,11 @@ def _or_dash(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def per(window_s: int) -> str:
+    """A quota window's length in words: ``hour``, ``minute``, ``day`` or ``90 s``."""
+    return {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(window_s, f"{window_s} s")
+
+
 def quota_lines(q: Quota) -> list[str]:
     """The quota, each figure named for whose count it is: Outreach's, then ours."""
     pause = f"  PAUSED until {_clock(q.paused_until_s)}" if q.paused_until_s else ""
@@ -81,14 +86,13 @@ def quota_lines(q: Quota) -> list[str]:
             f"Outreach's count: spent {_or_dash(q.outreach_spent)} of {q.reported_limit}  "
             f"left {_or_dash(q.server_remaining)}  resets {_clock(q.server_reset_s)}"
         )
-    source = "configured" if q.governing == "configured" else "Outreach's"
     return [
         f"  {'quota':<10}{q.user}: {outreach}{pause}",
         f"  {'':<10}our window: {q.used} of {q.limit}  remaining {q.remaining}  "
         f"resets {_clock(q.reset_s)}",
-        f"  {'':<10}limit per {duration(q.window_s)}: configured {q.configured_limit}  "
+        f"  {'':<10}limit per {per(q.window_s)}: configured {q.configured_limit}  "
         f"Outreach reports {_or_dash(q.reported_limit)}  governing {q.governing_limit} "
-        f"({source}: {q.governing_why})",
+        f"({q.governing_why})",
     ]
 
 
