@@ -68,7 +68,9 @@ def chart_svg(
     """One chart as a ``<figure>``; ``limit`` draws a dashed line at that value."""
     values: list[int | None] = [getattr(h, chart.key) for h in hours]
     known = [v for v in values if v is not None]
-    top = _nice(max([*known, limit or 0, 1]))
+    most = max([*known, 1])
+    # A limit far above the bars would flatten them: then it is named, not drawn to scale.
+    top = _nice(max(most, limit) if limit is not None and limit <= 2 * most else most)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     bar_w = plot_w / max(1, len(hours))
 
@@ -91,10 +93,15 @@ def chart_svg(
             f'data-hour="{_e(hour.hour)}" data-value="{"" if v is None else v}">'
             f"<title>{_e(_label(hour.hour))}: {_e(said)}</title></rect>"
         )
-    if limit is not None:
+    if limit is not None and limit <= top:
         parts.append(
             f'<line class=limit x1="{LEFT}" y1="{y(limit):.1f}" x2="{WIDTH - RIGHT}" '
-            f'y2="{y(limit):.1f}" data-value="{limit}"><title>limit {limit} per hour</title></line>'
+            f'y2="{y(limit):.1f}"><title>limit {limit} per hour</title></line>'
+        )
+    elif limit is not None:
+        parts.append(
+            f'<text class="tick over" x="{WIDTH - RIGHT}" y="{TOP + 12}" text-anchor=end>'
+            f"limit {limit} per hour: above this scale</text>"
         )
     if hours:
         first, last = _label(hours[0].hour), _label(hours[-1].hour)
@@ -106,7 +113,7 @@ def chart_svg(
     desc = _describe(chart, hours, values, limit)
     return (
         f'<figure class=chart data-chart="{_e(chart.key)}">'
-        f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" role=img '
+        f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" role=img data-limit="{_e(limit or "")}" '
         f'aria-labelledby="{chart_id}-t {chart_id}-d">'
         f'<title id="{chart_id}-t">{_e(chart.title)}</title>'
         f'<desc id="{chart_id}-d">{_e(desc)}</desc>{"".join(parts)}</svg>'

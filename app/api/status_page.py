@@ -143,9 +143,10 @@ def failure_cells(f: Failure) -> list[object]:
     ]
 
 
-def _card(title: str, items: Iterable[tuple[str, object, str]]) -> str:
+def _card(title: str, items: Iterable[tuple[str, object, str]], *, wide: bool = False) -> str:
     dl = "".join(f'<dt>{_e(k)}</dt><dd data-k="{_e(key)}">{_e(v)}</dd>' for k, v, key in items)
-    return f"<section class=card><h2>{_e(title)}</h2><dl>{dl}</dl></section>"
+    kind = "card wide" if wide else "card"
+    return f'<section class="{kind}"><h2>{_e(title)}</h2><dl>{dl}</dl></section>'
 
 
 def quota_items(q: Quota | None) -> list[tuple[str, object, str]]:
@@ -186,7 +187,7 @@ def render_destination(doc: DestinationStatus, *, data_url: str, refresh_s: int)
                 ("reason", conn.reason or "—", "connection.reason"),
             ],
         ),
-        _card(f"Quota of {q.user}" if q else "Quota", quota_items(q)),
+        _card(f"Quota of {q.user}" if q else "Quota", quota_items(q), wide=True),
         _card(
             "Backlog",
             [
