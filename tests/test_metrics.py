@@ -284,6 +284,8 @@ def test_governing_limit_is_the_lower_and_the_configured_one_always_caps() -> No
     ours = governing_limit(5_000, 10_000)
     assert (ours.limit, ours.source) == (5_000, "configured")
     assert "caps spending" in ours.why
+    # Equal: the gate follows Outreach's count (its report governs, our window rests).
+    assert governing_limit(10_000, 10_000).source == "reported"
 
 
 @pytest.mark.parametrize(

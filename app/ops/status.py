@@ -251,14 +251,14 @@ def governing_limit(configured: int, reported: int | None) -> Governing:
     if reported is None:
         why = "Outreach has not reported a limit: the configured rate_limit governs"
         return Governing(limit=configured, source="configured", why=why)
-    if reported < configured:
-        why = "Outreach reports a lower limit than the configured rate_limit: Outreach's governs"
+    if reported <= configured:
+        why = (
+            "Outreach reports a lower limit than the configured rate_limit: Outreach's governs"
+            if reported < configured
+            else "Outreach reports the configured limit: spending follows Outreach's count"
+        )
         return Governing(limit=reported, source="reported", why=why)
-    why = (
-        "the configured rate_limit caps spending even though Outreach allows as much or more"
-        if reported > configured
-        else "the configured rate_limit and Outreach's limit agree"
-    )
+    why = "the configured rate_limit caps spending even though Outreach allows more"
     return Governing(limit=configured, source="configured", why=why)
 
 
