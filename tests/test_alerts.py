@@ -19,7 +19,7 @@ from app.core.keys import Keys
 from app.core.settings import Settings
 from app.ops.alert_runner import AlertLoop, Evaluator, Lease, Webhook
 from app.ops.alerts import Snapshot, Window, conditions, snapshot_from_status
-from app.ops.status import DestinationStatus
+from app.ops.status_doc import DestinationStatus
 from app.store.prospects import ProspectStore
 from app.store.registry import publish_sync
 from tests.conftest import TEST_REDIS_URL, make_settings, settings_env

@@ -15,13 +15,8 @@ import redis.asyncio as aioredis
 
 from app.core.keys import Keys
 from app.ingest.batch import ingest_sync
-from app.ops.status import (
-    BadQuery,
-    DestinationStatus,
-    collect_status,
-    governing_limit,
-    parse_hours,
-)
+from app.ops.status import BadQuery, collect_status, parse_hours
+from app.ops.status_doc import DestinationStatus, governing_limit
 from app.ops.status_table import render_table
 from app.store import counters as metrics
 from app.store.prospects import ProspectStore, encode

@@ -193,7 +193,7 @@ def _declared(metric: Any) -> dict[str, set[str]]:
 
 def _rich_status() -> Any:
     """A status document with every figure present, so every dataflow family has a sample."""
-    from app.ops.status import DestinationStatus
+    from app.ops.status_doc import DestinationStatus
 
     by = {"realized": 1, "exited": 1}
     reasons = {"http_404": 1}

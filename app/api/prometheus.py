@@ -28,7 +28,8 @@ from prometheus_client.registry import Collector
 
 from app.api.adminauth import admin_refusal
 from app.core.settings import Settings
-from app.ops.status import DestinationStatus, Quota, destination_status
+from app.ops.status import destination_status
+from app.ops.status_doc import DestinationStatus, Quota
 from app.ratelimit.gate import QuotaGate
 from app.store.prospects import ProspectStore
 from app.store.registry import Registry

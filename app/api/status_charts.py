@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
-from app.ops.status import DestinationStatus, HourFlow
+from app.ops.status_doc import DestinationStatus, HourFlow
 
 WIDTH, HEIGHT = 560, 150
 LEFT, RIGHT, TOP, BOTTOM = 52, 8, 10, 22

@@ -18,15 +18,8 @@ from aiohttp import web
 from app.api.adminauth import admin_refusal
 from app.api.status_charts import render_charts
 from app.core.settings import Settings
-from app.ops.status import (
-    AudienceRow,
-    BadQuery,
-    DestinationStatus,
-    Failure,
-    Quota,
-    destination_status,
-    parse_hours,
-)
+from app.ops.status import BadQuery, destination_status, parse_hours
+from app.ops.status_doc import AudienceRow, DestinationStatus, Failure, Quota
 from app.ops.status_table import duration
 from app.ratelimit.gate import QuotaGate
 from app.store.prospects import ProspectStore

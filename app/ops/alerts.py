@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from app.core.settings import Settings
-from app.ops.status import DestinationStatus
+from app.ops.status_doc import DestinationStatus
 from app.store import counters as metrics
 
 Kind = Literal[

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from app.ops.status import AudienceRow, DestinationStatus, Flow, Quota
+from app.ops.status_doc import AudienceRow, DestinationStatus, Flow, Quota
 
 AUDIENCE_HEAD = (
     "AUDIENCE",
