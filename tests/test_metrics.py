@@ -15,12 +15,13 @@ import redis.asyncio as aioredis
 
 from app.core.keys import Keys
 from app.ingest.batch import ingest_sync
-from app.ops.status import BadQuery, collect_status, parse_hours
+from app.ops.status import BadQuery, collect_status, destination_status, parse_hours
 from app.ops.status_doc import DestinationStatus, governing_limit
 from app.ops.status_table import render_table
+from app.ratelimit.gate import gate_for
 from app.store import counters as metrics
 from app.store.prospects import ProspectStore, encode
-from app.store.registry import publish_sync
+from app.store.registry import Registry, publish_sync
 from tests.conftest import ROOT, TEST_REDIS_URL, make_settings, settings_env
 from tests.test_end_to_end import e2e_config
 
@@ -294,7 +295,6 @@ def test_quota_shows_what_outreach_counts_as_spent_and_which_limit_governs(
     the figures say which count is Outreach's and which ours, and which limit caps spending."""
     from app.api.prometheus import exposition
     from app.api.status_page import render_destination
-    from app.ratelimit.gate import gate_for
 
     env = settings_env(prefix, None)
     settings = make_settings(env)
@@ -331,3 +331,41 @@ def test_quota_shows_what_outreach_counts_as_spent_and_which_limit_governs(
     metrics_text = exposition([doc]).decode()
     assert 'outreach_sync_quota_outreach_spent{user="test-user"} 400.0' in metrics_text
     assert f'outreach_sync_quota_governing_limit{{user="test-user"}} {governing}.0' in metrics_text
+
+
+def test_a_status_read_samples_backlog_and_lag_into_the_hour_it_falls_in(
+    prefix: str, rclient: redis.Redis
+) -> None:
+    keys = Keys(prefix)
+    config = e2e_config()
+    publish_sync(rclient, keys, config)
+    profiles = [profile(str(p), aud_1="realized") for p in range(1, 4)]
+    ingest_sync(rclient, keys, config.destination(D), profiles, window_ms=600_000)
+    now = time.time()
+    # Read as if five seconds later: the oldest change is about five seconds old.
+    settings = make_settings(settings_env(prefix, None))
+
+    async def read() -> DestinationStatus:
+        client = aioredis.from_url(TEST_REDIS_URL)
+        try:
+            store, gate = ProspectStore(client, keys), gate_for(client, settings)
+            registry = Registry(client, keys)
+            doc = await destination_status(
+                D, store=store, registry=registry, gate=gate, hours=3, now_s=now + 5
+            )
+        finally:
+            await client.aclose()
+        assert doc is not None
+        return doc
+
+    doc = asyncio.run(read())
+    hour = doc.metrics.hourly[-1]
+    assert (hour.pending, hour.in_flight) == (3, 0)
+    assert hour.lag_s is not None and 4 <= hour.lag_s <= 7
+    # Hours nobody read have no sample (not a zero).
+    assert [h.pending for h in doc.metrics.hourly[:-1]] == [None, None]
+    # Kept as long as the hour's counts, and never counted as dataflow.
+    key = keys.metrics_hour(D, metrics.hour_of(now + 5))
+    assert 0 < rclient.ttl(key) <= keys.metrics_ttl_s()
+    assert doc.metrics.window.profiles_received == 3
+    assert doc.as_json()["metrics"]["hourly"][-1]["pending"] == 3
