@@ -12,12 +12,14 @@ import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pydantic import ValidationError
 
 from app.config.destinations import parse_config
 from app.core.keys import Keys
 from app.core.settings import Settings
 from app.ops.alert_runner import AlertLoop, Evaluator, Lease, Webhook
 from app.ops.alerts import Snapshot, Window, conditions, snapshot_from_status
+from app.ops.status_doc import DestinationStatus
 from app.store.prospects import ProspectStore
 from app.store.registry import publish_sync
 from tests.conftest import TEST_REDIS_URL, make_settings, settings_env
@@ -120,16 +122,56 @@ def test_pause_alerts_only_when_longer_than_the_threshold(prefix: str) -> None:
     assert conditions(snap, Window(), s, pause_since_s=0, now_s=1001) == []
 
 
-def test_status_document_adapter_tolerates_new_and_missing_fields(prefix: str) -> None:
-    doc = {
+def _doc(**fields: Any) -> DestinationStatus:
+    """A status document of an idle destination, with ``fields`` in its JSON replaced."""
+    flow = {"hours": 1, "from": None, "to": None}
+    base: dict[str, Any] = {
         "destination": "d1",
-        "counters": {"profiles_received": 3, "excluded:no_id": 1},
-        "invalid_mapping_ids": [7],
-        "quota": {"user": "u1", "paused_until_s": 50.0, "someday": "new"},
-        "connection": {"id": "conn", "state": "reauth_required"},
-        "lag_s": 1200.0,
-        "brand_new_section": {"x": 1},
+        "name": "D1",
+        "enabled": True,
+        "generated_at": None,
+        "pending": 0,
+        "in_flight": 0,
+        "lag_s": None,
+        "oldest_pending_at": None,
+        "lag_exact": True,
+        "counters": {},
+        "invalid_mapping_ids": [],
+        "metrics": {"totals": {}, "window": flow, "hourly": []},
+        "audiences": [],
+        "connection": {"id": "conn", "known": True},
     }
+    return DestinationStatus.model_validate({**base, **fields})
+
+
+def _quota(user: str, paused_until_s: float | None) -> dict[str, Any]:
+    return {
+        "user": user,
+        "limit": 100,
+        "used": 0,
+        "remaining": 100,
+        "reset_s": 0.0,
+        "paused_until_s": paused_until_s,
+        "server_remaining": None,
+        "server_reset_s": None,
+        "window_s": 3600,
+        "configured_limit": 100,
+        "reported_limit": None,
+        "outreach_spent": None,
+        "governing_limit": 100,
+        "governing": "configured",
+        "governing_why": "",
+    }
+
+
+def test_status_document_gives_the_rules_what_they_need(prefix: str) -> None:
+    doc = _doc(
+        counters={"profiles_received": 3, "excluded:no_id": 1},
+        invalid_mapping_ids=[7],
+        quota=_quota("u1", 50.0),
+        connection={"id": "conn", "known": True, "state": "reauth_required"},
+        lag_s=1200.0,
+    )
     snap = snapshot_from_status(doc)
     assert snap == Snapshot(
         "d1",
@@ -140,12 +182,20 @@ def test_status_document_adapter_tolerates_new_and_missing_fields(prefix: str) -
         1200.0,
         "conn",
         "reauth_required",
+        True,
     )
     keys = {
         c.key for c in conditions(snap, Window(), _settings(prefix), pause_since_s=None, now_s=0)
     }
     assert keys == {"invalid_mapping:d1:7", "reauth_required:conn", "lag:d1"}
-    assert snapshot_from_status({"destination": "d2"}) == Snapshot("d2")
+    idle = snapshot_from_status(_doc(destination="d2"))
+    assert idle == Snapshot("d2", connection="conn", enabled=True)
+    assert conditions(idle, Window(), _settings(prefix), pause_since_s=None, now_s=0) == []
+
+
+def test_a_status_document_with_a_misspelt_field_is_refused() -> None:
+    with pytest.raises(ValidationError, match="lag"):
+        _doc(lag={"age_s": 5})
 
 
 # Incidents on real Redis -----------------------------------------------------------------
@@ -319,7 +369,7 @@ def test_lag_does_not_alert_for_a_disabled_destination(prefix: str) -> None:
     on, off = Snapshot("d1", lag_s=late, enabled=True), Snapshot("d1", lag_s=late, enabled=False)
     assert [c.key for c in conditions(on, Window(), s, pause_since_s=None, now_s=0)] == ["lag:d1"]
     assert conditions(off, Window(), s, pause_since_s=None, now_s=0) == []
-    assert snapshot_from_status({"destination": "d1", "enabled": False}).enabled is False
+    assert snapshot_from_status(_doc(enabled=False)).enabled is False
 
 
 @pytest.mark.usefixtures("published")

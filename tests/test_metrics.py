@@ -15,11 +15,13 @@ import redis.asyncio as aioredis
 
 from app.core.keys import Keys
 from app.ingest.batch import ingest_sync
-from app.ops.status import BadQuery, collect_status, parse_hours
+from app.ops.status import BadQuery, collect_status, destination_status, parse_hours
+from app.ops.status_doc import DestinationStatus, governing_limit
 from app.ops.status_table import render_table
+from app.ratelimit.gate import gate_for
 from app.store import counters as metrics
 from app.store.prospects import ProspectStore, encode
-from app.store.registry import publish_sync
+from app.store.registry import Registry, publish_sync
 from tests.conftest import ROOT, TEST_REDIS_URL, make_settings, settings_env
 from tests.test_end_to_end import e2e_config
 
@@ -225,7 +227,7 @@ def test_status_failures_never_show_a_value_and_come_from_the_recent_index(
     old = {"id": "1:1000:custom1", "reason": "http_400", "fields": {"custom1": "realized"}}
     rclient.hset(keys.failures(D), old["id"], json.dumps({**old, "at_ms": 1000}))
 
-    async def record() -> list[dict[str, object]]:
+    async def record() -> list[DestinationStatus]:
         client = aioredis.from_url(TEST_REDIS_URL)
         store = ProspectStore(client, keys)
         try:
@@ -253,15 +255,117 @@ def test_status_failures_never_show_a_value_and_come_from_the_recent_index(
         return [doc]
 
     [only_old] = asyncio.run(collect_status(make_settings(env), D, failures=20))
-    assert [f["id"] for f in only_old["recent_failures"]] == [old["id"]]
-    [doc] = asyncio.run(record())
+    assert [f.id for f in only_old.recent_failures or []] == [old["id"]]
+    [typed] = asyncio.run(record())
+    doc = typed.as_json()
     failures = doc["recent_failures"]
     # From the index (newest first, the replayed one skipped); the pre-index record is older.
     assert [f["id"] for f in failures] == ["7:2002:emails", "7:2000:emails"]
     assert failures[0]["fields"] == ["emails", "firstName", "mobilePhones", "n"]
     assert "custom12" in failures[0]["detail"]  # the text around a value survives
-    page = render_destination(doc, data_url="/status/e2e/data.json", refresh_s=0)
+    page = render_destination(typed, data_url="/status/e2e/data.json", refresh_s=0)
     for value in values:
         assert value not in json.dumps(doc), value
         assert value not in page, value
     assert rclient.zcard(keys.failures_recent(D)) == 3
+
+
+def test_governing_limit_is_the_lower_and_the_configured_one_always_caps() -> None:
+    assert governing_limit(10_000, None).model_dump(exclude={"why"}) == {
+        "limit": 10_000,
+        "source": "configured",
+    }
+    server = governing_limit(1_000_000, 10_000)
+    assert (server.limit, server.source) == (10_000, "reported")
+    ours = governing_limit(5_000, 10_000)
+    assert (ours.limit, ours.source) == (5_000, "configured")
+    assert "caps spending" in ours.why
+    # Equal: the gate follows Outreach's count (its report governs, our window rests).
+    assert governing_limit(10_000, 10_000).source == "reported"
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "governing", "source"),
+    [("1000000/hour", 10_000, "Outreach's governs"), ("5000/hour", 5_000, "caps spending")],
+)
+def test_quota_shows_what_outreach_counts_as_spent_and_which_limit_governs(
+    prefix: str, rclient: redis.Redis, rate_limit: str, governing: int, source: str
+) -> None:
+    """Issue 14 defect 10 / issue 15: after 400 requests Outreach reports 9600 of 10000 left;
+    the figures say which count is Outreach's and which ours, and which limit caps spending."""
+    from app.api.prometheus import exposition
+    from app.api.status_page import render_destination
+
+    env = settings_env(prefix, None)
+    settings = make_settings(env)
+    publish_sync(rclient, Keys(prefix), e2e_config(rate_limit=rate_limit))
+    reset = time.time() + 1800
+    told = {"X-RateLimit-Limit": "10000", "X-RateLimit-Remaining": "9600"}
+
+    async def run() -> DestinationStatus:
+        client = aioredis.from_url(TEST_REDIS_URL)
+        try:
+            gate = gate_for(client, settings)
+            await gate.observe("test-user", 200, {**told, "X-RateLimit-Reset": str(reset)}, None)
+            [doc] = await collect_status(settings, D, client=client)
+        finally:
+            await client.aclose()
+        return doc
+
+    doc = asyncio.run(run())
+    q = doc.quota
+    assert q is not None
+    assert (q.outreach_spent, q.reported_limit, q.server_remaining) == (400, 10_000, 9600)
+    assert q.configured_limit == int(rate_limit.split("/")[0])
+    assert q.governing_limit == governing
+    text = render_table([doc])
+    assert "Outreach's count: spent 400 of 10000  left 9600" in text
+    assert f"our window: {q.used} of {q.configured_limit}" in text
+    assert f"limit per hour: configured {q.configured_limit}  Outreach reports 10000" in text
+    assert f"governing {governing} ({q.governing_why})" in text
+    assert source in q.governing_why
+    page = render_destination(doc, data_url="/x", refresh_s=0)
+    assert 'data-k="quota.outreach_spent">400 of 10000<' in page
+    assert f'data-k="quota.governing_limit">{governing} (' in page
+    assert 'data-k="quota.reported_limit">10000<' in page
+    metrics_text = exposition([doc]).decode()
+    assert 'outreach_sync_quota_outreach_spent{user="test-user"} 400.0' in metrics_text
+    assert f'outreach_sync_quota_governing_limit{{user="test-user"}} {governing}.0' in metrics_text
+
+
+def test_a_status_read_samples_backlog_and_lag_into_the_hour_it_falls_in(
+    prefix: str, rclient: redis.Redis
+) -> None:
+    keys = Keys(prefix)
+    config = e2e_config()
+    publish_sync(rclient, keys, config)
+    profiles = [profile(str(p), aud_1="realized") for p in range(1, 4)]
+    ingest_sync(rclient, keys, config.destination(D), profiles, window_ms=600_000)
+    now = time.time()
+    # Read as if five seconds later: the oldest change is about five seconds old.
+    settings = make_settings(settings_env(prefix, None))
+
+    async def read() -> DestinationStatus:
+        client = aioredis.from_url(TEST_REDIS_URL)
+        try:
+            store, gate = ProspectStore(client, keys), gate_for(client, settings)
+            registry = Registry(client, keys)
+            doc = await destination_status(
+                D, store=store, registry=registry, gate=gate, hours=3, now_s=now + 5
+            )
+        finally:
+            await client.aclose()
+        assert doc is not None
+        return doc
+
+    doc = asyncio.run(read())
+    hour = doc.metrics.hourly[-1]
+    assert (hour.pending, hour.in_flight) == (3, 0)
+    assert hour.lag_s is not None and 4 <= hour.lag_s <= 7
+    # Hours nobody read have no sample (not a zero).
+    assert [h.pending for h in doc.metrics.hourly[:-1]] == [None, None]
+    # Kept as long as the hour's counts, and never counted as dataflow.
+    key = keys.metrics_hour(D, metrics.hour_of(now + 5))
+    assert 0 < rclient.ttl(key) <= keys.metrics_ttl_s()
+    assert doc.metrics.window.profiles_received == 3
+    assert doc.as_json()["metrics"]["hourly"][-1]["pending"] == 3

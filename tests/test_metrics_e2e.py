@@ -46,7 +46,7 @@ def _expected_ingest(profiles: list[dict[str, Any]]) -> tuple[Counter[str], Coun
 
 def _status(env: dict[str, str], hours: int = 2) -> dict[str, Any]:
     [doc] = asyncio.run(collect_status(make_settings(env), "e2e", hours=hours, failures=5))
-    return doc
+    return doc.as_json()
 
 
 def test_metrics_match_what_the_sandbox_received(

@@ -3,6 +3,9 @@ a worker's /metrics (its prefork children's work, summed by the main process).""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,7 +20,7 @@ from app.api.app import make_app
 from app.core.keys import Keys
 from app.ingest.producer import Producer
 from app.store.registry import publish_sync
-from tests.conftest import Sandbox, free_port, make_settings, settings_env, wait_until
+from tests.conftest import ROOT, Sandbox, free_port, make_settings, settings_env, wait_until
 from tests.test_end_to_end import e2e_config, idle
 
 ADMIN_KEY = "prometheus-test-admin-key"
@@ -167,3 +170,127 @@ def test_worker_metrics_sum_the_pool_children_and_leave_dataflow_to_the_api(
     assert sum(v for (n, _), v in got.items() if n == "outreach_sync_worker_drains_total") >= 1
     # The Redis-wide dataflow series are the API's: never one copy per worker.
     assert not any(n.startswith("outreach_sync_profiles_") for n, _ in got)
+
+
+# The Grafana dashboard -----------------------------------------------------------------------
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "outreach-sync.json"
+#: Labels Prometheus adds to every series it scrapes (not the service's).
+TARGET_LABELS = {"instance", "job"}
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and",
+                 "or", "unless", "offset"}  # fmt: skip
+
+
+def _declared(metric: Any) -> dict[str, set[str]]:
+    """The series a prometheus-client metric object exposes, with their labels."""
+    name, labels = metric._name, set(metric._labelnames)
+    if metric._type == "counter":
+        return {f"{name}_total": labels}
+    if metric._type == "histogram":
+        return {f"{name}_bucket": labels | {"le"}, f"{name}_sum": labels, f"{name}_count": labels}
+    return {name: labels}
+
+
+def _rich_status() -> Any:
+    """A status document with every figure present, so every dataflow family has a sample."""
+    from app.ops.status_doc import DestinationStatus
+
+    by = {"realized": 1, "exited": 1}
+    reasons = {"http_404": 1}
+    figures = {"received_by_status": by, "activated_by_status": by, "excluded_by_reason": reasons,
+               "failed_by_reason": reasons, "rejected": 1, "skipped_noop": 1}  # fmt: skip
+    quota = {"user": "u", "limit": 1, "used": 1, "remaining": 1, "reset_s": 1.0,
+             "paused_until_s": 1.0, "server_remaining": 1, "server_reset_s": 1.0, "window_s": 3600,
+             "configured_limit": 1, "reported_limit": 1, "outreach_spent": 1,
+             "governing_limit": 1, "governing": "configured", "governing_why": ""}  # fmt: skip
+    flow = {"excluded_by_reason": reasons, "failed_by_reason": reasons}
+    return DestinationStatus.model_validate(
+        {"destination": "d", "name": "D", "enabled": True, "generated_at": None, "pending": 1,
+         "in_flight": 1, "lag_s": 1.0, "oldest_pending_at": None, "lag_exact": True,
+         "counters": {}, "invalid_mapping_ids": [1],
+         "metrics": {"totals": flow, "window": {"hours": 1, "from": None, "to": None},
+                     "hourly": []},
+         "audiences": [{"audience": "a", "mapping_id": 1, "field": "custom1",
+                        "totals": figures}],
+         "connection": {"id": "c", "known": True, "state": "active"}, "quota": quota}
+    )  # fmt: skip
+
+
+def exported_series() -> dict[str, set[str]]:
+    """Every series name the service exports (API and worker ``/metrics``) with its labels."""
+    from app.api import prometheus as api
+    from workers.prometheus import _get
+
+    out: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(api.exposition([_rich_status()]).decode()):
+        for s in family.samples:
+            out.setdefault(s.name, set()).update(s.labels)
+    for metric in (api.API_REQUESTS, api.API_LATENCY, api.SCRAPE_S):
+        out.update(_declared(metric))
+    for field in dataclasses.fields(_get()):
+        out.update(_declared(getattr(_get(), field.name)))
+    return out
+
+
+def query_problems(expr: str, exported: dict[str, set[str]]) -> list[str]:
+    """What in a PromQL query names a series or label the service does not export."""
+    bare = re.sub(r"\[[^\]]*\]", "", expr)  # range durations
+    grouping = {
+        label.strip()
+        for m in re.finditer(r"\b(?:by|without)\s*\(([^)]*)\)", bare)
+        for label in m.group(1).split(",")
+        if label.strip()
+    }
+    bare = re.sub(r"\b(?:by|without)\s*\([^)]*\)", " ", bare)
+    names, problems = [], []
+    for m in re.finditer(r'(?<![\w$:."])([a-zA-Z_:][\w:]*)\s*(\{[^}]*\})?\s*(\()?', bare):
+        name, matchers, call = m.groups()
+        if call or name in _PROMQL_WORDS:
+            continue
+        names.append(name)
+        if name not in exported:
+            problems.append(f"{name} is not exported")
+            continue
+        for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers or ""):
+            if label not in exported[name]:
+                problems.append(f"{name} has no label {label}")
+    if not names:
+        problems.append("names no metric")
+    known = set().union(*(exported.get(n, set()) for n in names)) | TARGET_LABELS
+    problems += [f"no series of the query has label {g}" for g in sorted(grouping - known)]
+    return problems
+
+
+def test_grafana_dashboard_queries_name_exported_metrics_and_labels() -> None:
+    exported = exported_series()
+    dash = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert len(queries) >= 20
+    problems = {q: query_problems(q, exported) for q in queries}
+    assert {q: p for q, p in problems.items() if p} == {}
+    for var in dash["templating"]["list"]:
+        if var["type"] == "query":
+            found = re.fullmatch(r"label_values\((\w+), (\w+)\)", var["query"]["query"])
+            assert found is not None, var["name"]
+            assert found[2] in exported[found[1]], var["name"]
+    # What ops teams scaling workers look at is there.
+    text = " ".join(queries)
+    for series in ("outreach_sync_profiles_received_total", "outreach_sync_backlog_prospects",
+                   "outreach_sync_lag_seconds", "outreach_sync_quota_outreach_spent",
+                   "outreach_sync_rate_limited_total", "outreach_sync_failures_total",
+                   "outreach_sync_worker_drain_duration_seconds_sum"):  # fmt: skip
+        assert series in text, series
+
+
+def test_dashboard_check_catches_a_wrong_metric_or_label() -> None:
+    exported = exported_series()
+    assert query_problems("rate(outreach_sync_nope_total[5m])", exported) == [
+        "outreach_sync_nope_total is not exported"
+    ]
+    assert query_problems('outreach_sync_lag_seconds{destinaton="x"}', exported) == [
+        "outreach_sync_lag_seconds has no label destinaton"
+    ]
+    assert query_problems("sum by (reason) (outreach_sync_lag_seconds)", exported) == [
+        "no series of the query has label reason"
+    ]
+    assert query_problems("time() - 5", exported) == ["names no metric"]

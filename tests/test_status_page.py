@@ -5,6 +5,8 @@ failure's reason, connection and quota; escaped, without attribute values, admin
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import re
 import shutil
@@ -269,3 +271,141 @@ async def test_status_page_is_admin_only_and_json_has_no_values(
     doc = json.loads(text)
     assert doc["recent_failures"][0]["reason"] == "http_404"
     assert SECRET_VALUE not in text and "Grace" not in text
+
+
+class DevTools:
+    """A headless Chromium driven over the Chrome DevTools protocol (aiohttp's WebSocket):
+    what a person's browser lays out and paints, asked of the page itself."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws, self._id = ws, 0
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._id += 1
+        await self.ws.send_json({"id": self._id, "method": method, "params": params})
+        async for msg in self.ws:
+            answer = json.loads(msg.data)
+            if answer.get("id") == self._id:
+                assert "error" not in answer, answer
+                result: dict[str, Any] = answer["result"]
+                return result
+        raise AssertionError(f"DevTools closed during {method}")
+
+    async def evaluate(self, expression: str) -> Any:
+        got = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in got, got
+        return got["result"].get("value")
+
+    async def open(self, url: str, *, dark: bool) -> None:
+        scheme = "dark" if dark else "light"
+        features = [{"name": "prefers-color-scheme", "value": scheme}]
+        await self.call("Emulation.setEmulatedMedia", features=features)
+        await self.call("Emulation.setDeviceMetricsOverride", width=1280, height=1800,
+                        deviceScaleFactor=1, mobile=False)  # fmt: skip
+        await self.call("Page.navigate", url=url)
+        for _ in range(200):
+            if await self.evaluate("document.body && document.body.dataset.loaded") == "true":
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{url} never finished loading")
+
+    async def screenshot(self, path: Path) -> None:
+        shot = await self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+
+@contextlib.asynccontextmanager
+async def devtools() -> AsyncIterator[DevTools]:
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        proc = await asyncio.create_subprocess_exec(
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--remote-debugging-port=0", f"--user-data-dir={profile}",
+            "about:blank",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            port_file = Path(profile, "DevToolsActivePort")
+            await asyncio.to_thread(wait_until, port_file.exists, timeout_s=30, what="DevTools")
+            await asyncio.sleep(0.1)  # the file is written before its lines are complete
+            port = port_file.read_text().split()[0]
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"http://127.0.0.1:{port}/json/list") as r:
+                    pages = [t for t in await r.json() if t["type"] == "page"]
+                async with s.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                    yield DevTools(ws)
+        finally:
+            proc.kill()
+            await proc.wait()
+
+
+#: Per chart: its bars' hour, value and painted height, the limit line, the svg's labels.
+CHARTS_JS = """JSON.stringify([...document.querySelectorAll('figure.chart')].map(f => {
+  const svg = f.querySelector('svg');
+  const label = id => (document.getElementById(id) || {}).textContent || '';
+  const [t, d] = (svg.getAttribute('aria-labelledby') || '').split(' ');
+
+  return {
+    key: f.dataset.chart, role: svg.getAttribute('role'), title: label(t), desc: label(d),
+    width: svg.getBoundingClientRect().width,
+    fill: getComputedStyle(svg.querySelector('rect.bar')).fill,
+    limit: svg.dataset.limit ? Number(svg.dataset.limit) : null,
+    bars: [...svg.querySelectorAll('rect.bar')].map(b => ({
+      hour: b.dataset.hour, value: b.dataset.value, height: b.getBBox().height,
+      tip: b.querySelector('title').textContent})),
+  };
+}))"""
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium not installed (deploy/ensure-chromium.sh installs it)"
+)
+async def test_charts_render_in_chromium_light_and_dark_with_the_json_status_numbers(
+    served: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    base, _ = served
+    async with aiohttp.ClientSession() as s, s.get(f"{base}/status/web/data.json?hours=24") as r:
+        doc = await r.json()
+    hourly = doc["metrics"]["hourly"]
+    painted: dict[bool, list[dict[str, Any]]] = {}
+    backgrounds: dict[bool, str] = {}
+    async with devtools() as browser:
+        for dark in (False, True):
+            await browser.open(f"{base}/status/web?hours=24", dark=dark)
+            painted[dark] = json.loads(await browser.evaluate(CHARTS_JS))
+            backgrounds[dark] = await browser.evaluate("getComputedStyle(document.body).background")
+            await browser.screenshot(tmp_path / f"charts-{'dark' if dark else 'light'}.png")
+        await browser.open(f"{base}/status/web?hours=168", dark=False)
+        week = json.loads(await browser.evaluate(CHARTS_JS))
+    charts = {c["key"]: c for c in painted[False]}
+    assert set(charts) == {
+        "profiles_received", "prospects_activated", "profiles_excluded", "failed",
+        "rate_limited", "requests", "pending", "lag_s",
+    }  # fmt: skip
+    for key, chart in charts.items():
+        # The numbers are the JSON status's, hour by hour.
+        assert [b["hour"] for b in chart["bars"]] == [h["hour"] for h in hourly], key
+        want = ["" if h[key] is None else str(h[key]) for h in hourly]
+        assert [b["value"] for b in chart["bars"]] == want, key
+        # Painted: laid out at a readable size, a bar's height in proportion to its value.
+        assert chart["width"] > 300, key
+        per_unit = {round(b["height"] / int(b["value"]), 3) for b in chart["bars"] if b["value"]
+                    and int(b["value"])}  # fmt: skip
+        assert len(per_unit) <= 1, (key, per_unit)
+        assert all(b["height"] == 0 for b in chart["bars"] if b["value"] in ("", "0")), key
+        # Accessible: an image with a title and a description read aloud, a tip per bar.
+        assert chart["role"] == "img" and chart["title"] and "Per hour from" in chart["desc"]
+        assert all(b["tip"] for b in chart["bars"])
+    now = charts["profiles_received"]["bars"][-1]
+    assert now["value"] == "5" and now["height"] > 10
+    assert charts["failed"]["bars"][-1]["value"] == "1"
+    assert charts["pending"]["bars"][-1]["value"] == "0"  # sampled when the status was read
+    quota = doc["quota"]
+    assert charts["requests"]["limit"] == quota["governing_limit"] * 3600 // quota["window_s"]
+    assert "highest 5 profiles" in charts["profiles_received"]["desc"]
+    # Readable in both schemes: the page and the bars change colour with prefers-color-scheme.
+    assert painted[True][0]["fill"] != painted[False][0]["fill"]
+    assert backgrounds[True] != backgrounds[False]
+    # Seven days: one bar per hour.
+    assert {len(c["bars"]) for c in week} == {168}

@@ -73,7 +73,7 @@ async def get_status(request: web.Request) -> web.Response:
     )
     if doc is None:
         return error(404, "Unknown destination", f"no destination {dest_id!r}")
-    return web.json_response(doc)
+    return web.json_response(doc.as_json())
 
 
 async def healthz(_: web.Request) -> web.Response:

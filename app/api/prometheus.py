@@ -9,7 +9,7 @@ once, from the API, however many workers run. Worker processes export only their
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from app.api.adminauth import admin_refusal
 from app.core.settings import Settings
 from app.ops.status import destination_status
+from app.ops.status_doc import DestinationStatus, Quota
 from app.ratelimit.gate import QuotaGate
 from app.store.prospects import ProspectStore
 from app.store.registry import Registry
@@ -65,7 +66,7 @@ _COUNTERS = (
 class DataflowCollector(Collector):
     """Metric families of status documents (one per destination), built at scrape time."""
 
-    def __init__(self, docs: Iterable[Mapping[str, Any]], *, up: bool = True) -> None:
+    def __init__(self, docs: Iterable[DestinationStatus], *, up: bool = True) -> None:
         self.docs = list(docs)
         self.up = up
 
@@ -82,7 +83,7 @@ class DataflowCollector(Collector):
         for name, text, key in _COUNTERS:
             fam = CounterMetricFamily(f"{NS}_{name}", text, labels=D)
             for d in self.docs:
-                fam.add_metric([d["destination"]], d["metrics"]["totals"][key])
+                fam.add_metric([d.destination], getattr(d.metrics.totals, key))
             yield fam
         excluded = CounterMetricFamily(
             f"{NS}_profiles_excluded", "Profiles excluded, by reason", labels=(*D, "reason")
@@ -93,11 +94,11 @@ class DataflowCollector(Collector):
             labels=(*D, "reason"),
         )
         for d in self.docs:
-            t = d["metrics"]["totals"]
-            for reason, n in t["excluded_by_reason"].items():
-                excluded.add_metric([d["destination"], reason], n)
-            for reason, n in t["failed_by_reason"].items():
-                failed.add_metric([d["destination"], reason], n)
+            t = d.metrics.totals
+            for reason, n in t.excluded_by_reason.items():
+                excluded.add_metric([d.destination, reason], n)
+            for reason, n in t.failed_by_reason.items():
+                failed.add_metric([d.destination, reason], n)
         yield excluded
         yield failed
 
@@ -133,19 +134,19 @@ class DataflowCollector(Collector):
             labels=A,
         )
         for d in self.docs:
-            for row in d["audiences"]:
-                labels = [d["destination"], row["audience"] or "", str(row["mapping_id"])]
-                t = row["totals"]
+            for row in d.audiences:
+                labels = [d.destination, row.audience or "", str(row.mapping_id)]
+                t = row.totals
                 for kind, by in (
                     ("received", "received_by_status"),
                     ("activated", "activated_by_status"),
                     ("excluded", "excluded_by_reason"),
                     ("failed", "failed_by_reason"),
                 ):
-                    for key, n in t[by].items():
+                    for key, n in getattr(t, by).items():
                         fams[kind].add_metric([*labels, key], n)
-                rejected.add_metric(labels, t["rejected"])
-                noop.add_metric(labels, t["skipped_noop"])
+                rejected.add_metric(labels, t.rejected)
+                noop.add_metric(labels, t.skipped_noop)
         yield from fams.values()
         yield rejected
         yield noop
@@ -171,33 +172,52 @@ class DataflowCollector(Collector):
             labels=(*D, "connection", "state"),
         )
         for d in self.docs:
-            dest = d["destination"]
-            backlog.add_metric([dest, "pending"], d["pending"])
-            backlog.add_metric([dest, "in_flight"], d["in_flight"])
-            lag.add_metric([dest], d["lag_s"] or 0.0)
-            enabled.add_metric([dest], 1.0 if d["enabled"] else 0.0)
-            for mapping_id in d["invalid_mapping_ids"]:
+            dest = d.destination
+            backlog.add_metric([dest, "pending"], d.pending)
+            backlog.add_metric([dest, "in_flight"], d.in_flight)
+            lag.add_metric([dest], d.lag_s or 0.0)
+            enabled.add_metric([dest], 1.0 if d.enabled else 0.0)
+            for mapping_id in d.invalid_mapping_ids:
                 invalid.add_metric([dest, str(mapping_id)], 1.0)
-            c = d["connection"]
-            conn.add_metric([dest, c["id"], c["state"] or "unknown"], 1.0)
+            c = d.connection
+            conn.add_metric([dest, c.id, c.state or "unknown"], 1.0)
         yield from (backlog, lag, enabled, invalid, conn)
 
 
-def _quotas(docs: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:
+#: (metric name, help, Quota attribute) per Outreach user; a figure not known is left out.
+_QUOTA = (
+    ("quota_limit", "Requests per window the connection's rate_limit allows (ours)", "limit"),
+    ("quota_used", "Requests our own moving window counted in the current window", "used"),
+    ("quota_remaining", "Requests left in our own moving window", "remaining"),
+    ("quota_reset_timestamp_seconds", "When our window's oldest request expires", "reset_s"),
+    ("quota_paused_until_timestamp_seconds", "Pause after a 429 (0: none)", "paused_until_s"),
+    (
+        "quota_outreach_remaining",
+        "Remaining as Outreach last reported it, less our requests in flight",
+        "server_remaining",
+    ),
+    ("quota_outreach_limit", "The limit Outreach last reported", "reported_limit"),
+    (
+        "quota_outreach_spent",
+        "Requests spent in Outreach's current window, as Outreach counts them",
+        "outreach_spent",
+    ),
+    (
+        "quota_governing_limit",
+        "The limit that caps spending (the lower of ours and Outreach's)",
+        "governing_limit",
+    ),
+    ("quota_window_seconds", "Length of the quota window", "window_s"),
+)
+
+
+def _quotas(docs: Iterable[DestinationStatus]) -> Iterator[Metric]:
     """One set per Outreach user, however many destinations share it."""
-    users = {d["quota"]["user"]: d["quota"] for d in docs if d.get("quota")}
-    specs = (
-        ("quota_limit", "Requests the user may make per window", "limit"),
-        ("quota_used", "Requests spent in the current window", "used"),
-        ("quota_remaining", "Requests left in the current window", "remaining"),
-        ("quota_reset_timestamp_seconds", "When the window's oldest request expires", "reset_s"),
-        ("quota_paused_until_timestamp_seconds", "Pause after a 429 (0: none)", "paused_until_s"),
-        ("quota_outreach_remaining", "Remaining as Outreach last reported it", "server_remaining"),
-    )
-    for name, text, key in specs:
+    users: dict[str, Quota] = {d.quota.user: d.quota for d in docs if d.quota is not None}
+    for name, text, key in _QUOTA:
         fam = GaugeMetricFamily(f"{NS}_{name}", text, labels=("user",))
         for user, q in sorted(users.items()):
-            value = q.get(key)
+            value = getattr(q, key)
             if value is not None or key == "paused_until_s":
                 fam.add_metric([user], float(value or 0))
         yield fam
@@ -256,7 +276,7 @@ class _Sources:
     ) -> None:
         self.store, self.registry, self.gate, self.settings = store, registry, gate, settings
 
-    async def docs(self) -> list[dict[str, Any]]:
+    async def docs(self) -> list[DestinationStatus]:
         out = []
         for dest in await self.registry.destination_ids():
             doc = await destination_status(
@@ -270,7 +290,7 @@ class _Sources:
 SOURCES = web.AppKey("prom_sources", _Sources)
 
 
-def exposition(docs: Iterable[Mapping[str, Any]], *, up: bool = True) -> bytes:
+def exposition(docs: Iterable[DestinationStatus], *, up: bool = True) -> bytes:
     """The API process's metrics and the dataflow series of ``docs``, as exposition text."""
     dataflow = CollectorRegistry(auto_describe=False)
     dataflow.register(DataflowCollector(docs, up=up))

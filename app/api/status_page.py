@@ -8,18 +8,18 @@ show reasons and field names, never a value.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Mapping
 from html import escape
 from importlib import resources
-from typing import Any
 
 from aiohttp import web
 
 from app.api.adminauth import admin_refusal
+from app.api.status_charts import render_charts
 from app.core.settings import Settings
 from app.ops.status import BadQuery, destination_status, parse_hours
+from app.ops.status_doc import AudienceRow, DestinationStatus, Failure, Quota
 from app.ops.status_table import duration
 from app.ratelimit.gate import QuotaGate
 from app.store.prospects import ProspectStore
@@ -83,23 +83,23 @@ def _reasons(by: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in by.items())
 
 
-def audience_cells(row: Mapping[str, Any]) -> list[object]:
-    t = row["totals"]
-    by = t["activated_by_status"]
-    name = row["audience"] or "(no longer mapped)"
+def audience_cells(row: AudienceRow) -> list[object]:
+    t = row.totals
+    by = t.activated_by_status
+    name = row.audience or "(no longer mapped)"
     return [
-        name + (" — refused by Outreach" if row.get("invalid") else ""),
-        row["mapping_id"],
-        row["field"],
-        t["received"],
-        t["activated"],
+        name + (" — refused by Outreach" if row.invalid else ""),
+        row.mapping_id,
+        row.field,
+        t.received,
+        t.activated,
         by.get("realized", 0),
         by.get("existing", 0),
         by.get("exited", 0),
-        t["skipped_noop"],
-        t["excluded"],
-        t["failed"],
-        _reasons(t["failed_by_reason"]),
+        t.skipped_noop,
+        t.excluded,
+        t.failed,
+        _reasons(t.failed_by_reason),
     ]
 
 
@@ -117,92 +117,109 @@ AUDIENCE_HEAD = (
     "Failed",
     "Failure reasons",
 )
+#: The window picker's choices (hours, label).
+PICKER = ((1, "1 h"), (24, "24 h"), (168, "7 days"))
 FAILURE_HEAD = ("When", "Reason", "HTTP", "Error", "Detail", "Fields", "Mapping IDs", "Failure ID")
 
 
-def failure_cells(f: Mapping[str, Any]) -> list[object]:
-    error = " / ".join(str(x) for x in (f.get("error_id"), f.get("title")) if x)
+def failure_cells(f: Failure) -> list[object]:
+    error = " / ".join(str(x) for x in (f.error_id, f.title) if x)
     return [
-        f["at"],
-        f["reason"],
-        f.get("status") or "—",
+        f.at,
+        f.reason,
+        f.status or "—",
         error or "—",
-        f.get("detail") or "",
-        ", ".join(f["fields"]),
-        ", ".join(str(m) for m in f["mapping_ids"]) or "—",
-        f["id"],
+        f.detail,
+        ", ".join(f.fields),
+        ", ".join(str(m) for m in f.mapping_ids) or "—",
+        f.id,
     ]
 
 
-def _card(title: str, items: Iterable[tuple[str, object, str]]) -> str:
+def _card(title: str, items: Iterable[tuple[str, object, str]], *, wide: bool = False) -> str:
     dl = "".join(f'<dt>{_e(k)}</dt><dd data-k="{_e(key)}">{_e(v)}</dd>' for k, v, key in items)
-    return f"<section class=card><h2>{_e(title)}</h2><dl>{dl}</dl></section>"
+    kind = "card wide" if wide else "card"
+    return f'<section class="{kind}"><h2>{_e(title)}</h2><dl>{dl}</dl></section>'
 
 
-def render_destination(doc: Mapping[str, Any], *, data_url: str, refresh_s: int) -> str:
+def quota_items(q: Quota | None) -> list[tuple[str, object, str]]:
+    """The quota card: Outreach's figures, ours, and the limit that governs, each named for
+    whose it is (``data-k`` keys the page's script fills in)."""
+    if q is None:
+        return [("Outreach user", "— (no connection record)", "quota.user")]
+    told = q.reported_limit is not None and q.server_reset_s is not None
+    spent = f"{_or_dash(q.outreach_spent)} of {q.reported_limit}" if told else "— (no report)"
+    source = "configured rate_limit" if q.governing == "configured" else "Outreach's limit"
+    return [
+        ("spent this window (Outreach's count)", spent, "quota.outreach_spent"),
+        ("left (Outreach's count)", _or_dash(q.server_remaining), "quota.server_remaining"),
+        ("Outreach's window resets", _clock(q.server_reset_s), "quota.server_reset"),
+        ("our window counted", f"{q.used} of {q.limit}", "quota.used_of"),
+        ("left in our window", q.remaining, "quota.remaining"),
+        ("limit configured (rate_limit)", q.configured_limit, "quota.configured_limit"),
+        ("limit Outreach reports", _or_dash(q.reported_limit), "quota.reported_limit"),
+        ("limit that governs", f"{q.governing_limit} ({source})", "quota.governing_limit"),
+        ("why", q.governing_why, "quota.governing_why"),
+        ("paused until", _clock(q.paused_until_s), "quota.paused"),
+    ]
+
+
+def render_destination(doc: DestinationStatus, *, data_url: str, refresh_s: int) -> str:
     """A destination's page (the JS keeps it fresh from ``data_url``)."""
-    conn, q = doc["connection"], doc.get("quota") or {}
-    state = conn.get("state") or ("unknown connection" if not conn.get("known") else "—")
-    m = doc["metrics"]
-    hours = m["window"]["hours"]
+    conn, q = doc.connection, doc.quota
+    state = conn.state or ("unknown connection" if not conn.known else "—")
+    m = doc.metrics
+    hours = m.window.hours
     cards = [
         _card(
             "Connection",
             [
-                ("id", conn["id"], "connection.id"),
-                ("Outreach user", conn.get("user") or "—", "connection.user"),
+                ("id", conn.id, "connection.id"),
+                ("Outreach user", conn.user or "—", "connection.user"),
                 ("state", state, "connection.state"),
-                ("reason", conn.get("reason") or "—", "connection.reason"),
+                ("reason", conn.reason or "—", "connection.reason"),
             ],
         ),
-        _card(
-            "Quota",
-            [
-                ("used / limit", f"{q.get('used', '—')} / {q.get('limit', '—')}", "quota.used_of"),
-                ("remaining", q.get("remaining", "—"), "quota.remaining"),
-                ("Outreach reports", _or_dash(q.get("server_remaining")), "quota.server_remaining"),
-                ("window resets", _clock(q.get("reset_s")), "quota.reset"),
-                ("paused until", _clock(q.get("paused_until_s")), "quota.paused"),
-            ],
-        ),
+        _card(f"Quota of {q.user}" if q else "Quota", quota_items(q), wide=True),
         _card(
             "Backlog",
             [
-                ("pending", doc["pending"], "pending"),
-                ("in flight", doc["in_flight"], "in_flight"),
-                ("lag (oldest change)", duration(doc.get("lag_s")), "lag"),
-                ("invalid mapping IDs", _ids(doc["invalid_mapping_ids"]), "invalid"),
+                ("pending", doc.pending, "pending"),
+                ("in flight", doc.in_flight, "in_flight"),
+                ("lag (oldest change)", duration(doc.lag_s), "lag"),
+                ("invalid mapping IDs", _ids(doc.invalid_mapping_ids), "invalid"),
             ],
         ),
     ]
     flow = _table(
         ("", f"Last {hours} h", "Total"),
-        ((label, m["window"][key], m["totals"][key]) for key, label in FLOW_ROWS),
+        ((label, getattr(m.window, key), getattr(m.totals, key)) for key, label in FLOW_ROWS),
         tbody_id="flow",
     )
     reasons = _table(
         ("Excluded by reason", "Failed by reason"),
         [
             (
-                _reasons(m["totals"]["excluded_by_reason"]) or "—",
-                _reasons(m["totals"]["failed_by_reason"]) or "—",
+                _reasons(m.totals.excluded_by_reason) or "—",
+                _reasons(m.totals.failed_by_reason) or "—",
             )
         ],
         tbody_id="reasons",
     )
-    audiences = _table(AUDIENCE_HEAD, map(audience_cells, doc["audiences"]), tbody_id="audiences")
-    failures = doc.get("recent_failures") or []
+    audiences = _table(AUDIENCE_HEAD, map(audience_cells, doc.audiences), tbody_id="audiences")
+    failures = doc.recent_failures or []
     fail_table = _table(FAILURE_HEAD, map(failure_cells, failures), tbody_id="failures")
     picker = " ".join(
-        f'<a href="?hours={h}"{" class=on" if h == hours else ""}>{h} h</a>' for h in (1, 24, 168)
+        f'<a href="?hours={h}"{" class=on" if h == hours else ""}>{label}</a>'
+        for h, label in PICKER
     )
-    enabled = "enabled" if doc["enabled"] else "DISABLED"
+    enabled = "enabled" if doc.enabled else "DISABLED"
     body = (
-        f'<header><a href="/status">All destinations</a><h1>{_e(doc["name"])} '
-        f"<small>{_e(doc['destination'])} · {enabled}</small></h1>"
-        f"<p class=live>As of <span id=updated>{_e(doc['generated_at'])}</span> · "
+        f'<header><a href="/status">All destinations</a><h1>{_e(doc.name)} '
+        f"<small>{_e(doc.destination)} · {enabled}</small></h1>"
+        f"<p class=live>As of <span id=updated>{_e(doc.generated_at)}</span> · "
         f"<span id=live>static</span> · window: {picker}</p></header>"
-        f"<main><div class=cards>{''.join(cards)}</div>"
+        f"<main><div class=cards id=cards>{''.join(cards)}</div>{render_charts(doc)}"
         f"<h2>Dataflow</h2>{flow}{reasons}"
         f"<h2>Audiences</h2>{audiences}"
         f"<h2>Recent failures <small>(newest {FAILURES_SHOWN}; values are never shown)</small></h2>"
@@ -211,10 +228,18 @@ def render_destination(doc: Mapping[str, Any], *, data_url: str, refresh_s: int)
         "</main>"
     )
     return _page(
-        f"{doc['name']} — outreach-sync status",
+        f"{doc.name} — outreach-sync status",
         body,
         data={"source": data_url, "refresh": str(refresh_s), "loaded": "false"},
     )
+
+
+def _quota_left(q: Quota | None) -> str:
+    if q is None:
+        return "—"
+    if q.server_remaining is not None:
+        return f"{q.server_remaining} (Outreach's count)"
+    return f"{q.remaining} (our window)"
 
 
 def _or_dash(value: object) -> object:
@@ -225,22 +250,22 @@ def _ids(ids: Iterable[int]) -> str:
     return ", ".join(map(str, ids)) or "none"
 
 
-def render_index(docs: Iterable[Mapping[str, Any]], *, hours: int) -> str:
+def render_index(docs: Iterable[DestinationStatus], *, hours: int) -> str:
     rows = []
     for d in docs:
-        w, q, c = d["metrics"]["window"], d.get("quota") or {}, d["connection"]
-        link = f'<a href="/status/{_e(d["destination"])}">{_e(d["destination"])}</a>'
+        w, q, c = d.metrics.window, d.quota, d.connection
+        link = f'<a href="/status/{_e(d.destination)}">{_e(d.destination)}</a>'
         cells = [
-            _e(d["name"]),
-            _e("enabled" if d["enabled"] else "DISABLED"),
-            _e(c.get("state") or "—"),
-            _e(d["pending"]),
-            _e(duration(d.get("lag_s"))),
-            _e(w["profiles_received"]),
-            _e(w["prospects_activated"]),
-            _e(w["failed"]),
-            _e(w["requests"]),
-            _e(q.get("remaining", "—")),
+            _e(d.name),
+            _e("enabled" if d.enabled else "DISABLED"),
+            _e(c.state or "—"),
+            _e(d.pending),
+            _e(duration(d.lag_s)),
+            _e(w.profiles_received),
+            _e(w.prospects_activated),
+            _e(w.failed),
+            _e(w.requests),
+            _e(_quota_left(q)),
         ]
         rows.append(f"<tr><td>{link}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = (
@@ -264,7 +289,7 @@ class _Sources:
     ) -> None:
         self.store, self.registry, self.gate, self.settings = store, registry, gate, settings
 
-    async def doc(self, dest: str, *, hours: int, failures: int = 0) -> dict[str, Any] | None:
+    async def doc(self, dest: str, *, hours: int, failures: int = 0) -> DestinationStatus | None:
         return await destination_status(
             dest,
             store=self.store,
@@ -334,8 +359,8 @@ async def destination_data(request: web.Request) -> web.Response:
     doc = await sources.doc(dest, hours=hours, failures=FAILURES_SHOWN)
     if doc is None:
         return web.json_response({"error": f"no destination {dest!r}"}, status=404)
-    doc.pop("counters", None)  # the page reads the summaries
-    return web.json_response(doc, headers=HEADERS, dumps=lambda d: json.dumps(d, default=str))
+    # The page reads the summaries, not the flat counters.
+    return web.json_response(doc.as_json(counters=False), headers=HEADERS)
 
 
 async def asset(request: web.Request) -> web.Response:

@@ -29,7 +29,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
         print(f"error: unknown destination {ns.destination!r}", file=sys.stderr)
         return 2
     if ns.json:
-        print(json.dumps(docs, indent=2, default=str))
+        print(json.dumps([d.as_json() for d in docs], indent=2))
         return 0
     print(render_table(docs))
     if not ns.destination:

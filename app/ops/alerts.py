@@ -1,9 +1,9 @@
 """Alert rules: what is wrong with a destination right now, as pure functions of a snapshot.
 
 The runner (``app/ops/alert_runner.py``) builds a :class:`Snapshot` per destination from its
-status document (:func:`snapshot_from_status`, tolerant of fields it does not know), adds the
-last hour's counter deltas (:class:`Window`) and asks :func:`conditions` what holds. Each
-:class:`Condition` has a stable ``key``: one incident per key, alerted once, recovered once.
+status document (:func:`snapshot_from_status`), adds the last hour's counter deltas
+(:class:`Window`) and asks :func:`conditions` what holds. Each :class:`Condition` has a stable
+``key``: one incident per key, alerted once, recovered once.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from app.core.settings import Settings
+from app.ops.status_doc import DestinationStatus
 from app.store import counters as metrics
 
 Kind = Literal[
@@ -30,8 +31,6 @@ EXCLUDED = metrics.PROFILES_EXCLUDED
 DELIVERED = metrics.PROSPECTS_ACTIVATED
 FAILED = metrics.FAILED
 WINDOW_COUNTERS = (RECEIVED, EXCLUDED, DELIVERED, FAILED)
-#: Names a lag may have inside a status document's ``lag`` object.
-LAG = ("lag", "age_s", "oldest_age_s", "lag_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,37 +78,20 @@ class Condition:
     details: dict[str, Any]
 
 
-def snapshot_from_status(doc: Mapping[str, Any], *, lag_s: float | None = None) -> Snapshot:
-    """A snapshot from ``app.ops.status.destination_status``'s document; fields it lacks are
-    unknown (no rule fires on them). ``lag_s`` is used when the document has no lag."""
-    quota = doc.get("quota") if isinstance(doc.get("quota"), Mapping) else {}
-    conn = doc.get("connection")
-    conn_doc: Mapping[str, Any] = conn if isinstance(conn, Mapping) else {}
-    counters = doc.get("counters") if isinstance(doc.get("counters"), Mapping) else {}
+def snapshot_from_status(doc: DestinationStatus) -> Snapshot:
+    """What the rules need of ``app.ops.status.destination_status``'s document."""
+    quota = doc.quota
     return Snapshot(
-        destination=str(doc["destination"]),
-        counters={k: int(v) for k, v in (counters or {}).items() if isinstance(v, int | float)},
-        invalid_mapping_ids=tuple(int(m) for m in doc.get("invalid_mapping_ids") or ()),
-        user=(quota or {}).get("user"),
-        paused_until_s=_number((quota or {}).get("paused_until_s")),
-        lag_s=_lag(doc, lag_s),
-        connection=conn_doc.get("id") or (conn if isinstance(conn, str) else None),
-        connection_state=conn_doc.get("state") or doc.get("connection_state"),
-        enabled=doc["enabled"] if isinstance(doc.get("enabled"), bool) else None,
+        destination=doc.destination,
+        counters=doc.counters,
+        invalid_mapping_ids=tuple(doc.invalid_mapping_ids),
+        user=None if quota is None else quota.user,
+        paused_until_s=None if quota is None else quota.paused_until_s,
+        lag_s=doc.lag_s,
+        connection=doc.connection.id,
+        connection_state=doc.connection.state,
+        enabled=doc.enabled,
     )
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _lag(doc: Mapping[str, Any], default: float | None) -> float | None:
-    lag = doc.get("lag")
-    inner: Mapping[str, Any] = lag if isinstance(lag, Mapping) else {"lag": lag}
-    for where, name in [(doc, "lag_s"), (doc, "oldest_pending_age_s"), *((inner, n) for n in LAG)]:
-        if (value := _number(where.get(name))) is not None:
-            return value
-    return default
 
 
 def conditions(

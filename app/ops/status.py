@@ -1,12 +1,12 @@
 """What operators read: per destination the dataflow metrics, backlog, lag, connection and quota.
 
-``destination_status`` builds one destination's document; the JSON status API, the
-``outreach-sync status`` table, the HTML status page and Prometheus all read it.
+``destination_status`` builds one destination's document (``app/ops/status_doc.py``), once per
+read; the JSON status API, the ``outreach-sync status`` table, the HTML status page, Prometheus
+and the alert rules all read it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import json
 import re
@@ -16,10 +16,23 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from limits import parse as parse_limit
 
 from app.core.keys import Keys
 from app.core.redaction import redact_text
 from app.core.settings import Settings
+from app.ops.status_doc import (
+    AudienceRow,
+    ConnectionState,
+    DestinationStatus,
+    Failure,
+    Flow,
+    HourFlow,
+    Metrics,
+    Quota,
+    WindowFlow,
+    governing_limit,
+)
 from app.ratelimit.gate import QuotaGate, gate_for
 from app.store import counters as metrics
 from app.store.prospects import ProspectStore
@@ -30,6 +43,11 @@ DEFAULT_HOURS = 24
 #: Characters of Outreach's detail kept on a failure.
 DETAIL_CHARS = 200
 _SCAN_BATCH = 500
+#: Fields of an hourly metrics hash holding the backlog and lag last seen in that hour (a
+#: status read writes them: the charts' backlog and lag per hour, kept as long as the counts).
+SAMPLE_PENDING = "sample:pending"
+SAMPLE_IN_FLIGHT = "sample:in_flight"
+SAMPLE_LAG_S = "sample:lag_s"
 
 
 class BadQuery(ValueError):
@@ -61,10 +79,11 @@ async def destination_status(
     hours: int = DEFAULT_HOURS,
     failures: int = 0,
     now_s: float | None = None,
-) -> dict[str, Any] | None:
+) -> DestinationStatus | None:
     """One destination's status (None: unknown). ``hours``: the window summed into
     ``metrics.window`` and listed in ``metrics.hourly``; ``failures``: how many of the newest
-    failure records to include (reasons and field names, never values)."""
+    failure records to include (reasons and field names, never values). Records the backlog
+    and lag it read as the current hour's sample."""
     dest = await registry.destination(dest_id)
     if dest is None:
         return None
@@ -72,67 +91,138 @@ async def destination_status(
     client, keys = store.redis, store.keys
     conn = await registry.connection(dest.connection)
     pending, in_flight = await store.backlog(dest_id)
+    lag = await metrics.read_lag(client, keys, dest_id)
+    lag_s = lag.seconds(int(now * 1000))
+    await _sample(client, keys, dest_id, now, pending, in_flight, lag_s)
     totals = await metrics.read_totals(client, keys, dest_id)
     window = await metrics.read_window(client, keys, dest_id, hours=hours, now_s=now)
-    lag = await metrics.read_lag(client, keys, dest_id)
     in_window = window.total()
-    doc: dict[str, Any] = {
-        "destination": dest_id,
-        "name": dest.name,
-        "enabled": dest.enabled,
-        "generated_at": iso(now),
-        "pending": pending,
-        "in_flight": in_flight,
-        "lag_s": lag.seconds(int(now * 1000)),
-        "oldest_pending_at": iso(None if lag.oldest_ms is None else lag.oldest_ms / 1000),
-        "lag_exact": lag.exact,
-        # The flat totals hash, under the names tools have always read.
-        "counters": totals,
-        "invalid_mapping_ids": sorted(await store.invalid_mappings(dest_id)),
-        "metrics": {
-            "totals": metrics.summary(totals),
-            "window": {
-                "hours": hours,
-                "from": iso(window.first_hour * metrics.HOUR_S),
-                "to": iso(now),
+    invalid = sorted(await store.invalid_mappings(dest_id))
+    connection = await _connection(client, keys, dest.connection, conn is not None)
+    quota = None
+    if conn is not None:
+        connection = connection.model_copy(update={"user": conn.user})
+        quota = await read_quota(gate, client, keys, conn.user, conn.rate_limit)
+    return DestinationStatus(
+        destination=dest_id,
+        name=dest.name,
+        enabled=dest.enabled,
+        generated_at=iso(now),
+        pending=pending,
+        in_flight=in_flight,
+        lag_s=lag_s,
+        oldest_pending_at=iso(None if lag.oldest_ms is None else lag.oldest_ms / 1000),
+        lag_exact=lag.exact,
+        counters=totals,
+        invalid_mapping_ids=invalid,
+        metrics=Metrics(
+            totals=Flow.of(totals),
+            window=WindowFlow(
+                hours=hours,
+                from_=iso(window.first_hour * metrics.HOUR_S),
+                to=iso(now),
                 **metrics.summary(in_window),
-            },
-            "hourly": [
-                {"hour": iso((window.first_hour + i) * metrics.HOUR_S), **metrics.summary(c)}
+            ),
+            hourly=[
+                _hour((window.first_hour + i) * metrics.HOUR_S, c)
                 for i, c in enumerate(window.hourly)
             ],
-        },
-        "audiences": metrics.audience_rows(dest, totals, in_window),
-        "connection": await _connection(client, keys, dest.connection, conn is not None),
-    }
-    invalid = set(doc["invalid_mapping_ids"])
-    for row in doc["audiences"]:
-        row["invalid"] = row["mapping_id"] in invalid
-    if conn is not None:
-        q = await gate.state(conn.user, limit=conn.rate_limit)
-        doc["connection"]["user"] = conn.user
-        doc["quota"] = {"user": conn.user, **dataclasses.asdict(q)}
-    if failures:
-        doc["recent_failures"] = await recent_failures(client, keys, dest_id, limit=failures)
-    return doc
+        ),
+        audiences=[
+            AudienceRow(**row, invalid=row["mapping_id"] in invalid)
+            for row in metrics.audience_rows(dest, totals, in_window)
+        ],
+        connection=connection,
+        quota=quota,
+        recent_failures=(
+            await recent_failures(client, keys, dest_id, limit=failures) if failures else None
+        ),
+    )
+
+
+def _hour(start_s: int, counts: Mapping[str, int]) -> HourFlow:
+    return HourFlow(
+        hour=iso(start_s),
+        pending=counts.get(SAMPLE_PENDING),
+        in_flight=counts.get(SAMPLE_IN_FLIGHT),
+        lag_s=counts.get(SAMPLE_LAG_S),
+        **metrics.summary(counts),
+    )
+
+
+async def _sample(
+    client: aioredis.Redis,
+    keys: Keys,
+    dest: str,
+    now_s: float,
+    pending: int,
+    in_flight: int,
+    lag_s: float | None,
+) -> None:
+    """The backlog and lag as last seen this hour, beside the hour's counts (same retention);
+    one pipelined write per status read."""
+    hour = keys.metrics_hour(dest, metrics.hour_of(now_s))
+    sample = {SAMPLE_PENDING: pending, SAMPLE_IN_FLIGHT: in_flight, SAMPLE_LAG_S: round(lag_s or 0)}
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(hour, mapping=sample)
+    pipe.expire(hour, keys.metrics_ttl_s())
+    await pipe.execute()
+
+
+async def read_quota(
+    gate: QuotaGate, client: aioredis.Redis, keys: Keys, user: str, rate_limit: str
+) -> Quota:
+    """``user``'s quota: our window (the gate's state), Outreach's last report and the limit
+    that governs."""
+    q = await gate.state(user, limit=rate_limit)
+    item = parse_limit(rate_limit)
+    # The gate's record of Outreach's last report (written by quota_observe.lua).
+    raw = await cast("Any", client.hmget(f"{keys.quota(user)}:server", ["limit", "remaining"]))
+    reported, told = _whole(raw[0]), _whole(raw[1])
+    spent = None
+    if reported is not None and told is not None and q.server_reset_s is not None:
+        spent = max(0, reported - told)
+    gov = governing_limit(item.amount, reported)
+    return Quota(
+        user=user,
+        limit=q.limit,
+        used=q.used,
+        remaining=q.remaining,
+        reset_s=q.reset_s,
+        paused_until_s=q.paused_until_s,
+        server_remaining=q.server_remaining,
+        server_reset_s=q.server_reset_s,
+        window_s=item.get_expiry(),
+        configured_limit=item.amount,
+        reported_limit=reported,
+        outreach_spent=spent,
+        governing_limit=gov.limit,
+        governing=gov.source,
+        governing_why=gov.why,
+    )
+
+
+def _whole(raw: bytes | str | None) -> int | None:
+    try:
+        return None if raw is None else int(float(raw))
+    except ValueError:
+        return None
 
 
 async def _connection(
     client: aioredis.Redis, keys: Keys, conn_id: str, known: bool
-) -> dict[str, Any]:
+) -> ConnectionState:
     """The connection's id and state (``active`` / ``reauth_required``, when the stored
     record carries one); read from the raw record, so no token is ever decrypted here."""
-    out: dict[str, Any] = {"id": conn_id, "known": known, "state": None, "reason": None}
     raw = await cast("Any", client.hget(keys.connections(), conn_id))
     try:
         rec = json.loads(raw) if raw is not None else {}
     except ValueError:
         rec = {}
+    found: dict[str, str] = {}
     if isinstance(rec, dict):
-        for name in ("state", "reason"):
-            if isinstance(rec.get(name), str):
-                out[name] = rec[name]
-    return out
+        found = {k: rec[k] for k in ("state", "reason") if isinstance(rec.get(k), str)}
+    return ConnectionState(id=conn_id, known=known, **found)
 
 
 def _values(value: Any) -> list[str]:
@@ -146,7 +236,11 @@ def _values(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _public_failure(rec: Mapping[str, Any]) -> dict[str, Any]:
+def _opt(value: Any, kind: type[str] | type[int]) -> Any:
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+def _public_failure(rec: Mapping[str, Any]) -> Failure:
     """A failure record as the status shows it: reasons and field names, never values."""
     raw_fields = rec.get("fields")
     fields: dict[str, Any] = raw_fields if isinstance(raw_fields, dict) else {}
@@ -163,18 +257,18 @@ def _public_failure(rec: Mapping[str, Any]) -> dict[str, Any]:
             detail = re.sub(rf"(?<!\w){re.escape(text)}(?!\w)", "…", detail)
     # And what it quotes of values not in the record (e-mails, ``name: value``...).
     detail = redact_text(detail)
-    return {
-        "id": str(rec.get("id", "")),
-        "at": iso(int(rec.get("at_ms", 0)) / 1000),
-        "reason": rec.get("reason"),
-        "status": rec.get("status"),
-        "error_id": rec.get("error_id"),
-        "title": redact_text(str(rec["title"])) if rec.get("title") is not None else None,
-        "detail": detail[:DETAIL_CHARS],
-        "fields": sorted(fields),
-        "mapping_ids": [m for m in rec.get("mapping_ids", []) if isinstance(m, int)],
-        "attempts": rec.get("attempts"),
-    }
+    return Failure(
+        id=str(rec.get("id", "")),
+        at=iso(int(rec.get("at_ms", 0)) / 1000),
+        reason=_opt(rec.get("reason"), str),
+        status=_opt(rec.get("status"), int),
+        error_id=None if rec.get("error_id") is None else str(rec["error_id"]),
+        title=redact_text(str(rec["title"])) if rec.get("title") is not None else None,
+        detail=detail[:DETAIL_CHARS],
+        fields=sorted(fields),
+        mapping_ids=[m for m in rec.get("mapping_ids", []) if isinstance(m, int)],
+        attempts=_opt(rec.get("attempts"), int),
+    )
 
 
 def _decoded(fid: bytes | str, raw: bytes | str | None) -> dict[str, Any] | None:
@@ -192,7 +286,7 @@ def _decoded(fid: bytes | str, raw: bytes | str | None) -> dict[str, Any] | None
 
 async def recent_failures(
     client: aioredis.Redis, keys: Keys, dest: str, *, limit: int
-) -> list[dict[str, Any]]:
+) -> list[Failure]:
     """The newest ``limit`` failure records, from the capped recent-failures index (ids
     replayed or purged since are skipped). Without an index (records written before it
     existed) the failures hash is scanned (HSCAN: a large dead-letter hash never blocks)."""
@@ -222,7 +316,7 @@ async def collect_status(
     hours: int = DEFAULT_HOURS,
     client: aioredis.Redis | None = None,
     failures: int = 0,
-) -> list[dict[str, Any]]:
+) -> list[DestinationStatus]:
     """Every destination's status (or ``only`` that one), on ``client`` or a new one."""
     own = client is None
     if client is None:
@@ -244,12 +338,3 @@ async def collect_status(
     finally:
         if own:
             await client.aclose()
-
-
-async def render_status(
-    settings: Settings, only: str | None, *, as_json: bool, hours: int = DEFAULT_HOURS
-) -> str:
-    from app.ops.status_table import render_table
-
-    rows = await collect_status(settings, only, hours=hours)
-    return json.dumps(rows, indent=2, default=str) if as_json else render_table(rows)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+
+from app.ops.status_doc import AudienceRow, DestinationStatus, Flow, Quota
 
 AUDIENCE_HEAD = (
     "AUDIENCE",
@@ -54,77 +55,95 @@ def _reasons(by_reason: Mapping[str, int]) -> str:
     return f" ({', '.join(f'{k} {v}' for k, v in by_reason.items())})" if by_reason else ""
 
 
-def _flow(label: str, m: Mapping[str, Any]) -> list[str]:
+def _flow(label: str, m: Flow) -> list[str]:
     return [
-        f"  {label:<10}received {m['profiles_received']}  accepted {m['profiles_accepted']}  "
-        f"excluded {m['profiles_excluded']}{_reasons(m['excluded_by_reason'])}  "
-        f"rejected {m['profiles_rejected']}",
-        f"  {'':<10}activated {m['prospects_activated']} prospects / {m['fields_activated']} "
-        f"fields  no-op {m['prospects_skipped_noop']}  failed {m['failed']}"
-        f"{_reasons(m['failed_by_reason'])}  retried {m['retried']}  429s {m['rate_limited']}  "
-        f"requests {m['requests']}",
+        f"  {label:<10}received {m.profiles_received}  accepted {m.profiles_accepted}  "
+        f"excluded {m.profiles_excluded}{_reasons(m.excluded_by_reason)}  "
+        f"rejected {m.profiles_rejected}",
+        f"  {'':<10}activated {m.prospects_activated} prospects / {m.fields_activated} "
+        f"fields  no-op {m.prospects_skipped_noop}  failed {m.failed}"
+        f"{_reasons(m.failed_by_reason)}  retried {m.retried}  429s {m.rate_limited}  "
+        f"requests {m.requests}",
     ]
 
 
-def _quota(q: Mapping[str, Any]) -> str:
-    told = q.get("server_remaining")
-    said = f"  outreach says {told}" if told is not None else ""
-    paused = q.get("paused_until_s")
-    pause = f"  PAUSED until {_clock(paused)}" if paused else ""
-    return (
-        f"  {'quota':<10}{q['user']}: used {q['used']} of {q['limit']}  "
-        f"remaining {q['remaining']}  resets {_clock(q.get('reset_s'))}{said}{pause}"
-    )
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)
 
 
-def _audiences(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def per(window_s: int) -> str:
+    """A quota window's length in words: ``hour``, ``minute``, ``day`` or ``90 s``."""
+    return {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(window_s, f"{window_s} s")
+
+
+def quota_lines(q: Quota) -> list[str]:
+    """The quota, each figure named for whose count it is: Outreach's, then ours."""
+    pause = f"  PAUSED until {_clock(q.paused_until_s)}" if q.paused_until_s else ""
+    if q.reported_limit is None or q.server_reset_s is None:
+        outreach = "Outreach has reported nothing for this window"
+    else:
+        outreach = (
+            f"Outreach's count: spent {_or_dash(q.outreach_spent)} of {q.reported_limit}  "
+            f"left {_or_dash(q.server_remaining)}  resets {_clock(q.server_reset_s)}"
+        )
+    return [
+        f"  {'quota':<10}{q.user}: {outreach}{pause}",
+        f"  {'':<10}our window: {q.used} of {q.limit}  remaining {q.remaining}  "
+        f"resets {_clock(q.reset_s)}",
+        f"  {'':<10}limit per {per(q.window_s)}: configured {q.configured_limit}  "
+        f"Outreach reports {_or_dash(q.reported_limit)}  governing {q.governing_limit} "
+        f"({q.governing_why})",
+    ]
+
+
+def _audiences(rows: Sequence[AudienceRow]) -> list[str]:
     lines: list[list[str]] = [list(AUDIENCE_HEAD)]
     for r in rows:
-        t = r["totals"]
-        name = r["audience"] or "(no longer mapped)"
-        if r.get("invalid"):
+        t = r.totals
+        name = r.audience or "(no longer mapped)"
+        if r.invalid:
             name += "  [mapping ID refused by Outreach]"
-        by = t["activated_by_status"]
+        by = t.activated_by_status
         lines.append(
             [
                 name,
-                str(r["mapping_id"]),
-                str(t["received"]),
-                str(t["activated"]),
+                str(r.mapping_id),
+                str(t.received),
+                str(t.activated),
                 *(str(by.get(s, 0)) for s in ("realized", "existing", "exited")),
-                str(t["skipped_noop"]),
-                str(t["excluded"]),
-                str(t["failed"]),
+                str(t.skipped_noop),
+                str(t.excluded),
+                str(t.failed),
             ]
         )
     return ["  " + line for line in table(lines)]
 
 
-def destination_block(d: Mapping[str, Any]) -> list[str]:
-    conn = d.get("connection") or {}
-    state = conn.get("state") or ("unknown connection" if not conn.get("known") else "-")
+def destination_block(d: DestinationStatus) -> list[str]:
+    conn = d.connection
+    state = conn.state or ("unknown connection" if not conn.known else "-")
     head = (
-        f"{d['destination']} ({d.get('name', '')})  {'enabled' if d['enabled'] else 'DISABLED'}"
-        f"  connection {conn.get('id', '-')}: {state}"
+        f"{d.destination} ({d.name})  {'enabled' if d.enabled else 'DISABLED'}"
+        f"  connection {conn.id}: {state}"
     )
-    if conn.get("reason") and state != "active":
-        head += f" ({conn['reason']})"
+    if conn.reason and state != "active":
+        head += f" ({conn.reason})"
     lines = [
         head,
-        f"  {'backlog':<10}pending {d['pending']}  in flight {d['in_flight']}  "
-        f"lag {duration(d.get('lag_s'))}{'' if d.get('lag_exact', True) else ' (sampled)'}",
+        f"  {'backlog':<10}pending {d.pending}  in flight {d.in_flight}  "
+        f"lag {duration(d.lag_s)}{'' if d.lag_exact else ' (sampled)'}",
     ]
-    if d.get("quota"):
-        lines.append(_quota(d["quota"]))
-    m = d["metrics"]
-    lines += _flow(f"last {m['window']['hours']}h", m["window"])
-    lines += _flow("total", m["totals"])
-    if d["audiences"]:
-        lines += ["", *_audiences(d["audiences"])]
+    if d.quota is not None:
+        lines += quota_lines(d.quota)
+    m = d.metrics
+    lines += _flow(f"last {m.window.hours}h", m.window)
+    lines += _flow("total", m.totals)
+    if d.audiences:
+        lines += ["", *_audiences(d.audiences)]
     return lines
 
 
-def render_table(docs: Sequence[Mapping[str, Any]]) -> str:
+def render_table(docs: Sequence[DestinationStatus]) -> str:
     """Every destination's block, separated by a blank line."""
     if not docs:
         return "no destinations configured"

@@ -1,5 +1,7 @@
 // outreach-sync status page: refreshes the server-rendered page from its data.json.
-// Every value goes in through textContent, never as HTML.
+// Every value goes in through textContent, never as HTML; the parts drawn on the server (the
+// cards with the quota, the charts) are taken from the page itself, fetched again and parsed
+// by DOMParser (inert: nothing in it runs), so they are drawn in one place only.
 "use strict";
 
 const FLOW_ROWS = [
@@ -18,19 +20,6 @@ const FLOW_ROWS = [
 
 function reasons(by) {
   return Object.entries(by || {}).map(([k, v]) => `${k} ${v}`).join(", ");
-}
-
-function clock(epochS) {
-  if (!epochS) return "—";
-  return new Date(epochS * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
-}
-
-function duration(s) {
-  if (s === null || s === undefined) return "-";
-  const n = Math.floor(s);
-  if (n < 120) return s < 10 ? `${s.toFixed(1)}s` : `${n}s`;
-  if (n < 7200) return `${Math.floor(n / 60)}m${String(n % 60).padStart(2, "0")}s`;
-  return `${Math.floor(n / 3600)}h${String(Math.floor((n % 3600) / 60)).padStart(2, "0")}m`;
 }
 
 function audienceCells(row) {
@@ -65,32 +54,7 @@ function fill(tbodyId, rows) {
   tbody.replaceWith(fresh);
 }
 
-function cardValues(doc) {
-  const c = doc.connection || {};
-  const q = doc.quota || {};
-  const dash = (v) => (v === null || v === undefined ? "—" : v);
-  return {
-    "connection.id": c.id,
-    "connection.user": c.user || "—",
-    "connection.state": c.state || (c.known ? "—" : "unknown connection"),
-    "connection.reason": c.reason || "—",
-    "quota.used_of": `${dash(q.used)} / ${dash(q.limit)}`,
-    "quota.remaining": dash(q.remaining),
-    "quota.server_remaining": dash(q.server_remaining),
-    "quota.reset": clock(q.reset_s),
-    "quota.paused": clock(q.paused_until_s),
-    "pending": doc.pending,
-    "in_flight": doc.in_flight,
-    "lag": duration(doc.lag_s),
-    "invalid": (doc.invalid_mapping_ids || []).join(", ") || "none",
-  };
-}
-
 function render(doc) {
-  const values = cardValues(doc);
-  for (const el of document.querySelectorAll("[data-k]")) {
-    if (el.dataset.k in values) el.textContent = String(values[el.dataset.k]);
-  }
   const m = doc.metrics;
   fill("flow", FLOW_ROWS.map(([key, label]) => [label, m.window[key], m.totals[key]]));
   fill("reasons", [[reasons(m.totals.excluded_by_reason) || "—",
@@ -103,6 +67,19 @@ function render(doc) {
   document.getElementById("updated").textContent = doc.generated_at;
 }
 
+const RENDERED = ["cards", "charts"];
+
+async function swapRendered() {
+  const answer = await fetch(window.location.href, {credentials: "same-origin", cache: "no-store"});
+  if (!answer.ok) throw new Error(`HTTP ${answer.status}`);
+  const fresh = new DOMParser().parseFromString(await answer.text(), "text/html");
+  for (const id of RENDERED) {
+    const now = document.getElementById(id);
+    const next = fresh.getElementById(id);
+    if (now && next) now.replaceWith(document.importNode(next, true));
+  }
+}
+
 async function refresh() {
   const body = document.body;
   const live = document.getElementById("live");
@@ -110,6 +87,7 @@ async function refresh() {
     const answer = await fetch(body.dataset.source, {credentials: "same-origin", cache: "no-store"});
     if (!answer.ok) throw new Error(`HTTP ${answer.status}`);
     render(await answer.json());
+    await swapRendered();
     body.dataset.loaded = "true";
     if (live) live.textContent = "live";
   } catch (err) {

@@ -1,0 +1,218 @@
+"""The status document's shape: what a status read gives the page, the CLI, Prometheus, the
+alert rules and the JSON routes (built by ``app/ops/status.py``).
+
+Typed so that every reader gets checked attributes, not a ``dict[str, Any]`` to re-check;
+:meth:`DestinationStatus.as_json` is the JSON the status routes have always answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.store import counters as metrics
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Flow(_Doc):
+    """A destination's counts by meaning (the same shape for totals, windows and hours)."""
+
+    profiles_received: int = 0
+    profiles_accepted: int = 0
+    profiles_excluded: int = 0
+    excluded_by_reason: dict[str, int] = Field(default_factory=dict)
+    profiles_rejected: int = 0
+    audiences_ignored: int = 0
+    prospects_activated: int = 0
+    fields_activated: int = 0
+    attributes_activated: int = 0
+    prospects_skipped_noop: int = 0
+    fields_skipped_noop: int = 0
+    failed: int = 0
+    failed_by_reason: dict[str, int] = Field(default_factory=dict)
+    retried: int = 0
+    rate_limited: int = 0
+    requests: int = 0
+
+    @classmethod
+    def of(cls, flat: Mapping[str, int]) -> Flow:
+        return cls(**metrics.summary(flat))
+
+
+class WindowFlow(Flow):
+    """The last ``hours`` hours summed (``from``: the first hour's start, ``to``: now)."""
+
+    hours: int
+    from_: str | None = Field(alias="from")
+    to: str | None
+
+
+class HourFlow(Flow):
+    """One hour's counts and the backlog and lag last seen in it (None: not sampled)."""
+
+    hour: str | None
+    pending: int | None = None
+    in_flight: int | None = None
+    lag_s: int | None = None
+
+
+class Metrics(_Doc):
+    totals: Flow
+    window: WindowFlow
+    hourly: list[HourFlow]
+
+
+class AudienceFigures(_Doc):
+    """One audience's counts: ``received``/``activated`` by status, the rest by reason."""
+
+    received: int = 0
+    received_by_status: dict[str, int] = Field(default_factory=dict)
+    activated: int = 0
+    activated_by_status: dict[str, int] = Field(default_factory=dict)
+    excluded: int = 0
+    excluded_by_reason: dict[str, int] = Field(default_factory=dict)
+    rejected: int = 0
+    skipped_noop: int = 0
+    failed: int = 0
+    failed_by_reason: dict[str, int] = Field(default_factory=dict)
+
+
+class AudienceRow(_Doc):
+    """An audience by mapping ID (``audience`` None: no longer in the schedule)."""
+
+    audience: str | None
+    mapping_id: int
+    field: str
+    totals: AudienceFigures
+    window: AudienceFigures | None = None
+    #: Outreach refused the mapping ID (until the destination is published again).
+    invalid: bool = False
+
+
+class ConnectionState(_Doc):
+    """The connection's id and state as stored; ``user`` when its record exists."""
+
+    id: str
+    known: bool
+    state: str | None = None
+    reason: str | None = None
+    user: str | None = None
+
+
+Source = Literal["configured", "reported"]
+
+
+class Governing(_Doc):
+    """The limit that caps a user's spending, where it comes from and why."""
+
+    limit: int
+    source: Source
+    why: str
+
+
+class Quota(_Doc):
+    """An Outreach user's budget, with each figure's owner in its name.
+
+    Ours: ``limit`` (the connection's configured ``rate_limit``, also ``configured_limit``),
+    ``used`` and ``remaining`` (what our own moving window counted: it limits only while the
+    configured limit governs). Outreach's (None until it reports): ``reported_limit``,
+    ``outreach_spent`` (spent in the current window as Outreach counts it, every integration
+    of the user included), ``server_remaining`` (its lowest report of the window less our
+    requests in flight), ``server_reset_s``. ``governing_limit``, ``governing`` and
+    ``governing_why``: which limit caps spending and why. Times are epoch seconds.
+    """
+
+    user: str
+    limit: int
+    used: int
+    remaining: int
+    reset_s: float
+    paused_until_s: float | None
+    server_remaining: int | None
+    server_reset_s: float | None
+    window_s: int
+    configured_limit: int
+    reported_limit: int | None
+    outreach_spent: int | None
+    governing_limit: int
+    governing: Source
+    governing_why: str
+
+
+class Failure(_Doc):
+    """A failure record as the status shows it: reasons and field names, never values."""
+
+    id: str
+    at: str | None
+    reason: str | None
+    status: int | None
+    error_id: str | None
+    title: str | None
+    detail: str
+    fields: list[str]
+    mapping_ids: list[int]
+    attempts: int | None
+
+
+class DestinationStatus(_Doc):
+    """One destination's status document."""
+
+    destination: str
+    name: str
+    enabled: bool
+    generated_at: str | None
+    pending: int
+    in_flight: int
+    lag_s: float | None
+    oldest_pending_at: str | None
+    lag_exact: bool
+    #: The flat totals hash, under the names tools have always read.
+    counters: dict[str, int]
+    invalid_mapping_ids: list[int]
+    metrics: Metrics
+    audiences: list[AudienceRow]
+    connection: ConnectionState
+    quota: Quota | None = None
+    recent_failures: list[Failure] | None = None
+
+    def as_json(self, *, counters: bool = True) -> dict[str, Any]:
+        """The document as the JSON status API has always answered it: sections that do not
+        apply (``quota`` without a connection record, ``recent_failures`` not asked for, a
+        connection's ``user`` without its record) are left out rather than null."""
+        out = self.model_dump(mode="json", by_alias=True)
+        for name in ("quota", "recent_failures"):
+            if out[name] is None:
+                del out[name]
+        if out["connection"]["user"] is None:
+            del out["connection"]["user"]
+        for row in out["audiences"]:
+            if row["window"] is None:
+                del row["window"]
+        if not counters:
+            del out["counters"]
+        return out
+
+
+def governing_limit(configured: int, reported: int | None) -> Governing:
+    """Which limit caps a user's spending per window. The configured ``rate_limit`` always
+    caps it, even when Outreach reports more; Outreach's reported limit governs when lower.
+
+    The one place this is decided for display: when the gate exposes its own decision, read
+    it here instead."""
+    if reported is None:
+        why = "Outreach has not reported a limit: the configured rate_limit governs"
+        return Governing(limit=configured, source="configured", why=why)
+    if reported <= configured:
+        why = (
+            "Outreach reports a lower limit than the configured rate_limit: Outreach's governs"
+            if reported < configured
+            else "Outreach reports the configured limit: spending follows Outreach's count"
+        )
+        return Governing(limit=reported, source="reported", why=why)
+    why = "the configured rate_limit caps spending even though Outreach allows more"
+    return Governing(limit=configured, source="configured", why=why)
