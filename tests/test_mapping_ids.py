@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from app.config.destinations import ConfigError, Destination, parse_config
 from app.core.keys import Keys
 from app.ingest.batch import Batch, ingest_sync
+from app.ops import status_table
+from app.ops.alerts import Window, conditions, snapshot_from_status
+from app.ops.status import destination_status
+from app.ratelimit.gate import gate_for
 from app.store.audience_map import forget_sync, learned_sync
-from app.store.registry import publish_sync
+from app.store.prospects import ProspectStore
+from app.store.registry import Registry, publish_sync
+from tests.conftest import TEST_REDIS_URL, make_settings, settings_env
 from tests.test_end_to_end import e2e_config
 
 D = "aep"
@@ -164,3 +172,42 @@ def test_mapping_ids_from_the_data_exclude_a_configured_table() -> None:
     assert 'audiences must be empty when mapping_ids is "data"' in str(exc.value)
     with pytest.raises(ConfigError):
         parse_config({"destinations": [{"id": D, "mapping_ids": "alias"}]})
+
+
+async def test_status_shows_learned_audiences_and_issues_and_they_alert_for_an_hour(
+    rclient: redis.Redis, prefix: str, dest: Destination
+) -> None:
+    send(rclient, prefix, dest, profile(1, {"aud-a": member(mapping_id=7)}))
+    send(rclient, prefix, dest, profile(2, {"aud-b": member(mapping_id=7)}))
+    send(rclient, prefix, dest, profile(3, {"aud-c": member(mapping_id=3)}))
+    send(rclient, prefix, dest, profile(4, {"aud-c": member(mapping_id=4)}))
+    settings = make_settings(settings_env(prefix, None))
+    client = aioredis.from_url(TEST_REDIS_URL)
+    try:
+        doc = await destination_status(
+            D,
+            store=ProspectStore(client, settings.keys),
+            registry=Registry(client, settings.keys),
+            gate=gate_for(client, settings),
+        )
+    finally:
+        await client.aclose()
+    assert doc is not None and doc.mapping_ids == "data"
+    rows = {r.mapping_id: r for r in doc.audiences}
+    assert (rows[7].audience, rows[4].audience) == ("aud-a", "aud-c")
+    assert "asked for mapping ID 7, held by audience aud-a" in (rows[7].mapping_issue or "")
+    assert "moved from mapping ID 3 to 4: custom3 is no longer written" in (
+        rows[4].mapping_issue or ""
+    )
+    assert rows[3].audience is None  # custom3's counts stay, no longer mapped
+    assert "held by audience aud-a" in status_table.render_table([doc])
+    assert doc.as_json()["mapping_issues"][0]["audience"] in ("aud-b", "aud-c")
+    snap = snapshot_from_status(doc)
+    now_s = time.time()
+    found = conditions(snap, Window(), settings, pause_since_s=None, now_s=now_s)
+    assert sorted(c.key for c in found) == [
+        f"mapping_changed:{D}:aud-c:4",
+        f"mapping_conflict:{D}:aud-b:7",
+    ]
+    later = conditions(snap, Window(), settings, pause_since_s=None, now_s=now_s + 3601)
+    assert later == []
