@@ -146,10 +146,8 @@ def resolve(profiles: list[Any], destination: Destination, p: Plan, learned: Lea
             rejected.setdefault(m.index, []).append((m.audience, f"{where}: {reason}"))
     out = list(profiles)
     for index, problems in rejected.items():
-        audiences = {a for a, _ in problems}
         # The audience is left out of this profile under every namespace it appears in.
-        drop = {(m.namespace, m.audience) for m in p.members if m.index == index}
-        out[index] = _without(out[index], {(ns, a) for ns, a in drop if a in audiences})
+        out[index] = _without(out[index], {a for a, _ in problems})
     dest = destination.model_copy(update={"audiences": learned.table})
     return Resolution(dest, out, rejected, counts)
 
@@ -171,10 +169,12 @@ def apply(res: Resolution, batch: Batch) -> None:
             report.problems.append(batch.results[index])
 
 
-def _without(raw: dict[str, Any], drop: set[tuple[str, str]]) -> dict[str, Any]:
-    """A shallow copy of ``raw`` without the memberships in ``drop``: the input is not changed."""
+def _without(raw: dict[str, Any], drop: set[str]) -> dict[str, Any]:
+    """A shallow copy of ``raw`` without the audiences in ``drop``: the input is not changed."""
     segments = {
-        ns: {a: m for a, m in audiences.items() if (ns, a) not in drop}
+        ns: {a: m for a, m in audiences.items() if a not in drop}
+        if isinstance(audiences, dict)
+        else audiences
         for ns, audiences in raw["segmentMembership"].items()
     }
     return {**raw, "segmentMembership": segments}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from typing import Any, Literal, cast
 
@@ -41,6 +42,7 @@ class Learned:
     table: dict[str, int]
 
 
+@cache
 def _script() -> str:
     return resources.files("app.store").joinpath("lua", "audience_learn.lua").read_text()
 
