@@ -84,6 +84,14 @@ def schemas() -> Doc:
                     "maximum": outreach_fields.CUSTOM_MAX,
                 },
             },
+            "mapping_ids": {
+                "type": "string",
+                "enum": ["config", "data"],
+                "default": "config",
+                "description": "config: mapping IDs from audiences; data: from each "
+                "membership's mappingId (AEP's Mapping ID), learned per audience "
+                "(docs/aep.md); audiences must then be empty",
+            },
             "attributes": {
                 "type": "object",
                 "description": "Source attribute -> writable Outreach prospect attribute",
@@ -111,6 +119,11 @@ def schemas() -> Doc:
                 "type": ["string", "integer", "null"],
                 "description": "ISO 8601 (no zone: UTC) or epoch milliseconds (an integer "
                 "below 1e11 reads as epoch seconds and is rejected)",
+            },
+            "mappingId": {
+                "type": ["string", "integer"],
+                "description": "The audience's mapping ID N (1-150) for destinations with "
+                'mapping_ids "data" (AEP sends the Mapping ID typed per audience)',
             },
         },
     }
@@ -163,6 +176,18 @@ def schemas() -> Doc:
                         "outcome": {"type": "string", "enum": ["accepted", "excluded", "rejected"]},
                         "reason": {"type": ["string", "null"]},
                         "prospects": {"type": "array", "items": {"type": "integer"}},
+                        "audiences_rejected": {
+                            "type": "array",
+                            "description": "Audiences of this profile left out, with the "
+                            "reason (a mapping ID that is invalid or held by another audience)",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "audience": {"type": "string"},
+                                    "reason": {"type": "string"},
+                                },
+                            },
+                        },
                     },
                 },
             },

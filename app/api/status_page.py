@@ -88,7 +88,9 @@ def audience_cells(row: AudienceRow) -> list[object]:
     by = t.activated_by_status
     name = row.audience or "(no longer mapped)"
     return [
-        name + (" — refused by Outreach" if row.invalid else ""),
+        name
+        + (" — refused by Outreach" if row.invalid else "")
+        + (f" — {row.mapping_issue}" if row.mapping_issue else ""),
         row.mapping_id,
         row.field,
         t.received,

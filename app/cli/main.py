@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli import connections as cli_connections
 
     cli_connections.add_parsers(sub)
+    from app.cli import aep as cli_aep
+
+    cli_aep.add_parsers(sub)
     return p
 
 

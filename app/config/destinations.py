@@ -186,6 +186,10 @@ class Destination(_Model):
     enabled: bool = True
     identity_namespace: Annotated[str, StringConstraints(min_length=1)] = "OutreachId"
     audiences: dict[Key, MappingId] = Field(default_factory=dict)
+    #: Where each audience's mapping ID comes from: this ``audiences`` table ("config"), or
+    #: each membership's ``mappingId`` in the producer's data ("data": AEP's Mapping ID,
+    #: learned and kept per audience; docs/aep.md).
+    mapping_ids: Literal["config", "data"] = "config"
     attributes: dict[Key, Target] = Field(default_factory=dict)
     status_values: dict[Status, StatusValue | None] = Field(default_factory=_identity_statuses)
     coalesce_window_ms: Annotated[StrictInt, Field(ge=0)] | None = None
@@ -199,6 +203,15 @@ class Destination(_Model):
         cls, value: dict[Status, str | None]
     ) -> dict[Status, str | None]:
         return {**_identity_statuses(), **value}
+
+    @model_validator(mode="after")
+    def _one_source_of_mapping_ids(self) -> Destination:
+        if self.mapping_ids == "data" and self.audiences:
+            raise ValueError(
+                'audiences must be empty when mapping_ids is "data": the mapping IDs come '
+                "with the data"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_field_written_twice(self) -> Destination:

@@ -102,6 +102,18 @@ class Keys:
         destination's configuration is published again)."""
         return f"{self.prefix}:{{{dest}}}:badmap"
 
+    def audience_map(self, dest: str) -> str:
+        """Hash audience id -> mapping ID learned from the producer's data (mapping_ids "data")."""
+        return f"{self.prefix}:{{{dest}}}:amap"
+
+    def mapping_holders(self, dest: str) -> str:
+        """Hash mapping ID -> the audience holding it: one writer per ``customN`` field."""
+        return f"{self.prefix}:{{{dest}}}:aholder"
+
+    def mapping_issues(self, dest: str) -> str:
+        """Hash audience id -> JSON of its latest mapping change or conflict (status, alerts)."""
+        return f"{self.prefix}:{{{dest}}}:aissue"
+
     def counters(self, dest: str) -> str:
         """Hash counter name -> integer: dataflow totals of the destination."""
         return f"{self.prefix}:{{{dest}}}:count"

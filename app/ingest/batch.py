@@ -18,6 +18,7 @@ import redis
 
 from app.config.destinations import STATUSES, Destination
 from app.core.keys import Keys
+from app.ingest import mapping_ids
 from app.ingest.profiles import ProfileResult, evaluate_profile, parse_time
 from app.store import counters as metrics
 from app.store.counters import audience_metric, write_sync
@@ -36,6 +37,8 @@ class IngestReport:
     problems: list[ProfileResult] = field(default_factory=list)
     #: Per-audience counts by metric name (``m7:received:realized``, app/store/counters.py).
     audiences: Counter[str] = field(default_factory=Counter)
+    #: Profile index -> [(audience, reason)] left out of it (mapping IDs from the data).
+    audience_problems: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
 
     @property
     def received(self) -> int:
@@ -49,6 +52,7 @@ class IngestReport:
         self.excluded_reasons.update(other.excluded_reasons)
         self.problems.extend(other.problems)
         self.audiences.update(other.audiences)
+        self.audience_problems.update(other.audience_problems)
 
     def as_dict(self, *, results: list[ProfileResult] | None = None) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -70,6 +74,11 @@ class IngestReport:
                 }
                 for r in results
             ]
+            for entry in doc["profiles"]:
+                if left_out := self.audience_problems.get(entry["index"]):
+                    entry["audiences_rejected"] = [
+                        {"audience": a, "reason": reason} for a, reason in left_out
+                    ]
         return doc
 
     def counters(self) -> dict[str, int]:
@@ -192,7 +201,15 @@ def ingest_sync(
 ) -> Batch:
     """Ingest from a synchronous producer; returns the batch with its report filled in."""
     now = int(time.time() * 1000)
+    resolution = None
+    if destination.mapping_ids == "data":
+        resolution = mapping_ids.learn_sync_batch(
+            client, keys, destination, list(profiles), now_ms=now
+        )
+        destination, profiles = resolution.destination, resolution.profiles
     batch = evaluate_batch(profiles, destination, received_ms=now, start=start)
+    if resolution is not None:
+        mapping_ids.apply(resolution, batch)
     window = (
         destination.coalesce_window_ms if destination.coalesce_window_ms is not None else window_ms
     )
@@ -211,10 +228,18 @@ async def ingest_async(
     store: ProspectStore, destination: Destination, profiles: list[Any], *, window_ms: int
 ) -> Batch:
     now = int(time.time() * 1000)
+    resolution = None
+    if destination.mapping_ids == "data":
+        resolution = await mapping_ids.learn_async_batch(
+            store.redis, store.keys, destination, profiles, now_ms=now
+        )
+        destination, profiles = resolution.destination, resolution.profiles
     if len(profiles) > THREAD_ABOVE_PROFILES:
         batch = await asyncio.to_thread(evaluate_batch, profiles, destination, received_ms=now)
     else:
         batch = evaluate_batch(profiles, destination, received_ms=now)
+    if resolution is not None:
+        mapping_ids.apply(resolution, batch)
     window = (
         destination.coalesce_window_ms if destination.coalesce_window_ms is not None else window_ms
     )

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from app.core.settings import Settings
-from app.ops.status_doc import DestinationStatus
+from app.ops import mapping_issues
+from app.ops.status_doc import DestinationStatus, MappingIssue
 from app.store import counters as metrics
 
 Kind = Literal[
@@ -23,6 +24,8 @@ Kind = Literal[
     "rate_limit_pause",
     "lag",
     "invalid_mapping",
+    "mapping_conflict",
+    "mapping_changed",
 ]
 
 # Counter names of the totals hash (``Keys.counters``) the rates are computed from.
@@ -47,6 +50,8 @@ class Snapshot:
     connection_state: str | None = None
     #: False when the destination is disabled (its backlog waits on purpose).
     enabled: bool | None = None
+    #: Latest mapping ID change or conflict per audience (mapping IDs from the data).
+    mapping_issues: tuple[MappingIssue, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,7 @@ def snapshot_from_status(doc: DestinationStatus) -> Snapshot:
         connection=doc.connection.id,
         connection_state=doc.connection.state,
         enabled=doc.enabled,
+        mapping_issues=tuple(doc.mapping_issues),
     )
 
 
@@ -103,6 +109,7 @@ def conditions(
         *_rates(snap, window, settings),
         *_pause(snap, settings, pause_since_s, now_s),
         *_invalid_mappings(snap),
+        *_mapping_issues(snap, now_s),
     ]
     if snap.connection_state == "reauth_required":
         who = snap.connection or snap.user or snap.destination
@@ -182,3 +189,26 @@ def _invalid_mappings(snap: Snapshot) -> list[Condition]:
         )
         for m in snap.invalid_mapping_ids
     ]
+
+
+def _mapping_issues(snap: Snapshot, now_s: float) -> list[Condition]:
+    """A mapping ID changed or contested within the last hour: one incident per audience and
+    mapping ID, recovered an hour after it last happened."""
+    found = []
+    for issue in snap.mapping_issues:
+        if now_s - issue.at_ms / 1000 > mapping_issues.ALERT_WITHIN_S:
+            continue
+        kind: Kind = "mapping_conflict" if issue.kind == "conflict" else "mapping_changed"
+        found.append(
+            Condition(
+                f"{kind}:{snap.destination}:{issue.audience}:{issue.mapping_id}",
+                kind,
+                f"{snap.destination}: {mapping_issues.describe(issue)}",
+                {
+                    "destination": snap.destination,
+                    "audience": issue.audience,
+                    "mapping_id": issue.mapping_id,
+                },
+            )
+        )
+    return found

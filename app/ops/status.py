@@ -21,6 +21,7 @@ from limits import parse as parse_limit
 from app.core.keys import Keys
 from app.core.redaction import redact_text
 from app.core.settings import Settings
+from app.ops.mapping_issues import learned_view, notes
 from app.ops.status_doc import (
     AudienceRow,
     ConnectionState,
@@ -89,6 +90,8 @@ async def destination_status(
         return None
     now = time.time() if now_s is None else now_s
     client, keys = store.redis, store.keys
+    dest, issues = await learned_view(client, keys, dest)
+    issue_notes = notes(issues)
     conn = await registry.connection(dest.connection)
     pending, in_flight = await store.backlog(dest_id)
     lag = await metrics.read_lag(client, keys, dest_id)
@@ -129,7 +132,11 @@ async def destination_status(
             ],
         ),
         audiences=[
-            AudienceRow(**row, invalid=row["mapping_id"] in invalid)
+            AudienceRow(
+                **row,
+                invalid=row["mapping_id"] in invalid,
+                mapping_issue=issue_notes.get(row["mapping_id"]),
+            )
             for row in metrics.audience_rows(dest, totals, in_window)
         ],
         connection=connection,
@@ -137,6 +144,8 @@ async def destination_status(
         recent_failures=(
             await recent_failures(client, keys, dest_id, limit=failures) if failures else None
         ),
+        mapping_ids=dest.mapping_ids,
+        mapping_issues=issues,
     )
 
 

@@ -92,6 +92,8 @@ class AudienceRow(_Doc):
     window: AudienceFigures | None = None
     #: Outreach refused the mapping ID (until the destination is published again).
     invalid: bool = False
+    #: Mapping IDs from the data: the latest change or conflict of this mapping ID, in words.
+    mapping_issue: str | None = None
 
 
 class ConnectionState(_Doc):
@@ -159,6 +161,24 @@ class Failure(_Doc):
     attempts: int | None
 
 
+class MappingIssue(_Doc):
+    """The latest change or conflict of one audience's mapping ID learned from the data
+    (``app/store/lua/audience_learn.lua`` writes it)."""
+
+    kind: Literal["changed", "conflict"]
+    audience: str
+    #: ``changed``: the mapping ID it moved to; ``conflict``: the one it asked for.
+    mapping_id: int
+    #: ``changed``: the mapping ID it had.
+    previous: int | None = None
+    #: ``conflict``: the audience holding the mapping ID, and the one the asker holds, if any.
+    held_by: str | None = None
+    current: int | None = None
+    #: How often in a row it happened, and when last (epoch ms).
+    count: int = 1
+    at_ms: int
+
+
 class DestinationStatus(_Doc):
     """One destination's status document."""
 
@@ -179,6 +199,9 @@ class DestinationStatus(_Doc):
     connection: ConnectionState
     quota: Quota | None = None
     recent_failures: list[Failure] | None = None
+    #: Where mapping IDs come from (``config`` or ``data``), and the learned ones' issues.
+    mapping_ids: Literal["config", "data"] = "config"
+    mapping_issues: list[MappingIssue] = Field(default_factory=list)
 
     def as_json(self, *, counters: bool = True) -> dict[str, Any]:
         """The document as the JSON status API has always answered it: sections that do not
@@ -193,6 +216,8 @@ class DestinationStatus(_Doc):
         for row in out["audiences"]:
             if row["window"] is None:
                 del row["window"]
+            if row["mapping_issue"] is None:
+                del row["mapping_issue"]
         if not counters:
             del out["counters"]
         return out

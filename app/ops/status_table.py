@@ -103,6 +103,8 @@ def _audiences(rows: Sequence[AudienceRow]) -> list[str]:
         name = r.audience or "(no longer mapped)"
         if r.invalid:
             name += "  [mapping ID refused by Outreach]"
+        if r.mapping_issue:
+            name += f"  [{r.mapping_issue}]"
         by = t.activated_by_status
         lines.append(
             [

@@ -25,7 +25,8 @@ function reasons(by) {
 function audienceCells(row) {
   const t = row.totals;
   const by = t.activated_by_status || {};
-  const name = (row.audience || "(no longer mapped)") + (row.invalid ? " — refused by Outreach" : "");
+  const name = (row.audience || "(no longer mapped)") + (row.invalid ? " — refused by Outreach" : "")
+    + (row.mapping_issue ? ` — ${row.mapping_issue}` : "");
   return [name, row.mapping_id, row.field, t.received, t.activated, by.realized || 0,
     by.existing || 0, by.exited || 0, t.skipped_noop, t.excluded, t.failed,
     reasons(t.failed_by_reason)];
