@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from app.core.errors import DeliveryError, Permanent, RateLimited
-from app.delivery.lot import LeaseLost, Lot, NoPermit, now_ms, subset
+from app.delivery.lot import LeaseLost, Lot, NoPermit, subset
 from app.delivery.outcomes import Outcomes, failure_reason
 from app.store.counters import count_delivered
 from app.store.prospects import Claimed
@@ -67,7 +67,7 @@ class Bisection:
         if limited is not None:
             # As for a whole PATCH: the destination waits for the reset Outreach named.
             until = int(limited.reset_s * 1000)
-            await self.store.hold(lot.dest.id, until, now_ms=now_ms())
+            await self.store.hold(lot.dest.id, until, now_ms=outcomes.clock_ms())
         if delivered:
             # Delivered fields are recorded (the prospect was activated); the rest of the
             # snapshot returns to pending.
@@ -82,6 +82,6 @@ class Bisection:
             # here would reset both and send the halves again every window, forever).
             await outcomes.retry(lot, c, transient)
         elif no_permit:
-            await outcomes.settle(lot, c, "defer", due_ms=now_ms())
+            await outcomes.settle(lot, c, "defer", due_ms=outcomes.clock_ms())
         else:
             await outcomes.settle(lot, c, "ok")  # every field failed on its own, and was recorded

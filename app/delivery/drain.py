@@ -24,7 +24,7 @@ from app.delivery.lot import LeaseLost, Lot, NoPermit, TokenRefresher, now_ms
 from app.delivery.outcomes import Outcomes, failure_reason, failure_record
 from app.outreach.answers import classify
 from app.outreach.client import OutreachClient
-from app.ratelimit.gate import Grant, QuotaGate
+from app.ratelimit.gate import Grant, QuotaGate, Share
 from app.store.counters import count_delivered, drain_metrics
 from app.store.prospects import Claimed, ProspectStore
 from app.store.registry import Registry
@@ -176,21 +176,14 @@ class Deliverer:
 
     async def _permits_once(self, lot: Lot, want: int) -> Grant:
         """The user's permits, within the destination's own share of them when it has one."""
-        conn, dest, share = lot.conn, lot.dest.id, lot.dest.quota_share
-        if share is None:
-            return await self.gate.acquire(
-                conn.user, want, limit=conn.rate_limit, reserve_share=conn.reserve_share
-            )
-        part, token = await self.gate.take_share(
-            conn.user, dest, want, limit=conn.rate_limit, share=share
+        conn, share = lot.conn, lot.dest.quota_share
+        return await self.gate.acquire(
+            conn.user,
+            want,
+            limit=conn.rate_limit,
+            reserve_share=conn.reserve_share,
+            share=None if share is None else Share(lot.dest.id, share),
         )
-        if not part.granted:
-            return part
-        grant = await self.gate.acquire(
-            conn.user, part.granted, limit=conn.rate_limit, reserve_share=conn.reserve_share
-        )
-        await self.gate.refund_share(conn.user, dest, token, part.granted, grant.granted)
-        return grant
 
     async def _send_one(self, lot: Lot, c: Claimed, stats: Counter[str], grant: str) -> None:
         err = await self._request(lot, c, stats, grant)

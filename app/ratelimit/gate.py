@@ -103,6 +103,14 @@ class Grant:
 
 
 @dataclass(frozen=True, slots=True)
+class Share:
+    """A cap within a user's quota: ``part`` (a destination) may spend ``share`` (0-1) of it."""
+
+    part: str
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
 class QuotaState:
     """A user's quota as the CLI and status API show it; times are epoch seconds.
 
@@ -175,23 +183,43 @@ class QuotaGate:
             await client.aclose()
 
     async def acquire(
-        self, user: str, want: int, *, limit: str = DEFAULT_RATE_LIMIT, reserve_share: float = 0.0
+        self,
+        user: str,
+        want: int,
+        *,
+        limit: str = DEFAULT_RATE_LIMIT,
+        reserve_share: float = 0.0,
+        share: Share | None = None,
     ) -> Grant:
         """Grant up to ``want`` permits at once, never blocking.
 
         ``limit`` is a ``limits`` string ("10000/hour", "60 per 10 seconds");
         ``reserve_share`` (0.0-0.5) of it is kept unused for the user's own work in Outreach.
+        With ``share``, the permits come from that part's share of the quota first (see
+        :meth:`take_share`); what the user's quota then refuses goes back to the share.
         """
         if want < 0 or not 0.0 <= reserve_share <= MAX_RESERVE_SHARE:
             raise ValueError(f"bad acquire: want={want}, reserve_share={reserve_share}")
         if want == 0:
             return Grant(0, 0.0)
+        if share is not None:
+            return await self._acquire_within(user, want, limit, reserve_share, share)
         item = self._item(user, limit)
         cap = math.floor(round(item.amount * (1.0 - reserve_share), 6))
         try:
             return await self._acquire(user, item, cap, want)
         except _STORE_ERRORS as exc:
             raise QuotaUnavailable(user, "acquire") from exc
+
+    async def _acquire_within(
+        self, user: str, want: int, limit: str, reserve_share: float, share: Share
+    ) -> Grant:
+        part, token = await self.take_share(user, share.part, want, limit=limit, share=share.share)
+        if not part.granted:
+            return part
+        grant = await self.acquire(user, part.granted, limit=limit, reserve_share=reserve_share)
+        await self.refund_share(user, share.part, token, part.granted, grant.granted)
+        return grant
 
     async def take_share(
         self, user: str, part: str, want: int, *, limit: str, share: float
