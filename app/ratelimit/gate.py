@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from typing import Any, cast
 
 import redis.asyncio
@@ -34,6 +33,14 @@ from app.core.keys import DEFAULT_RATE_LIMIT, Keys
 from app.core.redis_client import limits_storage_uri
 from app.core.settings import Settings
 from app.outreach.signals import parse_budget, parse_reset
+from app.ratelimit.scripts import (
+    ObserveArgs,
+    RefundArgs,
+    ReserveArgs,
+    ShareArgs,
+    encode,
+    lua,
+)
 
 #: Smallest wait ever returned with a refusal, so that a caller cannot spin on a zero wait.
 MIN_WAIT_S = 0.05
@@ -170,11 +177,11 @@ class QuotaGate:
         store = _window_storage(storage_uri, prefix, redis)
         self._storage, self._window = store, cast(MovingWindowSupport, store)
         self._limiter = MovingWindowRateLimiter(store)
-        self._reserve = redis.register_script(_lua("quota_reserve", grants=True))
-        self._refund = redis.register_script(_lua("quota_refund", grants=True))
-        self._observe = redis.register_script(_lua("quota_observe", grants=True))
-        self._state = redis.register_script(_lua("quota_state", grants=True))
-        self._share = redis.register_script(_lua("share_take"))
+        self._reserve = redis.register_script(lua("quota_reserve", grants=True))
+        self._refund = redis.register_script(lua("quota_refund", grants=True))
+        self._observe = redis.register_script(lua("quota_observe", grants=True))
+        self._state = redis.register_script(lua("quota_state", grants=True))
+        self._share = redis.register_script(lua("share_take"))
 
     async def aclose(self) -> None:
         """Close the ``limits`` storage's own client, if it has one (the given one stays open)."""
@@ -230,10 +237,10 @@ class QuotaGate:
         item = self._item(user, limit)
         cap = max(1, math.floor(item.amount * share))
         token = uuid.uuid4().hex
-        args: list[int | str] = [int(time.time() * 1000), item.get_expiry() * 1000, cap, want]
-        args.append(token)
+        args = ShareArgs(int(time.time() * 1000), item.get_expiry() * 1000, cap, want, token)
         try:
-            taken, free_ms = await self._share(keys=[self._share_key(user, part)], args=args)
+            key = self._share_key(user, part)
+            taken, free_ms = await self._share(keys=[key], args=[encode(args)])
         except _STORE_ERRORS as exc:
             raise QuotaUnavailable(user, "take_share") from exc
         grant = Grant(int(taken), 0.0) if taken else _refusal(int(free_ms) / 1000)
@@ -277,26 +284,26 @@ class QuotaGate:
         until = parse_reset(
             status, headers, body, now_s=now, fallback_pause_s=self._fallback_pause_s
         )
-        remaining = "" if budget is None or budget.remaining is None else str(budget.remaining)
-        if not remaining and until is None and sent_s is None and not grant:
+        remaining = None if budget is None else budget.remaining
+        if remaining is None and until is None and sent_s is None and not grant:
             return None
         reset = budget.reset_s if budget is not None else None
         if reset is None:
             # Unknown reset: hold the report briefly; the next response brings a fresh one.
             reset = until if until is not None else now + self._fallback_pause_s
-        limit = "" if budget is None or budget.limit is None else str(budget.limit)
-        paused = await self._record(
-            user,
-            "observe",
-            now,
-            remaining,
-            reset,
-            until,
-            sent_s,
-            limit,
+        args = ObserveArgs(
+            now_s=now,
+            reset_s=reset,
+            tolerance_s=SAME_WINDOW_TOLERANCE_S,
+            hold_ms=self._hold_ms,
+            remaining=remaining,
+            limit=None if budget is None else budget.limit,
+            pause_until_s=until,
+            sent_s=sent_s,
             answered=status > 0,
             grant=grant,
         )
+        paused = await self._record(user, "observe", args)
         return None if until is None else max(paused, until)
 
     async def refund(self, user: str, grant: str, permits: int) -> None:
@@ -314,7 +321,14 @@ class QuotaGate:
 
     async def pause(self, user: str, until_s: float) -> None:
         """Stop granting for ``user`` everywhere until ``until_s``; only ever extends a pause."""
-        await self._record(user, "pause", time.time(), "", 0.0, until_s)
+        args = ObserveArgs(
+            now_s=time.time(),
+            reset_s=0.0,
+            tolerance_s=SAME_WINDOW_TOLERANCE_S,
+            hold_ms=self._hold_ms,
+            pause_until_s=until_s,
+        )
+        await self._record(user, "pause", args)
 
     async def state(self, user: str, *, limit: str = DEFAULT_RATE_LIMIT) -> QuotaState:
         """The user's window usage, pause and last server report."""
@@ -360,8 +374,8 @@ class QuotaGate:
         granted, next_free_s = await self._take(key, cap, expiry, res.permits)
         if granted < res.permits:
             # Our window refused some after the server reserved them: they never fly.
-            probe = res.kind if not granted else ""
-            await self._give_back(user, grant, res.permits - granted, probe)
+            probe = res.kind == "probe" and not granted
+            await self._give_back(user, grant, res.permits - granted, probe=probe)
         return Grant(granted, 0.0, grant) if granted else _refusal(next_free_s)
 
     async def _take(self, key: str, cap: int, expiry: int, cost: int) -> tuple[int, float]:
@@ -375,10 +389,11 @@ class QuotaGate:
                 return 0, oldest + expiry
         return 0, 0.0
 
-    async def _give_back(self, user: str, grant: str, permits: int, probe: str = "") -> None:
+    async def _give_back(self, user: str, grant: str, permits: int, *, probe: bool = False) -> None:
         ns = self._keys.quota(user)
         keys = [f"{ns}:server", *self._grant_keys(ns)]
-        await self._refund(keys=keys, args=[grant, permits, probe, self._hold_ms])
+        args = RefundArgs(grant, permits, probe, self._hold_ms)
+        await self._refund(keys=keys, args=[encode(args)])
 
     def _grant_keys(self, ns: str) -> list[str]:
         """The grants in flight of quota namespace ``ns``: expiries (zset), permits out (hash)."""
@@ -389,14 +404,23 @@ class QuotaGate:
     ) -> _Reservation:
         ns = self._keys.quota(user)
         careful = max(CAREFUL_MIN, math.ceil(item.amount * CAREFUL_SHARE))
-        fresh = min(FRESH_MAX_S, max(FRESH_MIN_S, item.get_expiry() * FRESH_SHARE))
-        headroom = item.amount - cap
-        args: list[str | int] = [repr(time.time()), want, repr(PROBE_TIMEOUT_S), careful]
-        guard = min(GUARD_MAX_S, max(GUARD_MIN_S, item.get_expiry() * GUARD_SHARE))
-        args += [repr(fresh), headroom, item.amount, free, repr(guard)]
-        args += ["1" if self._probe_first else "0", grant, self._hold_ms]
+        expiry = item.get_expiry()
+        args = ReserveArgs(
+            now_s=time.time(),
+            want=want,
+            probe_timeout_s=PROBE_TIMEOUT_S,
+            careful=careful,
+            fresh_s=min(FRESH_MAX_S, max(FRESH_MIN_S, expiry * FRESH_SHARE)),
+            headroom=item.amount - cap,
+            amount=item.amount,
+            free=free,
+            guard_s=min(GUARD_MAX_S, max(GUARD_MIN_S, expiry * GUARD_SHARE)),
+            probe_first=self._probe_first,
+            grant=grant,
+            hold_ms=self._hold_ms,
+        )
         keys = [f"{ns}:pause", f"{ns}:server", *self._grant_keys(ns)]
-        raw = await self._reserve(keys=keys, args=args)
+        raw = await self._reserve(keys=keys, args=[encode(args)])
         return _Reservation(
             paused_until_s=_num(raw[0]),
             permits=int(raw[1]),
@@ -405,28 +429,11 @@ class QuotaGate:
             mode=_text(raw[4]),
         )
 
-    async def _record(
-        self,
-        user: str,
-        op: str,
-        now: float,
-        remaining: str,
-        reset_s: float,
-        until: float | None,
-        sent_s: float | None = None,
-        limit: str = "",
-        *,
-        answered: bool = False,
-        grant: str = "",
-    ) -> float:
+    async def _record(self, user: str, op: str, args: ObserveArgs) -> float:
         ns = self._keys.quota(user)
-        pause = "" if until is None else repr(until)
-        sent = "" if sent_s is None else repr(sent_s)
-        args = [repr(now), remaining, repr(reset_s), pause, repr(SAME_WINDOW_TOLERANCE_S), sent]
-        args += [limit, "1" if answered else "", grant, str(self._hold_ms)]
         keys = [f"{ns}:server", f"{ns}:pause", *self._grant_keys(ns)]
         try:
-            raw = await self._observe(keys=keys, args=args)
+            raw = await self._observe(keys=keys, args=[encode(args)])
         except _STORE_ERRORS as exc:
             raise QuotaUnavailable(user, op) from exc
         return _num(raw)
@@ -465,13 +472,6 @@ def _window_item(limit: str, namespace: str) -> RateLimitItem:
 
 def _refusal(until_s: float) -> Grant:
     return Grant(0, max(until_s - time.time(), MIN_WAIT_S))
-
-
-def _lua(name: str, *, grants: bool = False) -> str:
-    """A script's text; with ``grants``, after the grant bookkeeping it uses (its functions)."""
-    lua = resources.files("app.ratelimit").joinpath("lua")
-    text = lua.joinpath(f"{name}.lua").read_text()
-    return lua.joinpath("quota_grants.lua").read_text() + text if grants else text
 
 
 def _num(raw: bytes | str | int | float | None) -> float:

@@ -19,15 +19,17 @@
 -- Cold start: with no report at all, one probe goes first too (someone else may already
 -- have spent most of the window), unless an earlier answer came back without any figure
 -- (`blind`: this server does not report, our own window alone models it).
--- ARGV: now, permits wanted, probe timeout s (also frees a single whose answer was lost),
---       careful reserve, fresh s, headroom (permits kept for the user), our limit amount,
---       permits free in our own window, guard s, '1' to probe at cold start, the id of this
---       grant, hold ms (how long a grant lives without an answer or a refund).
+-- ARGV[1]: one JSON document (ReserveArgs in app/ratelimit/scripts.py): now_s, want,
+--       probe_timeout_s (also frees a single whose answer was lost), careful (the reserve),
+--       fresh_s, headroom (permits kept for the user), amount (our limit), free (permits free
+--       in our own window), guard_s, probe_first (probe at cold start), grant (this grant's
+--       id), hold_ms (how long a grant lives without an answer or a refund).
 -- Returns {paused until or '0', permits, retry-at epoch s or '0', 'probe' or '', mode}.
-local now, want = tonumber(ARGV[1]), tonumber(ARGV[2])
-local timeout, careful, fresh = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local headroom, amount, free = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local guard, id, hold = tonumber(ARGV[9]), ARGV[11], tonumber(ARGV[12])
+local a = cjson.decode(ARGV[1])
+local now, want = a.now_s, a.want
+local timeout, careful, fresh = a.probe_timeout_s, a.careful, a.fresh_s
+local headroom, amount, free = a.headroom, a.amount, a.free
+local guard, id, hold = a.guard_s, a.grant, a.hold_ms
 -- How long "this server does not report" is believed before it is probed again.
 local BLIND_KEEP_S = 3600
 -- A budget hash without a report (probe, blind) expires after this without news.
@@ -50,7 +52,7 @@ redis.call('HDEL', KEYS[2], 'inflight')
 local s = redis.call('HMGET', KEYS[2], 'remaining', 'reset', 'limit', 'at', 'probe', 'single')
 if not s[1] then
   local blind = tonumber(redis.call('HGET', KEYS[2], 'blind') or '-1e18')
-  if ARGV[10] == '1' and now - blind > BLIND_KEEP_S and math.min(want, free) > 0 then
+  if a.probe_first and now - blind > BLIND_KEEP_S and math.min(want, free) > 0 then
     if tonumber(s[5] or '0') > now then
       return {'0', 0, t(now + 0.02), 'probe', 'own'}
     end
