@@ -15,7 +15,7 @@ import redis
 import redis.asyncio
 
 from app.core.keys import Keys
-from app.ratelimit.gate import PROBE_TIMEOUT_S, Grant, QuotaGate, QuotaUnavailable
+from app.ratelimit.gate import PROBE_TIMEOUT_S, Grant, QuotaGate, QuotaLimits, QuotaUnavailable
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 STORAGE_URI = "async+redis://127.0.0.1:6379/14"
@@ -561,3 +561,61 @@ async def test_nothing_is_left_in_redis_without_a_ttl(make_gate: MakeGate, prefi
     assert found[f"{ns}:grants"] <= HOLD_S * 1000
     await asyncio.sleep(HOLD_S + 0.1)
     assert f"{ns}:grants" not in ttls() and f"{ns}:grants:out" not in ttls()
+
+
+# Issue 15: the careful reserve and the headroom follow the limit Outreach reports.
+
+
+@pytest.mark.parametrize(
+    ("configured", "reported", "remaining", "burst"),
+    [
+        # Configured far above the server's 100: before, the reserve was 10% of 1,000,000
+        # (more than the server's whole budget), so every request went one at a time.
+        ("1000000 per 60 seconds", 100, 100, 90),
+        # Configured below the server's 1000 (ours caps the spending), someone else has
+        # spent it down to 150: the reserve is the server's 100, not 10% of our 500.
+        ("500 per 60 seconds", 1000, 150, 50),
+    ],
+)
+async def test_a_burst_spends_the_reported_budget_down_to_its_own_careful_reserve(
+    make_gate: MakeGate, configured: str, reported: int, remaining: int, burst: int
+) -> None:
+    gate = make_gate()
+    await gate.observe(USER, 200, _report(remaining, time.time() + 30, reported), None)
+    assert (await gate.acquire(USER, 1000, limit=configured)).granted == burst
+    # Then one at a time, each after the answer to the one before.
+    assert (await gate.acquire(USER, 1000, limit=configured)).granted == 1
+    assert (await gate.acquire(USER, 1000, limit=configured)).granted == 0
+
+
+async def test_the_headroom_is_a_share_of_the_reported_limit(make_gate: MakeGate) -> None:
+    """``reserve_share`` leaves 20% of Outreach's 100 to the user, not 20% of the configured
+    1,000,000 (which would leave the service nothing at all)."""
+    gate = make_gate()
+    await gate.observe(USER, 200, _report(100, time.time() + 30), None)
+    grant = await gate.acquire(USER, 200, limit="1000000 per 60 seconds", reserve_share=0.2)
+    assert grant.granted == 70  # 100 less the headroom (20) less the careful reserve (10)
+
+
+@pytest.mark.parametrize(
+    ("configured", "reported", "governing", "careful"),
+    [
+        ("1000000 per 60 seconds", 100, 100, 10),
+        ("50 per 60 seconds", 100, 50, 10),
+        ("50 per 60 seconds", None, 50, 5),
+    ],
+)
+async def test_the_state_says_which_limit_governs(
+    make_gate: MakeGate, configured: str, reported: int | None, governing: int, careful: int
+) -> None:
+    gate = make_gate()
+    if reported is not None:
+        await gate.observe(USER, 200, _report(80, time.time() + 30, reported), None)
+    limits = (await gate.state(USER, limit=configured)).limits
+    assert limits == QuotaLimits(
+        configured=int(configured.split()[0]),
+        reported=reported,
+        governing=governing,
+        source="reported" if governing == reported else "configured",
+        careful=careful,
+    )

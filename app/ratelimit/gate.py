@@ -33,6 +33,7 @@ from app.core.keys import DEFAULT_RATE_LIMIT, Keys
 from app.core.redis_client import limits_storage_uri
 from app.core.settings import Settings
 from app.outreach.signals import parse_budget, parse_reset
+from app.ratelimit.governing import CAREFUL_MIN, CAREFUL_SHARE, QuotaLimits, quota_limits
 from app.ratelimit.scripts import (
     ObserveArgs,
     RefundArgs,
@@ -52,10 +53,6 @@ MAX_TAKE_ATTEMPTS = 3
 MAX_RESERVE_SHARE = 0.5
 #: An unanswered probe (first request after a reported window ended) may be repeated after this.
 PROBE_TIMEOUT_S = 2.0
-#: Below this share of the limit left at the server (and at least CAREFUL_MIN), requests go
-#: one at a time: another integration's spending then costs at most one 429 per window.
-CAREFUL_SHARE = 0.1
-CAREFUL_MIN = 3
 #: A server report older than this share of the window (within these bounds) is refreshed by
 #: one probe before a burst: others may have spent the budget since it was made.
 FRESH_SHARE = 0.05
@@ -123,6 +120,8 @@ class QuotaState:
 
     ``server_remaining`` is the server's lowest reported remaining of the window minus our
     requests in flight; it and ``server_reset_s`` are None when no report is in force.
+    ``limit`` is the configured limit (our own window's); ``limits`` says which limit
+    governs: the configured one, the one Outreach last reported, and the lower of them.
     """
 
     limit: int
@@ -132,6 +131,7 @@ class QuotaState:
     paused_until_s: float | None
     server_remaining: int | None
     server_reset_s: float | None
+    limits: QuotaLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +214,7 @@ class QuotaGate:
         item = self._item(user, limit)
         cap = math.floor(round(item.amount * (1.0 - reserve_share), 6))
         try:
-            return await self._acquire(user, item, cap, want)
+            return await self._acquire(user, item, cap, want, reserve_share)
         except _STORE_ERRORS as exc:
             raise QuotaUnavailable(user, "acquire") from exc
 
@@ -351,16 +351,19 @@ class QuotaGate:
             paused_until_s=paused if paused > now else None,
             server_remaining=max(0, int(_num(server[0]) - _num(server[2]))) if active else None,
             server_reset_s=server_reset if active else None,
+            limits=quota_limits(item.amount, int(_num(server[3])) if server[3] else None),
         )
 
     # Internals ----------------------------------------------------------------------------
 
-    async def _acquire(self, user: str, item: RateLimitItem, cap: int, want: int) -> Grant:
+    async def _acquire(
+        self, user: str, item: RateLimitItem, cap: int, want: int, reserve_share: float
+    ) -> Grant:
         key, expiry = item.key_for(), item.get_expiry()
         oldest, used = await self._window.get_moving_window(key, cap, expiry)
         free = max(0, cap - used)
         grant = uuid.uuid4().hex
-        res = await self._reserve_server(user, want, item, cap, free, grant)
+        res = await self._reserve_server(user, want, item, reserve_share, free, grant)
         if res.mode == "server":
             # Outreach's own figure governs; our window is not consulted.
             if res.permits:
@@ -400,18 +403,18 @@ class QuotaGate:
         return [f"{ns}:grants", f"{ns}:grants:out"]
 
     async def _reserve_server(
-        self, user: str, want: int, item: RateLimitItem, cap: int, free: int, grant: str
+        self, user: str, want: int, item: RateLimitItem, reserve_share: float, free: int, grant: str
     ) -> _Reservation:
         ns = self._keys.quota(user)
-        careful = max(CAREFUL_MIN, math.ceil(item.amount * CAREFUL_SHARE))
         expiry = item.get_expiry()
         args = ReserveArgs(
             now_s=time.time(),
             want=want,
             probe_timeout_s=PROBE_TIMEOUT_S,
-            careful=careful,
+            careful_share=CAREFUL_SHARE,
+            careful_min=CAREFUL_MIN,
             fresh_s=min(FRESH_MAX_S, max(FRESH_MIN_S, expiry * FRESH_SHARE)),
-            headroom=item.amount - cap,
+            reserve_share=reserve_share,
             amount=item.amount,
             free=free,
             guard_s=min(GUARD_MAX_S, max(GUARD_MIN_S, expiry * GUARD_SHARE)),

@@ -15,15 +15,18 @@ class ReserveArgs:
     """``quota_reserve.lua``: check the pause and reserve permits against the server's report.
 
     Times are epoch seconds; ``amount`` is the configured limit, ``free`` the permits free in
-    our own window of it, ``headroom`` the permits kept for the user when the server's figure
-    governs, ``careful`` the server's remaining below which requests go one at a time."""
+    our own window of it. The script sizes the careful reserve (``careful_share`` of the
+    governing limit, at least ``careful_min``: below it requests go one at a time) and the
+    headroom (``reserve_share`` of it, kept for the user) from the limit Outreach reported,
+    which only it knows (see `app.ratelimit.governing`)."""
 
     now_s: float
     want: int
     probe_timeout_s: float
-    careful: int
+    careful_share: float
+    careful_min: int
     fresh_s: float
-    headroom: int
+    reserve_share: float
     amount: int
     free: int
     guard_s: float
