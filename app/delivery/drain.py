@@ -12,7 +12,6 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
 
 from app.connections.crypto import cipher_for
 from app.connections.oauth import TokenManager
@@ -22,7 +21,7 @@ from app.core.settings import Settings
 from app.delivery.bisection import Bisection
 from app.delivery.lot import LeaseLost, Lot, NoPermit, TokenRefresher, now_ms
 from app.delivery.outcomes import Outcomes, failure_reason, failure_record
-from app.outreach.answers import classify
+from app.outreach.answers import Answer, classify, no_answer, parse_answer
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import Grant, QuotaGate, Share
 from app.store.counters import count_delivered, drain_metrics
@@ -201,12 +200,10 @@ class Deliverer:
         "no answer" on the way out, so its hold ends now rather than when the grant expires."""
         answered = False
 
-        async def answer(status: int, headers: Mapping[str, str], body: str | None) -> None:
+        async def answer(reply: Answer) -> None:
             nonlocal answered
             answered = True
-            await self.gate.observe(
-                lot.conn.user, status, headers, body, sent_s=sent_s, grant=grant
-            )
+            await self.gate.observe(lot.conn.user, reply, sent_s=sent_s, grant=grant)
 
         access = lot.access_token
         err: DeliveryError | None
@@ -218,7 +215,7 @@ class Deliverer:
                 until = now_ms() + self.settings.lease_ms
                 if not await self.store.renew(lot.dest.id, c.prospect, lot.token, until_ms=until):
                     sent_s = time.time()
-                    await answer(0, {}, None)
+                    await answer(no_answer())
                     return LeaseLost(None, "claim taken over by another drain before sending")
                 stats["requests"] += 1
                 sent_s = time.time()
@@ -229,19 +226,20 @@ class Deliverer:
                 except (Retryable, Unauthorized) as exc:
                     err = exc
                     # No answer, but the gate's careful single (if this was it) may go again.
-                    await answer(0, {}, None)
+                    await answer(no_answer())
                 else:
-                    await answer(resp.status, resp.headers, resp.body)
-                    err = classify(
+                    reply = parse_answer(
                         resp.status,
                         resp.headers,
                         resp.body,
                         fallback_pause_s=self.settings.rate_limit_fallback_pause_s,
                     )
+                    await answer(reply)
+                    err = classify(reply)
         except BaseException:
             if not answered:
                 with contextlib.suppress(Exception):  # the original error is the one to see
-                    await answer(0, {}, None)
+                    await answer(no_answer())
             raise
         return err
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
@@ -32,7 +31,7 @@ from redis.exceptions import RedisError
 from app.core.keys import DEFAULT_RATE_LIMIT, Keys
 from app.core.redis_client import limits_storage_uri
 from app.core.settings import Settings
-from app.outreach.signals import parse_budget, parse_reset
+from app.outreach.answers import Answer
 from app.ratelimit.governing import CAREFUL_MIN, CAREFUL_SHARE, QuotaLimits, quota_limits
 from app.ratelimit.scripts import (
     ObserveArgs,
@@ -259,31 +258,23 @@ class QuotaGate:
         return f"{self._keys.quota(user)}:share:{part}"
 
     async def observe(
-        self,
-        user: str,
-        status: int,
-        headers: Mapping[str, str],
-        body: str | None,
-        *,
-        sent_s: float | None = None,
-        grant: str = "",
+        self, user: str, answer: Answer, *, sent_s: float | None = None, grant: str = ""
     ) -> float | None:
-        """Record an Outreach response's rate-limit headers; a 429 pauses the user everywhere.
+        """Record an Outreach answer's rate-limit headers; a 429 pauses the user everywhere
+        (until ``answer.resume_s``). The answer is parsed once, by the caller
+        (:func:`app.outreach.answers.parse_answer`), for this and for the error it means.
 
         ``sent_s`` (epoch seconds the request left) lets the gate tell the answer to its
         outstanding careful request from late answers to earlier ones. ``grant`` (the
         :attr:`Grant.id` whose permit the request used) stops counting that permit as in
         flight and keeps the rest of the grant alive; pass it for transport failures too
-        (status 0), once per request.
+        (:func:`app.outreach.answers.no_answer`), once per request.
 
         Returns the epoch second the user is paused until after a 429 (the parsed reset, or
         a later pause already in force), else None.
         """
         now = time.time()
-        budget = parse_budget(headers, now_s=now)
-        until = parse_reset(
-            status, headers, body, now_s=now, fallback_pause_s=self._fallback_pause_s
-        )
+        budget, until = answer.budget, answer.resume_s
         remaining = None if budget is None else budget.remaining
         if remaining is None and until is None and sent_s is None and not grant:
             return None
@@ -300,7 +291,7 @@ class QuotaGate:
             limit=None if budget is None else budget.limit,
             pause_until_s=until,
             sent_s=sent_s,
-            answered=status > 0,
+            answered=answer.answered,
             grant=grant,
         )
         paused = await self._record(user, "observe", args)
