@@ -1,4 +1,5 @@
-"""Every Outreach answer maps to one error class (outreach/answers.py), pure and without HTTP."""
+"""Every Outreach answer is parsed once (outreach/answers.py) into one value that maps to one
+error class and carries what the quota gate reads: pure and without HTTP."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.core.errors import Permanent, RateLimited, Retryable, Unauthorized
-from app.outreach.answers import classify
+from app.core.errors import DeliveryError, Permanent, RateLimited, Retryable, Unauthorized
+from app.outreach.answers import Answer, parse_answer
+from app.outreach.answers import classify as classify_answer
+from app.outreach.signals import ServerBudget
 
 NOW = 1_800_000_000.0
 
 
 def body(*errors: dict[str, object]) -> str:
     return json.dumps({"errors": list(errors)})
+
+
+def classify(
+    status: int, headers: dict[str, str], text: str, **parse: float
+) -> DeliveryError | None:
+    """The error class of an answer, parsed as the drain parses it."""
+    return classify_answer(parse_answer(status, headers, text, **parse))
 
 
 @pytest.mark.parametrize("status", [200, 201, 204])
@@ -96,3 +106,29 @@ def test_a_5xx_retry_after_header_is_honoured(header: str, after_s: float | None
     now = datetime(2027, 1, 15, 8, 0, tzinfo=UTC).timestamp()
     err = classify(503, {"Retry-After": header}, "busy", now_s=now)
     assert isinstance(err, Retryable) and err.after_s == after_s
+
+
+def test_one_parse_carries_what_the_gate_and_the_error_read() -> None:
+    headers = {
+        "X-RateLimit-Limit": "10000",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": str(int(NOW) + 30),
+    }
+    text = body({"id": "rateLimitExceeded", "detail": "You have exceeded your limit."})
+    answer = parse_answer(429, headers, text, now_s=NOW)
+    assert answer == Answer(
+        status=429,
+        received_s=NOW,
+        detail="You have exceeded your limit.",
+        errors=answer.errors,
+        budget=ServerBudget(limit=10000, remaining=0, reset_s=NOW + 30),
+        resume_s=NOW + 30,
+    )
+    assert answer.errors[0].id == "rateLimitExceeded" and answer.answered
+    err = classify_answer(answer)
+    assert isinstance(err, RateLimited) and err.reset_s == answer.resume_s
+
+
+def test_no_answer_is_not_answered_and_reads_as_nothing() -> None:
+    answer = parse_answer(0, {}, None, now_s=NOW)
+    assert not answer.answered and answer.budget is None and answer.resume_s is None

@@ -18,6 +18,7 @@ from app.ingest.batch import ingest_sync
 from app.ops.status import BadQuery, collect_status, destination_status, parse_hours
 from app.ops.status_doc import DestinationStatus, governing_limit
 from app.ops.status_table import render_table
+from app.outreach.answers import parse_answer
 from app.ratelimit.gate import gate_for
 from app.store import counters as metrics
 from app.store.prospects import ProspectStore, encode
@@ -306,7 +307,8 @@ def test_quota_shows_what_outreach_counts_as_spent_and_which_limit_governs(
         client = aioredis.from_url(TEST_REDIS_URL)
         try:
             gate = gate_for(client, settings)
-            await gate.observe("test-user", 200, {**told, "X-RateLimit-Reset": str(reset)}, None)
+            answer = parse_answer(200, {**told, "X-RateLimit-Reset": str(reset)}, None)
+            await gate.observe("test-user", answer)
             [doc] = await collect_status(settings, D, client=client)
         finally:
             await client.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import Counter
@@ -238,3 +239,46 @@ def _membership(pid: int) -> dict[str, Any]:
         "identityMap": {"OutreachId": [{"id": str(pid)}]},
         "segmentMembership": {"ups": {"aud-1": {"status": "realized"}}},
     }
+
+
+LATENCY_S = 0.2  # every answer of the sandbox below takes this long
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "prospects", "singles"),
+    [
+        # Configured far above Outreach's 100: bursts until Outreach's reserve (10) is left,
+        # then one at a time. Before, the reserve was 10% of 1,000,000 and all went singly.
+        ("1000000/hour", 100, 10),
+        # Configured below it: our 80 cap the spending; Outreach's reserve is never reached.
+        ("80/hour", 80, 0),
+    ],
+)
+def test_bursts_follow_the_limit_outreach_reports_down_to_its_reserve_with_no_429(
+    prefix: str,
+    rclient: redis.Redis,
+    sandbox_factory: Callable[..., Sandbox],
+    worker_factory: Any,
+    rate_limit: str,
+    prospects: int,
+    singles: int,
+) -> None:
+    ms = str(int(LATENCY_S * 1000))
+    sandbox = sandbox_factory(
+        "--quota-limit", "100", "--quota-window-s", "3600", "--fault-latency-ms", ms, ms
+    )
+    env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0")
+    publish_sync(rclient, Keys(prefix), e2e_config(rate_limit=rate_limit))
+    worker_factory(env, concurrency=1)
+    send(env, prospects)
+    wait_drained(sandbox, rclient, prefix, prospects)
+    arrivals = sorted(r["time"] for r in patches(sandbox))
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    # A request sent one at a time leaves only after the answer to the one before it.
+    together = sum(gap < LATENCY_S / 2 for gap in gaps)
+    print(f"\n{rate_limit}: {len(arrivals)} requests, {together} sent alongside another")
+    assert sandbox.stats()["rate_limited"] == 0
+    assert len(arrivals) == prospects
+    assert together >= (prospects - singles) // 2
+    if singles:
+        assert min(gaps[-singles:]) >= LATENCY_S * 0.9  # the reserve went one at a time

@@ -16,10 +16,8 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from typing import Any, cast
 
 import redis.asyncio
@@ -33,7 +31,16 @@ from redis.exceptions import RedisError
 from app.core.keys import DEFAULT_RATE_LIMIT, Keys
 from app.core.redis_client import limits_storage_uri
 from app.core.settings import Settings
-from app.outreach.signals import parse_budget, parse_reset
+from app.outreach.answers import Answer
+from app.ratelimit.governing import CAREFUL_MIN, CAREFUL_SHARE, QuotaLimits, quota_limits
+from app.ratelimit.scripts import (
+    ObserveArgs,
+    RefundArgs,
+    ReserveArgs,
+    ShareArgs,
+    encode,
+    lua,
+)
 
 #: Smallest wait ever returned with a refusal, so that a caller cannot spin on a zero wait.
 MIN_WAIT_S = 0.05
@@ -45,10 +52,6 @@ MAX_TAKE_ATTEMPTS = 3
 MAX_RESERVE_SHARE = 0.5
 #: An unanswered probe (first request after a reported window ended) may be repeated after this.
 PROBE_TIMEOUT_S = 2.0
-#: Below this share of the limit left at the server (and at least CAREFUL_MIN), requests go
-#: one at a time: another integration's spending then costs at most one 429 per window.
-CAREFUL_SHARE = 0.1
-CAREFUL_MIN = 3
 #: A server report older than this share of the window (within these bounds) is refreshed by
 #: one probe before a burst: others may have spent the budget since it was made.
 FRESH_SHARE = 0.05
@@ -103,11 +106,21 @@ class Grant:
 
 
 @dataclass(frozen=True, slots=True)
+class Share:
+    """A cap within a user's quota: ``part`` (a destination) may spend ``share`` (0-1) of it."""
+
+    part: str
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
 class QuotaState:
     """A user's quota as the CLI and status API show it; times are epoch seconds.
 
     ``server_remaining`` is the server's lowest reported remaining of the window minus our
     requests in flight; it and ``server_reset_s`` are None when no report is in force.
+    ``limit`` is the configured limit (our own window's); ``limits`` says which limit
+    governs: the configured one, the one Outreach last reported, and the lower of them.
     """
 
     limit: int
@@ -117,6 +130,7 @@ class QuotaState:
     paused_until_s: float | None
     server_remaining: int | None
     server_reset_s: float | None
+    limits: QuotaLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +176,11 @@ class QuotaGate:
         store = _window_storage(storage_uri, prefix, redis)
         self._storage, self._window = store, cast(MovingWindowSupport, store)
         self._limiter = MovingWindowRateLimiter(store)
-        self._reserve = redis.register_script(_lua("quota_reserve", grants=True))
-        self._refund = redis.register_script(_lua("quota_refund", grants=True))
-        self._observe = redis.register_script(_lua("quota_observe", grants=True))
-        self._state = redis.register_script(_lua("quota_state", grants=True))
-        self._share = redis.register_script(_lua("share_take"))
+        self._reserve = redis.register_script(lua("quota_reserve", grants=True))
+        self._refund = redis.register_script(lua("quota_refund", grants=True))
+        self._observe = redis.register_script(lua("quota_observe", grants=True))
+        self._state = redis.register_script(lua("quota_state", grants=True))
+        self._share = redis.register_script(lua("share_take"))
 
     async def aclose(self) -> None:
         """Close the ``limits`` storage's own client, if it has one (the given one stays open)."""
@@ -175,23 +189,43 @@ class QuotaGate:
             await client.aclose()
 
     async def acquire(
-        self, user: str, want: int, *, limit: str = DEFAULT_RATE_LIMIT, reserve_share: float = 0.0
+        self,
+        user: str,
+        want: int,
+        *,
+        limit: str = DEFAULT_RATE_LIMIT,
+        reserve_share: float = 0.0,
+        share: Share | None = None,
     ) -> Grant:
         """Grant up to ``want`` permits at once, never blocking.
 
         ``limit`` is a ``limits`` string ("10000/hour", "60 per 10 seconds");
         ``reserve_share`` (0.0-0.5) of it is kept unused for the user's own work in Outreach.
+        With ``share``, the permits come from that part's share of the quota first (see
+        :meth:`take_share`); what the user's quota then refuses goes back to the share.
         """
         if want < 0 or not 0.0 <= reserve_share <= MAX_RESERVE_SHARE:
             raise ValueError(f"bad acquire: want={want}, reserve_share={reserve_share}")
         if want == 0:
             return Grant(0, 0.0)
+        if share is not None:
+            return await self._acquire_within(user, want, limit, reserve_share, share)
         item = self._item(user, limit)
         cap = math.floor(round(item.amount * (1.0 - reserve_share), 6))
         try:
-            return await self._acquire(user, item, cap, want)
+            return await self._acquire(user, item, cap, want, reserve_share)
         except _STORE_ERRORS as exc:
             raise QuotaUnavailable(user, "acquire") from exc
+
+    async def _acquire_within(
+        self, user: str, want: int, limit: str, reserve_share: float, share: Share
+    ) -> Grant:
+        part, token = await self.take_share(user, share.part, want, limit=limit, share=share.share)
+        if not part.granted:
+            return part
+        grant = await self.acquire(user, part.granted, limit=limit, reserve_share=reserve_share)
+        await self.refund_share(user, share.part, token, part.granted, grant.granted)
+        return grant
 
     async def take_share(
         self, user: str, part: str, want: int, *, limit: str, share: float
@@ -202,10 +236,10 @@ class QuotaGate:
         item = self._item(user, limit)
         cap = max(1, math.floor(item.amount * share))
         token = uuid.uuid4().hex
-        args: list[int | str] = [int(time.time() * 1000), item.get_expiry() * 1000, cap, want]
-        args.append(token)
+        args = ShareArgs(int(time.time() * 1000), item.get_expiry() * 1000, cap, want, token)
         try:
-            taken, free_ms = await self._share(keys=[self._share_key(user, part)], args=args)
+            key = self._share_key(user, part)
+            taken, free_ms = await self._share(keys=[key], args=[encode(args)])
         except _STORE_ERRORS as exc:
             raise QuotaUnavailable(user, "take_share") from exc
         grant = Grant(int(taken), 0.0) if taken else _refusal(int(free_ms) / 1000)
@@ -224,51 +258,43 @@ class QuotaGate:
         return f"{self._keys.quota(user)}:share:{part}"
 
     async def observe(
-        self,
-        user: str,
-        status: int,
-        headers: Mapping[str, str],
-        body: str | None,
-        *,
-        sent_s: float | None = None,
-        grant: str = "",
+        self, user: str, answer: Answer, *, sent_s: float | None = None, grant: str = ""
     ) -> float | None:
-        """Record an Outreach response's rate-limit headers; a 429 pauses the user everywhere.
+        """Record an Outreach answer's rate-limit headers; a 429 pauses the user everywhere
+        (until ``answer.resume_s``). The answer is parsed once, by the caller
+        (:func:`app.outreach.answers.parse_answer`), for this and for the error it means.
 
         ``sent_s`` (epoch seconds the request left) lets the gate tell the answer to its
         outstanding careful request from late answers to earlier ones. ``grant`` (the
         :attr:`Grant.id` whose permit the request used) stops counting that permit as in
         flight and keeps the rest of the grant alive; pass it for transport failures too
-        (status 0), once per request.
+        (:func:`app.outreach.answers.no_answer`), once per request.
 
         Returns the epoch second the user is paused until after a 429 (the parsed reset, or
         a later pause already in force), else None.
         """
         now = time.time()
-        budget = parse_budget(headers, now_s=now)
-        until = parse_reset(
-            status, headers, body, now_s=now, fallback_pause_s=self._fallback_pause_s
-        )
-        remaining = "" if budget is None or budget.remaining is None else str(budget.remaining)
-        if not remaining and until is None and sent_s is None and not grant:
+        budget, until = answer.budget, answer.resume_s
+        remaining = None if budget is None else budget.remaining
+        if remaining is None and until is None and sent_s is None and not grant:
             return None
         reset = budget.reset_s if budget is not None else None
         if reset is None:
             # Unknown reset: hold the report briefly; the next response brings a fresh one.
             reset = until if until is not None else now + self._fallback_pause_s
-        limit = "" if budget is None or budget.limit is None else str(budget.limit)
-        paused = await self._record(
-            user,
-            "observe",
-            now,
-            remaining,
-            reset,
-            until,
-            sent_s,
-            limit,
-            answered=status > 0,
+        args = ObserveArgs(
+            now_s=now,
+            reset_s=reset,
+            tolerance_s=SAME_WINDOW_TOLERANCE_S,
+            hold_ms=self._hold_ms,
+            remaining=remaining,
+            limit=None if budget is None else budget.limit,
+            pause_until_s=until,
+            sent_s=sent_s,
+            answered=answer.answered,
             grant=grant,
         )
+        paused = await self._record(user, "observe", args)
         return None if until is None else max(paused, until)
 
     async def refund(self, user: str, grant: str, permits: int) -> None:
@@ -286,7 +312,14 @@ class QuotaGate:
 
     async def pause(self, user: str, until_s: float) -> None:
         """Stop granting for ``user`` everywhere until ``until_s``; only ever extends a pause."""
-        await self._record(user, "pause", time.time(), "", 0.0, until_s)
+        args = ObserveArgs(
+            now_s=time.time(),
+            reset_s=0.0,
+            tolerance_s=SAME_WINDOW_TOLERANCE_S,
+            hold_ms=self._hold_ms,
+            pause_until_s=until_s,
+        )
+        await self._record(user, "pause", args)
 
     async def state(self, user: str, *, limit: str = DEFAULT_RATE_LIMIT) -> QuotaState:
         """The user's window usage, pause and last server report."""
@@ -309,16 +342,19 @@ class QuotaGate:
             paused_until_s=paused if paused > now else None,
             server_remaining=max(0, int(_num(server[0]) - _num(server[2]))) if active else None,
             server_reset_s=server_reset if active else None,
+            limits=quota_limits(item.amount, int(_num(server[3])) if server[3] else None),
         )
 
     # Internals ----------------------------------------------------------------------------
 
-    async def _acquire(self, user: str, item: RateLimitItem, cap: int, want: int) -> Grant:
+    async def _acquire(
+        self, user: str, item: RateLimitItem, cap: int, want: int, reserve_share: float
+    ) -> Grant:
         key, expiry = item.key_for(), item.get_expiry()
         oldest, used = await self._window.get_moving_window(key, cap, expiry)
         free = max(0, cap - used)
         grant = uuid.uuid4().hex
-        res = await self._reserve_server(user, want, item, cap, free, grant)
+        res = await self._reserve_server(user, want, item, reserve_share, free, grant)
         if res.mode == "server":
             # Outreach's own figure governs; our window is not consulted.
             if res.permits:
@@ -332,8 +368,8 @@ class QuotaGate:
         granted, next_free_s = await self._take(key, cap, expiry, res.permits)
         if granted < res.permits:
             # Our window refused some after the server reserved them: they never fly.
-            probe = res.kind if not granted else ""
-            await self._give_back(user, grant, res.permits - granted, probe)
+            probe = res.kind == "probe" and not granted
+            await self._give_back(user, grant, res.permits - granted, probe=probe)
         return Grant(granted, 0.0, grant) if granted else _refusal(next_free_s)
 
     async def _take(self, key: str, cap: int, expiry: int, cost: int) -> tuple[int, float]:
@@ -347,28 +383,38 @@ class QuotaGate:
                 return 0, oldest + expiry
         return 0, 0.0
 
-    async def _give_back(self, user: str, grant: str, permits: int, probe: str = "") -> None:
+    async def _give_back(self, user: str, grant: str, permits: int, *, probe: bool = False) -> None:
         ns = self._keys.quota(user)
         keys = [f"{ns}:server", *self._grant_keys(ns)]
-        await self._refund(keys=keys, args=[grant, permits, probe, self._hold_ms])
+        args = RefundArgs(grant, permits, probe, self._hold_ms)
+        await self._refund(keys=keys, args=[encode(args)])
 
     def _grant_keys(self, ns: str) -> list[str]:
         """The grants in flight of quota namespace ``ns``: expiries (zset), permits out (hash)."""
         return [f"{ns}:grants", f"{ns}:grants:out"]
 
     async def _reserve_server(
-        self, user: str, want: int, item: RateLimitItem, cap: int, free: int, grant: str
+        self, user: str, want: int, item: RateLimitItem, reserve_share: float, free: int, grant: str
     ) -> _Reservation:
         ns = self._keys.quota(user)
-        careful = max(CAREFUL_MIN, math.ceil(item.amount * CAREFUL_SHARE))
-        fresh = min(FRESH_MAX_S, max(FRESH_MIN_S, item.get_expiry() * FRESH_SHARE))
-        headroom = item.amount - cap
-        args: list[str | int] = [repr(time.time()), want, repr(PROBE_TIMEOUT_S), careful]
-        guard = min(GUARD_MAX_S, max(GUARD_MIN_S, item.get_expiry() * GUARD_SHARE))
-        args += [repr(fresh), headroom, item.amount, free, repr(guard)]
-        args += ["1" if self._probe_first else "0", grant, self._hold_ms]
+        expiry = item.get_expiry()
+        args = ReserveArgs(
+            now_s=time.time(),
+            want=want,
+            probe_timeout_s=PROBE_TIMEOUT_S,
+            careful_share=CAREFUL_SHARE,
+            careful_min=CAREFUL_MIN,
+            fresh_s=min(FRESH_MAX_S, max(FRESH_MIN_S, expiry * FRESH_SHARE)),
+            reserve_share=reserve_share,
+            amount=item.amount,
+            free=free,
+            guard_s=min(GUARD_MAX_S, max(GUARD_MIN_S, expiry * GUARD_SHARE)),
+            probe_first=self._probe_first,
+            grant=grant,
+            hold_ms=self._hold_ms,
+        )
         keys = [f"{ns}:pause", f"{ns}:server", *self._grant_keys(ns)]
-        raw = await self._reserve(keys=keys, args=args)
+        raw = await self._reserve(keys=keys, args=[encode(args)])
         return _Reservation(
             paused_until_s=_num(raw[0]),
             permits=int(raw[1]),
@@ -377,28 +423,11 @@ class QuotaGate:
             mode=_text(raw[4]),
         )
 
-    async def _record(
-        self,
-        user: str,
-        op: str,
-        now: float,
-        remaining: str,
-        reset_s: float,
-        until: float | None,
-        sent_s: float | None = None,
-        limit: str = "",
-        *,
-        answered: bool = False,
-        grant: str = "",
-    ) -> float:
+    async def _record(self, user: str, op: str, args: ObserveArgs) -> float:
         ns = self._keys.quota(user)
-        pause = "" if until is None else repr(until)
-        sent = "" if sent_s is None else repr(sent_s)
-        args = [repr(now), remaining, repr(reset_s), pause, repr(SAME_WINDOW_TOLERANCE_S), sent]
-        args += [limit, "1" if answered else "", grant, str(self._hold_ms)]
         keys = [f"{ns}:server", f"{ns}:pause", *self._grant_keys(ns)]
         try:
-            raw = await self._observe(keys=keys, args=args)
+            raw = await self._observe(keys=keys, args=[encode(args)])
         except _STORE_ERRORS as exc:
             raise QuotaUnavailable(user, op) from exc
         return _num(raw)
@@ -437,13 +466,6 @@ def _window_item(limit: str, namespace: str) -> RateLimitItem:
 
 def _refusal(until_s: float) -> Grant:
     return Grant(0, max(until_s - time.time(), MIN_WAIT_S))
-
-
-def _lua(name: str, *, grants: bool = False) -> str:
-    """A script's text; with ``grants``, after the grant bookkeeping it uses (its functions)."""
-    lua = resources.files("app.ratelimit").joinpath("lua")
-    text = lua.joinpath(f"{name}.lua").read_text()
-    return lua.joinpath("quota_grants.lua").read_text() + text if grants else text
 
 
 def _num(raw: bytes | str | int | float | None) -> float:

@@ -9,7 +9,8 @@
 -- the permits of the live grants (quota_grants.lua): a grant nobody answers for `hold`
 -- expires, so permits of a killed worker come back instead of being lost for good.
 -- Another integration may spend the same budget between two of our observations, so that
--- figure is spent freely only down to a careful reserve; below it one request goes out at a
+-- figure is spent freely only down to a careful reserve (a share of the server's reported
+-- limit: our configured one may be far above it); below it one request goes out at a
 -- time, each after the answer to the one before (a 429 then costs at most one request).
 -- A stale report (its window ended, or older than `fresh`) is refreshed by one probe first,
 -- and nothing is sent within `guard` of the reset: it could land after it, unseen.
@@ -19,15 +20,19 @@
 -- Cold start: with no report at all, one probe goes first too (someone else may already
 -- have spent most of the window), unless an earlier answer came back without any figure
 -- (`blind`: this server does not report, our own window alone models it).
--- ARGV: now, permits wanted, probe timeout s (also frees a single whose answer was lost),
---       careful reserve, fresh s, headroom (permits kept for the user), our limit amount,
---       permits free in our own window, guard s, '1' to probe at cold start, the id of this
---       grant, hold ms (how long a grant lives without an answer or a refund).
+-- ARGV[1]: one JSON document (ReserveArgs in app/ratelimit/scripts.py): now_s, want,
+--       probe_timeout_s (also frees a single whose answer was lost), careful_share and
+--       careful_min (the reserve: this share of the governing limit, at least this many),
+--       fresh_s, reserve_share (of the governing limit kept for the user), amount (our
+--       configured limit), free (permits free
+--       in our own window), guard_s, probe_first (probe at cold start), grant (this grant's
+--       id), hold_ms (how long a grant lives without an answer or a refund).
 -- Returns {paused until or '0', permits, retry-at epoch s or '0', 'probe' or '', mode}.
-local now, want = tonumber(ARGV[1]), tonumber(ARGV[2])
-local timeout, careful, fresh = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local headroom, amount, free = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local guard, id, hold = tonumber(ARGV[9]), ARGV[11], tonumber(ARGV[12])
+local a = cjson.decode(ARGV[1])
+local now, want = a.now_s, a.want
+local timeout, fresh = a.probe_timeout_s, a.fresh_s
+local amount, free = a.amount, a.free
+local guard, id, hold = a.guard_s, a.grant, a.hold_ms
 -- How long "this server does not report" is believed before it is probed again.
 local BLIND_KEEP_S = 3600
 -- A budget hash without a report (probe, blind) expires after this without news.
@@ -50,7 +55,7 @@ redis.call('HDEL', KEYS[2], 'inflight')
 local s = redis.call('HMGET', KEYS[2], 'remaining', 'reset', 'limit', 'at', 'probe', 'single')
 if not s[1] then
   local blind = tonumber(redis.call('HGET', KEYS[2], 'blind') or '-1e18')
-  if ARGV[10] == '1' and now - blind > BLIND_KEEP_S and math.min(want, free) > 0 then
+  if a.probe_first and now - blind > BLIND_KEEP_S and math.min(want, free) > 0 then
     if tonumber(s[5] or '0') > now then
       return {'0', 0, t(now + 0.02), 'probe', 'own'}
     end
@@ -61,7 +66,8 @@ if not s[1] then
   return grant(math.min(want, free), '', 'own')
 end
 local mode = 'both'
-if s[3] and tonumber(s[3]) <= amount then mode = 'server' end
+local reported = tonumber(s[3] or '')
+if reported and reported <= amount then mode = 'server' end
 if mode == 'both' then want = math.min(want, free) end
 if want <= 0 then
   return {'0', 0, '0', '', mode}
@@ -69,7 +75,14 @@ end
 
 local reset = tonumber(s[2])
 local told = tonumber(s[1])
-if mode == 'server' then told = told - headroom end
+-- The reserves follow the limit Outreach reports when it reports one: where the 429s come
+-- from (our window already keeps reserve_share of ours when ours is lower). As in
+-- app/ratelimit/governing.py `quota_limits`.
+local basis = reported or amount
+local careful = math.max(a.careful_min, math.ceil(basis * a.careful_share))
+if mode == 'server' then
+  told = told - (basis - math.floor(tonumber(string.format('%.6f', basis * (1 - a.reserve_share)))))
+end
 local inflight, first_expiry = grants_out(KEYS[3], KEYS[4], now_ms)
 local left = told - inflight
 if reset > now and left <= 0 then
