@@ -168,6 +168,7 @@ def _open_destination(
 ) -> tuple[redis.Redis, Settings, Destination, int] | None:
     """Redis, the settings, the destination and its coalescing window; None (and a message)
     when the destination is unknown."""
+    from app.store.prospects import effective_window_ms
     from app.store.registry import destination_sync
 
     s = get_settings()
@@ -176,8 +177,7 @@ def _open_destination(
     if dest is None:
         print(f"error: unknown destination {dest_id!r}", file=sys.stderr)
         return None
-    window = s.coalesce_window_ms if dest.coalesce_window_ms is None else dest.coalesce_window_ms
-    return client, s, dest, window
+    return client, s, dest, effective_window_ms(dest, s.coalesce_window_ms)
 
 
 def cmd_failures_replay(ns: argparse.Namespace) -> int:
