@@ -23,7 +23,7 @@ from app.outreach.answers import classify
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import Grant, QuotaGate
 from app.store.counters import count_delivered, count_failed, drain_metrics, mapping_id_of
-from app.store.prospects import Claimed, Outcome, ProspectStore
+from app.store.prospects import Claimed, Outcome, ProspectStore, effective_window_ms
 from app.store.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -545,14 +545,13 @@ class Deliverer:
         due_ms: int = 0,
         fields: tuple[str, ...] = (),
     ) -> bool:
-        window = lot.dest.coalesce_window_ms
         return await self.store.settle(
             lot.dest.id,
             c.prospect,
             lot.token,
             outcome,
             now_ms=_now_ms(),
-            window_ms=self.settings.coalesce_window_ms if window is None else window,
+            window_ms=effective_window_ms(lot.dest, self.settings.coalesce_window_ms),
             due_ms=due_ms,
             fields=fields,
         )
