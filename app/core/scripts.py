@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from functools import cache
 from importlib import resources
+from typing import Any
 from weakref import WeakKeyDictionary
 
 import redis
@@ -37,19 +38,22 @@ class LuaScripts:
 
     def sync(self, client: redis.Redis, name: str) -> Script:
         """Script ``name`` for a synchronous client."""
-        with self._lock:
-            known = self._sync.setdefault(client, {})
-            if name not in known:
-                known[name] = client.register_script(self.source(name))
-            return known[name]
+        script: Script = self._registered(self._sync, client, name)
+        return script
 
     def aio(self, client: aioredis.Redis, name: str) -> AsyncScript:
         """Script ``name`` for an asyncio client."""
+        script: AsyncScript = self._registered(self._async, client, name)
+        return script
+
+    def _registered(
+        self, known: WeakKeyDictionary[Any, dict[str, Any]], client: Any, name: str
+    ) -> Any:
         with self._lock:
-            known = self._async.setdefault(client, {})
-            if name not in known:
-                known[name] = client.register_script(self.source(name))
-            return known[name]
+            scripts = known.setdefault(client, {})
+            if name not in scripts:
+                scripts[name] = client.register_script(self.source(name))
+            return scripts[name]
 
 
 @cache
