@@ -209,19 +209,19 @@ def _newest(parsed: _Parsed, destination: Destination, received_ms: int) -> tupl
     same audience under two namespaces: the newer wins, ties to the later); and how many
     named audiences are not mapped."""
     event_ms = _event_ms(parsed, received_ms)
+    mapping_ids, fields = destination.audiences, destination.audience_fields
     newest: Newest = {}
     ignored = 0
     for audience, status, ts in parsed.memberships:
-        mapping_id = destination.audiences.get(audience)
-        if mapping_id is None:
+        field = fields.get(audience)
+        if field is None:
             ignored += 1
             continue
-        field = destination.audience_fields[audience]
-        version = _no_later_than(ts, received_ms)
+        stamped = _no_later_than(ts, received_ms)
+        version = event_ms if stamped is None else stamped
         seen = newest.get(field)
-        version = event_ms if version is None else version
         if seen is None or seen[2] <= version:
-            newest[field] = (mapping_id, status, version)
+            newest[field] = (mapping_ids[audience], status, version)
     return newest, ignored
 
 
