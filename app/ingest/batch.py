@@ -178,6 +178,16 @@ def store_op(
     return batch
 
 
+def learn_op(
+    keys: Keys, destination: Destination, profiles: Iterable[Any], *, now_ms: int
+) -> Op[mapping_ids.Resolution | None]:
+    """For a destination taking its mapping IDs from the data, learn them from the batch
+    (``app/ingest/mapping_ids.py``); nothing (and no round trip) for the others."""
+    if destination.mapping_ids != "data":
+        return None
+    return (yield from mapping_ids.learn_batch_op(keys, destination, list(profiles), now_ms=now_ms))
+
+
 def ingest_sync(
     client: redis.Redis,
     keys: Keys,
@@ -190,11 +200,8 @@ def ingest_sync(
     """Ingest from a synchronous producer; returns the batch with its report filled in.
     ``window_ms``: the deployment's window (a destination's own wins)."""
     now = int(time.time() * 1000)
-    resolution = None
-    if destination.mapping_ids == "data":
-        resolution = mapping_ids.learn_sync_batch(
-            client, keys, destination, list(profiles), now_ms=now
-        )
+    resolution = run_sync(client, learn_op(keys, destination, profiles, now_ms=now))
+    if resolution is not None:
         destination, profiles = resolution.destination, resolution.profiles
     batch = evaluate_batch(profiles, destination, received_ms=now, start=start)
     op = store_op(keys, destination, batch, resolution, now_ms=now, window_ms=window_ms)
@@ -211,11 +218,10 @@ async def ingest_async(
 ) -> Batch:
     """``ingest_sync`` for the HTTP API."""
     now = int(time.time() * 1000)
-    resolution = None
-    if destination.mapping_ids == "data":
-        resolution = await mapping_ids.learn_async_batch(
-            store.redis, store.keys, destination, profiles, now_ms=now
-        )
+    resolution = await run_async(
+        store.redis, learn_op(store.keys, destination, profiles, now_ms=now)
+    )
+    if resolution is not None:
         destination, profiles = resolution.destination, resolution.profiles
     if len(profiles) > THREAD_ABOVE_PROFILES:
         batch = await asyncio.to_thread(evaluate_batch, profiles, destination, received_ms=now)
