@@ -8,6 +8,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -132,3 +133,45 @@ def worker_factory(prefix: str) -> Iterator[Callable[..., subprocess.Popen[bytes
     client = redis.Redis.from_url(TEST_REDIS_URL)
     forget_run(client, prefix)  # the test's broker queue and Celery's bookkeeping for it
     client.close()
+
+
+# A Redis of a test's own, to stop and start: a crash, a restart, a failover.
+REDIS_CONF = ROOT / "deploy" / "redis.conf"
+
+
+class LocalRedis:
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.dir = workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = ["redis-server", str(REDIS_CONF), "--port", str(self.port), "--bind", "127.0.0.1"]
+        # "always": the test kills Redis right after writing; production uses everysec.
+        cmd += ["--dir", str(self.dir), "--appendfsync", "always", "--save", ""]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        wait_until(lambda: _pings(client), timeout_s=10, what="redis-server to start")
+        client.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()  # a crash, not a clean shutdown
+        self.proc.wait()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def local_redis(tmp_path: Path) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path)
+    server.start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.kill()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -16,52 +13,13 @@ import redis.asyncio as aioredis
 from app.core.keys import Keys
 from app.store.prospects import ProspectStore, encode, merge_sync
 from app.store.registry import publish_sync
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import LocalRedis
 from tests.test_end_to_end import e2e_config
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed"),
 ]
-CONF = ROOT / "deploy" / "redis.conf"
-
-
-class LocalRedis:
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.dir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cmd = ["redis-server", str(CONF), "--port", str(self.port), "--bind", "127.0.0.1"]
-        # "always": the test kills Redis right after writing; production uses everysec.
-        cmd += ["--dir", str(self.dir), "--appendfsync", "always", "--save", ""]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: _pings(client), timeout_s=10, what="redis-server to start")
-        client.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()  # a crash, not a clean shutdown
-        self.proc.wait()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
-@pytest.fixture
-def local_redis(tmp_path: Path) -> Iterator[LocalRedis]:
-    server = LocalRedis(tmp_path)
-    server.start()
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        server.kill()
 
 
 async def test_state_survives_a_crash_and_restart(local_redis: LocalRedis) -> None:

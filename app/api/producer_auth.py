@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -20,12 +20,12 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
-from limits.storage import storage_from_string
 from redis.exceptions import RedisError
 
 from app.admin.producer_keys import KeyRefused, ProducerKey, ProducerKeys
 from app.api.adminauth import presented_secret, secret_bytes
 from app.api.jsonapi import error_response, store_unavailable
+from app.core.redis_client import limits_storage
 from app.core.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -86,16 +86,8 @@ class ProducerGuard:
 
 
 def _storage(client: aioredis.Redis, settings: Settings) -> Storage:
-    # The API's own pool (one set of connections, the same database); limits prepends the
-    # prefix itself, so the windows land under Keys.producer_rate.
-    options: dict[str, Any] = {
-        "implementation": "redispy",
-        "key_prefix": settings.keys.producer_rate(),
-        "wrap_exceptions": True,
-        "connection_pool": client.connection_pool,
-    }
-    # With the pool given, the URI only picks limits' Redis storage (Sentinel included).
-    return cast(Storage, storage_from_string("async+redis://", **options))
+    # The windows land under Keys.producer_rate, in the API's own pool.
+    return limits_storage(client, key_prefix=settings.keys.producer_rate())
 
 
 GUARD = web.AppKey("producer_guard", ProducerGuard)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import itertools
 import json
@@ -11,8 +12,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from redis import exceptions as redis_errors
+
 from app.cli import admin as cli_admin
 from app.cli import status as status_cli
+from app.core.errors import StoreUnavailable
 from app.core.redis_client import sync_client
 from app.core.settings import Settings, SettingsError, get_settings
 
@@ -34,22 +38,32 @@ def cmd_ingest(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from app.ingest.batch import IngestReport, read_profiles
-    from app.ingest.producer import Producer, UnknownDestination
+    from app.ingest.producer import Producer, UnknownDestination, send_patiently
+
+    def waiting(cause: BaseException, left_s: float) -> None:
+        print(f"Redis unavailable ({cause}); retrying for {left_s:.0f} s more", file=sys.stderr)
 
     stream: TextIO = sys.stdin if ns.file == "-" else open(ns.file, encoding="utf-8")  # noqa: SIM115
     with stream:
-        profiles = read_profiles(stream)
+        profiles = itertools.islice(read_profiles(stream), ns.skip, None)
         producer = Producer()
         total = IngestReport()
+        chunk: list[Any] = []
         bar = tqdm(unit=" profiles", disable=ns.quiet, file=sys.stderr)
         try:
             for chunk in _chunks(profiles, INGEST_CHUNK):
-                batch = producer.send(ns.destination, chunk, start=total.received)
+                send = functools.partial(
+                    producer.send, ns.destination, chunk, start=ns.skip + total.received
+                )
+                batch = send_patiently(send, retry_for_s=ns.retry_for, on_wait=waiting)
                 total.add(batch.report)
                 bar.update(len(chunk))
         except UnknownDestination as exc:
             print(f"error: {exc}; load one with `outreach-sync config load FILE`", file=sys.stderr)
             return 2
+        except (redis_errors.RedisError, StoreUnavailable) as exc:
+            print(_not_stored(exc, ns.skip + total.received, len(chunk), ns), file=sys.stderr)
+            return 1
         finally:
             bar.close()
             producer.close()
@@ -57,6 +71,20 @@ def cmd_ingest(ns: argparse.Namespace) -> int:
         print(f"  profile {res.index}: {res.outcome}: {res.reason}", file=sys.stderr)
     print(json.dumps(total.as_dict(), indent=None if ns.quiet else 2))
     return 0
+
+
+def _not_stored(exc: BaseException, stored: int, chunk: int, ns: argparse.Namespace) -> str:
+    """The one line an ingest that Redis failed ends with: why, and what to send again."""
+    from app.ingest.producer import transient_cause
+
+    cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
+    why = f"for {ns.retry_for:g} s" if transient_cause(exc) is not None else "(not transient)"
+    done = f"the first {stored} profiles were stored" if stored else "no profile was stored"
+    return (
+        f"error: Redis unavailable {why}: {cause}; {done}, of the next {chunk} some may be, "
+        f"the rest were not: resend with --skip {stored} (resending a stored profile is "
+        "harmless: changes merge by version)"
+    )
 
 
 def cmd_config_load(ns: argparse.Namespace) -> int:
@@ -168,6 +196,7 @@ def _open_destination(
 ) -> tuple[redis.Redis, Settings, Destination, int] | None:
     """Redis, the settings, the destination and its coalescing window; None (and a message)
     when the destination is unknown."""
+    from app.store.prospects import effective_window_ms
     from app.store.registry import destination_sync
 
     s = get_settings()
@@ -176,8 +205,7 @@ def _open_destination(
     if dest is None:
         print(f"error: unknown destination {dest_id!r}", file=sys.stderr)
         return None
-    window = s.coalesce_window_ms if dest.coalesce_window_ms is None else dest.coalesce_window_ms
-    return client, s, dest, window
+    return client, s, dest, effective_window_ms(dest, s.coalesce_window_ms)
 
 
 def cmd_failures_replay(ns: argparse.Namespace) -> int:
@@ -256,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("-d", "--destination", required=True)
     ing.add_argument("-q", "--quiet", action="store_true")
     ing.add_argument("--show-problems", type=int, default=10, metavar="N")
+    ing.add_argument(
+        "--retry-for",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="wait this long for Redis to come back (a failover) before giving up",
+    )
+    ing.add_argument(
+        "--skip", type=int, default=0, metavar="N", help="leave out the input's first N profiles"
+    )
     ing.set_defaults(func=cmd_ingest)
 
     cfg = sub.add_parser("config", help="destinations and connections")

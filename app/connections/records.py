@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal, cast
 
 import redis
@@ -28,7 +27,10 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from app.config.destinations import Connection
 from app.connections.crypto import TokenCipher
-from app.core.keys import DEFAULT_RATE_LIMIT, WAKE_KEEP, Keys
+from app.core.keys import DEFAULT_RATE_LIMIT, Keys
+from app.core.operations import Commands, Eval, Op, Pipeline, run_async, run_sync
+from app.core.scripts import package_scripts
+from app.core.wake import queue_wake
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ REAUTH_REQUIRED: State = "reauth_required"
 #: Compare-and-set attempts before a write gives up (each conflict means another writer won).
 CAS_ATTEMPTS = 20
 
-_CAS = resources.files("app.connections").joinpath("lua", "conn_put.lua").read_text()
+SCRIPTS = package_scripts("app.connections")
 
 
 class ConnectionRecord(BaseModel):
@@ -261,9 +263,6 @@ def unblocks(old: ConnectionRecord | None, new: ConnectionRecord | None) -> bool
     return blocked(old) and not blocked(new)
 
 
-Pipeline = redis.client.Pipeline | aioredis.client.Pipeline
-
-
 def _queue_resume(pipe: Pipeline, keys: Keys, dests: list[str]) -> None:
     """Queue the resume of ``dests``: hold lifted, the resume time recorded (time spent
     blocked does not count against retry age), dispatchers woken."""
@@ -271,8 +270,7 @@ def _queue_resume(pipe: Pipeline, keys: Keys, dests: list[str]) -> None:
     for dest in dests:
         pipe.delete(keys.hold(dest))
         pipe.set(keys.resumed(dest), now_ms)
-        pipe.rpush(keys.wake(), dest)
-    pipe.ltrim(keys.wake(), -WAKE_KEEP, -1)
+    queue_wake(pipe, keys, *dests)
 
 
 #: The metadata to install as a function of the stored record (read inside the CAS).
@@ -320,53 +318,118 @@ class _TokenWrite:
         return new
 
 
+# The operations, written once (app/core/operations.py) ------------------------------------
+
+
+class _Operations:
+    """What the two adapters below do, each as an operation they run with their client."""
+
+    keys: Keys
+    cipher: TokenCipher
+
+    def _get(self, conn_id: str) -> Op[ConnectionRecord | None]:
+        [raw] = yield Commands(lambda pipe: pipe.hget(self.keys.connections(), conn_id))
+        return None if raw is None else parse_record(raw, self.cipher)
+
+    def _all(self) -> Op[list[ConnectionRecord]]:
+        [raw] = yield Commands(lambda pipe: pipe.hgetall(self.keys.connections()))
+        return sorted((parse_record(v, self.cipher) for v in raw.values()), key=lambda r: r.id)
+
+    def _update(self, conn_id: str, change: Change) -> Op[ConnectionRecord | None]:
+        for _ in range(CAS_ATTEMPTS):
+            old = yield from self._get(conn_id)
+            new = change(old)
+            if new is None:
+                return old
+            args = [conn_id, _expected(old), new.model_dump_json()]
+            if (yield Eval(SCRIPTS, "conn_put", [self.keys.connections()], args)):
+                return new
+        raise ConflictError(f"connection {conn_id} changed {CAS_ATTEMPTS} times during a write")
+
+    def _delete(self, conn_id: str) -> Op[bool]:
+        [n] = yield Commands(lambda pipe: pipe.hdel(self.keys.connections(), conn_id))
+        return bool(n)
+
+    def _destinations(self, conn_id: str) -> Op[list[str]]:
+        [raw] = yield Commands(lambda pipe: pipe.hgetall(self.keys.destinations()))
+        return _destinations_of(raw, conn_id)
+
+    def _resume(self, conn_id: str) -> Op[list[str]]:
+        dests = yield from self._destinations(conn_id)
+        if dests:
+            yield Commands(lambda pipe: _queue_resume(pipe, self.keys, dests))
+        return dests
+
+    def _install(self, write: _TokenWrite) -> Op[ConnectionRecord]:
+        rec = yield from self._update(write.conn_id, write.change)
+        assert rec is not None
+        if write.unblocked:
+            yield from self._resume(rec.id)
+        return rec
+
+    def _publish(self, conn: Connection) -> Op[bool]:
+        if conn.access_token is None and conn.refresh_token is None:
+            yield from self._update(conn.id, lambda old: with_metadata(old, conn, now=time.time()))
+            return False
+        write = _TokenWrite(
+            conn, None, self.cipher, conn.access_token, conn.refresh_token, None, None, "config"
+        )
+        yield from self._update(conn.id, write.change)
+        return write.unblocked
+
+    def _reencrypt(self) -> Op[int]:
+        def change(old: ConnectionRecord | None) -> ConnectionRecord | None:
+            if old is None:
+                return None
+            return old.model_copy(
+                update={
+                    "access_token_enc": _rotate(self.cipher, old.access_token_enc),
+                    "refresh_token_enc": _rotate(self.cipher, old.refresh_token_enc),
+                    "revision": old.revision + 1,
+                }
+            )
+
+        done = 0
+        for rec in (yield from self._all()):
+            if (yield from self._update(rec.id, change)) is not None:
+                done += 1
+        return done
+
+
+def _rotate(cipher: TokenCipher, blob: str | None) -> str | None:
+    return None if blob is None else cipher.rotate(blob)
+
+
 # Synchronous adapter (CLI, configuration load) --------------------------------------------
 
 
-class ConnectionStoreSync:
+class ConnectionStoreSync(_Operations):
     def __init__(self, client: redis.Redis, keys: Keys, cipher: TokenCipher) -> None:
         self.redis = client
         self.keys = keys
         self.cipher = cipher
-        self._cas = client.register_script(_CAS)
 
     def get(self, conn_id: str) -> ConnectionRecord | None:
-        raw = cast("bytes | None", self.redis.hget(self.keys.connections(), conn_id))
-        return None if raw is None else parse_record(raw, self.cipher)
+        return run_sync(self.redis, self._get(conn_id))
 
     def all(self) -> list[ConnectionRecord]:
-        raw = cast("dict[bytes, bytes]", self.redis.hgetall(self.keys.connections()))
-        return sorted((parse_record(v, self.cipher) for v in raw.values()), key=lambda r: r.id)
+        return run_sync(self.redis, self._all())
 
     def update(self, conn_id: str, change: Change) -> ConnectionRecord | None:
         """Apply ``change`` to the current record (compare-and-set, retried on conflict);
         ``change`` returning None leaves the record as it is."""
-        for _ in range(CAS_ATTEMPTS):
-            old = self.get(conn_id)
-            new = change(old)
-            if new is None:
-                return old
-            args: list[str | int] = [conn_id, _expected(old), new.model_dump_json()]
-            if self._cas(keys=[self.keys.connections()], args=args):
-                return new
-        raise ConflictError(f"connection {conn_id} changed {CAS_ATTEMPTS} times during a write")
+        return run_sync(self.redis, self._update(conn_id, change))
 
     def delete(self, conn_id: str) -> bool:
-        return bool(self.redis.hdel(self.keys.connections(), conn_id))
+        return run_sync(self.redis, self._delete(conn_id))
 
     def destinations(self, conn_id: str) -> list[str]:
-        raw = cast("dict[bytes, bytes]", self.redis.hgetall(self.keys.destinations()))
-        return _destinations_of(raw, conn_id)
+        return run_sync(self.redis, self._destinations(conn_id))
 
     def resume(self, conn_id: str) -> list[str]:
         """Lift the hold of the connection's destinations, record the resume and wake the
         dispatchers (only when the connection has just become able to send: ``unblocks``)."""
-        dests = self.destinations(conn_id)
-        if dests:
-            pipe = self.redis.pipeline(transaction=False)
-            _queue_resume(pipe, self.keys, dests)
-            pipe.execute()
-        return dests
+        return run_sync(self.redis, self._resume(conn_id))
 
     def install(
         self,
@@ -388,102 +451,47 @@ class ConnectionStoreSync:
         write = _TokenWrite(
             meta, metadata, self.cipher, access_token, refresh_token, expires_at, scope, source
         )
-        rec = self.update(write.conn_id, write.change)
-        assert rec is not None
-        if write.unblocked:
-            self.resume(rec.id)
-        return rec
+        return run_sync(self.redis, self._install(write))
 
     def publish(self, conn: Connection) -> bool:
         """A configuration file's connection: metadata always; tokens when it gives any.
         True when it became able to send: the caller resumes its destinations once they are
         published too (``registry.publish_sync``)."""
-        if conn.access_token is None and conn.refresh_token is None:
-            rec = self.update(conn.id, lambda old: with_metadata(old, conn, now=time.time()))
-            assert rec is not None
-            return False
-        write = _TokenWrite(
-            conn, None, self.cipher, conn.access_token, conn.refresh_token, None, None, "config"
-        )
-        self.update(conn.id, write.change)
-        return write.unblocked
+        return run_sync(self.redis, self._publish(conn))
 
     def reencrypt(self) -> int:
         """Rewrite every record with the first key (after a key rotation); returns how many."""
-        done = 0
-        for rec in self.all():
-
-            def change(old: ConnectionRecord | None) -> ConnectionRecord | None:
-                if old is None:
-                    return None
-                return old.model_copy(
-                    update={
-                        "access_token_enc": _rotate(self.cipher, old.access_token_enc),
-                        "refresh_token_enc": _rotate(self.cipher, old.refresh_token_enc),
-                        "revision": old.revision + 1,
-                    }
-                )
-
-            if self.update(rec.id, change) is not None:
-                done += 1
-        return done
-
-
-def _rotate(cipher: TokenCipher, blob: str | None) -> str | None:
-    return None if blob is None else cipher.rotate(blob)
+        return run_sync(self.redis, self._reencrypt())
 
 
 # Asynchronous adapter (workers, HTTP API) -------------------------------------------------
 
 
-class ConnectionStore:
+class ConnectionStore(_Operations):
+    """The asyncio twin of ``ConnectionStoreSync`` (the same operations)."""
+
     def __init__(self, client: aioredis.Redis, keys: Keys, cipher: TokenCipher) -> None:
         self.redis = client
         self.keys = keys
         self.cipher = cipher
-        self._cas = client.register_script(_CAS)
 
     async def get(self, conn_id: str) -> ConnectionRecord | None:
-        raw = await cast(
-            "Awaitable[bytes | None]", self.redis.hget(self.keys.connections(), conn_id)
-        )
-        return None if raw is None else parse_record(raw, self.cipher)
+        return await run_async(self.redis, self._get(conn_id))
 
     async def all(self) -> list[ConnectionRecord]:
-        raw = await cast(
-            "Awaitable[dict[bytes, bytes]]", self.redis.hgetall(self.keys.connections())
-        )
-        return sorted((parse_record(v, self.cipher) for v in raw.values()), key=lambda r: r.id)
+        return await run_async(self.redis, self._all())
 
     async def update(self, conn_id: str, change: Change) -> ConnectionRecord | None:
-        """As ``ConnectionStoreSync.update``."""
-        for _ in range(CAS_ATTEMPTS):
-            old = await self.get(conn_id)
-            new = change(old)
-            if new is None:
-                return old
-            args: list[str | int] = [conn_id, _expected(old), new.model_dump_json()]
-            if await self._cas(keys=[self.keys.connections()], args=args):
-                return new
-        raise ConflictError(f"connection {conn_id} changed {CAS_ATTEMPTS} times during a write")
+        return await run_async(self.redis, self._update(conn_id, change))
 
     async def delete(self, conn_id: str) -> bool:
-        return bool(await cast("Awaitable[int]", self.redis.hdel(self.keys.connections(), conn_id)))
+        return await run_async(self.redis, self._delete(conn_id))
 
     async def destinations(self, conn_id: str) -> list[str]:
-        raw = await cast(
-            "Awaitable[dict[bytes, bytes]]", self.redis.hgetall(self.keys.destinations())
-        )
-        return _destinations_of(raw, conn_id)
+        return await run_async(self.redis, self._destinations(conn_id))
 
     async def resume(self, conn_id: str) -> list[str]:
-        """As ``ConnectionStoreSync.resume``."""
-        dests = await self.destinations(conn_id)
-        if dests:
-            pipe = self.redis.pipeline(transaction=False)
-            _queue_resume(pipe, self.keys, dests)
-            await pipe.execute()
-        return dests
+        return await run_async(self.redis, self._resume(conn_id))
 
     async def install(
         self,
@@ -496,24 +504,14 @@ class ConnectionStore:
         source: str,
         metadata: MetaOf | None = None,
     ) -> ConnectionRecord:
-        """As ``ConnectionStoreSync.install``."""
         write = _TokenWrite(
             meta, metadata, self.cipher, access_token, refresh_token, expires_at, scope, source
         )
-        rec = await self.update(write.conn_id, write.change)
-        assert rec is not None
-        if write.unblocked:
-            await self.resume(rec.id)
-        return rec
-
-
-async def connection_states(client: aioredis.Redis, keys: Keys) -> list[ConnectionState]:
-    """Every connection's state (no decryption, no key needed): for alerts and status."""
-    raw = await cast("Awaitable[dict[bytes, bytes]]", client.hgetall(keys.connections()))
-    return [_state(_record_without_tokens(v)) for v in raw.values()]
+        return await run_async(self.redis, self._install(write))
 
 
 def connection_states_sync(client: redis.Redis, keys: Keys) -> list[ConnectionState]:
+    """Every connection's state (no decryption, no key needed): for alerts and status."""
     raw = cast("dict[bytes, bytes]", client.hgetall(keys.connections()))
     return [_state(_record_without_tokens(v)) for v in raw.values()]
 

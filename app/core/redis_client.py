@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 import redis
 import redis.asyncio as aioredis
+from limits.aio.storage import Storage
+from limits.storage import storage_from_string
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.connection import parse_url
 from redis.sentinel import Sentinel
@@ -101,6 +103,20 @@ def limits_storage_uri(settings: Settings) -> str:
         return "async+" + str(settings.redis_url)
     where = ",".join(f"{h}:{p}" for h, p in hosts)
     return f"async+redis+sentinel://{where}/{settings.redis_sentinel_master}"
+
+
+def limits_storage(client: aioredis.Redis, *, key_prefix: str) -> Storage:
+    """A ``limits`` storage on ``client``'s own connection pool: one set of connections, surely
+    the same database (under Sentinel, the master ``client`` follows), closed with ``client``
+    (limits' storage has no close of its own). limits prepends ``"<key_prefix>:"`` itself."""
+    options: dict[str, Any] = {
+        "implementation": "redispy",
+        "key_prefix": key_prefix,
+        "wrap_exceptions": True,
+        "connection_pool": client.connection_pool,
+    }
+    # With the pool given, the URI only picks limits' asyncio Redis storage.
+    return cast(Storage, storage_from_string("async+redis://", **options))
 
 
 def broker_url(settings: Settings) -> str:

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     sentry_dsn: str | None = None
 
-    # --- issue 5: connections, OAuth, token encryption (auth helper adds fields here) ---
+    # Connections, OAuth and token encryption.
     #: development (the default) or production: production refuses to start without
     #: TOKEN_ENCRYPTION_KEY and ADMIN_API_KEY (app/ops/startup.py).
     app_env: str = Field("development", pattern=r"^(development|production)$")
@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     #: A destination whose connection needs re-authorization is held this long at a time.
     reauth_hold_s: float = Field(5.0, gt=0, le=300)
 
-    # --- issue 5: producers' API keys and the admin API (admin helper adds fields here) ---
+    # Producers' API keys and the admin API.
     #: The operators' secret for the admin API, OAuth start and status page (app/api/adminauth.py).
     admin_api_key: SecretStr | None = None
     #: Requests one producer key may make (a moving window shared by every API process),
@@ -97,7 +97,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not one rate limit of at least 1, e.g. '50/second'")
         return value
 
-    # --- issue 6: dataflow metrics, Prometheus, status page (metrics helper adds fields here) ---
+    # Dataflow metrics, Prometheus, the status page.
     #: Hours of hourly dataflow metrics kept in Redis (store/counters.py); totals are kept forever.
     metrics_retention_hours: int = Field(keys.METRICS_RETENTION_HOURS, ge=1, le=24 * 400)
     #: A worker's Prometheus /metrics port, served by its main process (0: off).
@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     #: Seconds between the status page's refreshes in the browser (0: no refresh).
     status_page_refresh_s: int = Field(10, ge=0, le=3600)
 
-    # --- issue 6: Sentry, JSON logs, alerts (ops helper adds fields here) ---
+    # Sentry, logs, Sentinel, alerts.
     sentry_environment: str | None = None  # e.g. production, staging
     sentry_traces_sample_rate: float = Field(0.0, ge=0, le=1)
     #: json: one JSON object per line; text: for people; auto: json unless stderr is a terminal.

@@ -14,7 +14,7 @@ from app.core.errors import DeliveryError, Permanent, RateLimited, Retryable, Un
 from app.core.settings import Settings
 from app.delivery.lot import LeaseLost, Lot, TokenRefresher, now_ms, subset
 from app.store.counters import count_failed, mapping_id_of
-from app.store.prospects import Claimed, Outcome
+from app.store.prospects import Claimed, Outcome, effective_window_ms
 
 log = logging.getLogger(__name__)
 
@@ -318,14 +318,13 @@ class Outcomes:
         fields: tuple[str, ...] = (),
     ) -> bool:
         """End ``c``'s claim with ``outcome`` (see `ProspectStore.settle`)."""
-        window = lot.dest.coalesce_window_ms
         return await self.store.settle(
             lot.dest.id,
             c.prospect,
             lot.token,
             outcome,
             now_ms=self.clock_ms(),
-            window_ms=self.settings.coalesce_window_ms if window is None else window,
+            window_ms=effective_window_ms(lot.dest, self.settings.coalesce_window_ms),
             due_ms=due_ms,
             fields=fields,
         )

@@ -1,7 +1,7 @@
 """Producers' one way in: validate profiles, coalesce their changes, merge them into Redis.
 
-The HTTP API, the Python function, the Celery task and the CLI all call ``evaluate_batch``
-and then one of the two merge adapters, so every producer gets the same rules.
+The HTTP API, the Python function, the Celery task and the CLI all run ``evaluate_batch`` and
+then ``store_op`` (``ingest_sync`` / ``ingest_async``), so every producer gets the same rules.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from typing import Any
 
 import redis
 
-from app.config.destinations import STATUSES, Destination
+from app.config.destinations import Destination
 from app.core.keys import Keys
+from app.core.operations import Op, run_async, run_sync
 from app.ingest import mapping_ids
-from app.ingest.profiles import ProfileResult, evaluate_profile, parse_time
+from app.ingest.profiles import ProfileResult, evaluate_profile
 from app.store import counters as metrics
-from app.store.counters import audience_metric, write_sync
-from app.store.prospects import Change, MergeResult, ProspectStore, encode, merge_sync
+from app.store.counters import audience_metric, count_op
+from app.store.prospects import Change, ProspectStore, effective_window_ms, encode, merge_op
 
 
 @dataclass
@@ -101,38 +102,9 @@ def _reason_key(reason: str) -> str:
     return "no_identity" if reason.startswith("no ") else "bad_identity"
 
 
-def _time_or(value: object, default: int) -> int:
-    try:
-        return default if value is None else parse_time(value)
-    except ValueError:
-        return default
-
-
-def _count_audiences(
-    counts: Counter[str], raw: object, dest: Destination, res: ProfileResult, received_ms: int
-) -> None:
-    """Per mapped audience a profile names: received by status, and excluded or rejected.
-    Read from the raw profile, defensively, so excluded and rejected profiles count too. An
-    audience named under several namespaces makes one change, so it counts once: with the
-    status of its newest evaluation, as ``app/ingest/profiles.py`` picks it."""
-    segments = raw.get("segmentMembership") if isinstance(raw, dict) else None
-    if not isinstance(segments, dict):
-        return
-    event_ms = _time_or(raw.get("timestamp") if isinstance(raw, dict) else None, received_ms)
-    newest: dict[int, tuple[int, str]] = {}
-    for audiences in segments.values():
-        if not isinstance(audiences, dict):
-            continue
-        for audience, membership in audiences.items():
-            mapping_id = dest.audiences.get(audience) if isinstance(audience, str) else None
-            status = membership.get("status") if isinstance(membership, dict) else None
-            if mapping_id is None or not isinstance(status, str) or status not in STATUSES:
-                continue
-            ts = _time_or(membership.get("lastQualificationTime"), event_ms)
-            seen = newest.get(mapping_id)
-            if seen is None or seen[0] <= ts:
-                newest[mapping_id] = (ts, status)
-    for mapping_id, (_, status) in newest.items():
+def _count_audiences(counts: Counter[str], res: ProfileResult) -> None:
+    """Per mapped audience a profile names: received by status, and excluded or rejected."""
+    for mapping_id, status in res.audiences:
         counts[audience_metric(mapping_id, "received", status)] += 1
         if res.outcome == "excluded":
             counts[audience_metric(mapping_id, "excluded", _reason_key(res.reason or ""))] += 1
@@ -161,8 +133,7 @@ def evaluate_batch(
             res = evaluate_profile(raw, destination, index=i, received_ms=received_ms)
         results.append(res)
         report.ignored_audiences += res.ignored_audiences
-        if destination.audiences:
-            _count_audiences(report.audiences, raw, destination, res, received_ms)
+        _count_audiences(report.audiences, res)
         if res.outcome != "accepted":
             report.problems.append(res)
             if res.outcome == "excluded":
@@ -184,10 +155,37 @@ def evaluate_batch(
     return Batch(report, results, changes)
 
 
-def _merged(batch: Batch, merge: MergeResult) -> IngestReport:
+def store_op(
+    keys: Keys,
+    destination: Destination,
+    batch: Batch,
+    resolution: mapping_ids.Resolution | None = None,
+    *,
+    now_ms: int,
+    window_ms: int,
+) -> Op[Batch]:
+    """Merge an evaluated batch's changes, then count it; fills in its report (with the
+    memberships ``resolution`` left out, for mapping IDs from the data)."""
+    if resolution is not None:
+        mapping_ids.apply(resolution, batch)
+    window = effective_window_ms(destination, window_ms)
+    merge = yield from merge_op(
+        keys, destination.id, batch.changes, now_ms=now_ms, window_ms=window
+    )
     batch.report.fields_applied = merge.applied
     batch.report.fields_stale = merge.stale
-    return batch.report
+    yield from count_op(keys, destination.id, batch.report.counters())
+    return batch
+
+
+def learn_op(
+    keys: Keys, destination: Destination, profiles: Iterable[Any], *, now_ms: int
+) -> Op[mapping_ids.Resolution | None]:
+    """For a destination taking its mapping IDs from the data, learn them from the batch
+    (``app/ingest/mapping_ids.py``); nothing (and no round trip) for the others."""
+    if destination.mapping_ids != "data":
+        return None
+    return (yield from mapping_ids.learn_batch_op(keys, destination, list(profiles), now_ms=now_ms))
 
 
 def ingest_sync(
@@ -199,24 +197,15 @@ def ingest_sync(
     window_ms: int,
     start: int = 0,
 ) -> Batch:
-    """Ingest from a synchronous producer; returns the batch with its report filled in."""
+    """Ingest from a synchronous producer; returns the batch with its report filled in.
+    ``window_ms``: the deployment's window (a destination's own wins)."""
     now = int(time.time() * 1000)
-    resolution = None
-    if destination.mapping_ids == "data":
-        resolution = mapping_ids.learn_sync_batch(
-            client, keys, destination, list(profiles), now_ms=now
-        )
+    resolution = run_sync(client, learn_op(keys, destination, profiles, now_ms=now))
+    if resolution is not None:
         destination, profiles = resolution.destination, resolution.profiles
     batch = evaluate_batch(profiles, destination, received_ms=now, start=start)
-    if resolution is not None:
-        mapping_ids.apply(resolution, batch)
-    window = (
-        destination.coalesce_window_ms if destination.coalesce_window_ms is not None else window_ms
-    )
-    merge = merge_sync(client, keys, destination.id, batch.changes, now_ms=now, window_ms=window)
-    _merged(batch, merge)
-    _count_sync(client, keys, destination.id, batch.report)
-    return batch
+    op = store_op(keys, destination, batch, resolution, now_ms=now, window_ms=window_ms)
+    return run_sync(client, op)
 
 
 #: A request with more profiles than this is validated on a thread, so the API's event loop
@@ -227,30 +216,19 @@ THREAD_ABOVE_PROFILES = 2000
 async def ingest_async(
     store: ProspectStore, destination: Destination, profiles: list[Any], *, window_ms: int
 ) -> Batch:
+    """``ingest_sync`` for the HTTP API."""
     now = int(time.time() * 1000)
-    resolution = None
-    if destination.mapping_ids == "data":
-        resolution = await mapping_ids.learn_async_batch(
-            store.redis, store.keys, destination, profiles, now_ms=now
-        )
+    resolution = await run_async(
+        store.redis, learn_op(store.keys, destination, profiles, now_ms=now)
+    )
+    if resolution is not None:
         destination, profiles = resolution.destination, resolution.profiles
     if len(profiles) > THREAD_ABOVE_PROFILES:
         batch = await asyncio.to_thread(evaluate_batch, profiles, destination, received_ms=now)
     else:
         batch = evaluate_batch(profiles, destination, received_ms=now)
-    if resolution is not None:
-        mapping_ids.apply(resolution, batch)
-    window = (
-        destination.coalesce_window_ms if destination.coalesce_window_ms is not None else window_ms
-    )
-    merge = await store.merge(destination.id, batch.changes, now_ms=now, window_ms=window)
-    _merged(batch, merge)
-    await store.count(destination.id, **batch.report.counters())
-    return batch
-
-
-def _count_sync(client: redis.Redis, keys: Keys, dest: str, report: IngestReport) -> None:
-    write_sync(client, keys, dest, report.counters())
+    op = store_op(store.keys, destination, batch, resolution, now_ms=now, window_ms=window_ms)
+    return await run_async(store.redis, op)
 
 
 def read_profiles(source: str | Iterable[str]) -> Iterator[Any]:

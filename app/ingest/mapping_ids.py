@@ -15,14 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import redis
-import redis.asyncio as aioredis
-
 from app.config.destinations import Destination
 from app.core.keys import Keys
+from app.core.operations import Op
 from app.ingest.profiles import ProfileResult
 from app.outreach import fields as outreach_fields
-from app.store.audience_map import Learned, learn_async, learn_sync
+from app.store.audience_map import Learned, learn_op
 
 if TYPE_CHECKING:
     from app.ingest.batch import Batch
@@ -180,24 +178,10 @@ def _without(raw: dict[str, Any], drop: set[str]) -> dict[str, Any]:
     return {**raw, "segmentMembership": segments}
 
 
-def learn_sync_batch(
-    client: redis.Redis, keys: Keys, destination: Destination, profiles: list[Any], *, now_ms: int
-) -> Resolution:
-    """Learn and resolve a batch from a synchronous producer."""
+def learn_batch_op(
+    keys: Keys, destination: Destination, profiles: list[Any], *, now_ms: int
+) -> Op[Resolution]:
+    """Learn a batch's mapping IDs (one script call) and resolve the batch against them."""
     p = plan(profiles, destination)
-    learned = learn_sync(client, keys, destination.id, p.proposals, p.lookups, now_ms=now_ms)
-    return resolve(profiles, destination, p, learned)
-
-
-async def learn_async_batch(
-    client: aioredis.Redis,
-    keys: Keys,
-    destination: Destination,
-    profiles: list[Any],
-    *,
-    now_ms: int,
-) -> Resolution:
-    """Learn and resolve a batch for the API's event loop."""
-    p = plan(profiles, destination)
-    learned = await learn_async(client, keys, destination.id, p.proposals, p.lookups, now_ms=now_ms)
+    learned = yield from learn_op(keys, destination.id, p.proposals, p.lookups, now_ms=now_ms)
     return resolve(profiles, destination, p, learned)

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-from app.core.errors import UnknownDestination
+import redis
+
+from app.core.errors import StoreUnavailable, UnknownDestination
 from app.core.redis_client import sync_client
 from app.core.settings import Settings, get_settings
 from app.ingest.batch import Batch, ingest_sync
 from app.store.registry import destination_sync
 
-__all__ = ["Producer", "UnknownDestination"]
+__all__ = ["Producer", "UnknownDestination", "send_patiently", "transient_cause"]
+
+T = TypeVar("T")
+
+#: Redis failures worth waiting out: a restart or a Sentinel failover (connection refused or
+#: lost, no master elected yet, a demoted master refusing writes, a dataset still loading).
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+#: First wait after a transient failure; it doubles up to ``MAX_WAIT_S``.
+FIRST_WAIT_S = 0.5
+MAX_WAIT_S = 5.0
 
 
 class Producer:
@@ -35,3 +47,40 @@ class Producer:
 
     def close(self) -> None:
         self.redis.close()
+
+
+def transient_cause(exc: BaseException) -> BaseException | None:
+    """The Redis failure behind ``exc`` when waiting may cure it, else None."""
+    cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
+    return cause if isinstance(cause, TRANSIENT) else None
+
+
+def send_patiently(
+    send: Callable[[], T],
+    *,
+    retry_for_s: float,
+    on_wait: Callable[[BaseException, float], None],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``send()``, called again while Redis fails transiently, for at most ``retry_for_s``
+    from the first failure (``on_wait(cause, seconds left)`` before each wait); then the
+    last failure is raised. Any other error is raised at once.
+
+    Sending a batch again is harmless: changes merge by version (``lua/merge.lua``), so a
+    change stored by the failed attempt is stored again with the same value (at the same
+    version when the profile carries its time, else at its new arrival time); only the
+    dataflow counts may count such a batch twice."""
+    deadline: float | None = None
+    wait_s = FIRST_WAIT_S
+    while True:
+        try:
+            return send()
+        except (redis.RedisError, StoreUnavailable) as exc:
+            cause, now = transient_cause(exc), clock()
+            deadline = now + retry_for_s if deadline is None else deadline
+            if cause is None or now >= deadline:
+                raise
+            on_wait(cause, deadline - now)
+            sleep(min(wait_s, deadline - now))
+            wait_s = min(2 * wait_s, MAX_WAIT_S)

@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 
@@ -51,6 +52,10 @@ class ProfileResult:
     prospect_ids: tuple[int, ...]
     changes: tuple[FieldChange, ...]
     ignored_audiences: int
+    #: (mapping ID, status) per mapped audience the profile names, the newest evaluation's
+    #: status when it is named twice; read even from a profile excluded or rejected, so
+    #: those count per audience too. Bookkeeping for the counts: not part of equality.
+    audiences: tuple[tuple[int, Status], ...] = dataclasses.field(default=(), compare=False)
 
 
 def parse_time(value: object) -> int:
@@ -163,23 +168,61 @@ def evaluate_profile(
     if parsed is None:
         parsed, problems = _full_parse(raw, namespace)
         if parsed is None:
-            return _result(index, "rejected", _join(problems))
-    stamped = _no_later_than(parsed.timestamp, received_ms)
-    event_ms = received_ms if stamped is None else stamped
-    memberships = [(a, s, _no_later_than(ts, received_ms)) for a, s, ts in parsed.memberships]
-    changes, ignored = _audience_changes(memberships, destination, event_ms)
+            lenient = _lenient_parse(raw)
+            newest, _ = _newest(lenient, destination, received_ms)
+            return _result(index, "rejected", _join(problems), newest)
+    newest, ignored = _newest(parsed, destination, received_ms)
+    changes = _audience_changes(newest, destination)
+    event_ms = _event_ms(parsed, received_ms)
     problems = _attribute_changes(parsed.attributes, destination, event_ms, changes)
     if problems:
-        return _result(index, "rejected", _join(problems))
+        return _result(index, "rejected", _join(problems), newest)
     ids, bad = _prospect_ids(parsed.ids)
     if not ids:
         reasons = [f"{namespace} {_short(v)} is not a positive 64-bit integer" for v in bad]
-        return _result(index, "excluded", _join(reasons or [f"no {namespace}"]))
-    return ProfileResult(index, "accepted", None, ids, tuple(changes.values()), ignored)
+        return _result(index, "excluded", _join(reasons or [f"no {namespace}"]), newest)
+    statuses = _statuses(newest)
+    return ProfileResult(index, "accepted", None, ids, tuple(changes.values()), ignored, statuses)
 
 
-def _result(index: int, outcome: Outcome, reason: str) -> ProfileResult:
-    return ProfileResult(index, outcome, reason, (), (), 0)
+#: Per mapped audience field: (mapping ID, status, version ms) of its newest evaluation.
+Newest = dict[str, tuple[int, Status, int]]
+
+
+def _result(
+    index: int, outcome: Outcome, reason: str, newest: Newest | None = None
+) -> ProfileResult:
+    return ProfileResult(index, outcome, reason, (), (), 0, _statuses(newest or {}))
+
+
+def _statuses(newest: Newest) -> tuple[tuple[int, Status], ...]:
+    return tuple((mapping_id, status) for mapping_id, status, _ in newest.values())
+
+
+def _event_ms(parsed: _Parsed, received_ms: int) -> int:
+    stamped = _no_later_than(parsed.timestamp, received_ms)
+    return received_ms if stamped is None else stamped
+
+
+def _newest(parsed: _Parsed, destination: Destination, received_ms: int) -> tuple[Newest, int]:
+    """The one walk of a profile's audiences: per mapped audience its newest evaluation (the
+    same audience under two namespaces: the newer wins, ties to the later); and how many
+    named audiences are not mapped."""
+    event_ms = _event_ms(parsed, received_ms)
+    mapping_ids, fields = destination.audiences, destination.audience_fields
+    newest: Newest = {}
+    ignored = 0
+    for audience, status, ts in parsed.memberships:
+        field = fields.get(audience)
+        if field is None:
+            ignored += 1
+            continue
+        stamped = _no_later_than(ts, received_ms)
+        version = event_ms if stamped is None else stamped
+        seen = newest.get(field)
+        if seen is None or seen[2] <= version:
+            newest[field] = (mapping_ids[audience], status, version)
+    return newest, ignored
 
 
 def _full_parse(raw: dict[Any, Any], namespace: str) -> tuple[_Parsed | None, list[str]]:
@@ -224,6 +267,27 @@ def _fast_parse(raw: dict[Any, Any], namespace: str) -> _Parsed | None:
     return _Parsed([entry["id"] for entry in entries], memberships, attributes, timestamp)
 
 
+def _lenient_parse(raw: dict[Any, Any]) -> _Parsed:
+    """The usable memberships of a profile rejected as malformed (each bad one left out, a bad
+    time read as none), so that it is still counted against the audiences it names."""
+    segments = raw.get("segmentMembership")
+    memberships: list[tuple[str, Status, int | None]] = []
+    for audiences in segments.values() if isinstance(segments, dict) else ():
+        for audience, m in audiences.items() if isinstance(audiences, dict) else ():
+            status = m.get("status") if isinstance(m, dict) else None
+            if isinstance(audience, str) and status in STATUSES:
+                ts = _time_or_none(m.get("lastQualificationTime"))
+                memberships.append((audience, cast(Status, status), ts))
+    return _Parsed([], memberships, {}, _time_or_none(raw.get("timestamp")))
+
+
+def _time_or_none(value: object) -> int | None:
+    try:
+        return _optional_time(value)
+    except ValueError:
+        return None
+
+
 def _or_empty(value: object) -> object:
     return {} if value is None else value
 
@@ -244,26 +308,14 @@ def _fast_memberships(segments: dict[Any, Any]) -> list[tuple[str, Status, int |
     return memberships
 
 
-def _audience_changes(
-    memberships: list[tuple[str, Status, int | None]], destination: Destination, event_ms: int
-) -> tuple[dict[str, FieldChange], int]:
-    changes: dict[str, FieldChange] = {}
-    ignored = 0
-    fields = destination.audience_fields
-    for audience, status, ts in memberships:
-        field = fields.get(audience)
-        if field is None:
-            ignored += 1
-            continue
-        change = FieldChange(
-            field, destination.status_values[status], event_ms if ts is None else ts
-        )
-        # The same audience under two namespaces: the newer evaluation wins.
-        if field not in changes or changes[field].ts_ms <= change.ts_ms:
-            changes[field] = change
+def _audience_changes(newest: Newest, destination: Destination) -> dict[str, FieldChange]:
+    changes = {
+        field: FieldChange(field, destination.status_values[status], version)
+        for field, (_, status, version) in newest.items()
+    }
     # A status whose value is configured as null writes nothing (docs/admin.md): the field
     # keeps what it holds. Dropped only now, so it still wins over an older evaluation.
-    return {f: c for f, c in changes.items() if c.value is not None}, ignored
+    return {f: c for f, c in changes.items() if c.value is not None}
 
 
 def _attribute_changes(

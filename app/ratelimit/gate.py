@@ -25,11 +25,10 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import MovingWindowSupport, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
-from limits.storage import storage_from_string
 from redis.exceptions import RedisError
 
 from app.core.keys import DEFAULT_RATE_LIMIT, Keys
-from app.core.redis_client import limits_storage_uri
+from app.core.redis_client import limits_storage, limits_storage_uri
 from app.core.settings import Settings
 from app.outreach.answers import Answer
 from app.ratelimit.governing import CAREFUL_MIN, CAREFUL_SHARE, QuotaLimits, quota_limits
@@ -441,21 +440,12 @@ class QuotaGate:
 
 
 def _window_storage(uri: str, prefix: str, redis: redis.asyncio.Redis) -> Storage:
-    # limits prepends "<key_prefix>:" itself, so the window key lands under quota(user).
-    options: dict[str, Any] = {
-        "implementation": "redispy",
-        "key_prefix": prefix,
-        "wrap_exceptions": True,
-    }
-    if uri.startswith(("async+redis://", "async+rediss://")):
-        # Share the caller's pool: one set of connections, surely the same database, and
-        # closed with the caller's client (limits' storage has no close of its own).
-        options["connection_pool"] = redis.connection_pool
-    elif uri.startswith("async+redis+sentinel://"):
-        # The caller's client already follows the Sentinels' master: share its pool too.
-        options["connection_pool"] = redis.connection_pool
-        uri = "async+redis://"
-    return cast(Storage, storage_from_string(uri, **options))
+    # The caller's client already names the database (and follows a Sentinel master): the
+    # storage shares its pool. limits prepends "<prefix>:", so the window key lands under
+    # quota(user).
+    if not uri.startswith(("async+redis://", "async+rediss://", "async+redis+sentinel://")):
+        raise ValueError(f"the quota gate keeps its windows in Redis, not {uri!r}")
+    return limits_storage(redis, key_prefix=prefix)
 
 
 @lru_cache(maxsize=4096)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any, Literal, cast
 
 import redis
@@ -21,6 +19,8 @@ import redis.asyncio as aioredis
 
 from app.core.errors import StoreUnavailable
 from app.core.keys import Keys
+from app.core.operations import Eval, Op
+from app.core.scripts import package_scripts
 
 Verdict = Literal["same", "new", "changed", "conflict"]
 
@@ -42,9 +42,7 @@ class Learned:
     table: dict[str, int]
 
 
-@cache
-def _script() -> str:
-    return resources.files("app.store").joinpath("lua", "audience_learn.lua").read_text()
+SCRIPTS = package_scripts("app.store")
 
 
 def _call(
@@ -65,36 +63,18 @@ def _decode(raw: bytes | str) -> Learned:
     return Learned(tuple(decisions), {str(a): int(n) for a, n in doc["t"].items()})
 
 
-def learn_sync(
-    client: redis.Redis,
+def learn_op(
     keys: Keys,
     dest: str,
     proposals: Sequence[tuple[str, int]],
     lookups: Sequence[str] = (),
     *,
     now_ms: int,
-) -> Learned:
+) -> Op[Learned]:
     """Record ``proposals`` under the rules and look up ``lookups``; one atomic script call."""
     kk, args = _call(keys, dest, proposals, lookups, now_ms)
     try:
-        return _decode(cast("bytes", client.register_script(_script())(keys=kk, args=args)))
-    except redis.RedisError as exc:
-        raise StoreUnavailable(str(exc)) from exc
-
-
-async def learn_async(
-    client: aioredis.Redis,
-    keys: Keys,
-    dest: str,
-    proposals: Sequence[tuple[str, int]],
-    lookups: Sequence[str] = (),
-    *,
-    now_ms: int,
-) -> Learned:
-    """``learn_sync`` for the API's event loop."""
-    kk, args = _call(keys, dest, proposals, lookups, now_ms)
-    try:
-        raw = await client.register_script(_script())(keys=kk, args=args)
+        raw = yield Eval(SCRIPTS, "audience_learn", kk, args)
     except redis.RedisError as exc:
         raise StoreUnavailable(str(exc)) from exc
     return _decode(cast("bytes", raw))
@@ -113,20 +93,10 @@ async def mapping_issues(client: aioredis.Redis, keys: Keys, dest: str) -> list[
     return sorted(issues, key=lambda i: -int(i.get("at_ms") or 0))
 
 
-_FORGET = """
-local n = redis.call('HGET', KEYS[1], ARGV[1])
-if not n then return false end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-if redis.call('HGET', KEYS[2], n) == ARGV[1] then redis.call('HDEL', KEYS[2], n) end
-return n
-"""
-
-
 def forget_sync(client: redis.Redis, keys: Keys, dest: str, audience: str) -> int | None:
     """Drop an audience's learned mapping, freeing its mapping ID; returns that ID (if any)."""
     kk = [keys.audience_map(dest), keys.mapping_holders(dest), keys.mapping_issues(dest)]
-    held = client.eval(_FORGET, 3, *kk, audience)
+    held = SCRIPTS.sync(client, "audience_forget")(keys=kk, args=[audience])
     return None if held is None else int(cast("bytes", held))
 
 

@@ -3,8 +3,9 @@
 Every count is a field of two Redis hashes of the destination: the totals (``Keys.counters``,
 kept for good, read by older tools under the same names) and the current hour's
 (``Keys.metrics_hour``, kept ``METRICS_RETENTION_HOURS``). A writer adds a whole batch's counts
-in one pipelined round trip (``write_sync`` / ``write_async``); the Lua scripts count what only
-they see (no-op skips in ``claim.lua``, retries in ``settle.lua``) into the same two hashes.
+in one pipelined round trip (``count_op``, run by ``write_sync`` / ``write_async``); the Lua
+scripts count what only they see (no-op skips in ``claim.lua``, retries in ``settle.lua``)
+into the same two hashes.
 
 Per-audience counts are keyed by mapping ID, ``m<N>:<metric>``: the ``customN`` field is what
 Outreach holds, so a count stays with it; the audience id is looked up in the destination's
@@ -17,7 +18,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, cast
 
 import redis
@@ -25,6 +25,8 @@ import redis.asyncio as aioredis
 
 from app.config.destinations import STATUSES, Destination
 from app.core.keys import Keys
+from app.core.operations import Commands, Op, Pipeline, run_async, run_sync
+from app.core.scripts import package_scripts
 from app.outreach.fields import custom_field
 
 HOUR_S = 3600
@@ -68,12 +70,9 @@ def mapping_id_of(name: str) -> int | None:
 
 
 def queue_counts(
-    pipe: redis.client.Pipeline | aioredis.client.Pipeline,
-    keys: Keys,
-    dest: str,
-    counts: Mapping[str, int],
-    now_s: float,
+    pipe: Pipeline, keys: Keys, dest: str, counts: Mapping[str, int], now_s: float
 ) -> bool:
+    """Queue ``counts`` onto ``pipe``; False when all were zero (nothing queued)."""
     hour = keys.metrics_hour(dest, hour_of(now_s))
     queued = False
     for name, n in counts.items():
@@ -86,6 +85,14 @@ def queue_counts(
     return queued
 
 
+def count_op(
+    keys: Keys, dest: str, counts: Mapping[str, int], *, now_s: float | None = None
+) -> Op[None]:
+    """Add ``counts`` to the destination's totals and current hour, in one round trip."""
+    now = time.time() if now_s is None else now_s
+    yield Commands(lambda pipe: queue_counts(pipe, keys, dest, counts, now))
+
+
 def write_sync(
     client: redis.Redis,
     keys: Keys,
@@ -94,24 +101,15 @@ def write_sync(
     *,
     now_s: float | None = None,
 ) -> None:
-    """Add ``counts`` to the destination's totals and current hour, in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    if queue_counts(pipe, keys, dest, counts, time.time() if now_s is None else now_s):
-        pipe.execute()
+    """``count_op`` with a synchronous client."""
+    run_sync(client, count_op(keys, dest, counts, now_s=now_s))
 
 
 async def write_async(
-    client: aioredis.Redis,
-    keys: Keys,
-    dest: str,
-    counts: Mapping[str, int],
-    *,
-    now_s: float | None = None,
+    client: aioredis.Redis, keys: Keys, dest: str, counts: Mapping[str, int]
 ) -> None:
-    """Add ``counts`` to the destination's totals and current hour, in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    if queue_counts(pipe, keys, dest, counts, time.time() if now_s is None else now_s):
-        await pipe.execute()
+    """``count_op`` with an asyncio client, now."""
+    await run_async(client, count_op(keys, dest, counts))
 
 
 def status_of(dest: Destination, value: object) -> str:
@@ -286,11 +284,8 @@ class Lag:
         return None if self.oldest_ms is None else max(0, now_ms - self.oldest_ms) / 1000
 
 
-_OLDEST = resources.files("app.store").joinpath("lua", "oldest.lua").read_text()
-
-
 async def read_lag(client: aioredis.Redis, keys: Keys, dest: str) -> Lag:
-    script = client.register_script(_OLDEST)
+    script = package_scripts("app.store").aio(client, "oldest")
     res = await script(keys=[keys.first_seen(dest)], args=[LAG_EXACT_UP_TO])
     oldest = int(res[0])
     return Lag(None if oldest < 0 else oldest, bool(int(res[1])), int(res[2]))

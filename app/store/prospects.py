@@ -1,6 +1,6 @@
 """The coalescing store: pending changes per destination and prospect, kept in Redis.
 
-All multi-key updates run as the Lua scripts in ``app/lua`` (atomic, one round trip).
+All multi-key updates run as the Lua scripts in ``app/store/lua`` (atomic, one round trip).
 ``encode`` gives every value one canonical JSON text, so equal values compare equal in Lua.
 """
 
@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal, cast
 
 import redis
 import redis.asyncio as aioredis
 
+from app.config.destinations import Destination
 from app.core.errors import StoreUnavailable, UnknownDestination
-from app.core.keys import RECENT_FAILURES_KEPT, WAKE_KEEP, Keys
+from app.core.keys import RECENT_FAILURES_KEPT, Keys
+from app.core.operations import Eval, Op, run_async, run_sync
+from app.core.scripts import package_scripts
+from app.core.wake import wake
 from app.store.counters import hour_of, write_async
 
 #: How a claimed prospect ends: delivered, retried (counts an attempt), deferred (no
@@ -32,8 +35,15 @@ def encode(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
-def _lua(name: str) -> str:
-    return resources.files("app.store").joinpath("lua", f"{name}.lua").read_text()
+#: The store's scripts (``app/store/lua``).
+SCRIPTS = package_scripts("app.store")
+
+
+def effective_window_ms(destination: Destination, default_ms: int) -> int:
+    """How long ``destination`` gathers a prospect's changes: its own ``coalesce_window_ms``,
+    else the deployment's (``Settings.coalesce_window_ms``)."""
+    own = destination.coalesce_window_ms
+    return default_ms if own is None else own
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +93,7 @@ def poll_sync(
     slot_ttl_ms: int,
 ) -> Poll:
     """The dispatcher's look at a destination (see ``lua/poll.lua``)."""
-    script = client.register_script(_lua("poll"))
+    script = SCRIPTS.sync(client, "poll")
     res = script(
         keys=[keys.due(dest), keys.leases(dest), keys.drainers(dest), keys.hold(dest)],
         args=[now_ms, batch, max_drainers, slot_ttl_ms],
@@ -118,12 +128,26 @@ def _chunks(
         yield items[start : start + MERGE_CHUNK]
 
 
-def wake_sync(client: redis.Redis, keys: Keys, dest: str) -> None:
-    """Tell the dispatchers that ``dest`` has newly pending prospects."""
-    pipe = client.pipeline(transaction=False)
-    pipe.rpush(keys.wake(), dest)
-    pipe.ltrim(keys.wake(), -WAKE_KEEP, -1)
-    pipe.execute()
+def merge_op(
+    keys: Keys,
+    dest: str,
+    changes: Mapping[int, Sequence[Change]],
+    *,
+    now_ms: int,
+    window_ms: int,
+) -> Op[MergeResult]:
+    """Merge changes into the pending state (``lua/merge.lua``, a chunk of prospects per
+    call) and wake the dispatchers when some prospect newly fell pending."""
+    total = MergeResult()
+    try:
+        for chunk in _chunks(changes):
+            kk, args = _merge_call(keys, dest, chunk, now_ms, window_ms)
+            total += MergeResult(*(yield Eval(SCRIPTS, "merge", kk, args)))
+        if total.newly_due:
+            yield from wake(keys, dest)
+    except redis.RedisError as exc:
+        raise _merge_error(dest, exc) from exc
+    return total
 
 
 def merge_sync(
@@ -135,18 +159,8 @@ def merge_sync(
     now_ms: int,
     window_ms: int,
 ) -> MergeResult:
-    """Merge changes from a synchronous producer (CLI, Python API, Celery task)."""
-    script = client.register_script(_lua("merge"))
-    total = MergeResult()
-    try:
-        for chunk in _chunks(changes):
-            kk, args = _merge_call(keys, dest, chunk, now_ms, window_ms)
-            total += MergeResult(*script(keys=kk, args=args))
-        if total.newly_due:
-            wake_sync(client, keys, dest)
-    except redis.RedisError as exc:
-        raise _merge_error(dest, exc) from exc
-    return total
+    """``merge_op`` for a synchronous producer (CLI, Python API, Celery task, replay)."""
+    return run_sync(client, merge_op(keys, dest, changes, now_ms=now_ms, window_ms=window_ms))
 
 
 def _prospect_prefix(keys: Keys, dest: str) -> str:
@@ -168,29 +182,13 @@ class ProspectStore:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self._merge = client.register_script(_lua("merge"))
-        self._claim = client.register_script(_lua("claim"))
-        self._settle = client.register_script(_lua("settle"))
-        self._poll = client.register_script(_lua("poll"))
-        self._renew = client.register_script(_lua("renew"))
 
     async def merge(
         self, dest: str, changes: Mapping[int, Sequence[Change]], *, now_ms: int, window_ms: int
     ) -> MergeResult:
-        total = MergeResult()
-        try:
-            for chunk in _chunks(changes):
-                kk, args = _merge_call(self.keys, dest, chunk, now_ms, window_ms)
-                total += MergeResult(*await self._merge(keys=kk, args=args))
-            if total.newly_due:
-                wake = self.keys.wake()
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.rpush(wake, dest)
-                pipe.ltrim(wake, -WAKE_KEEP, -1)
-                await pipe.execute()
-        except redis.RedisError as exc:
-            raise _merge_error(dest, exc) from exc
-        return total
+        """``merge_op`` for the HTTP API."""
+        op = merge_op(self.keys, dest, changes, now_ms=now_ms, window_ms=window_ms)
+        return await run_async(self.redis, op)
 
     def _dest_keys(self, dest: str) -> list[str]:
         k = self.keys
@@ -209,7 +207,7 @@ class ProspectStore:
     ) -> list[Claimed]:
         prefix = _prospect_prefix(self.keys, dest)
         hour = self.keys.metrics_hour(dest, hour_of(now_ms / 1000))
-        flat = await self._claim(
+        flat = await SCRIPTS.aio(self.redis, "claim")(
             keys=[*self._dest_keys(dest), hour],
             args=[now_ms, lease_ms, batch, token, prefix, self.keys.metrics_ttl_s()],
         )
@@ -226,7 +224,8 @@ class ProspectStore:
     async def renew(self, dest: str, prospect: int, token: str, *, until_ms: int) -> bool:
         """Extend the claim on ``prospect`` to ``until_ms`` if it is still ``token``'s."""
         kk = [self.keys.leases(dest), self.keys.lease_tokens(dest)]
-        return bool(await self._renew(keys=kk, args=[prospect, token, until_ms]))
+        renew = SCRIPTS.aio(self.redis, "renew")
+        return bool(await renew(keys=kk, args=[prospect, token, until_ms]))
 
     async def settle(
         self,
@@ -252,17 +251,7 @@ class ProspectStore:
         ]
         ttl = k.metrics_ttl_s()
         args = [prospect, token, now_ms, window_ms, outcome, due_ms, ttl, *fields]
-        return bool(await self._settle(keys=kk, args=args))
-
-    async def poll(
-        self, dest: str, *, now_ms: int, batch: int, max_drainers: int, slot_ttl_ms: int
-    ) -> Poll:
-        k = self.keys
-        res = await self._poll(
-            keys=[k.due(dest), k.leases(dest), k.drainers(dest), k.hold(dest)],
-            args=[now_ms, batch, max_drainers, slot_ttl_ms],
-        )
-        return parse_poll(res)
+        return bool(await SCRIPTS.aio(self.redis, "settle")(keys=kk, args=args))
 
     async def hold(self, dest: str, until_ms: int, *, now_ms: int) -> None:
         """Start no drain for ``dest`` before ``until_ms`` (the quota is spent until then)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from importlib import resources
 from typing import cast
 
 import redis
@@ -17,7 +16,10 @@ import redis.asyncio as aioredis
 from app.config.destinations import Config, Connection, Destination
 from app.connections.crypto import TokenCipher, default_cipher
 from app.connections.records import ConnectionStoreSync, stored_metadata
-from app.core.keys import WAKE_KEEP, Keys
+from app.core.keys import Keys
+from app.core.operations import run_async
+from app.core.scripts import package_scripts
+from app.core.wake import queue_wake, wake
 
 #: How long a reader trusts its copy: the delay before an edit reaches running workers.
 CACHE_TTL_S = 2.0
@@ -40,8 +42,7 @@ def publish_sync(
         # (swap_destination), a hold set while it was disabled is lifted and it is woken.
         pipe.delete(keys.invalid_mappings(dest.id))
         pipe.delete(keys.hold(dest.id))
-        pipe.rpush(keys.wake(), dest.id)
-    pipe.ltrim(keys.wake(), -WAKE_KEEP, -1)
+    queue_wake(pipe, keys, *(dest.id for dest in config.destinations))
     pipe.execute()
     for conn_id in unblocked:
         # Destinations held while their connection could not send start again; only then,
@@ -52,9 +53,6 @@ def publish_sync(
 def destination_sync(client: redis.Redis, keys: Keys, dest_id: str) -> Destination | None:
     raw = cast("bytes | None", client.hget(keys.destinations(), dest_id))
     return None if raw is None else Destination.model_validate_json(raw)
-
-
-_SWAP = resources.files("app.store").joinpath("lua", "swap_destination.lua").read_text()
 
 
 async def stored_destinations(client: aioredis.Redis, keys: Keys) -> dict[str, bytes]:
@@ -85,13 +83,16 @@ async def swap_destination(
     A deletion ``only_if_idle`` raises ``DestinationBusy`` when anything is pending, in
     flight or failed, checked in the same script as the deletion."""
     doc = new.model_dump_json() if new else ""
-    args: list[str | bytes | int] = [dest_id, expected or b"", doc, WAKE_KEEP]
-    args.append("1" if only_if_idle else "0")
-    keys_ = [keys.destinations(), keys.invalid_mappings(dest_id), keys.hold(dest_id), keys.wake()]
+    args: list[str | bytes] = [dest_id, expected or b"", doc, "1" if only_if_idle else "0"]
+    keys_ = [keys.destinations(), keys.invalid_mappings(dest_id), keys.hold(dest_id)]
     keys_ += [keys.due(dest_id), keys.leases(dest_id), keys.failures(dest_id)]
-    done = await cast("Awaitable[int]", client.eval(_SWAP, len(keys_), *keys_, *args))
+    swap = package_scripts("app.store").aio(client, "swap_destination")
+    done = await swap(keys=keys_, args=args)
     if done == -1:
         raise DestinationBusy(dest_id)
+    if done and new is not None:
+        # An edit (enabling, say) lifted a hold set while it was disabled: start its drains.
+        await run_async(client, wake(keys, dest_id))
     return bool(done)
 
 

@@ -15,7 +15,9 @@ import redis
 
 from app.core.errors import StoreUnavailable
 from app.core.keys import Keys
-from app.store.prospects import _lua, wake_sync
+from app.core.operations import run_sync
+from app.core.wake import wake
+from app.store.prospects import SCRIPTS
 
 #: Prospects per script call: bounds how long one script holds Redis.
 RESYNC_BATCH = 200
@@ -59,7 +61,7 @@ def resync(
     scheduled here; their ack schedules them. Returns the prospects that will be sent again.
     """
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    script = client.register_script(_lua("resync"))
+    script = SCRIPTS.sync(client, "resync")
     total = 0
     try:
         for batch in _delivered_prospects(client, keys, destination):
@@ -67,7 +69,7 @@ def resync(
             scheduled, _ = script(keys=kk, args=[now, window_ms, *batch])
             total += int(scheduled)
         if total:
-            wake_sync(client, keys, destination)
+            run_sync(client, wake(keys, destination))
     except redis.RedisError as exc:
         raise StoreUnavailable(str(exc)) from exc
     return total
