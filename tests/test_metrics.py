@@ -16,10 +16,11 @@ import redis.asyncio as aioredis
 from app.core.keys import Keys
 from app.ingest.batch import ingest_sync
 from app.ops.status import BadQuery, collect_status, destination_status, parse_hours
-from app.ops.status_doc import DestinationStatus, governing_limit
+from app.ops.status_doc import DestinationStatus, governing
 from app.ops.status_table import render_table
 from app.outreach.answers import parse_answer
 from app.ratelimit.gate import gate_for
+from app.ratelimit.governing import quota_limits
 from app.store import counters as metrics
 from app.store.prospects import ProspectStore, encode
 from app.store.registry import Registry, publish_sync
@@ -272,17 +273,17 @@ def test_status_failures_never_show_a_value_and_come_from_the_recent_index(
 
 
 def test_governing_limit_is_the_lower_and_the_configured_one_always_caps() -> None:
-    assert governing_limit(10_000, None).model_dump(exclude={"why"}) == {
+    assert governing(quota_limits(10_000, None)).model_dump(exclude={"why"}) == {
         "limit": 10_000,
         "source": "configured",
     }
-    server = governing_limit(1_000_000, 10_000)
+    server = governing(quota_limits(1_000_000, 10_000))
     assert (server.limit, server.source) == (10_000, "reported")
-    ours = governing_limit(5_000, 10_000)
+    ours = governing(quota_limits(5_000, 10_000))
     assert (ours.limit, ours.source) == (5_000, "configured")
     assert "caps spending" in ours.why
     # Equal: the gate follows Outreach's count (its report governs, our window rests).
-    assert governing_limit(10_000, 10_000).source == "reported"
+    assert governing(quota_limits(10_000, 10_000)).source == "reported"
 
 
 @pytest.mark.parametrize(

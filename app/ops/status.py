@@ -32,7 +32,7 @@ from app.ops.status_doc import (
     Metrics,
     Quota,
     WindowFlow,
-    governing_limit,
+    governing,
 )
 from app.ratelimit.gate import QuotaGate, gate_for
 from app.store import counters as metrics
@@ -184,14 +184,11 @@ async def read_quota(
     """``user``'s quota: our window (the gate's state), Outreach's last report and the limit
     that governs."""
     q = await gate.state(user, limit=rate_limit)
-    item = parse_limit(rate_limit)
-    # The gate's record of Outreach's last report (written by quota_observe.lua).
-    raw = await cast("Any", client.hmget(f"{keys.quota(user)}:server", ["limit", "remaining"]))
-    reported, told = _whole(raw[0]), _whole(raw[1])
+    reported = q.limits.reported
     spent = None
-    if reported is not None and told is not None and q.server_reset_s is not None:
-        spent = max(0, reported - told)
-    gov = governing_limit(item.amount, reported)
+    if reported is not None and q.server_told is not None:
+        spent = max(0, reported - q.server_told)
+    gov = governing(q.limits)
     return Quota(
         user=user,
         limit=q.limit,
@@ -201,21 +198,14 @@ async def read_quota(
         paused_until_s=q.paused_until_s,
         server_remaining=q.server_remaining,
         server_reset_s=q.server_reset_s,
-        window_s=item.get_expiry(),
-        configured_limit=item.amount,
+        window_s=parse_limit(rate_limit).get_expiry(),
+        configured_limit=q.limits.configured,
         reported_limit=reported,
         outreach_spent=spent,
         governing_limit=gov.limit,
         governing=gov.source,
         governing_why=gov.why,
     )
-
-
-def _whole(raw: bytes | str | None) -> int | None:
-    try:
-        return None if raw is None else int(float(raw))
-    except ValueError:
-        return None
 
 
 async def _connection(

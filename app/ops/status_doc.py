@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.ratelimit.governing import QuotaLimits
 from app.store import counters as metrics
 
 
@@ -223,21 +224,15 @@ class DestinationStatus(_Doc):
         return out
 
 
-def governing_limit(configured: int, reported: int | None) -> Governing:
-    """Which limit caps a user's spending per window. The configured ``rate_limit`` always
-    caps it, even when Outreach reports more; Outreach's reported limit governs when lower.
-
-    The one place this is decided for display: when the gate exposes its own decision, read
-    it here instead."""
-    if reported is None:
+def governing(limits: QuotaLimits) -> Governing:
+    """The gate's decision of which limit caps a user's spending (``ratelimit.governing``),
+    with the reason an operator reads."""
+    if limits.reported is None:
         why = "Outreach has not reported a limit: the configured rate_limit governs"
-        return Governing(limit=configured, source="configured", why=why)
-    if reported <= configured:
-        why = (
-            "Outreach reports a lower limit than the configured rate_limit: Outreach's governs"
-            if reported < configured
-            else "Outreach reports the configured limit: spending follows Outreach's count"
-        )
-        return Governing(limit=reported, source="reported", why=why)
-    why = "the configured rate_limit caps spending even though Outreach allows more"
-    return Governing(limit=configured, source="configured", why=why)
+    elif limits.source == "configured":
+        why = "the configured rate_limit caps spending even though Outreach allows more"
+    elif limits.reported < limits.configured:
+        why = "Outreach reports a lower limit than the configured rate_limit: Outreach's governs"
+    else:
+        why = "Outreach reports the configured limit: spending follows Outreach's count"
+    return Governing(limit=limits.governing, source=limits.source, why=why)

@@ -130,6 +130,8 @@ class QuotaState:
     server_remaining: int | None
     server_reset_s: float | None
     limits: QuotaLimits
+    #: What Outreach itself last said was left in its window (no in-flight deduction).
+    server_told: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +344,7 @@ class QuotaGate:
             server_remaining=max(0, int(_num(server[0]) - _num(server[2]))) if active else None,
             server_reset_s=server_reset if active else None,
             limits=quota_limits(item.amount, int(_num(server[3])) if server[3] else None),
+            server_told=int(_num(server[0])) if active else None,
         )
 
     # Internals ----------------------------------------------------------------------------
