@@ -20,7 +20,7 @@ ERROR_TITLES = {
     415: "The body is not declared JSON (Content-Type: application/json)",
     422: "The body is well-formed but invalid; each error names its member",
     429: "Too many requests for this key; see Retry-After",
-    503: "Not available now (Redis unreachable, or OAuth not configured)",
+    503: "Not available now (Redis unreachable, or OAuth not configured); see Retry-After",
 }
 
 
@@ -214,6 +214,12 @@ def schemas() -> Doc:
             "properties": {"errors": {"type": "array", "minItems": 1, "items": ref("Error")}},
         },
         "Destination": destination,
+        "DestinationReplacement": {
+            **destination,
+            "description": "A destination; its id comes from the path (the body's, if any, "
+            "must match)",
+            "required": ["name", "connection"],
+        },
         "Profile": profile,
         "IngestReport": report,
         "DestinationStatus": status,
@@ -226,7 +232,7 @@ def responses() -> Doc:
         resp: Doc = json_content(ref("Errors"), title)
         if code == 401:
             resp["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
-        if code == 429:
+        if code in (429, 503):
             resp["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
         out[f"Error{code}"] = resp
     return out

@@ -104,10 +104,10 @@ def cmd_config_load(ns: argparse.Namespace) -> int:
 
 
 def cmd_api(ns: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from app.api.app import make_app
+    from app.api.server import serve
     from app.ops.sentry import init_sentry
+    from app.ops.startup import exposure_problems
 
     s = get_settings()
     init_sentry(s, component="api")
@@ -116,7 +116,12 @@ def cmd_api(ns: argparse.Namespace) -> int:
     # of the collector's generations, full collections no longer traverse it while requests
     # allocate (HTTP ingestion about a quarter faster: docs/benchmarks.md).
     gc.freeze()
-    web.run_app(app, host=ns.host or s.api_host, port=ns.port or s.api_port, print=print)
+    host = ns.host or s.api_host
+    problems = exposure_problems(s, host)
+    if problems:
+        print("error: refusing to start:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    serve(app, host=host, port=ns.port or s.api_port, say=print)
     return 0
 
 
