@@ -32,13 +32,14 @@ def _html(description: str) -> Doc:
     return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
-def _path_param(name: str, description: str) -> Doc:
+def _path_param(name: str, description: str, *, pattern: str | None = None) -> Doc:
+    schema: Doc = {"type": "string"} if pattern is None else {"type": "string", "pattern": pattern}
     return {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string"},
+        "schema": schema,
     }
 
 
@@ -64,8 +65,8 @@ def _query(name: str, description: str, schema: Doc, *, required: bool = False) 
     }
 
 
-DEST_PARAM = _path_param("destination_id", "The destination's id")
-CONN_PARAM = _path_param("connection_id", "The connection's id")
+DEST_PARAM = _path_param("destination_id", "The destination's id", pattern=SLUG)
+CONN_PARAM = _path_param("connection_id", "The connection's id", pattern=SLUG)
 
 
 def _producer_paths(max_hours: int) -> Doc:

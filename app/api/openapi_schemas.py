@@ -62,7 +62,11 @@ def schemas() -> Doc:
             "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
             "name": {"type": "string", "minLength": 1, "maxLength": 100},
             "description": {"type": "string", "default": ""},
-            "connection": {"type": "string", "description": "An existing connection's id"},
+            "connection": {
+                "type": "string",
+                "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$",
+                "description": "An existing connection's id",
+            },
             "enabled": {
                 "type": "boolean",
                 "default": True,

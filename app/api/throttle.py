@@ -51,14 +51,23 @@ class AuthThrottle:
 THROTTLE = web.AppKey("auth_throttle", AuthThrottle)
 
 
-def _carries_key(request: web.Request) -> bool:
-    return "Authorization" in request.headers or "X-API-Key" in request.headers
+#: Routes that never look at a key: a stray header there is no attempt.
+OPEN_ROUTES = frozenset(
+    {"/healthz", "/readyz", "/openapi.json", "/oauth/callback", "/status/assets/{name}"}
+)
+
+
+def _attempts_auth(request: web.Request) -> bool:
+    if "Authorization" not in request.headers and "X-API-Key" not in request.headers:
+        return False
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical not in OPEN_ROUTES
 
 
 @web.middleware
 async def throttle_failed_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """429 for an address over its failed-authentication budget; counts each new failure."""
-    if not _carries_key(request):
+    if not _attempts_auth(request):
         return await handler(request)
     throttle = request.app[THROTTLE]
     address = request.remote or "unknown"
