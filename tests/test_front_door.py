@@ -185,6 +185,23 @@ def test_without_a_content_type_the_shape_decides_never_a_fallback() -> None:
     assert len(lines) == 2 and type(lines[1]).__name__ == "InvalidJSON"
 
 
+def test_the_cli_refuses_a_broken_document_whole(prefix: str, rclient: redis.Redis) -> None:
+    publish_sync(rclient, Keys(prefix), e2e_config())
+    pretty = json.dumps({"profiles": [profile("41"), profile("42")]}, indent=2)
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "ingest", "-", "-d", "e2e"],
+        input=pretty.replace("}\n  ]", "},\n  ]"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **settings_env(prefix, None)},
+        timeout=60,
+    )
+    assert out.returncode == 2 and "not valid JSON at line" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert pending(rclient, prefix) == []
+
+
 # (6) keys ------------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 def cmd_ingest(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from app.ingest.batch import IngestReport, read_profiles
+    from app.ingest.batch import IngestReport, MalformedDocument, read_profiles
     from app.ingest.producer import Producer, UnknownDestination, send_patiently
 
     def waiting(cause: BaseException, left_s: float) -> None:
@@ -64,6 +64,9 @@ def cmd_ingest(ns: argparse.Namespace) -> int:
         except (redis_errors.RedisError, StoreUnavailable) as exc:
             print(_not_stored(exc, ns.skip + total.received, len(chunk), ns), file=sys.stderr)
             return 1
+        except MalformedDocument as exc:
+            print(f"error: {ns.file}: {exc}; nothing was ingested", file=sys.stderr)
+            return 2
         finally:
             bar.close()
             producer.close()
