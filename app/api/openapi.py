@@ -10,7 +10,7 @@ from functools import cache
 
 from aiohttp import web
 
-from app.api.openapi_schemas import JSON, Doc, components, json_content, ref
+from app.api.openapi_schemas import JSON, SLUG, Doc, components, json_content, ref
 from app.core.keys import METRICS_RETENTION_HOURS
 
 #: Never HTTP Basic: a browser resends it by itself, even for another site's form.
@@ -18,7 +18,6 @@ PRODUCER: list[Doc] = [{"producerKey": []}, {"producerApiKey": []}, {"adminKey":
 ADMIN: list[Doc] = [{"adminKey": []}, {"adminBasic": []}]
 #: The ``hours`` bound the document states: the serving app's METRICS_RETENTION_HOURS.
 MAX_HOURS = web.AppKey("openapi_max_hours", int)
-SLUG = "^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
 def _errors(*codes: int) -> Doc:
@@ -44,10 +43,8 @@ def _path_param(name: str, description: str, *, pattern: str | None = None) -> D
 
 
 def _page_503() -> Doc:
-    return {**_html("Redis cannot be reached; try again"), "headers": RETRY_AFTER}
-
-
-RETRY_AFTER: Doc = {"Retry-After": {"schema": {"type": "integer"}}}
+    retry_after = {"Retry-After": {"schema": {"type": "integer"}}}
+    return {**_html("Redis cannot be reached; try again"), "headers": retry_after}
 
 
 def _hours(max_hours: int, description: str) -> Doc:

@@ -8,6 +8,8 @@ from app.config.destinations import STATUSES
 from app.outreach import fields as outreach_fields
 
 JSON = "application/json"
+#: Destination and connection ids (app/config/destinations.py).
+SLUG = "^[a-z0-9][a-z0-9_-]{0,63}$"
 Doc = dict[str, Any]
 #: The description of each error answer the document refers to (``ErrorNNN``).
 ERROR_TITLES = {
@@ -59,12 +61,12 @@ def schemas() -> Doc:
         "required": ["id", "name", "connection"],
         "additionalProperties": False,
         "properties": {
-            "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+            "id": {"type": "string", "pattern": SLUG},
             "name": {"type": "string", "minLength": 1, "maxLength": 100},
             "description": {"type": "string", "default": ""},
             "connection": {
                 "type": "string",
-                "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$",
+                "pattern": SLUG,
                 "description": "An existing connection's id",
             },
             "enabled": {
