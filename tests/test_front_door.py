@@ -171,6 +171,10 @@ async def test_a_broken_json_document_is_a_400_naming_the_position_and_stores_no
     detail = answer["errors"][0]["detail"]
     assert "line" in detail and "column" in detail and "nothing" in detail
     assert pending(rclient, prefix) == []
+    ndjson = json.dumps(profile("41")) + "\n" + json.dumps(profile("42"))
+    status, _, answer = await call("POST", url, body=ndjson.encode(), headers=headers)
+    assert status == 400 and "application/x-ndjson" in answer["errors"][0]["detail"]
+    assert pending(rclient, prefix) == []
 
 
 def test_without_a_content_type_the_shape_decides_never_a_fallback() -> None:

@@ -77,7 +77,8 @@ async def post_profiles(request: web.Request) -> web.Response:
     except BodyRefused as exc:
         return exc.response
     except MalformedDocument as exc:
-        return error(400, "Malformed JSON", f"{exc}; nothing of this body was stored")
+        hint = " (one profile per line? send it as application/x-ndjson)" if exc.extra else ""
+        return error(400, "Malformed JSON", f"{exc}; nothing of this body was stored{hint}")
     if not profiles:
         return error(400, "No profiles", 'send one profile, {"profiles": [...]}, or NDJSON')
     batch = await ingest_async(

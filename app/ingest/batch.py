@@ -242,6 +242,8 @@ class MalformedDocument(ValueError):
     def __init__(self, msg: str, *, line: int, column: int) -> None:
         super().__init__(f"not valid JSON at line {line} column {column}: {msg}")
         self.line, self.column = line, column
+        #: A whole document followed by more: NDJSON declared as one JSON document, likely.
+        self.extra = msg == "Extra data"
 
 
 def read_profiles(source: str | Iterable[str], *, media_type: str | None = None) -> Iterator[Any]:
