@@ -28,6 +28,15 @@ from app.core.settings import Settings
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+#: An address with no failure in the window is not asked about again for this long: a
+#: producer that authenticates pays one Redis call per second, not one per request. Its
+#: first failure in this process ends that at once, so a guesser gains at most one failure
+#: per API process per this many seconds.
+CLEAN_FOR_S = 1.0
+#: Addresses remembered as clean, at most (the oldest are forgotten first).
+MAX_CLEAN = 10_000
+
+
 class AuthThrottle:
     """Counts failed authentications per address and says when one must wait."""
 
@@ -36,16 +45,28 @@ class AuthThrottle:
         self._limiter = MovingWindowRateLimiter(storage)
         base = parse(settings.auth_failure_limit)
         self.limit: RateLimitItem = type(base)(base.amount, base.multiples, namespace="failed")
+        self._clean_until: dict[str, float] = {}
 
     async def retry_after_s(self, address: str) -> int | None:
         """None when ``address`` may try to authenticate now, else seconds until it may."""
-        if await self._limiter.test(self.limit, address):
+        if self._clean_until.get(address, 0.0) > time.monotonic():
             return None
         stats = await self._limiter.get_window_stats(self.limit, address)
+        if stats.remaining >= self.limit.amount:
+            self._remember_clean(address)
+        if stats.remaining > 0:
+            return None
         return max(1, math.ceil(stats.reset_time - time.time()))
 
     async def failed(self, address: str) -> None:
+        self._clean_until.pop(address, None)
         await self._limiter.hit(self.limit, address)
+
+    def _remember_clean(self, address: str) -> None:
+        self._clean_until.pop(address, None)
+        self._clean_until[address] = time.monotonic() + CLEAN_FOR_S
+        while len(self._clean_until) > MAX_CLEAN:
+            del self._clean_until[next(iter(self._clean_until))]
 
 
 THROTTLE = web.AppKey("auth_throttle", AuthThrottle)
