@@ -205,7 +205,7 @@ def test_production_names_every_missing_secret() -> None:
         {
             "APP_ENV": "production",
             "TOKEN_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "ADMIN_API_KEY": "admin-secret",
+            "ADMIN_API_KEY": "an-admin-secret-of-24-chars-or-more",
         }
     )
     assert startup_problems(ok) == []
@@ -219,7 +219,7 @@ def test_a_bad_key_is_named_by_position_never_echoed() -> None:
     dev = make_settings(
         {
             "APP_ENV": "production",
-            "ADMIN_API_KEY": "a",
+            "ADMIN_API_KEY": "an-admin-secret-of-24-chars-or-more",
             "TOKEN_ENCRYPTION_KEY": DEVELOPMENT_ONLY_INSECURE_KEY.decode(),
         }
     )
@@ -234,7 +234,11 @@ def test_development_without_a_key_warns_once_and_uses_the_development_key(
     settings = make_settings({})
     with caplog.at_level(logging.WARNING, logger="app.ops.startup"):
         check_startup(settings)
-    [record] = [r for r in caplog.records if r.name == "app.ops.startup"]
+    [record] = [
+        r
+        for r in caplog.records
+        if r.name == "app.ops.startup" and "TOKEN_ENCRYPTION_KEY" in r.getMessage()
+    ]
     assert "DEVELOPMENT_ONLY_INSECURE_KEY" in record.getMessage()
     assert cipher_for(settings).development
 

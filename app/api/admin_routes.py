@@ -17,6 +17,7 @@ from aiohttp import web
 
 from app.admin.destinations import Conflict, DestinationAdmin, Invalid, NotFound
 from app.api.adminauth import admin_refusal
+from app.api.bodies import BodyRefused, body_text, read_body
 from app.api.jsonapi import (
     error_object,
     error_response,
@@ -126,9 +127,9 @@ async def _body(request: web.Request) -> Any:
     if refused is not None:
         raise _Refused(refused)
     try:
-        text = await request.text()
-    except UnicodeDecodeError:
-        raise _BadBody("the body must be UTF-8") from None
+        text = body_text(request, await read_body(request))
+    except BodyRefused as exc:
+        raise _Refused(exc.response) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

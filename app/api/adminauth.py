@@ -31,6 +31,12 @@ def presented_secret(request: web.Request) -> str | None:
     return None
 
 
+def bearer_token(request: web.Request) -> str | None:
+    """The ``Authorization: Bearer`` token, if the request carries one."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
 def secret_bytes(secret: str) -> bytes:
     """``secret`` as bytes to compare. aiohttp decodes header bytes that are not UTF-8 with
     surrogateescape; encoding them back the same way gives the bytes sent (a plain

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from app.api.adminauth import admin_refusal
+from app.api.bodies import BodyRefused, body_text, read_body
 from app.api.jsonapi import error_response, unsupported_media_type
 from app.config.destinations import Connection
 from app.connections.crypto import cipher_for
@@ -106,16 +107,17 @@ def add_routes(app: web.Application, *, client: aioredis.Redis, settings: Settin
     app.on_cleanup.append(close)
 
 
-def page(status: int, title: str, message: str) -> web.Response:
+def page(
+    status: int, title: str, message: str, *, headers: dict[str, str] | None = None
+) -> web.Response:
     """A small HTML page; ``message`` is escaped."""
     body = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title></head><body>"
         f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p></body></html>"
     )
-    return web.Response(
-        status=status, text=body, content_type="text/html", headers={"Cache-Control": "no-store"}
-    )
+    headers = {"Cache-Control": "no-store", **(headers or {})}
+    return web.Response(status=status, text=body, content_type="text/html", headers=headers)
 
 
 # OAuth dance ------------------------------------------------------------------------------
@@ -268,10 +270,13 @@ async def delete_connection(request: web.Request) -> web.Response:
     if refusal is not None:
         return refusal
     conn_id = request.match_info["connection_id"]
+    force = request.query.get("force", "false").lower()
+    if force not in ("true", "false"):
+        return error_response(400, "Bad parameter", "force must be true or false")
     if await web_.store.get(conn_id) is None:
         return _not_found(conn_id)
     dests = await web_.store.destinations(conn_id)
-    if dests and request.query.get("force") != "true":
+    if dests and force != "true":
         return error_response(
             409,
             "Connection in use",
@@ -292,9 +297,12 @@ async def authorize(request: web.Request) -> web.Response:
     body = await _body(request)
     if isinstance(body, web.Response):
         return body
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        return error_response(422, "Invalid user", "user must be a string", pointer="/user")
+    user = body.get("user", _ABSENT)
+    if user is _ABSENT:
+        user = None
+    elif not isinstance(user, str) or not user:
+        detail = "user must be a non-empty string (leave it out for none)"
+        return error_response(422, "Invalid user", detail, pointer="/user")
     checked = connection_metadata(conn_id, user)
     if isinstance(checked, str):
         pointer = "/user" if checked.startswith("user") else None
@@ -307,16 +315,22 @@ async def authorize(request: web.Request) -> web.Response:
     )
 
 
+_ABSENT = object()
+
+
 async def _body(request: web.Request) -> dict[str, Any] | web.Response:
-    raw = await request.read()
-    if not raw.strip():
+    try:
+        text = body_text(request, await read_body(request))
+    except BodyRefused as exc:
+        return exc.response
+    if not text.strip():
         return {}
     # A body must be declared JSON (as on every admin write): no cross-site form post.
     refused = unsupported_media_type(request)
     if refused is not None:
         return refused
     try:
-        doc = json.loads(raw)
+        doc = json.loads(text)
     except ValueError:
         return error_response(400, "Bad JSON", "the body is not valid JSON")
     if not isinstance(doc, dict):

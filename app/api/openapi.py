@@ -10,15 +10,14 @@ from functools import cache
 
 from aiohttp import web
 
-from app.api.openapi_schemas import JSON, Doc, components, json_content, ref
+from app.api.openapi_schemas import JSON, SLUG, Doc, components, json_content, ref
+from app.core.keys import METRICS_RETENTION_HOURS
 
-PRODUCER: list[Doc] = [
-    {"producerKey": []},
-    {"producerApiKey": []},
-    {"adminKey": []},
-    {"adminBasic": []},
-]
+#: Never HTTP Basic: a browser resends it by itself, even for another site's form.
+PRODUCER: list[Doc] = [{"producerKey": []}, {"producerApiKey": []}, {"adminKey": []}]
 ADMIN: list[Doc] = [{"adminKey": []}, {"adminBasic": []}]
+#: The ``hours`` bound the document states: the serving app's METRICS_RETENTION_HOURS.
+MAX_HOURS = web.AppKey("openapi_max_hours", int)
 
 
 def _errors(*codes: int) -> Doc:
@@ -32,14 +31,25 @@ def _html(description: str) -> Doc:
     return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
-def _path_param(name: str, description: str) -> Doc:
+def _path_param(name: str, description: str, *, pattern: str | None = None) -> Doc:
+    schema: Doc = {"type": "string"} if pattern is None else {"type": "string", "pattern": pattern}
     return {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string"},
+        "schema": schema,
     }
+
+
+def _page_503() -> Doc:
+    retry_after = {"Retry-After": {"schema": {"type": "integer"}}}
+    return {**_html("Redis cannot be reached; try again"), "headers": retry_after}
+
+
+def _hours(max_hours: int, description: str) -> Doc:
+    schema = {"type": "integer", "minimum": 1, "maximum": max_hours}
+    return _query("hours", description, schema)
 
 
 def _query(name: str, description: str, schema: Doc, *, required: bool = False) -> Doc:
@@ -52,11 +62,11 @@ def _query(name: str, description: str, schema: Doc, *, required: bool = False) 
     }
 
 
-DEST_PARAM = _path_param("destination_id", "The destination's id")
-CONN_PARAM = _path_param("connection_id", "The connection's id")
+DEST_PARAM = _path_param("destination_id", "The destination's id", pattern=SLUG)
+CONN_PARAM = _path_param("connection_id", "The connection's id", pattern=SLUG)
 
 
-def _producer_paths() -> Doc:
+def _producer_paths(max_hours: int) -> Doc:
     ndjson = {"type": "string", "description": "One profile (JSON object) per line"}
     body = {
         "required": True,
@@ -74,6 +84,7 @@ def _producer_paths() -> Doc:
                 }
             },
             "application/x-ndjson": {"schema": ndjson},
+            "application/jsonl": {"schema": ndjson},
         },
     }
     return {
@@ -84,13 +95,18 @@ def _producer_paths() -> Doc:
                 "tags": ["producers"],
                 "summary": 'Send profiles (one, {"profiles": [...]}, or NDJSON)',
                 "description": "Each profile is accepted, excluded (no usable OutreachId) or "
-                "rejected (the reason names the field); one bad profile never rejects another.",
+                "rejected (the reason names the field); one bad profile never rejects another. "
+                "application/json is one document: if it does not parse, the answer is 400 "
+                "naming the position and nothing is stored. NDJSON is one profile per line: a "
+                "line that does not parse rejects only that profile. Bodies may be sent with "
+                "Content-Encoding gzip or deflate. Requests a browser marks as cross-site "
+                "(Sec-Fetch-Site, Origin) are refused with 403.",
                 "security": PRODUCER,
                 "requestBody": body,
                 "responses": {
                     "202": json_content(ref("IngestReport"), "At least one profile was accepted"),
                     "422": json_content(ref("IngestReport"), "No profile was accepted"),
-                    **_errors(400, 401, 403, 404, 413, 429, 503),
+                    **_errors(400, 401, 403, 404, 413, 415, 429, 503),
                 },
             },
         },
@@ -102,11 +118,7 @@ def _producer_paths() -> Doc:
                 "summary": "Backlog, counters and quota of a destination",
                 "security": PRODUCER,
                 "parameters": [
-                    _query(
-                        "hours",
-                        "Windows of the recent-activity figures, in hours",
-                        {"type": "integer", "minimum": 1},
-                    )
+                    _hours(max_hours, "Windows of the recent-activity figures, in hours")
                 ],
                 "responses": {
                     "200": json_content(ref("DestinationStatus"), "The destination's state"),
@@ -125,6 +137,7 @@ def _data(schema: Doc) -> Doc:
 def _admin_destination_paths() -> Doc:
     dest = json_content(_data(ref("Destination")), "The destination as stored")
     body = {"required": True, "content": {JSON: {"schema": ref("Destination")}}}
+    replacement = {"required": True, "content": {JSON: {"schema": ref("DestinationReplacement")}}}
     patch_schema = {
         "type": "object",
         "description": "JSON Merge Patch (RFC 7396) of a Destination: members given replace, "
@@ -160,7 +173,7 @@ def _admin_destination_paths() -> Doc:
                 "summary": "Every destination",
                 "responses": {
                     "200": json_content(listing, "The destinations, by id"),
-                    **_errors(401),
+                    **_errors(401, 429, 503),
                 },
             },
             "post": {
@@ -170,7 +183,7 @@ def _admin_destination_paths() -> Doc:
                 "requestBody": body,
                 "responses": {
                     "201": {**dest, "headers": {"Location": {"schema": {"type": "string"}}}},
-                    **_errors(400, 401, 409, 415, 422),
+                    **_errors(400, 401, 409, 413, 415, 422, 429, 503),
                 },
             },
         },
@@ -180,21 +193,21 @@ def _admin_destination_paths() -> Doc:
                 **op,
                 "operationId": "getDestination",
                 "summary": "One destination",
-                "responses": {"200": dest, **_errors(401, 404)},
+                "responses": {"200": dest, **_errors(401, 404, 429, 503)},
             },
             "put": {
                 **op,
                 "operationId": "replaceDestination",
                 "summary": "Replace a destination (the body's id, if any, must match)",
-                "requestBody": body,
-                "responses": {"200": dest, **_errors(400, 401, 404, 409, 415, 422)},
+                "requestBody": replacement,
+                "responses": {"200": dest, **_errors(400, 401, 404, 409, 413, 415, 422, 429, 503)},
             },
             "patch": {
                 **op,
                 "operationId": "patchDestination",
                 "summary": 'Change some members, e.g. {"enabled": false} to disable',
                 "requestBody": patch,
-                "responses": {"200": dest, **_errors(400, 401, 404, 409, 415, 422)},
+                "responses": {"200": dest, **_errors(400, 401, 404, 409, 413, 415, 422, 429, 503)},
             },
             "delete": {
                 **op,
@@ -207,7 +220,7 @@ def _admin_destination_paths() -> Doc:
                 ],
                 "responses": {
                     "200": json_content(_data(deleted), "Deleted; what was discarded"),
-                    **_errors(400, 401, 404, 409),
+                    **_errors(400, 401, 404, 409, 429, 503),
                 },
             },
         },
@@ -237,7 +250,12 @@ def _connection_paths() -> Doc:
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "user": {"type": "string", "description": "Outreach user label"}
+                        "user": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 255,
+                            "description": "Outreach user label",
+                        }
                     },
                 }
             }
@@ -252,7 +270,7 @@ def _connection_paths() -> Doc:
                 "summary": "Every Outreach connection",
                 "responses": {
                     "200": json_content(_data({"type": "array", "items": conn}), "The connections"),
-                    **_errors(401),
+                    **_errors(401, 429, 503),
                 },
             }
         },
@@ -264,7 +282,7 @@ def _connection_paths() -> Doc:
                 "summary": "One connection",
                 "responses": {
                     "200": json_content(_data(conn), "The connection"),
-                    **_errors(401, 404),
+                    **_errors(401, 404, 429, 503),
                 },
             },
             "delete": {
@@ -275,7 +293,10 @@ def _connection_paths() -> Doc:
                 "parameters": [
                     _query("force", "Remove it even if in use", {"type": "boolean"}),
                 ],
-                "responses": {"204": {"description": "Removed"}, **_errors(401, 404, 409)},
+                "responses": {
+                    "204": {"description": "Removed"},
+                    **_errors(400, 401, 404, 409, 429, 503),
+                },
             },
         },
         "/v1/admin/connections/{connection_id}/authorize": {
@@ -287,7 +308,7 @@ def _connection_paths() -> Doc:
                 "requestBody": user_body,
                 "responses": {
                     "201": json_content(authorize, "Open authorize_url in a browser"),
-                    **_errors(400, 401, 415, 422, 503),
+                    **_errors(400, 401, 413, 415, 422, 429, 503),
                 },
             },
         },
@@ -297,14 +318,24 @@ def _connection_paths() -> Doc:
                 "operationId": "oauthStart",
                 "summary": "Redirect to Outreach's authorize page (single-use, expiring state)",
                 "parameters": [
-                    _query("connection", "Connection id", {"type": "string"}, required=True),
-                    _query("user", "The Outreach user's label (quota sharing)", {"type": "string"}),
+                    _query(
+                        "connection",
+                        "Connection id",
+                        {"type": "string", "pattern": SLUG},
+                        required=True,
+                    ),
+                    _query(
+                        "user",
+                        "The Outreach user's label (quota sharing)",
+                        {"type": "string", "minLength": 1, "maxLength": 255},
+                    ),
                 ],
                 "responses": {
                     "302": {"description": "To OUTREACH_AUTHORIZE_URL"},
                     "400": _html("A bad or missing parameter"),
                     "401": {"$ref": "#/components/responses/Error401"},
                     "403": _html("A browser navigation from another site (Sec-Fetch-Site)"),
+                    **_errors(429),
                     "503": _html("OAuth is not configured (OUTREACH_CLIENT_ID/SECRET)"),
                 },
             }
@@ -317,7 +348,9 @@ def _connection_paths() -> Doc:
                 "security": [],
                 "parameters": [
                     _query("code", "The authorization code", {"type": "string"}),
-                    _query("state", "The state /oauth/start issued", {"type": "string"}),
+                    _query(
+                        "state", "The state /oauth/start issued", {"type": "string"}, required=True
+                    ),
                     _query("error", "Set when Outreach did not authorize", {"type": "string"}),
                 ],
                 "responses": {
@@ -325,13 +358,17 @@ def _connection_paths() -> Doc:
                     "400": _html("Unknown, expired or reused state, or no code"),
                     "403": _html("The user denied access"),
                     "502": _html("The token endpoint failed"),
+                    "503": _html(
+                        "Tokens could not be stored, OAuth is not configured, or Redis "
+                        "cannot be reached"
+                    ),
                 },
             }
         },
     }
 
 
-def _operator_paths() -> Doc:
+def _operator_paths(max_hours: int) -> Doc:
     text = {
         "description": "Prometheus text format",
         "content": {"text/plain": {"schema": {"type": "string"}}},
@@ -342,7 +379,7 @@ def _operator_paths() -> Doc:
         "properties": {"status": {"type": "string"}, "redis": {"type": "string"}},
     }
     open_ = {"tags": ["operations"], "security": []}
-    hours = _query("hours", "Window of the figures, in hours", {"type": "integer", "minimum": 1})
+    hours = _hours(max_hours, "Window of the figures, in hours")
     page = {"tags": ["operations"], "security": ADMIN}
     return {
         "/healthz": {
@@ -369,7 +406,7 @@ def _operator_paths() -> Doc:
                 **page,
                 "operationId": "metrics",
                 "summary": "Prometheus metrics (scrape with the admin key)",
-                "responses": {"200": text, **_errors(401)},
+                "responses": {"200": text, **_errors(401, 429)},
             }
         },
         "/status": {
@@ -381,7 +418,8 @@ def _operator_paths() -> Doc:
                 "responses": {
                     "200": _html("The page"),
                     "400": _html("A bad hours value"),
-                    **_errors(401),
+                    **_errors(401, 429),
+                    "503": _page_503(),
                 },
             }
         },
@@ -396,7 +434,8 @@ def _operator_paths() -> Doc:
                     "200": _html("The page"),
                     "400": _html("A bad hours value"),
                     "404": _html("No such destination"),
-                    **_errors(401),
+                    **_errors(401, 429),
+                    "503": _page_503(),
                 },
             },
         },
@@ -411,7 +450,7 @@ def _operator_paths() -> Doc:
                     "200": json_content({"type": "object"}, "The destination's figures"),
                     "400": _html("A bad hours value"),
                     "404": json_content({"type": "object"}, "No such destination"),
-                    **_errors(401),
+                    **_errors(401, 429, 503),
                 },
             },
         },
@@ -439,8 +478,8 @@ def _operator_paths() -> Doc:
 
 
 @cache
-def document() -> Doc:
-    """The whole OpenAPI 3.1 document."""
+def document(max_hours: int = METRICS_RETENTION_HOURS) -> Doc:
+    """The whole OpenAPI 3.1 document (``hours`` bounded by ``max_hours``)."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -452,10 +491,10 @@ def document() -> Doc:
             "source.pointer}]}.",
         },
         "paths": {
-            **_producer_paths(),
+            **_producer_paths(max_hours),
             **_admin_destination_paths(),
             **_connection_paths(),
-            **_operator_paths(),
+            **_operator_paths(max_hours),
         },
         "components": {
             **components(),
@@ -477,5 +516,5 @@ def document() -> Doc:
     }
 
 
-async def serve(_: web.Request) -> web.Response:
-    return web.json_response(document())
+async def serve(request: web.Request) -> web.Response:
+    return web.json_response(document(request.app[MAX_HOURS]))

@@ -8,6 +8,8 @@ from app.config.destinations import STATUSES
 from app.outreach import fields as outreach_fields
 
 JSON = "application/json"
+#: Destination and connection ids (app/config/destinations.py).
+SLUG = "^[a-z0-9][a-z0-9_-]{0,63}$"
 Doc = dict[str, Any]
 #: The description of each error answer the document refers to (``ErrorNNN``).
 ERROR_TITLES = {
@@ -20,7 +22,7 @@ ERROR_TITLES = {
     415: "The body is not declared JSON (Content-Type: application/json)",
     422: "The body is well-formed but invalid; each error names its member",
     429: "Too many requests for this key; see Retry-After",
-    503: "Not available now (Redis unreachable, or OAuth not configured)",
+    503: "Not available now (Redis unreachable, or OAuth not configured); see Retry-After",
 }
 
 
@@ -59,10 +61,14 @@ def schemas() -> Doc:
         "required": ["id", "name", "connection"],
         "additionalProperties": False,
         "properties": {
-            "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+            "id": {"type": "string", "pattern": SLUG},
             "name": {"type": "string", "minLength": 1, "maxLength": 100},
             "description": {"type": "string", "default": ""},
-            "connection": {"type": "string", "description": "An existing connection's id"},
+            "connection": {
+                "type": "string",
+                "pattern": SLUG,
+                "description": "An existing connection's id",
+            },
             "enabled": {
                 "type": "boolean",
                 "default": True,
@@ -214,6 +220,12 @@ def schemas() -> Doc:
             "properties": {"errors": {"type": "array", "minItems": 1, "items": ref("Error")}},
         },
         "Destination": destination,
+        "DestinationReplacement": {
+            **destination,
+            "description": "A destination; its id comes from the path (the body's, if any, "
+            "must match)",
+            "required": ["name", "connection"],
+        },
         "Profile": profile,
         "IngestReport": report,
         "DestinationStatus": status,
@@ -226,7 +238,7 @@ def responses() -> Doc:
         resp: Doc = json_content(ref("Errors"), title)
         if code == 401:
             resp["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
-        if code == 429:
+        if code in (429, 503):
             resp["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
         out[f"Error{code}"] = resp
     return out

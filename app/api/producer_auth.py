@@ -3,6 +3,11 @@
 Wraps the producers' routes (``guarded(handler)``). Unauthenticated ingestion is refused in
 every mode: a development deployment creates a key (``outreach-sync keys create``) as
 ``make run`` does. The check runs before the body is read, so a refused request costs little.
+
+Keys come only as ``Authorization: Bearer`` or ``X-API-Key``, never as HTTP Basic: a browser
+resends cached Basic credentials by itself, so another site's form could write through an
+operator's browser; a header a page sets needs a CORS preflight we never grant. Requests a
+browser marks as cross-site (``Sec-Fetch-Site``, a foreign ``Origin``) are refused outright.
 """
 
 from __future__ import annotations
@@ -17,13 +22,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 from limits import RateLimitItem, parse
-from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from redis.exceptions import RedisError
 
 from app.admin.producer_keys import KeyRefused, ProducerKey, ProducerKeys
-from app.api.adminauth import presented_secret, secret_bytes
+from app.api.adminauth import bearer_token, secret_bytes
 from app.api.jsonapi import error_response, store_unavailable
 from app.core.redis_client import limits_storage
 from app.core.settings import Settings
@@ -58,17 +62,21 @@ class ProducerGuard:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.keys = ProducerKeys(client, settings.keys)
         self._admin_key = settings.admin_api_key
-        self._limiter = MovingWindowRateLimiter(_storage(client, settings))
+        storage = limits_storage(client, key_prefix=settings.keys.producer_rate())
+        self._limiter = MovingWindowRateLimiter(storage)
         base = parse(settings.producer_rate_limit)
         #: Requests per key, one moving window per key id.
         self.limit: RateLimitItem = type(base)(base.amount, base.multiples, namespace="window")
 
     async def caller(self, request: web.Request) -> Caller:
         """The request's caller; ``KeyRefused`` when it carries no usable key."""
-        presented = request.headers.get("X-API-Key", "").strip() or presented_secret(request)
+        presented = request.headers.get("X-API-Key", "").strip() or bearer_token(request)
         if not presented:
+            scheme = request.headers.get("Authorization", "").partition(" ")[0].lower()
+            basic = " (HTTP Basic is not accepted on producer routes)" if scheme == "basic" else ""
             raise MissingKey(
                 "send a producer API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+                + basic
             )
         admin = self._admin_key
         if admin is not None and hmac.compare_digest(
@@ -85,11 +93,6 @@ class ProducerGuard:
         return max(1, math.ceil(stats.reset_time - time.time()))
 
 
-def _storage(client: aioredis.Redis, settings: Settings) -> Storage:
-    # The windows land under Keys.producer_rate, in the API's own pool.
-    return limits_storage(client, key_prefix=settings.keys.producer_rate())
-
-
 GUARD = web.AppKey("producer_guard", ProducerGuard)
 
 
@@ -98,6 +101,9 @@ def guarded(handler: Handler) -> Handler:
     403 for a destination outside the key's scope."""
 
     async def check(request: web.Request) -> web.StreamResponse:
+        refused = cross_site_refusal(request)
+        if refused is not None:
+            return refused
         guard = request.app[GUARD]
         try:
             caller = await guard.caller(request)
@@ -123,6 +129,29 @@ def guarded(handler: Handler) -> Handler:
         return await handler(request)
 
     return check
+
+
+#: What browsers say (``Sec-Fetch-Site``) of a request from our own origin or typed by hand.
+SAME_SITE_FETCHES = frozenset({"same-origin", "none"})
+
+
+def cross_site_refusal(request: web.Request) -> web.Response | None:
+    """None unless a browser says the request comes from another site; then the 403."""
+    site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+    origin = request.headers.get("Origin")
+    foreign = bool(site) and site not in SAME_SITE_FETCHES
+    if origin is not None and not foreign:
+        _, _, host = origin.strip().partition("://")
+        # Only the host is compared: behind a TLS proxy the scheme we see may differ.
+        foreign = not host or host.lower() != request.host.lower()
+    if not foreign:
+        return None
+    return error_response(
+        403,
+        "Cross-site request refused",
+        "a browser marked this request as sent from another site (Sec-Fetch-Site or "
+        "Origin); producers send from servers, not from web pages",
+    )
 
 
 def _unauthorized(exc: KeyRefused) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,6 @@ from typing import Any
 
 import redis
 
-from app.cli.processes import stop_all
 from app.cli.sample import Sample, generate
 from app.config.destinations import load_config
 
@@ -88,6 +88,11 @@ def _clear_prefix(env: dict[str, str]) -> None:
         client.delete(key)
 
 
+#: Seconds each service has to stop after SIGTERM before it is killed (a Celery worker
+#: finishing its drain); a second Ctrl-C kills at once.
+STOP_GRACE_S = 5
+
+
 def _start(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     py = sys.executable
     sandbox = ["--port", str(SANDBOX_PORT), "--static-token", f"{DEMO_TOKEN}=demo-user"]
@@ -97,7 +102,44 @@ def _start(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
         [py, "-m", "app", "api"],
         [py, "-m", "celery", *worker, "-n", f"demo-{os.getpid()}@%h"],
     ]
-    return [subprocess.Popen(c, env=env, cwd=ROOT) for c in cmds]
+    # Each service in its own process group: the terminal's Ctrl-C reaches only the demo, which
+    # stops them in order, and a group is killed whole (a Celery worker's pool included).
+    return [subprocess.Popen(c, env=env, cwd=ROOT, start_new_session=True) for c in cmds]
+
+
+class _Stop(BaseException):
+    """SIGTERM, raised like SIGINT's KeyboardInterrupt wherever the demo is."""
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signum)
+
+
+def _kill_groups(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every service's group and wait; a second Ctrl-C (or SIGTERM) kills them now."""
+
+    def kill_now(_signum: int, _frame: object) -> None:
+        _kill_groups(procs)
+
+    signal.signal(signal.SIGINT, kill_now)
+    signal.signal(signal.SIGTERM, kill_now)
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    _kill_groups(procs)  # what is left of each group (a worker's pool processes) goes too
+    for proc in procs:
+        proc.wait()
 
 
 def _producer_key(env: dict[str, str]) -> str:
@@ -144,6 +186,7 @@ def run_demo(*, keep_serving: bool) -> int:
     os.environ.update(env)
     _clear_prefix(env)
     sample = demo_sample()
+    signal.signal(signal.SIGTERM, _raise_stop)
     procs = _start(env)
     sandbox, api = f"http://127.0.0.1:{SANDBOX_PORT}", f"http://127.0.0.1:{API_PORT}"
     try:
@@ -171,11 +214,15 @@ def run_demo(*, keep_serving: bool) -> int:
         print("          outreach-sync status (table; REDIS_KEY_PREFIX=demo)")
         print("flower:   make flower (http://127.0.0.1:5555)")
         if keep_serving:
-            print("serving; Ctrl-C stops everything")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            print("serving; Ctrl-C stops everything", flush=True)
+            while True:
+                time.sleep(3600)  # until Ctrl-C (KeyboardInterrupt) or SIGTERM (_Stop)
         return 0
+    except (KeyboardInterrupt, _Stop):
+        print("\nstopping…", flush=True)
+        return 130
     finally:
-        stop_all(procs)
+        _stop(procs)
 
 
 def _summary(

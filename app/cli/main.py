@@ -37,7 +37,7 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 def cmd_ingest(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from app.ingest.batch import IngestReport, read_profiles
+    from app.ingest.batch import IngestReport, MalformedDocument, read_profiles
     from app.ingest.producer import Producer, UnknownDestination, send_patiently
 
     def waiting(cause: BaseException, left_s: float) -> None:
@@ -64,6 +64,9 @@ def cmd_ingest(ns: argparse.Namespace) -> int:
         except (redis_errors.RedisError, StoreUnavailable) as exc:
             print(_not_stored(exc, ns.skip + total.received, len(chunk), ns), file=sys.stderr)
             return 1
+        except MalformedDocument as exc:
+            print(f"error: {ns.file}: {exc}; nothing was ingested", file=sys.stderr)
+            return 2
         finally:
             bar.close()
             producer.close()
@@ -104,10 +107,10 @@ def cmd_config_load(ns: argparse.Namespace) -> int:
 
 
 def cmd_api(ns: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from app.api.app import make_app
+    from app.api.server import serve
     from app.ops.sentry import init_sentry
+    from app.ops.startup import exposure_problems
 
     s = get_settings()
     init_sentry(s, component="api")
@@ -116,7 +119,12 @@ def cmd_api(ns: argparse.Namespace) -> int:
     # of the collector's generations, full collections no longer traverse it while requests
     # allocate (HTTP ingestion about a quarter faster: docs/benchmarks.md).
     gc.freeze()
-    web.run_app(app, host=ns.host or s.api_host, port=ns.port or s.api_port, print=print)
+    host = ns.host or s.api_host
+    problems = exposure_problems(s, host)
+    if problems:
+        print("error: refusing to start:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    serve(app, host=host, port=ns.port or s.api_port, say=print)
     return 0
 
 

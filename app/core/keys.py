@@ -193,3 +193,7 @@ class Keys:
     def producer_rate(self) -> str:
         """Prefix of the producers' request-rate windows (``limits`` adds the key id)."""
         return f"{self.prefix}:producer-rate"
+
+    def auth_failures(self) -> str:
+        """Prefix of the failed-authentication windows (``limits`` adds the client address)."""
+        return f"{self.prefix}:auth-failures"

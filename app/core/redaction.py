@@ -34,19 +34,23 @@ _KEY = (
     r"access_token|refresh_token|id_token|client_secret|password|api[_-]?key|x-api-key"
     r"|authorization|token|secret|custom\d+|emails?|first_?name|last_?name|name|value"
 )
+#: Not inside a longer name: "re-authorization", "my_token_count" and "x.token" are not keys.
+_WHOLE = r"(?<![\w.-])"
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=:-]+"), rf"\1 {FILTERED}"),
     (re.compile(r"\bosk_[A-Za-z0-9_-]+"), f"osk_{FILTERED}"),
     # OAuth callback parameters (the access log's /oauth/callback?code=…&state=…): only as
     # query parameters, so ordinary "code: 500" or "state=active" text stays readable.
     (re.compile(r"(?i)([?&](?:code|state)=)[^&#\s\"']+"), rf"\1{FILTERED}"),
-    # key=value, key: value, "key": "value", 'key': 'value' (JSON, reprs, query strings)
+    # key=value, key: value, "key": "value", 'key': 'value' (JSON, reprs, query strings). The
+    # key must be a whole name ("re-authorization: ..." in prose is not one), and prose after
+    # "key: " is kept unless it looks like a value (no spaces before the next separator).
     (
-        re.compile(rf"(?i)([\"']?\b(?:{_KEY})[\"']?\s*[:=]\s*)([\"'])(?:(?!\2).)*\2"),
+        re.compile(rf"(?i)([\"']?{_WHOLE}(?:{_KEY})[\"']?\s*[:=]\s*)([\"'])(?:(?!\2).)*\2"),
         rf"\1\2{FILTERED}\2",
     ),
     (
-        re.compile(rf"(?i)([\"']?\b(?:{_KEY})[\"']?\s*[:=]\s*)([^\s\"',;&{{}}\[\]()]+)"),
+        re.compile(rf"(?i)([\"']?{_WHOLE}(?:{_KEY})[\"']?\s*[:=]\s*)([^\s\"',;&{{}}\[\]()]+)"),
         rf"\1{FILTERED}",
     ),
     (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "[email]"),

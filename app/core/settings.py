@@ -83,8 +83,11 @@ class Settings(BaseSettings):
     #: Requests one producer key may make (a moving window shared by every API process),
     #: in the `limits` notation: "50/second", "3000 per 1 minute".
     producer_rate_limit: str = "50/second"
+    #: Failed authentications one client address may make (shared by every API process);
+    #: past it, even a right key is answered 429 until the window moves on.
+    auth_failure_limit: str = "20/minute"
 
-    @field_validator("producer_rate_limit")
+    @field_validator("producer_rate_limit", "auth_failure_limit")
     @classmethod
     def _limits_notation(cls, value: str) -> str:
         from limits import parse_many

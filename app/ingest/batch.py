@@ -231,20 +231,38 @@ async def ingest_async(
     return await run_async(store.redis, op)
 
 
-def read_profiles(source: str | Iterable[str]) -> Iterator[Any]:
+#: Media types whose body is one JSON document, and those whose body is one JSON value per line.
+DOCUMENT_TYPES = ("application/json",)
+LINES_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson")
+
+
+class MalformedDocument(ValueError):
+    """A body declared (or shaped as) one JSON document does not parse: nothing of it is used."""
+
+    def __init__(self, msg: str, *, line: int, column: int) -> None:
+        super().__init__(f"not valid JSON at line {line} column {column}: {msg}")
+        self.line, self.column = line, column
+        #: A whole document followed by more: NDJSON declared as one JSON document, likely.
+        self.extra = msg == "Extra data"
+
+
+def read_profiles(source: str | Iterable[str], *, media_type: str | None = None) -> Iterator[Any]:
     """Profiles from JSON or NDJSON text (or its lines): one profile, ``{"profiles": [...]}``,
-    a list, or one profile per line. A line that is not JSON yields an ``InvalidJSON`` marker
-    that validation rejects on its own, so it never takes its neighbours down."""
+    a list, or one profile per line.
+
+    ``media_type`` decides which (``DOCUMENT_TYPES`` or ``LINES_TYPES``); without one the
+    shape does: a single line, or a first line that is not a JSON value by itself, is one
+    document. A document that does not parse raises ``MalformedDocument`` (never re-read as
+    lines: its lines are not profiles). In NDJSON a line that is not JSON yields an
+    ``InvalidJSON`` marker that validation rejects on its own, so it never takes its
+    neighbours down."""
     text = source if isinstance(source, str) else "".join(source)
     text = text.removeprefix("\ufeff")  # a byte order mark some editors and tools write
     if not text.strip():
         return
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError):
-        pass
-    else:
-        yield from _documents(doc)
+    lines = media_type in LINES_TYPES if media_type is not None else _looks_like_lines(text)
+    if not lines:
+        yield from _documents(_one_document(text))
         return
     # Lines end at "\n" (and "\r\n") only: str.splitlines() would also cut at U+2028,
     # U+2029 and U+0085, which JSON strings may hold unescaped.
@@ -258,6 +276,29 @@ def read_profiles(source: str | Iterable[str]) -> Iterator[Any]:
                 yield InvalidJSON(f"line {n}: not usable JSON ({exc})")
             except RecursionError:
                 yield InvalidJSON(f"line {n}: not usable JSON (nested too deeply)")
+
+
+def _one_document(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedDocument(exc.msg, line=exc.lineno, column=exc.colno) from None
+    except ValueError as exc:
+        raise MalformedDocument(str(exc), line=1, column=1) from None
+    except RecursionError:
+        raise MalformedDocument("nested too deeply", line=1, column=1) from None
+
+
+def _looks_like_lines(text: str) -> bool:
+    body = text.strip()
+    if "\n" not in body:
+        return False
+    first = body.split("\n", 1)[0]
+    try:
+        json.loads(first)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _documents(doc: Any, *, ndjson: bool = False) -> Iterator[Any]:
