@@ -49,6 +49,7 @@ def pipeline(
     rate_limit: str,
     audiences: Mapping[str, int],
     attributes: Mapping[str, str] | None = None,
+    destination: Mapping[str, Any] | None = None,
     **settings: str,
 ) -> Iterator[Pipeline]:
     """Everything started here is stopped, and every key written deleted, on the way out."""
@@ -66,6 +67,7 @@ def pipeline(
     conn = {"id": "c", "user": "test-user", "access_token": "test-token", "rate_limit": rate_limit}
     dest: dict[str, Any] = {"id": DEST, "name": "Bench", "connection": "c"}
     dest |= {"audiences": dict(audiences), "attributes": dict(attributes or {})}
+    dest |= dict(destination or {})
     from app.store.registry import publish_sync
 
     keys = Keys(prefix)

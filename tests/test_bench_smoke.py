@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
-SECTIONS = ("ingestion", "quota efficiency", "rate adherence", "latency", "cost")
+SECTIONS = ("ingestion", "quota efficiency", "rate adherence", "latency", "cost", "bulk backfill")
 
 
 def test_bench_smoke_prints_every_section_with_both_figures() -> None:

@@ -579,7 +579,14 @@ async def test_stats_request_log_and_reset(sandbox: Sandbox) -> None:
         "patch_count_by_prospect": {"5": 2},
         "rate_limited": 0,
         "token_calls": {"authorization_code": 0, "refresh_token": 0},
-        "by_user": {"alice": {"requests": 3, "remaining": 9_997}},
+        "by_user": {"alice": {"requests": 3, "charged": 3, "remaining": 9_997}},
+        "bulk": {
+            "batches": 0,
+            "records": 0,
+            "records_modified": 0,
+            "records_failed": 0,
+            "by_state": {},
+        },
     }
     log = await sandbox.control(f"requests?since={before}")
     first = log["requests"][0]

@@ -40,6 +40,7 @@ from app.connections.oauth import (
 )
 from app.connections.records import ConflictError, ConnectionRecord, ConnectionStore
 from app.core.settings import Settings
+from app.store.bulk_state import connection_uses_bulk
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ class OAuthWeb:
             user=user,
             ttl_s=self.settings.oauth_state_ttl_s,
         )
-        return authorize_url(self.settings, state)
+        bulk = await connection_uses_bulk(self.redis, self.settings.keys, conn_id)
+        return authorize_url(self.settings, state, bulk=bulk)
 
 
 OAUTH = web.AppKey("oauth_web", OAuthWeb)

@@ -114,6 +114,20 @@ def schemas() -> Doc:
             },
             "coalesce_window_ms": {"type": ["integer", "null"], "minimum": 0},
             "quota_share": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+            "bulk": {
+                "type": "object",
+                "description": "Outreach's Bulk API for backfills (docs/operations.md)",
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "min_group": {"type": "integer", "minimum": 2},
+                    "ids_per_call": {"type": "integer", "minimum": 1, "maximum": 10_000},
+                    "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86_400},
+                    "poll_first_s": {"type": "number", "exclusiveMinimum": 0},
+                    "poll_max_s": {"type": "number", "exclusiveMinimum": 0},
+                    "off_s": {"type": "number", "exclusiveMinimum": 0},
+                },
+                "additionalProperties": False,
+            },
         },
     }
     membership = {

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from app.core.settings import get_settings
+from app.store.bulk_state import connection_uses_bulk
 
 if TYPE_CHECKING:
     from app.connections.records import ConnectionRecord, ConnectionStoreSync
@@ -173,13 +174,15 @@ def cmd_authorize(ns: argparse.Namespace) -> int:
     async def make() -> str:
         client = async_client(s)
         try:
-            return await create_state(
+            state = await create_state(
                 client, s.keys, connection=ns.id, user=ns.user, ttl_s=s.oauth_state_ttl_s
             )
+            bulk = await connection_uses_bulk(client, s.keys, ns.id)
         finally:
             await client.aclose()
+        return authorize_url(s, state, bulk=bulk)
 
-    print(authorize_url(s, asyncio.run(make())))
+    print(asyncio.run(make()))
     print(
         f"open it in a browser within {s.oauth_state_ttl_s} s; Outreach sends the user back to "
         "the API's /oauth/callback, which stores the connection",

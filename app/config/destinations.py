@@ -176,6 +176,25 @@ class Connection(_Model):
         return _secret(value)
 
 
+class Bulk(_Model):
+    """Outreach's Bulk API for backfills: many prospects given the same values in one call.
+    Off by default (it needs the ``batches.*`` scopes, and Outreach's limits for it are
+    undocumented); the other defaults suit the common backfill of one audience."""
+
+    enabled: bool = False
+    #: The smallest group of identical changes sent by bulk; smaller ones go by PATCH.
+    min_group: Annotated[StrictInt, Field(ge=2)] = 50
+    #: Ids per bulk call (Outreach's largest list is undocumented).
+    ids_per_call: Annotated[StrictInt, Field(ge=1, le=10_000)] = 1000
+    #: A batch not finished this long after its call is cancelled and sent by PATCH.
+    timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 900.0
+    #: First wait before polling a batch; each poll waits twice as long, up to ``poll_max_s``.
+    poll_first_s: Annotated[float, Field(gt=0)] = 2.0
+    poll_max_s: Annotated[float, Field(gt=0)] = 60.0
+    #: How long bulk stays off after Outreach refused it (403, 404, repeated batch failures).
+    off_s: Annotated[float, Field(gt=0)] = 3600.0
+
+
 class Destination(_Model):
     """One dataflow: which audiences and attributes go to which prospect fields."""
 
@@ -196,6 +215,7 @@ class Destination(_Model):
     #: Most of its user's quota this destination may spend (None: no cap of its own), so
     #: destinations sharing an Outreach user cannot starve one another.
     quota_share: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    bulk: Bulk = Field(default_factory=Bulk)
 
     @field_validator("status_values", mode="after")
     @classmethod

@@ -91,13 +91,26 @@ def redirect_uri(settings: Settings) -> str:
     return f"http://{host}:{settings.api_port}/oauth/callback"
 
 
-def authorize_url(settings: Settings, state: str) -> str:
+#: What Outreach's Bulk API needs beyond writing prospects.
+BATCH_SCOPES = ("batches.read", "batches.write")
+
+
+def scopes(settings: Settings, *, bulk: bool = False) -> str:
+    """The scopes to ask for: the configured ones, and the batch scopes when a destination
+    of the connection uses bulk delivery (never otherwise: least privilege)."""
+    asked = settings.outreach_scopes.split()
+    if bulk:
+        asked += [s for s in BATCH_SCOPES if s not in asked]
+    return " ".join(asked)
+
+
+def authorize_url(settings: Settings, state: str, *, bulk: bool = False) -> str:
     """Outreach's authorize page for one authorization attempt."""
     query = {
         "client_id": settings.outreach_client_id or "",
         "redirect_uri": redirect_uri(settings),
         "response_type": "code",
-        "scope": settings.outreach_scopes,
+        "scope": scopes(settings, bulk=bulk),
         "state": state,
     }
     return f"{settings.outreach_authorize_url}?{urlencode(query)}"

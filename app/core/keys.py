@@ -29,6 +29,15 @@ METRICS_RETENTION_HOURS = 192
 #: Failure ids the "recent failures" index keeps (the status page shows the newest 20; the
 #: rest leaves room for ids replayed or purged since).
 RECENT_FAILURES_KEPT = 200
+#: Batch items read per request (Outreach's largest page).
+BULK_ITEMS_PAGE = 1000
+#: Consecutive failed batches (cancelled, stuck, unreadable) that turn bulk off for a while.
+BULK_MAX_BATCH_FAILURES = 3
+#: Outreach charging a bulk call at least this share of its records per record: bulk saves
+#: nothing, so it is turned off for the connection (for a day) and PATCH goes on.
+BULK_PER_RECORD_SHARE = 0.5
+BULK_PER_RECORD_OFF_S = 86_400.0
+
 #: Wake signals kept while no dispatcher listens: one is enough to wake one.
 WAKE_KEEP = 16
 
@@ -135,6 +144,21 @@ class Keys:
         failure ids, so the status page reads the newest few without scanning the (possibly
         huge) failures hash. Replaying or purging a record removes its id here too."""
         return f"{self.prefix}:{{{dest}}}:failrecent"
+
+    def bulk_batches(self, dest: str) -> str:
+        """Hash batch id -> JSON (connection, deadline): bulk batches Outreach may still be
+        working on, so one whose tracker died is cancelled before its prospects are resent."""
+        return f"{self.prefix}:{{{dest}}}:bulkb"
+
+    def bulk_state(self, dest: str) -> str:
+        """Hash: bulk delivery's figures (calls, records, requests, quota charged) and why
+        and until when it is off for the destination."""
+        return f"{self.prefix}:{{{dest}}}:bulk"
+
+    def bulk_connection(self, conn: str) -> str:
+        """Hash: why and until when bulk is off for every destination of a connection (a
+        403 for missing scopes; Outreach charging per record)."""
+        return f"{self.prefix}:bulkconn:{{{conn}}}"
 
     # Shared ---------------------------------------------------------------------------
     def wake(self) -> str:

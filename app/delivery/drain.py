@@ -19,6 +19,7 @@ from app.connections.records import ConnectionStore
 from app.core.errors import DeliveryError, Retryable, Unauthorized
 from app.core.settings import Settings
 from app.delivery.bisection import Bisection
+from app.delivery.bulk import BulkDelivery
 from app.delivery.lot import LeaseLost, Lot, NoPermit, TokenRefresher, now_ms
 from app.delivery.outcomes import Outcomes, failure_reason, failure_record
 from app.outreach.answers import Answer, classify, no_answer, parse_answer
@@ -65,6 +66,7 @@ class Deliverer:
         self._http = asyncio.Semaphore(settings.http_concurrency)
         self.outcomes = Outcomes(store=store, refresher=self.refresher, settings=settings)
         self.bisection = Bisection(self.outcomes, self._send_part)
+        self.bulk = BulkDelivery(self)
 
     async def drain(
         self, dest_id: str, slot: str | None = None, *, stats: Counter[str] | None = None
@@ -92,7 +94,7 @@ class Deliverer:
                 # Each batch's counts reach the metrics in one round trip when it is done.
                 tally: Counter[str] = Counter(claimed=len(claimed))
                 try:
-                    more = await self._send_batch(lot, claimed, tally)
+                    more = await self.bulk.send_batch(lot, claimed, tally)
                 finally:
                     stats.update(tally)
                     await self.store.count(dest_id, **drain_metrics(tally))

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from app.core.settings import Settings
 from app.ops import mapping_issues
-from app.ops.status_doc import DestinationStatus, MappingIssue
+from app.ops.status_doc import BulkOff, DestinationStatus, MappingIssue
 from app.store import counters as metrics
 
 Kind = Literal[
@@ -26,6 +26,7 @@ Kind = Literal[
     "invalid_mapping",
     "mapping_conflict",
     "mapping_changed",
+    "bulk_off",
 ]
 
 # Counter names of the totals hash (``Keys.counters``) the rates are computed from.
@@ -52,6 +53,8 @@ class Snapshot:
     enabled: bool | None = None
     #: Latest mapping ID change or conflict per audience (mapping IDs from the data).
     mapping_issues: tuple[MappingIssue, ...] = ()
+    #: Why bulk delivery is off for the destination, when it is.
+    bulk_off: BulkOff | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,7 @@ def snapshot_from_status(doc: DestinationStatus) -> Snapshot:
         connection_state=doc.connection.state,
         enabled=doc.enabled,
         mapping_issues=tuple(doc.mapping_issues),
+        bulk_off=doc.bulk.off,
     )
 
 
@@ -110,6 +114,7 @@ def conditions(
         *_pause(snap, settings, pause_since_s, now_s),
         *_invalid_mappings(snap),
         *_mapping_issues(snap, now_s),
+        *_bulk(snap),
     ]
     if snap.connection_state == "reauth_required":
         who = snap.connection or snap.user or snap.destination
@@ -212,3 +217,19 @@ def _mapping_issues(snap: Snapshot, now_s: float) -> list[Condition]:
             )
         )
     return found
+
+
+def _bulk(snap: Snapshot) -> list[Condition]:
+    """Outreach refused bulk (or charges it per record): backfills go by PATCH, slowly."""
+    off = snap.bulk_off
+    if off is None:
+        return []
+    return [
+        Condition(
+            f"bulk_off:{snap.destination}",
+            "bulk_off",
+            f"{snap.destination}: bulk delivery off for its {off.scope} ({off.reason}); "
+            "delivery continues by PATCH",
+            {"destination": snap.destination, **off.model_dump()},
+        )
+    ]

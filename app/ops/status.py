@@ -24,6 +24,7 @@ from app.core.settings import Settings
 from app.ops.mapping_issues import learned_view, notes
 from app.ops.status_doc import (
     AudienceRow,
+    BulkStatus,
     ConnectionState,
     DestinationStatus,
     Failure,
@@ -36,6 +37,7 @@ from app.ops.status_doc import (
 )
 from app.ratelimit.gate import QuotaGate, gate_for
 from app.store import counters as metrics
+from app.store.bulk_state import bulk_status
 from app.store.prospects import ProspectStore
 from app.store.registry import Registry
 
@@ -146,6 +148,16 @@ async def destination_status(
         ),
         mapping_ids=dest.mapping_ids,
         mapping_issues=issues,
+        bulk=BulkStatus.model_validate(
+            await bulk_status(
+                client,
+                keys,
+                dest_id,
+                dest.connection,
+                enabled=dest.bulk.enabled,
+                now_ms=int(now * 1000),
+            )
+        ),
     )
 
 

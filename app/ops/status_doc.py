@@ -180,6 +180,28 @@ class MappingIssue(_Doc):
     at_ms: int
 
 
+class BulkOff(_Doc):
+    """Why bulk delivery is off (for the destination or its whole connection), until when."""
+
+    scope: Literal["destination", "connection"]
+    reason: str
+    until_ms: int
+
+
+class BulkStatus(_Doc):
+    """Bulk delivery: on or off, and what it costs (``cost_per_record``: quota spent on bulk
+    per prospect it delivered; PATCH costs 1)."""
+
+    enabled: bool = False
+    off: BulkOff | None = None
+    calls: int = 0
+    records: int = 0
+    delivered: int = 0
+    requests: int = 0
+    charged: int = 0
+    cost_per_record: float | None = None
+
+
 class DestinationStatus(_Doc):
     """One destination's status document."""
 
@@ -203,6 +225,7 @@ class DestinationStatus(_Doc):
     #: Where mapping IDs come from (``config`` or ``data``), and the learned ones' issues.
     mapping_ids: Literal["config", "data"] = "config"
     mapping_issues: list[MappingIssue] = Field(default_factory=list)
+    bulk: BulkStatus = Field(default_factory=BulkStatus)
 
     def as_json(self, *, counters: bool = True) -> dict[str, Any]:
         """The document as the JSON status API has always answered it: sections that do not

@@ -25,6 +25,33 @@ class OutreachClient:
         self._api_url = api_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
+    @property
+    def api_url(self) -> str:
+        """The API base every path is relative to."""
+        return self._api_url
+
+    async def call(
+        self,
+        access_token: str,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> Response:
+        """Any other JSON:API request (``url`` absolute); transport failures become
+        :class:`Retryable`, every answer is returned as it came."""
+        headers = {"Authorization": f"Bearer {access_token}", "Accept": JSONAPI}
+        if body is not None:
+            headers["Content-Type"] = JSONAPI
+        try:
+            async with self._session.request(
+                method, url, params=params, data=body, headers=headers, timeout=self._timeout
+            ) as resp:
+                return Response(resp.status, dict(resp.headers), await resp.text())
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise Retryable(None, f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+
     async def patch_prospect(
         self, access_token: str, prospect: int, fields: Mapping[str, Any]
     ) -> Response:

@@ -23,6 +23,10 @@ _CONFIG_OPTIONS = (
     "fault_5xx_rate",
     "fault_drop_rate",
     "fault_seed",
+    "bulk_cost",
+    "bulk_max_ids",
+    "bulk_records_per_s",
+    "bulk_fault",
 )
 
 
@@ -45,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fault-latency-ms", type=int, nargs=2, metavar=("MIN", "MAX"))
     parser.add_argument("--fault-drop-rate", type=float)
     parser.add_argument("--fault-seed", type=int)
+    parser.add_argument("--bulk-cost", choices=("call", "record"), help="quota per bulk call")
+    parser.add_argument("--bulk-max-ids", type=int, help="largest id list of a bulk call")
+    parser.add_argument("--bulk-records-per-s", type=float, help="batch processing speed")
+    parser.add_argument(
+        "--bulk-fault", choices=("none", "stick", "cancel", "forbidden", "not_found", "malformed")
+    )
     parser.add_argument("--no-ratelimit-headers", action="store_true")
     parser.add_argument("--no-retry-after", action="store_true")
     parser.add_argument("--no-field-pointers", action="store_true")

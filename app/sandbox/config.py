@@ -33,6 +33,15 @@ class SandboxConfig(BaseModel):
     fault_latency_ms: tuple[int, int] = (0, 0)
     fault_drop_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     fault_seed: int | None = None
+    #: Bulk API: what a bulk call costs of the quota ("call": one request; "record": one per
+    #: id), the largest id list, how fast batches are worked through, and batch faults
+    #: ("stick": never progresses, "cancel": Outreach cancels it, "forbidden": 403 missing
+    #: scopes, "not_found": 404 unknown action, "malformed": answers of an unexpected shape).
+    bulk_cost: Literal["call", "record"] = "call"
+    bulk_max_ids: Annotated[int, Field(ge=1)] = 1000
+    bulk_records_per_s: Annotated[float, Field(gt=0)] = 1000.0
+    bulk_fault: Literal["none", "stick", "cancel", "forbidden", "not_found", "malformed"] = "none"
+    bulk_page_size_max: Annotated[int, Field(ge=1)] = 1000
 
     @model_validator(mode="after")
     def _check_ranges(self) -> SandboxConfig:

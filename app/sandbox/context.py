@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from app.sandbox.batches import Apply, Batches
 from app.sandbox.config import SandboxConfig
 from app.sandbox.faults import Faults
 from app.sandbox.quota import Clock, Quota
@@ -25,6 +26,20 @@ class Sandbox:
         self.tokens.set_static(config.static_tokens)
         self.state = SandboxState()
         self.faults = Faults(config.fault_seed)
+        self.batches = Batches()
+        self.bulk_records = 0
+
+    def advance(self) -> None:
+        """Work the bulk batches through to what the clock says they have done by now."""
+        config = self.config
+        apply = Apply(
+            self.state.prospects,
+            records_per_s=config.bulk_records_per_s,
+            prospect_ids=config.prospect_ids,
+            usable_custom_fields=config.usable_custom_fields,
+        )
+        self.batches.advance(self.clock(), apply)
+        self.bulk_records += apply.records
 
     def update_config(self, changes: dict[str, Any]) -> SandboxConfig:
         """Apply a partial config update (validated; raises pydantic.ValidationError)."""
@@ -36,6 +51,8 @@ class Sandbox:
         self._apply(config or self.config, reseed=True)
         self.quota.clear()
         self.state.clear()
+        self.batches = Batches()
+        self.bulk_records = 0
         return self.config
 
     def take_token_429(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -41,13 +42,17 @@ class _Revoke(_Strict):
 
 async def prospects(request: web.Request) -> web.Response:
     """`GET /_sandbox/prospects`: `{id: attributes}` of every written prospect."""
-    stored = request.app[SANDBOX_KEY].state.prospects
+    sandbox = request.app[SANDBOX_KEY]
+    sandbox.advance()
+    stored = sandbox.state.prospects
     return web.json_response({str(pid): attrs for pid, attrs in stored.items()})
 
 
 async def prospect(request: web.Request) -> web.Response:
     """`GET /_sandbox/prospects/{id}`: the attributes of one written prospect."""
-    stored = request.app[SANDBOX_KEY].state.prospects
+    sandbox = request.app[SANDBOX_KEY]
+    sandbox.advance()
+    stored = sandbox.state.prospects
     raw_id = request.match_info["id"]
     found = stored.get(int(raw_id)) if raw_id.isascii() and raw_id.isdigit() else None
     if found is None:
@@ -58,6 +63,7 @@ async def prospect(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     """`GET /_sandbox/stats`: counters and per-user quota."""
     sandbox = request.app[SANDBOX_KEY]
+    sandbox.advance()
     state = sandbox.state
     token_calls = {"authorization_code": 0, "refresh_token": 0, **state.token_calls}
     body = {
@@ -68,8 +74,36 @@ async def stats(request: web.Request) -> web.Response:
         "rate_limited": state.rate_limited,
         "token_calls": token_calls,
         "by_user": {user: _user_stats(sandbox, user) for user in _users(sandbox)},
+        "bulk": _bulk_stats(sandbox),
     }
     return web.json_response(body)
+
+
+async def batches(request: web.Request) -> web.Response:
+    """`GET /_sandbox/batches`: every bulk batch, its ids and its items' outcomes."""
+    sandbox = request.app[SANDBOX_KEY]
+    sandbox.advance()
+    body = [
+        {
+            **batch.to_json(),
+            "ids": [item.prospect_id for item in batch.items],
+            "modification": batch.attributes,
+        }
+        for batch in sandbox.batches.batches.values()
+    ]
+    return web.json_response(body)
+
+
+def _bulk_stats(sandbox: Sandbox) -> dict[str, Any]:
+    all_batches = sandbox.batches.batches.values()
+    states = Counter(batch.state for batch in all_batches)
+    return {
+        "batches": len(sandbox.batches.batches),
+        "records": sum(len(batch.items) for batch in all_batches),
+        "records_modified": sandbox.bulk_records,
+        "records_failed": sum(batch.failures for batch in all_batches),
+        "by_state": dict(states),
+    }
 
 
 async def requests(request: web.Request) -> web.Response:
@@ -157,7 +191,12 @@ def _users(sandbox: Sandbox) -> list[str]:
 def _user_stats(sandbox: Sandbox, user: str) -> dict[str, int]:
     status = sandbox.quota.status(user)
     requests_made = sandbox.state.by_user[user]
-    return {"requests": requests_made, "remaining": status.remaining, "reset": status.reset_epoch_s}
+    return {
+        "requests": requests_made,
+        "charged": sandbox.quota.charged.get(user, 0),
+        "remaining": status.remaining,
+        "reset": status.reset_epoch_s,
+    }
 
 
 def _status_response(user: str, status: QuotaStatus) -> web.Response:

@@ -118,6 +118,8 @@ class Quota:
         self._mode: QuotaMode = mode
         self._window = _window(mode, window_s)
         self._paused: dict[str, float] = {}
+        #: Units each user was charged, across windows (a bulk call may cost many).
+        self.charged: dict[str, int] = {}
 
     def configure(self, limit: int, window_s: float, mode: QuotaMode) -> None:
         """Change the limits; counts survive unless the window shape changes."""
@@ -129,14 +131,18 @@ class Quota:
         """Forget every count and pause."""
         self._window = _window(self._mode, self._window_s)
         self._paused.clear()
+        self.charged.clear()
 
-    def hit(self, user: str) -> QuotaDecision:
-        """Admit one request of `user` if the quota allows it; refused ones are not counted."""
+    def hit(self, user: str, cost: int = 1) -> QuotaDecision:
+        """Admit one request of `user` if the quota allows it; refused ones are not counted.
+        A request costing more than one unit (a bulk call charged per record) is admitted
+        while anything remains and may overdraw the window."""
         now = self._clock()
         status = self._status(user, now)
         if status.remaining <= 0:
             return QuotaDecision(allowed=False, status=status)
-        self._window.add(user, now, 1)
+        self._window.add(user, now, cost)
+        self.charged[user] = self.charged.get(user, 0) + cost
         return QuotaDecision(allowed=True, status=self._status(user, now))
 
     def spend(self, user: str, n: int) -> QuotaStatus:

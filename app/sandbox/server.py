@@ -9,7 +9,7 @@ import time
 
 from aiohttp import web
 
-from app.sandbox import api, control, oauth
+from app.sandbox import api, bulk_api, control, oauth
 from app.sandbox.config import SandboxConfig
 from app.sandbox.context import SANDBOX_KEY, Sandbox
 from app.sandbox.quota import Clock
@@ -24,6 +24,11 @@ def make_app(config: SandboxConfig, *, clock: Clock = time.time) -> web.Applicat
     app[SANDBOX_KEY] = Sandbox(config, clock)
     app.router.add_patch("/api/v2/prospects/{id}", api.patch_prospect)
     app.router.add_get("/api/v2/prospects/{id}", api.get_prospect)
+    app.router.add_post("/api/v2/batches/actions/prospectsBulkModify", bulk_api.bulk_modify)
+    app.router.add_get("/api/v2/batches/{id}", bulk_api.get_batch)
+    app.router.add_post("/api/v2/batches/{id}/actions/cancel", bulk_api.cancel_batch)
+    app.router.add_post("/api/v2/batches/{id}/actions/confirm", bulk_api.confirm_batch)
+    app.router.add_get("/api/v2/batchItems", bulk_api.batch_items)
     app.router.add_get("/oauth/authorize", oauth.authorize)
     app.router.add_post("/oauth/token", oauth.token)
     _add_control_routes(app.router)
@@ -34,6 +39,7 @@ def _add_control_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/_sandbox/prospects", control.prospects)
     router.add_get("/_sandbox/prospects/{id}", control.prospect)
     router.add_get("/_sandbox/stats", control.stats)
+    router.add_get("/_sandbox/batches", control.batches)
     router.add_get("/_sandbox/requests", control.requests)
     router.add_post("/_sandbox/reset", control.reset)
     router.add_get("/_sandbox/config", control.get_config)

@@ -227,6 +227,27 @@ class ProspectStore:
         renew = SCRIPTS.aio(self.redis, "renew")
         return bool(await renew(keys=kk, args=[prospect, token, until_ms]))
 
+    async def renew_many(
+        self, dest: str, prospects: Sequence[int], token: str, *, until_ms: int
+    ) -> set[int]:
+        """Extend the claims on ``prospects`` still ``token``'s; returns those renewed."""
+        kk = [self.keys.leases(dest), self.keys.lease_tokens(dest)]
+        renew_many = SCRIPTS.aio(self.redis, "renew_many")
+        renewed = await renew_many(keys=kk, args=[token, until_ms, *prospects])
+        return {int(p) for p in renewed}
+
+    async def settle_delivered(
+        self, dest: str, prospects: Sequence[int], token: str, *, now_ms: int, window_ms: int
+    ) -> set[int]:
+        """End the claims on ``prospects`` as delivered, every field of each snapshot (a bulk
+        batch's records), in one round trip; returns those settled (still ``token``'s)."""
+        if not prospects:
+            return set()
+        prefix = _prospect_prefix(self.keys, dest)
+        args: list[str | int] = [token, now_ms, window_ms, prefix, *prospects]
+        settle_ok_many = SCRIPTS.aio(self.redis, "settle_ok_many")
+        return {int(p) for p in await settle_ok_many(keys=self._dest_keys(dest), args=args)}
+
     async def settle(
         self,
         dest: str,

@@ -1,0 +1,476 @@
+"""Bulk delivery: a claimed batch's groups of identical changes go by Outreach's Bulk API.
+
+The drain hands every claimed batch to :meth:`BulkDelivery.send_batch`. Prospects whose
+pending fields are exactly the same values form a group; groups of at least
+``bulk.min_group`` go as bulk calls of at most ``bulk.ids_per_call`` ids, the rest by PATCH
+as before. A bulk call returns a batch Outreach works through later: a tracker (a task on
+the worker's event loop) polls it with backoff, each poll on a permit of the same quota
+gate, then settles each prospect from its Batch Item. Anything a batch did not deliver is
+sent by PATCH by the same claim, so bad-field isolation and failure records are PATCH's.
+
+The claims stay leased until the batch's deadline (plus ``LEASE_MS``): a newer change that
+arrives meanwhile waits in pending and is sent after the settle, as for a PATCH; a worker
+killed meanwhile loses nothing, its claims come back when the lease ends (after the next
+drain has cancelled the orphaned batch, so it cannot overwrite what is sent next).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from app.core.errors import Permanent, RateLimited, Retryable, Unauthorized
+from app.core.keys import (
+    BULK_ITEMS_PAGE,
+    BULK_MAX_BATCH_FAILURES,
+    BULK_PER_RECORD_OFF_S,
+    BULK_PER_RECORD_SHARE,
+)
+from app.delivery.lot import Lot, now_ms
+from app.outreach.answers import no_answer
+from app.outreach.bulk import (
+    Batch,
+    BatchItem,
+    BulkAnswer,
+    BulkClient,
+    BulkModification,
+    ProspectIds,
+    UnexpectedAnswer,
+)
+from app.store import bulk_state as figures
+from app.store.bulk_state import BulkState, InFlight
+from app.store.counters import count_delivered, drain_metrics
+from app.store.prospects import Claimed, effective_window_ms, encode
+
+if TYPE_CHECKING:
+    from app.delivery.drain import Deliverer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Item states that mean "written" in a batch Outreach stopped early (names undocumented).
+DONE = frozenset({"done", "finished", "complete", "completed", "succeeded", "success"})
+#: Unreadable answers to polls of one batch before it counts as failed.
+MAX_UNEXPECTED = 3
+
+
+class _NoPermit(Exception):
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+
+
+def group(
+    claimed: Sequence[Claimed], *, min_group: int, ids_per_call: int
+) -> tuple[list[tuple[dict[str, Any], list[Claimed]]], list[Claimed]]:
+    """Split a claimed batch: (field values, prospects) per bulk call, and the rest for PATCH.
+    Prospects are in one call only when their pending values are exactly the call's."""
+    by_values: dict[str, list[Claimed]] = defaultdict(list)
+    for c in claimed:
+        by_values[encode(c.fields)].append(c)
+    calls: list[tuple[dict[str, Any], list[Claimed]]] = []
+    rest: list[Claimed] = []
+    for members in by_values.values():
+        if len(members) < min_group:
+            rest += members
+            continue
+        for start in range(0, len(members), ids_per_call):
+            part = members[start : start + ids_per_call]
+            if len(part) >= min_group:
+                calls.append((dict(part[0].fields), part))
+            else:
+                rest += part
+    return calls, rest
+
+
+def mostly_one_group(claimed: Sequence[Claimed]) -> bool:
+    """Whether a quarter or more of a claim shares one set of values (a backfill's shape)."""
+    counts = Counter(encode(c.fields) for c in claimed)
+    return bool(counts) and counts.most_common(1)[0][1] * 4 >= len(claimed)
+
+
+class BulkDelivery:
+    """The drain's bulk path (see the module's docstring)."""
+
+    def __init__(self, deliverer: Deliverer) -> None:
+        self.d = deliverer
+        self.state = BulkState(deliverer.store.redis, deliverer.store.keys)
+        self._client: BulkClient | None = None
+        self._trackers: set[asyncio.Task[None]] = set()
+
+    @property
+    def client(self) -> BulkClient:
+        if self._client is None:
+            self._client = BulkClient(
+                self.d.client, fallback_pause_s=self.d.settings.rate_limit_fallback_pause_s
+            )
+        return self._client
+
+    async def send_batch(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool:
+        """Send a claimed batch: its large groups by bulk, the rest by PATCH. False when the
+        quota ran out (the drain should stop)."""
+        await self._cancel_orphans(lot, stats)
+        if not lot.dest.bulk.enabled:
+            return await self.d._send_batch(lot, claimed, stats)
+        if await self.state.off(lot.dest.id, lot.conn.id, now_ms=now_ms()) is not None:
+            return await self.d._send_batch(lot, claimed, stats)
+        claimed = claimed + await self._claim_more(lot, claimed, stats)
+        calls, rest = group(
+            claimed, min_group=lot.dest.bulk.min_group, ids_per_call=lot.dest.bulk.ids_per_call
+        )
+        for fields, members in calls:
+            if await self.state.off(lot.dest.id, lot.conn.id, now_ms=now_ms()) is not None:
+                rest += members  # refused by an earlier call of this batch
+            else:
+                rest += await self._start(lot, fields, members, stats)
+        if not rest:
+            return True
+        return await self.d._send_batch(lot, rest, stats)
+
+    async def wait_idle(self) -> None:
+        """Wait for every batch this process tracks (tests, shutdown)."""
+        while self._trackers:
+            await asyncio.gather(*list(self._trackers), return_exceptions=True)
+
+    async def _claim_more(
+        self, lot: Lot, claimed: list[Claimed], stats: Counter[str]
+    ) -> list[Claimed]:
+        """A full claim means a backlog: take enough of it to fill bulk calls."""
+        have = len(claimed)
+        settings = self.d.settings
+        want = lot.dest.bulk.ids_per_call * 4 - have
+        if have < settings.claim_batch or want <= 0:
+            return []
+        # Only a backlog of identical changes is worth more: claiming more of one that does
+        # not group would only defer what PATCH's permits cannot cover now.
+        if not mostly_one_group(claimed):
+            return []
+        more = await self.d.store.claim(
+            lot.dest.id, now_ms=now_ms(), lease_ms=settings.lease_ms, batch=want, token=lot.token
+        )
+        stats["claimed"] += len(more)
+        return more
+
+    # One bulk call ------------------------------------------------------------------------
+
+    async def _start(
+        self, lot: Lot, fields: dict[str, Any], members: list[Claimed], stats: Counter[str]
+    ) -> list[Claimed]:
+        """Send one bulk call and hand its batch to a tracker; returns the prospects that
+        must go by PATCH instead (the call was refused or could not be sent)."""
+        bulk = lot.dest.bulk
+        deadline = now_ms() + int(bulk.timeout_s * 1000)
+        renewed = await self.d.store.renew_many(
+            lot.dest.id,
+            [c.prospect for c in members],
+            lot.token,
+            until_ms=deadline + self.d.settings.lease_ms,
+        )
+        members = [c for c in members if c.prospect in renewed]
+        if not members:
+            return []
+        # Outreach's figure before the call (None on a cold gate or in a new window: the call
+        # then goes unmeasured, and the next one tells what bulk costs).
+        before = await self._server_remaining(lot)
+        mod = BulkModification(ProspectIds(c.prospect for c in members), fields)
+        try:
+            answer = await self._call(lot, stats, lambda token: self.client.modify(token, mod))
+        except (_NoPermit, Unauthorized):
+            return members  # the PATCH path defers them, or refreshes the token
+        except Retryable as exc:
+            await self._failed(lot, f"bulk call not answered: {exc.detail}")
+            return members
+        if answer.value is None:
+            await self._refused(lot, answer, stats)
+            return members
+        batch = answer.value
+        await self._charged(lot, before, answer, len(members))
+        await self.state.add(lot.dest.id, **{figures.CALLS: 1, figures.RECORDS: len(members)})
+        stats["bulk_calls"] += 1
+        stats["bulk_records"] += len(members)
+        await self.state.track(lot.dest.id, InFlight(batch.id, lot.conn.id, deadline))
+        task = asyncio.get_running_loop().create_task(self._track(lot, batch.id, members, deadline))
+        self._trackers.add(task)
+        task.add_done_callback(self._trackers.discard)
+        return []
+
+    async def _server_remaining(self, lot: Lot) -> int | None:
+        try:
+            state = await self.d.gate.state(lot.conn.user, limit=lot.conn.rate_limit)
+        except Exception:  # only a figure for the status page: never stop a delivery for it
+            return None
+        return state.server_remaining
+
+    async def _charged(self, lot: Lot, before: int | None, answer: BulkAnswer[Any], n: int) -> None:
+        """What the call cost of the quota, by Outreach's own figure before and after it.
+        Outreach charging bulk per record makes it no cheaper than PATCH: bulk goes off for
+        the connection (this call's records are paid for and still settle)."""
+        raw = {k.lower(): v for k, v in answer.response.headers.items()}.get(
+            "x-ratelimit-remaining"
+        )
+        after = int(raw) if raw is not None and raw.isdigit() else None
+        charged = 1 if before is None or after is None else max(1, before - after)
+        await self.state.add(lot.dest.id, **{figures.CHARGED: charged})
+        # Outreach never reports below 0: a call that overdrew the window shows at most what
+        # was left, so the charge is judged against what could be seen.
+        visible = 0 if before is None else min(n, before)
+        if visible >= 10 and charged >= visible * BULK_PER_RECORD_SHARE:
+            reason = f"Outreach charged {charged} requests for a bulk call of {n} records"
+            until = now_ms() + int(BULK_PER_RECORD_OFF_S * 1000)
+            await self._turn_off(lot, "connection", reason, until)
+
+    # Tracking a batch ---------------------------------------------------------------------
+
+    async def _track(self, lot: Lot, batch_id: int, members: list[Claimed], deadline: int) -> None:
+        stats: Counter[str] = Counter()
+        try:
+            batch, lot = await self._follow(lot, batch_id, deadline, stats)
+            if await self.state.untrack(lot.dest.id, batch_id):
+                await self._settle(lot, batch_id, batch, members, stats)
+        except Exception:
+            # Nothing is lost: the claims come back to pending when their lease ends.
+            log.exception("tracking bulk batch %s of %s failed", batch_id, lot.dest.id)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._write_stats(lot, stats)
+
+    async def _follow(
+        self, lot: Lot, batch_id: int, deadline: int, stats: Counter[str]
+    ) -> tuple[Batch | None, Lot]:
+        """Poll until the batch ends (None: stuck past its deadline, or unreadable; it is
+        cancelled then)."""
+        bulk = lot.dest.bulk
+        wait_s, unexpected = bulk.poll_first_s, 0
+        while True:
+            left_s = (deadline - now_ms()) / 1000
+            if left_s <= 0:
+                break
+            await asyncio.sleep(min(wait_s, left_s))
+            wait_s = min(wait_s * 2, bulk.poll_max_s)
+            try:
+                answer = await self._call(lot, stats, lambda t: self.client.batch(t, batch_id))
+            except _NoPermit as no:
+                wait_s = max(no.wait_s, 0.05)
+                continue
+            except Retryable:
+                continue
+            except Unauthorized:
+                lot = await self._fresh(lot) or lot
+                continue
+            if answer.value is not None:
+                if answer.value.finished or answer.value.canceled:
+                    return answer.value, lot
+                continue
+            if isinstance(answer.error, Unauthorized):
+                lot = await self._fresh(lot) or lot
+            elif isinstance(answer.error, UnexpectedAnswer):
+                unexpected += 1
+                if unexpected >= MAX_UNEXPECTED:
+                    break
+        stats["bulk_stuck"] += 1
+        await self._cancel(lot, batch_id, stats)
+        return None, lot
+
+    async def _settle(
+        self,
+        lot: Lot,
+        batch_id: int,
+        batch: Batch | None,
+        members: list[Claimed],
+        stats: Counter[str],
+    ) -> None:
+        """Each prospect from its item: delivered, or sent again by PATCH."""
+        complete = batch is not None and batch.finished and not batch.pending
+        if complete and batch is not None and not batch.failures:
+            done = {c.prospect for c in members}
+            items: dict[int, BatchItem] = {}
+        else:
+            items = await self._items(lot, batch_id, stats)
+            done = {
+                p
+                for p, item in items.items()
+                if not item.failed and (complete or item.state.lower() in DONE)
+            }
+        delivered = [c for c in members if c.prospect in done]
+        again = [c for c in members if c.prospect not in done]
+        for c in again:
+            item = items.get(c.prospect)
+            if item is not None and item.failed:
+                stats["bulk_item_failed"] += 1
+                log.warning(
+                    "bulk record failed, sending it by PATCH: destination=%s batch=%s info=%s",
+                    lot.dest.id,
+                    batch_id,
+                    (item.info or "")[:200],
+                )
+        await self._delivered(lot, delivered, stats)
+        if complete and batch is not None and not batch.canceled:
+            await self.state.batch_succeeded(lot.dest.id)
+        else:
+            stats["bulk_fallback"] += 1
+            await self._failed(lot, f"batch {batch_id} did not finish (cancelled or stuck)")
+        if again:
+            await self._patch(lot, again, stats)
+
+    async def _items(self, lot: Lot, batch_id: int, stats: Counter[str]) -> dict[int, BatchItem]:
+        """Every item of the batch by prospect ({} when they cannot be read: all go by PATCH)."""
+        out: dict[int, BatchItem] = {}
+        url: str | None = None
+        while True:
+            try:
+                page = partial(self.client.items, batch_id=batch_id, page_size=BULK_ITEMS_PAGE)
+                answer = await self._call(lot, stats, partial(page, url=url), wait=True)
+            except (Retryable, Unauthorized, _NoPermit):
+                return {}
+            if answer.value is None:
+                return {}
+            out.update((item.prospect, item) for item in answer.value.items)
+            url = answer.value.next_url
+            if url is None:
+                return out
+
+    async def _delivered(self, lot: Lot, delivered: list[Claimed], stats: Counter[str]) -> None:
+        settled = await self.d.store.settle_delivered(
+            lot.dest.id,
+            [c.prospect for c in delivered],
+            lot.token,
+            now_ms=now_ms(),
+            window_ms=effective_window_ms(lot.dest, self.d.settings.coalesce_window_ms),
+        )
+        for c in delivered:
+            if c.prospect in settled:
+                stats["delivered"] += 1
+                count_delivered(stats, lot.dest, c.fields)
+            else:
+                stats["duplicates"] += 1
+        stats["bulk_delivered"] += len(settled)
+        await self.state.add(lot.dest.id, **{figures.DELIVERED: len(settled)})
+
+    async def _patch(self, lot: Lot, again: list[Claimed], stats: Counter[str]) -> None:
+        """What a batch did not deliver goes by PATCH, on the same claims (what the quota does
+        not allow now returns to pending)."""
+        fresh = await self._fresh(lot)
+        if fresh is None:
+            for c in again:
+                await self.d.outcomes.settle(lot, c, "defer", due_ms=now_ms())
+            return
+        for start in range(0, len(again), self.d.settings.claim_batch):
+            part = again[start : start + self.d.settings.claim_batch]
+            # Renewed to a PATCH's lease: the bulk lease may be far longer than needed now.
+            until = now_ms() + self.d.settings.lease_ms
+            await self.d.store.renew_many(
+                lot.dest.id, [c.prospect for c in part], lot.token, until_ms=until
+            )
+            await self.d._send_batch(fresh, part, stats)
+
+    async def _fresh(self, lot: Lot) -> Lot | None:
+        """The lot again (a refreshed token), with the same claim token."""
+        return await self.d._lot(lot.dest.id, lot.token)
+
+    async def _cancel(self, lot: Lot, batch_id: int, stats: Counter[str]) -> bool:
+        try:
+            answer = await self._call(
+                lot, stats, lambda t: self.client.cancel(t, batch_id), wait=True
+            )
+        except (Retryable, Unauthorized, _NoPermit):
+            return False
+        return answer.value is not None
+
+    async def _cancel_orphans(self, lot: Lot, stats: Counter[str]) -> None:
+        """Cancel batches whose tracker died (their worker was killed) before their claims
+        come back and are sent again: a late batch must not overwrite newer values."""
+        now = now_ms()
+        for flight in await self.state.in_flight(lot.dest.id):
+            if flight.deadline_ms > now:
+                continue  # its tracker still follows it (or cancels it at the deadline)
+            if await self._cancel(lot, flight.batch_id, stats):
+                await self.state.untrack(lot.dest.id, flight.batch_id)
+                stats["bulk_orphans_cancelled"] += 1
+
+    # Quota and refusals -------------------------------------------------------------------
+
+    async def _call(
+        self,
+        lot: Lot,
+        stats: Counter[str],
+        send: Callable[[str], Awaitable[BulkAnswer[T]]],
+        *,
+        wait: bool = False,
+    ) -> BulkAnswer[T]:
+        """One bulk request on a permit of the shared gate, its answer reported to the gate.
+        Without a permit: ``_NoPermit`` (or, with ``wait``, wait for one up to a minute)."""
+        deadline = time.monotonic() + 60.0
+        grant = await self.d._permits(lot, 1)
+        while not grant.granted:
+            if not wait or time.monotonic() + grant.wait_s > deadline:
+                raise _NoPermit(grant.wait_s)
+            await asyncio.sleep(max(grant.wait_s, 0.05))
+            grant = await self.d._permits(lot, 1)
+        stats["requests"] += 1
+        stats["bulk_requests"] += 1
+        await self.state.add(lot.dest.id, **{figures.REQUESTS: 1})
+        user, sent_s = lot.conn.user, time.time()
+        try:
+            if lot.access_token is None:
+                raise Unauthorized(None, f"connection {lot.conn.id} has no access token")
+            answer = await send(lot.access_token)
+        except (Retryable, Unauthorized):
+            await self.d.gate.observe(user, no_answer(), sent_s=sent_s, grant=grant.id)
+            raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.d.gate.observe(user, no_answer(), sent_s=sent_s, grant=grant.id)
+            raise
+        await self.d.gate.observe(user, answer.reply, sent_s=sent_s, grant=grant.id)
+        return answer
+
+    async def _refused(self, lot: Lot, answer: BulkAnswer[Any], stats: Counter[str]) -> None:
+        err = answer.error
+        stats[f"bulk_error_{type(err).__name__.lower()}"] += 1
+        if isinstance(err, RateLimited | Unauthorized):
+            return  # the gate is paused, or the PATCH path refreshes the token
+        if isinstance(err, Permanent) and err.status == 403:
+            until = now_ms() + int(lot.dest.bulk.off_s * 1000)
+            reason = f"Outreach refused bulk (403, missing batches scopes?): {err.detail}"
+            await self._turn_off(lot, "connection", reason[:300], until)
+        elif isinstance(err, Permanent) and err.status == 404:
+            until = now_ms() + int(lot.dest.bulk.off_s * 1000)
+            await self._turn_off(
+                lot, "destination", f"bulk action unknown (404): {err.detail}", until
+            )
+        else:
+            await self._failed(lot, f"bulk call refused: {err}")
+
+    async def _failed(self, lot: Lot, reason: str) -> None:
+        """A batch that failed; several in a row turn bulk off for the destination."""
+        if await self.state.batch_failed(lot.dest.id) >= BULK_MAX_BATCH_FAILURES:
+            until = now_ms() + int(lot.dest.bulk.off_s * 1000)
+            await self._turn_off(
+                lot, "destination", f"repeated batch failures; last: {reason}", until
+            )
+            await self.state.batch_succeeded(lot.dest.id)
+
+    async def _turn_off(self, lot: Lot, scope: str, reason: str, until_ms: int) -> None:
+        keys = self.d.store.keys
+        key = (
+            keys.bulk_connection(lot.conn.id)
+            if scope == "connection"
+            else keys.bulk_state(lot.dest.id)
+        )
+        if await self.state.turn_off(key, reason, until_ms=until_ms):
+            log.error(
+                "bulk delivery off for %s %s until %d: %s",
+                scope,
+                lot.conn.id if scope == "connection" else lot.dest.id,
+                until_ms,
+                reason,
+            )
+
+    async def _write_stats(self, lot: Lot, stats: Counter[str]) -> None:
+        if stats:
+            await self.d.store.count(lot.dest.id, **drain_metrics(stats))

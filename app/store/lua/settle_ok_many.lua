@@ -1,0 +1,32 @@
+-- Settle many claimed prospects as delivered, every field of their snapshot (a bulk batch's
+-- records): settle.lua's "ok" for each, in one round trip. A claim no longer ours is left
+-- alone and counted, as settle.lua does.
+-- KEYS[1] due, KEYS[2] leases, KEYS[3] lease tokens, KEYS[4] first-seen, KEYS[5] counters,
+-- KEYS[6] attempts, KEYS[7] failing-since.
+-- ARGV: token, now_ms, window_ms, key prefix of per-prospect keys ("<p>:{dest}:"), pid...
+-- Returns the pids settled.
+local token, now, window, kp = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local out = {}
+for i = 5, #ARGV do
+  local pid = ARGV[i]
+  if redis.call('HGET', KEYS[3], pid) ~= token then
+    redis.call('HINCRBY', KEYS[5], 'late_settles', 1)
+  else
+    redis.call('ZREM', KEYS[2], pid)
+    redis.call('HDEL', KEYS[3], pid)
+    local fly, pend, dlv = kp .. 'fly:' .. pid, kp .. 'pend:' .. pid, kp .. 'dlv:' .. pid
+    local snap = redis.call('HGETALL', fly)
+    if #snap > 0 then redis.call('HSET', dlv, unpack(snap)) end
+    redis.call('DEL', fly)
+    redis.call('HDEL', KEYS[6], pid)
+    redis.call('HDEL', KEYS[7], pid)
+    redis.call('HDEL', KEYS[4], pid)
+    if redis.call('EXISTS', pend) == 1 then
+      -- Changes that arrived during the flight: their window starts now at the latest.
+      redis.call('HSET', KEYS[4], pid, now)
+      redis.call('ZADD', KEYS[1], now + window, pid)
+    end
+    out[#out + 1] = pid
+  end
+end
+return out
