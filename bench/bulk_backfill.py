@@ -187,13 +187,15 @@ def _converge(run: Pipeline, expected: dict[int, dict[str, Any]], *, timeout_s: 
 
 def run(*, smoke: bool, prospects: int | None = None) -> tuple[list[Row], list[Result]]:
     n = prospects or (600 if smoke else 50_000)
+    # One PATCH-alone baseline serves both charging modes: with bulk off no bulk call is made,
+    # so how Outreach would charge one cannot change it (and at a million it is the long run).
     runs = [
         run_one(n, bulk=False, cost="call", label="PATCH alone"),
         run_one(n, bulk=True, cost="call", label="bulk, charged per call"),
-        run_one(n, bulk=False, cost="record", label="PATCH alone (bulk charged per record)"),
         run_one(n, bulk=True, cost="record", label="bulk, charged per record"),
     ]
-    off, on, off_rec, on_rec = runs
+    off, on, on_rec = runs
+    off_rec = off
     what = f"{n:,} prospects + {n // 10:,} in a 2nd audience"
     base = "PATCH alone (bulk off), same run"
     rows = [
