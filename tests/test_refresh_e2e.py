@@ -30,6 +30,7 @@ from app.ingest.producer import Producer
 from app.store.registry import publish_sync
 from tests.conftest import TEST_REDIS_URL, Sandbox, make_settings, settings_env, wait_until
 from tests.test_end_to_end import idle
+from tests.test_errors_e2e import wait_for_holds
 from tests.test_oauth_e2e import CLIENT, Api, api_factory, call
 
 __all__ = ["api_factory"]  # the fixture, shared with the OAuth tests
@@ -304,12 +305,12 @@ def test_revoked_token_pauses_without_loss_and_a_new_dance_delivers_everything(
     }
     publish_sync(rclient, keys, parse_config(conf), cipher=api.cipher)
     # Shorter than the pause below: time spent paused must not count against the retry age.
-    env = {**api.env, "COALESCE_WINDOW_MS": "0", "MAX_RETRY_AGE_S": "2.5"}
+    env = {**api.env, "COALESCE_WINDOW_MS": "0", "MAX_RETRY_AGE_S": "1.5", "REAUTH_HOLD_S": "0.2"}
     worker_factory(env, concurrency=2)
     producer = Producer(make_settings(env))
     # Not authorized yet: changes wait, nothing is sent.
     producer.send("d", [profile(p, "realized", "v1") for p in range(1, 6)])
-    time.sleep(1.5)
+    wait_for_holds(rclient, keys, "d", looks=3, span_s=0.4)  # the drain looked, and waited
     assert sandbox.prospects() == {} and sandbox.stats()["requests"] == 0
 
     assert api.dance("c").status == 200
@@ -327,7 +328,9 @@ def test_revoked_token_pauses_without_loss_and_a_new_dance_delivers_everything(
     wait_until(paused, timeout_s=30, what="the connection to need re-authorization")
     # While paused, changes keep coalescing: newer values replace v2.
     producer.send("d", [profile(p, "exited", "v3") for p in range(1, 4)])
-    time.sleep(3)  # several hold periods: still nothing sent, nothing failed, no attempt
+    # Held again and again for longer than MAX_RETRY_AGE_S: still nothing sent, nothing
+    # failed, no attempt.
+    wait_for_holds(rclient, keys, "d", looks=4, span_s=1.6)
     assert sandbox.prospects() == v1
     assert rclient.hlen(keys.failures("d")) == 0 and rclient.hlen(keys.attempts("d")) == 0
     assert rclient.zcard(keys.due("d")) == 5
