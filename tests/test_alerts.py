@@ -309,7 +309,9 @@ def test_alert_loop_threads_share_the_fleet_lease(prefix: str, rclient: redis.Re
         server = TestServer(app)
         await server.start_server()
         settings = _settings(prefix, ALERT_INTERVAL_S="1")
-        settings = settings.model_copy(update={"alert_webhook_url": _secret(server, "/hook")})
+        # Rounds 0.2 s apart (below the 1 s floor a deployment may set) keep the test short.
+        update = {"alert_webhook_url": _secret(server, "/hook"), "alert_interval_s": 0.2}
+        settings = settings.model_copy(update=update)
         loops = [AlertLoop(settings), AlertLoop(settings)]
         for loop in loops:
             loop.start()
@@ -318,7 +320,11 @@ def test_alert_loop_threads_share_the_fleet_lease(prefix: str, rclient: redis.Re
             deadline = asyncio.get_running_loop().time() + 10
             while not received and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.1)
-            await asyncio.sleep(2.5)  # both loops run at least twice more
+            # Both loops run at least three more rounds: neither sends the alert again.
+            after = [loop.rounds + 3 for loop in loops]
+            while any(loop.rounds < n for loop, n in zip(loops, after, strict=True)):
+                assert asyncio.get_running_loop().time() < deadline + 10, "the loops stalled"
+                await asyncio.sleep(0.05)
         finally:
             for loop in loops:
                 await asyncio.to_thread(loop.stop)

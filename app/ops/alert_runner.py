@@ -295,6 +295,8 @@ class AlertLoop:
         self._settings = settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alerts", daemon=True)
+        #: Rounds run so far (each tries the lease, and evaluates when it has it).
+        self.rounds = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -325,6 +327,7 @@ class AlertLoop:
                         await evaluator.evaluate()
                 except Exception:  # a bad evaluation must not end the loop; the next may work
                     log.exception("alert evaluation failed")
+                self.rounds += 1
         finally:
             with contextlib.suppress(Exception):
                 await lease.release()
