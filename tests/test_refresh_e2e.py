@@ -64,6 +64,18 @@ def install(
     )
 
 
+def connected(
+    rclient: redis.Redis, prefix: str, sandbox: Sandbox, *, expires_in: int = 3600, **kw: Any
+) -> tuple[str, TokenCipher]:
+    """Connection "c" installed with tokens a0/r0 that the sandbox knows (valid
+    ``expires_in`` there); returns the encryption key and its cipher. ``kw``: see install."""
+    key = Fernet.generate_key().decode()
+    cipher = TokenCipher(parse_keys(key))
+    register(sandbox, "a0", "r0", expires_in)
+    install(rclient, prefix, cipher, "a0", "r0", **kw)
+    return key, cipher
+
+
 def token_grant(sandbox: Sandbox, refresh_token: str) -> int:
     """Status of a refresh_token grant at the sandbox (200 issues, 400 refuses)."""
     form = {
@@ -118,11 +130,8 @@ def _one_process(env: dict[str, str], barrier: Any, out: Any) -> None:
 def test_eight_processes_with_an_expiring_token_cause_exactly_one_refresh(
     prefix: str, rclient: redis.Redis, sandbox: Sandbox
 ) -> None:
-    key = Fernet.generate_key().decode()
-    cipher = TokenCipher(parse_keys(key))
-    register(sandbox, "a0", "r0", 3600)
     # Within the refresh margin: every process wants to refresh before using it.
-    install(rclient, prefix, cipher, "a0", "r0", expires_at=time.time() + 10)
+    key, _ = connected(rclient, prefix, sandbox, expires_at=time.time() + 10)
     env = env_for(prefix, sandbox, key)
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(WORKERS), ctx.Queue()
@@ -141,11 +150,8 @@ def test_eight_processes_with_an_expiring_token_cause_exactly_one_refresh(
 def test_eight_concurrent_workers_hitting_an_expired_token_refresh_once_and_deliver(
     prefix: str, rclient: redis.Redis, sandbox: Sandbox, worker_factory: Callable[..., Any]
 ) -> None:
-    key = Fernet.generate_key().decode()
-    cipher = TokenCipher(parse_keys(key))
-    register(sandbox, "a0", "r0", 1)
     # The expiry is unknown to us: the workers learn it from Outreach's 401s.
-    install(rclient, prefix, cipher, "a0", "r0")
+    key, cipher = connected(rclient, prefix, sandbox, expires_in=1)
     dests = [f"d{i}" for i in range(WORKERS)]
     conf = {
         "connections": [{"id": "c", "user": USER}],
@@ -185,10 +191,7 @@ def test_eight_concurrent_workers_hitting_an_expired_token_refresh_once_and_deli
 async def test_the_rotated_refresh_token_is_persisted_and_429s_are_waited_out(
     prefix: str, rclient: redis.Redis, sandbox: Sandbox
 ) -> None:
-    key = Fernet.generate_key().decode()
-    cipher = TokenCipher(parse_keys(key))
-    register(sandbox, "a0", "r0", 3600)
-    install(rclient, prefix, cipher, "a0", "r0")
+    key, cipher = connected(rclient, prefix, sandbox)
     sandbox.post("/_sandbox/config", {"token_429_next": 2})
     mgr, close = await manager(env_for(prefix, sandbox, key))
     try:
@@ -215,10 +218,7 @@ async def test_the_rotated_refresh_token_is_persisted_and_429s_are_waited_out(
 async def test_a_revoked_grant_makes_the_connection_reauth_required_logged_once(
     prefix: str, rclient: redis.Redis, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
 ) -> None:
-    key = Fernet.generate_key().decode()
-    cipher = TokenCipher(parse_keys(key))
-    register(sandbox, "a0", "r0", 3600)
-    install(rclient, prefix, cipher, "a0", "r0")
+    key, cipher = connected(rclient, prefix, sandbox)
     sandbox.post("/_sandbox/tokens/revoke", {"user": USER})
     one, close_one = await manager(env_for(prefix, sandbox, key))
     two, close_two = await manager(env_for(prefix, sandbox, key))
@@ -244,10 +244,7 @@ async def test_a_revoked_grant_makes_the_connection_reauth_required_logged_once(
 async def test_after_a_failed_refresh_the_waiters_do_not_call_the_token_endpoint_again(
     prefix: str, rclient: redis.Redis, sandbox: Sandbox
 ) -> None:
-    key = Fernet.generate_key().decode()
-    cipher = TokenCipher(parse_keys(key))
-    register(sandbox, "a0", "r0", 3600)
-    install(rclient, prefix, cipher, "a0", "r0")
+    key, _ = connected(rclient, prefix, sandbox)
     # The token endpoint keeps answering 429 for longer than a refresh may wait.
     sandbox.post("/_sandbox/config", {"token_429_next": 100})
     env = env_for(prefix, sandbox, key, TOKEN_REFRESH_WAIT_S="0.1")  # one try: no 2nd
