@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
@@ -15,17 +16,6 @@ from app.core.scripts import LuaScripts
 from app.ratelimit.gate import QuotaGate
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Client:
-    """Records what it is asked to register (a stand-in for a Redis client)."""
-
-    def __init__(self) -> None:
-        self.registered: list[str] = []
-
-    def register_script(self, text: str) -> object:
-        self.registered.append(text)
-        return object()
 
 
 def test_no_lua_is_written_inline_in_python() -> None:
@@ -48,15 +38,14 @@ def test_every_lua_file_is_shipped_as_package_data() -> None:
     assert packages and all("lua/*.lua" in shipped.get(p, []) for p in packages), packages
 
 
-def test_a_script_runs_after_its_prelude_and_is_registered_once() -> None:
-    scripts, client = LuaScripts("app.ratelimit"), Client()
-    first = scripts.sync(client, "quota_reserve", prelude=["quota_grants"])  # type: ignore[arg-type]
-    again = scripts.sync(client, "quota_reserve", prelude=("quota_grants",))  # type: ignore[arg-type]
-    assert again is first and len(client.registered) == 1
+def test_a_script_runs_after_its_prelude_and_is_registered_once_per_client() -> None:
+    scripts, one, two = LuaScripts("app.ratelimit"), redis.Redis(), redis.Redis()
+    first = scripts.sync(one, "quota_reserve", prelude=["quota_grants"])
+    assert scripts.sync(one, "quota_reserve", prelude=("quota_grants",)) is first
+    assert scripts.sync(two, "quota_reserve", prelude=("quota_grants",)) is not first
     grants, reserve = scripts.source("quota_grants"), scripts.source("quota_reserve")
-    assert client.registered[0] == grants + reserve
-    scripts.sync(client, "quota_reserve")  # type: ignore[arg-type]
-    assert client.registered[1] == reserve
+    assert first.script == grants + reserve
+    assert scripts.sync(one, "quota_reserve").script == reserve
 
 
 async def test_a_new_gate_on_the_same_client_registers_nothing_again(
