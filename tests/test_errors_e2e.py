@@ -184,7 +184,7 @@ def test_a_refused_token_that_cannot_be_refreshed_pauses_until_a_new_one_is_inst
     assert "revoked-token" not in (rec.reason or "")
     # Paused for twice MAX_RETRY_AGE_S, the drain looking again and again: nothing is retried
     # or failed.
-    wait_for_holds(rclient, keys, "d", looks=4, span_s=1.0)
+    wait_for_holds(rclient, keys, "d", looks=3, span_s=1.0)
     assert sandbox.stats()["by_status"] == {"401": 1}
     assert failures(rclient, keys) == []
     producer.send("d", [profile(7, {"a": "exited"})])
