@@ -19,9 +19,10 @@ from aiohttp import web
 from app.api.app import make_app
 from app.core.keys import Keys
 from app.ingest.producer import Producer
-from app.store.registry import publish_sync
+from app.store.registry import CACHE_TTL_S, publish_sync
 from tests.conftest import ROOT, Sandbox, free_port, make_settings, settings_env, wait_until
 from tests.test_end_to_end import e2e_config
+from tests.test_errors_e2e import wait_for_holds
 from tests.test_ingest_api import profile
 from tests.test_producer_auth import raw_status
 
@@ -251,7 +252,9 @@ async def test_an_edit_reaches_a_running_worker_without_a_restart(
     sandbox: Sandbox,
     worker_factory: Callable[..., Any],
 ) -> None:
-    env = settings_env(prefix, sandbox, ADMIN_API_KEY=ADMIN_KEY, COALESCE_WINDOW_MS="100")
+    env = settings_env(
+        prefix, sandbox, ADMIN_API_KEY=ADMIN_KEY, COALESCE_WINDOW_MS="100", REAUTH_HOLD_S="0.2"
+    )
     publish_sync(rclient, Keys(prefix), e2e_config())
     worker_factory(env, concurrency=1)
     runner, url = await start_api(env)
@@ -278,12 +281,13 @@ async def test_an_edit_reaches_a_running_worker_without_a_restart(
         last = [p for p in sandbox.patches() if p["prospect_id"] == 501][-1]
         assert last["attributes"] == ["custom9"]
 
-        # Disabled: accepted changes wait (the worker's copy expires within 2 s) ...
+        # Disabled: accepted changes wait (the worker's copy expires within CACHE_TTL_S) ...
         assert (await admin.call("PATCH", "/e2e", {"enabled": False}))[0] == 200
-        time.sleep(2.5)
+        time.sleep(CACHE_TTL_S + 0.5)
         patches = len(sandbox.patches())
         await ingest("502", "realized")
-        time.sleep(1.5)
+        # The drain looked at the destination again, and each time held it.
+        wait_for_holds(rclient, Keys(prefix), "e2e", looks=2, span_s=0.4)
         assert len(sandbox.patches()) == patches and 502 not in sandbox.prospects()
         assert rclient.zcard(Keys(prefix).due("e2e")) == 1
         # ... and are sent once it is enabled again.

@@ -4,9 +4,10 @@ and the lease that keeps one evaluator running — on real Redis with a local we
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -91,11 +92,19 @@ def _settings(prefix: str, hook: Hook | None = None, **extra: str) -> Settings:
     return make_settings(env)
 
 
-async def _evaluator(client: aioredis.Redis, settings: Settings) -> tuple[Evaluator, Any]:
-    import aiohttp
+@pytest.fixture
+async def evaluators(aclient: aioredis.Redis) -> AsyncIterator[Callable[..., Evaluator]]:
+    """Evaluators on ``aclient`` (keyword arguments: Evaluator's), each with its own webhook
+    session, closed after the test."""
+    sessions: list[aiohttp.ClientSession] = []
 
-    session = aiohttp.ClientSession()
-    return Evaluator(client, settings, Webhook(settings, session)), session
+    def make(settings: Settings, **kw: Any) -> Evaluator:
+        sessions.append(aiohttp.ClientSession())
+        return Evaluator(aclient, settings, Webhook(settings, sessions[-1]), **kw)
+
+    yield make
+    for session in sessions:
+        await session.close()
 
 
 # The rules, pure -------------------------------------------------------------------------
@@ -203,85 +212,80 @@ def test_a_status_document_with_a_misspelt_field_is_refused() -> None:
 
 @pytest.mark.usefixtures("published")
 async def test_invalid_mapping_marked_by_the_store_alerts_once_then_recovers(
-    prefix: str, aclient: aioredis.Redis, rclient: redis.Redis, hook: Hook
+    prefix: str,
+    aclient: aioredis.Redis,
+    evaluators: Callable[..., Evaluator],
+    rclient: redis.Redis,
+    hook: Hook,
 ) -> None:
     settings = _settings(prefix, hook)
-    evaluator, session = await _evaluator(aclient, settings)
-    try:
-        assert await evaluator.evaluate() == []
-        await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 7)
-        first = await evaluator.evaluate()
-        second = await evaluator.evaluate()  # the condition still holds: no second message
-        assert [n.key for n in first] == ["invalid_mapping:d1:7"] and second == []
-        assert hook.events() == [("alert", "invalid_mapping:d1:7")]
-        assert hook.received[0]["details"] == {"destination": "d1", "mapping_id": 7}
-        publish_sync(rclient, settings.keys, _config())  # the corrected configuration
-        await evaluator.evaluate()
-        await evaluator.evaluate()
-        assert hook.events()[1:] == [("recovery", "invalid_mapping:d1:7")]
-    finally:
-        await session.close()
+    evaluator = evaluators(settings)
+    assert await evaluator.evaluate() == []
+    await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 7)
+    first = await evaluator.evaluate()
+    second = await evaluator.evaluate()  # the condition still holds: no second message
+    assert [n.key for n in first] == ["invalid_mapping:d1:7"] and second == []
+    assert hook.events() == [("alert", "invalid_mapping:d1:7")]
+    assert hook.received[0]["details"] == {"destination": "d1", "mapping_id": 7}
+    publish_sync(rclient, settings.keys, _config())  # the corrected configuration
+    await evaluator.evaluate()
+    await evaluator.evaluate()
+    assert hook.events()[1:] == [("recovery", "invalid_mapping:d1:7")]
 
 
 @pytest.mark.usefixtures("published")
 async def test_two_evaluators_at_once_send_one_alert(
-    prefix: str, aclient: aioredis.Redis, hook: Hook
+    prefix: str, aclient: aioredis.Redis, evaluators: Callable[..., Evaluator], hook: Hook
 ) -> None:
     settings = _settings(prefix, hook)
-    (one, s1), (two, s2) = await _evaluator(aclient, settings), await _evaluator(aclient, settings)
-    try:
-        await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 7)
-        for _ in range(3):
-            await asyncio.gather(one.evaluate(), two.evaluate())
-        assert hook.events() == [("alert", "invalid_mapping:d1:7")]
-    finally:
-        await s1.close()
-        await s2.close()
+    one, two = evaluators(settings), evaluators(settings)
+    await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 7)
+    for _ in range(3):
+        await asyncio.gather(one.evaluate(), two.evaluate())
+    assert hook.events() == [("alert", "invalid_mapping:d1:7")]
 
 
 @pytest.mark.usefixtures("published")
 async def test_failure_rate_over_the_last_hour_from_the_counters(
-    prefix: str, aclient: aioredis.Redis, rclient: redis.Redis, hook: Hook
+    prefix: str,
+    aclient: aioredis.Redis,
+    evaluators: Callable[..., Evaluator],
+    rclient: redis.Redis,
+    hook: Hook,
 ) -> None:
     settings = _settings(prefix, hook, ALERT_FAILURE_RATE="0.2")
     keys = settings.keys
     rclient.hset(keys.counters("d1"), mapping={"drain_delivered": 1000, "prospects_failed": 5})
-    evaluator, session = await _evaluator(aclient, settings)
-    try:
-        t0 = 1_000_000.0
-        assert await evaluator.evaluate(now_s=t0) == []  # old failures are not this hour's
-        rclient.hincrby(keys.counters("d1"), "drain_delivered", 30)
-        rclient.hincrby(keys.counters("d1"), "prospects_failed", 20)
-        (n,) = await evaluator.evaluate(now_s=t0 + 60)
-        assert n.key == "failure_rate:d1" and n.details["failed"] == 20 and n.details["of"] == 50
-        rclient.hincrby(keys.counters("d1"), "drain_delivered", 200)
-        (r,) = await evaluator.evaluate(now_s=t0 + 120)  # 20 of 250 failed: under 20 %
-        assert (r.event, r.key, r.since_s) == ("recovery", "failure_rate:d1", t0 + 60)
-        assert hook.events() == [("alert", "failure_rate:d1"), ("recovery", "failure_rate:d1")]
-        # An hour later the burst has left the window.
-        assert await evaluator.evaluate(now_s=t0 + 4000) == []
-    finally:
-        await session.close()
+    evaluator = evaluators(settings)
+    t0 = 1_000_000.0
+    assert await evaluator.evaluate(now_s=t0) == []  # old failures are not this hour's
+    rclient.hincrby(keys.counters("d1"), "drain_delivered", 30)
+    rclient.hincrby(keys.counters("d1"), "prospects_failed", 20)
+    (n,) = await evaluator.evaluate(now_s=t0 + 60)
+    assert n.key == "failure_rate:d1" and n.details["failed"] == 20 and n.details["of"] == 50
+    rclient.hincrby(keys.counters("d1"), "drain_delivered", 200)
+    (r,) = await evaluator.evaluate(now_s=t0 + 120)  # 20 of 250 failed: under 20 %
+    assert (r.event, r.key, r.since_s) == ("recovery", "failure_rate:d1", t0 + 60)
+    assert hook.events() == [("alert", "failure_rate:d1"), ("recovery", "failure_rate:d1")]
+    # An hour later the burst has left the window.
+    assert await evaluator.evaluate(now_s=t0 + 4000) == []
 
 
 @pytest.mark.usefixtures("published")
 async def test_unreachable_webhook_is_retried_then_resent_next_evaluation(
-    prefix: str, aclient: aioredis.Redis, hook: Hook
+    prefix: str, aclient: aioredis.Redis, evaluators: Callable[..., Evaluator], hook: Hook
 ) -> None:
     settings = _settings(prefix, hook)
-    evaluator, session = await _evaluator(aclient, settings)
-    try:
-        await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 7)
-        hook.fail_first = 1  # one 503, then the retry lands
-        assert len(await evaluator.evaluate()) == 1
-        assert hook.events() == [("alert", "invalid_mapping:d1:7")]
-        await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 9)
-        hook.fail_first = 2  # both tries fail: sent at the next evaluation instead
-        assert await evaluator.evaluate() == []
-        assert [n.key for n in await evaluator.evaluate()] == ["invalid_mapping:d1:9"]
-        assert hook.events()[-1] == ("alert", "invalid_mapping:d1:9")
-    finally:
-        await session.close()
+    evaluator = evaluators(settings)
+    await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 7)
+    hook.fail_first = 1  # one 503, then the retry lands
+    assert len(await evaluator.evaluate()) == 1
+    assert hook.events() == [("alert", "invalid_mapping:d1:7")]
+    await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 9)
+    hook.fail_first = 2  # both tries fail: sent at the next evaluation instead
+    assert await evaluator.evaluate() == []
+    assert [n.key for n in await evaluator.evaluate()] == ["invalid_mapping:d1:9"]
+    assert hook.events()[-1] == ("alert", "invalid_mapping:d1:9")
 
 
 async def test_one_lease_holder_at_a_time(prefix: str, aclient: aioredis.Redis) -> None:
@@ -309,7 +313,9 @@ def test_alert_loop_threads_share_the_fleet_lease(prefix: str, rclient: redis.Re
         server = TestServer(app)
         await server.start_server()
         settings = _settings(prefix, ALERT_INTERVAL_S="1")
-        settings = settings.model_copy(update={"alert_webhook_url": _secret(server, "/hook")})
+        # Rounds 0.2 s apart (below the 1 s floor a deployment may set) keep the test short.
+        update = {"alert_webhook_url": _secret(server, "/hook"), "alert_interval_s": 0.2}
+        settings = settings.model_copy(update=update)
         loops = [AlertLoop(settings), AlertLoop(settings)]
         for loop in loops:
             loop.start()
@@ -318,7 +324,11 @@ def test_alert_loop_threads_share_the_fleet_lease(prefix: str, rclient: redis.Re
             deadline = asyncio.get_running_loop().time() + 10
             while not received and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.1)
-            await asyncio.sleep(2.5)  # both loops run at least twice more
+            # Both loops run at least three more rounds: neither sends the alert again.
+            after = [loop.rounds + 3 for loop in loops]
+            while any(loop.rounds < n for loop, n in zip(loops, after, strict=True)):
+                assert asyncio.get_running_loop().time() < deadline + 10, "the loops stalled"
+                await asyncio.sleep(0.05)
         finally:
             for loop in loops:
                 await asyncio.to_thread(loop.stop)
@@ -336,7 +346,11 @@ def _secret(server: TestServer, path: str) -> Any:
 
 @pytest.mark.usefixtures("published")
 async def test_a_connection_needing_reauthorization_alerts_once_and_recovers_on_reconnect(
-    prefix: str, aclient: aioredis.Redis, rclient: redis.Redis, hook: Hook
+    prefix: str,
+    aclient: aioredis.Redis,
+    evaluators: Callable[..., Evaluator],
+    rclient: redis.Redis,
+    hook: Hook,
 ) -> None:
     """From the connection store's real state, through the real status document."""
     import time
@@ -346,21 +360,18 @@ async def test_a_connection_needing_reauthorization_alerts_once_and_recovers_on_
 
     settings = _settings(prefix, hook)
     store = ConnectionStoreSync(rclient, settings.keys, default_cipher())
-    evaluator, session = await _evaluator(aclient, settings)
-    try:
-        assert await evaluator.evaluate() == []
-        store.update(
-            "conn", lambda old: old and with_reauth_required(old, "invalid_grant", now=time.time())
-        )
-        await evaluator.evaluate()
-        await evaluator.evaluate()
-        assert hook.events() == [("alert", "reauth_required:conn")]
-        publish_sync(rclient, settings.keys, _config())  # connected again: tokens installed
-        assert store.get("conn").state == "active"  # type: ignore[union-attr]
-        await evaluator.evaluate()
-        assert hook.events()[1:] == [("recovery", "reauth_required:conn")]
-    finally:
-        await session.close()
+    evaluator = evaluators(settings)
+    assert await evaluator.evaluate() == []
+    store.update(
+        "conn", lambda old: old and with_reauth_required(old, "invalid_grant", now=time.time())
+    )
+    await evaluator.evaluate()
+    await evaluator.evaluate()
+    assert hook.events() == [("alert", "reauth_required:conn")]
+    publish_sync(rclient, settings.keys, _config())  # connected again: tokens installed
+    assert store.get("conn").state == "active"  # type: ignore[union-attr]
+    await evaluator.evaluate()
+    assert hook.events()[1:] == [("recovery", "reauth_required:conn")]
 
 
 def test_lag_does_not_alert_for_a_disabled_destination(prefix: str) -> None:
@@ -374,66 +385,62 @@ def test_lag_does_not_alert_for_a_disabled_destination(prefix: str) -> None:
 
 @pytest.mark.usefixtures("published")
 async def test_an_unsent_recovery_keeps_the_incident_and_is_sent_next_evaluation(
-    prefix: str, aclient: aioredis.Redis, rclient: redis.Redis, hook: Hook
+    prefix: str,
+    aclient: aioredis.Redis,
+    evaluators: Callable[..., Evaluator],
+    rclient: redis.Redis,
+    hook: Hook,
 ) -> None:
     settings = _settings(prefix, hook)
     keys = settings.keys
-    evaluator, session = await _evaluator(aclient, settings)
-    try:
-        await ProspectStore(aclient, keys).mark_invalid_mapping("d1", 7)
-        assert len(await evaluator.evaluate()) == 1
-        rclient.delete(keys.invalid_mappings("d1"))
-        hook.fail_first = 2  # both tries of the recovery fail
-        assert await evaluator.evaluate() == []
-        assert rclient.hexists(keys.alerts_open(), "invalid_mapping:d1:7")
-        [r] = await evaluator.evaluate()
-        assert (r.event, r.key) == ("recovery", "invalid_mapping:d1:7")
-        assert hook.events() == [("alert", r.key), ("recovery", r.key)]
-        assert not rclient.exists(keys.alerts_open())
-    finally:
-        await session.close()
+    evaluator = evaluators(settings)
+    await ProspectStore(aclient, keys).mark_invalid_mapping("d1", 7)
+    assert len(await evaluator.evaluate()) == 1
+    rclient.delete(keys.invalid_mappings("d1"))
+    hook.fail_first = 2  # both tries of the recovery fail
+    assert await evaluator.evaluate() == []
+    assert rclient.hexists(keys.alerts_open(), "invalid_mapping:d1:7")
+    [r] = await evaluator.evaluate()
+    assert (r.event, r.key) == ("recovery", "invalid_mapping:d1:7")
+    assert hook.events() == [("alert", r.key), ("recovery", r.key)]
+    assert not rclient.exists(keys.alerts_open())
 
 
 @pytest.mark.usefixtures("published")
 async def test_no_recovery_while_the_incident_is_being_sent_elsewhere(
-    prefix: str, aclient: aioredis.Redis, rclient: redis.Redis, hook: Hook
+    prefix: str,
+    aclient: aioredis.Redis,
+    evaluators: Callable[..., Evaluator],
+    rclient: redis.Redis,
+    hook: Hook,
 ) -> None:
     settings = _settings(prefix, hook)
     keys = settings.keys
     key = "invalid_mapping:d1:7"
-    evaluator, session = await _evaluator(aclient, settings)
-    try:
-        await ProspectStore(aclient, keys).mark_invalid_mapping("d1", 7)
-        assert len(await evaluator.evaluate()) == 1
-        rclient.delete(keys.invalid_mappings("d1"))
-        rclient.set(keys.alerts_sending(key), "1", px=60_000)  # another evaluator sends it
-        assert await evaluator.evaluate() == []
-        assert rclient.hexists(keys.alerts_open(), key)
-        rclient.delete(keys.alerts_sending(key))
-        assert [n.event for n in await evaluator.evaluate()] == ["recovery"]
-        assert hook.events() == [("alert", key), ("recovery", key)]
-    finally:
-        await session.close()
+    evaluator = evaluators(settings)
+    await ProspectStore(aclient, keys).mark_invalid_mapping("d1", 7)
+    assert len(await evaluator.evaluate()) == 1
+    rclient.delete(keys.invalid_mappings("d1"))
+    rclient.set(keys.alerts_sending(key), "1", px=60_000)  # another evaluator sends it
+    assert await evaluator.evaluate() == []
+    assert rclient.hexists(keys.alerts_open(), key)
+    rclient.delete(keys.alerts_sending(key))
+    assert [n.event for n in await evaluator.evaluate()] == ["recovery"]
+    assert hook.events() == [("alert", key), ("recovery", key)]
 
 
 @pytest.mark.usefixtures("published")
 async def test_an_evaluator_that_lost_its_lease_sends_nothing(
-    prefix: str, aclient: aioredis.Redis, hook: Hook
+    prefix: str, aclient: aioredis.Redis, evaluators: Callable[..., Evaluator], hook: Hook
 ) -> None:
-    import aiohttp
-
     settings = _settings(prefix, hook)
     mine, theirs = Lease(aclient, settings, ttl_s=30), Lease(aclient, settings, ttl_s=30)
-    session = aiohttp.ClientSession()
-    evaluator = Evaluator(aclient, settings, Webhook(settings, session), lease=mine)
-    try:
-        assert await mine.acquire()
-        await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 7)
-        await aclient.delete(settings.keys.alerts_lease())  # expired during a long evaluation
-        assert await theirs.acquire()
-        assert await evaluator.evaluate() == [] and hook.events() == []
-        await theirs.release()
-        assert [n.key for n in await evaluator.evaluate()] == ["invalid_mapping:d1:7"]
-        assert hook.events() == [("alert", "invalid_mapping:d1:7")]
-    finally:
-        await session.close()
+    evaluator = evaluators(settings, lease=mine)
+    assert await mine.acquire()
+    await ProspectStore(aclient, settings.keys).mark_invalid_mapping("d1", 7)
+    await aclient.delete(settings.keys.alerts_lease())  # expired during a long evaluation
+    assert await theirs.acquire()
+    assert await evaluator.evaluate() == [] and hook.events() == []
+    await theirs.release()
+    assert [n.key for n in await evaluator.evaluate()] == ["invalid_mapping:d1:7"]
+    assert hook.events() == [("alert", "invalid_mapping:d1:7")]

@@ -64,19 +64,21 @@ async def test_a_value_flipped_back_during_an_unanswered_send_still_reaches_outr
 async def test_a_claim_expired_while_waiting_for_a_connection_is_not_sent(
     prefix: str, rclient: redis.Redis, aclient: aioredis.Redis
 ) -> None:
-    # One connection, a 1.5 s lease: prospect 1's slow answer keeps prospect 2 waiting past
+    # One connection, a short lease: prospect 1's slow answer keeps prospect 2 waiting past
     # its lease; another drain takes 2 over and delivers the newer value first.
     settings = _setup(
-        prefix, rclient, LEASE_MS="1500", OUTREACH_TIMEOUT_S="0.5", HTTP_CONCURRENCY="1",
+        prefix, rclient, LEASE_MS="1100", OUTREACH_TIMEOUT_S="0.1", HTTP_CONCURRENCY="1",
         CLAIM_BATCH="2",
     )  # fmt: skip
     held: dict[int, dict[str, Any]] = {}
     slow = {"once": True}
+    in_flight, taken_over = asyncio.Event(), asyncio.Event()
 
     async def answer(pid: int, fields: Any) -> Response:
         if pid == 1 and slow["once"]:
             slow["once"] = False
-            await asyncio.sleep(2.0)
+            in_flight.set()
+            await asyncio.wait_for(taken_over.wait(), timeout=30)
         held.setdefault(pid, {}).update(fields)
         return ok()
 
@@ -87,11 +89,13 @@ async def test_a_claim_expired_while_waiting_for_a_connection_is_not_sent(
     await pend(store, 1, "realized", 1)
     await pend(store, 2, "realized", 1)
 
-    async def takeover() -> Any:
-        await asyncio.sleep(0.3)
+    async def takeover() -> None:
+        await in_flight.wait()  # 1 is being sent; 2 is claimed, waiting for the connection
         await pend(store, 2, "exited", 2)  # a newer value, pending behind the claim
-        await asyncio.sleep(1.4)  # 2's lease has run out
-        return await second.drain(D)
+        while 2 not in held:  # another drain looks, as a dispatcher would, until 2's lease ends
+            await second.drain(D)
+            await asyncio.sleep(0.02)
+        taken_over.set()
 
     stats, _ = await asyncio.gather(first.drain(D), takeover())
     assert held[2] == {"custom1": "exited"}, "a stale snapshot overwrote the newer value"

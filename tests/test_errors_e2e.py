@@ -4,7 +4,6 @@ a refused field does not take the prospect's other fields down with it."""
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +42,23 @@ def profile(pid: int, audiences: dict[str, str], **attrs: Any) -> dict[str, Any]
 
 def failures(rclient: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     return [json.loads(v) for v in rclient.hgetall(keys.failures("d")).values()]
+
+
+def wait_for_holds(
+    rclient: redis.Redis, keys: Keys, dest: str, *, looks: int, span_s: float
+) -> None:
+    """Wait until the drain has found ``dest`` unable to send and held it ``looks`` times
+    (each look sets a new hold, ``REAUTH_HOLD_S`` from then), the first and the last at least
+    ``span_s`` apart: it kept looking at the destination all that time."""
+    seen: list[int] = []
+
+    def looked() -> bool:
+        raw = rclient.get(keys.hold(dest))
+        if raw is not None and (not seen or int(raw) != seen[-1]):
+            seen.append(int(raw))
+        return len(seen) >= looks and seen[-1] - seen[0] >= span_s * 1000
+
+    wait_until(looked, timeout_s=30, what=f"{looks} holds of {dest} over {span_s} s", every_s=0.02)
 
 
 def run(
@@ -147,8 +163,8 @@ def test_a_refused_token_that_cannot_be_refreshed_pauses_until_a_new_one_is_inst
     # again, so the connection waits for an operator instead of turning every change into a
     # dead letter after MAX_RETRY_AGE_S.
     sandbox = sandbox_factory()
-    env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0", MAX_RETRY_AGE_S="1.5")
-    env["REAUTH_HOLD_S"] = "0.5"
+    env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0", MAX_RETRY_AGE_S="0.5")
+    env["REAUTH_HOLD_S"] = "0.2"
     keys = Keys(prefix)
     conn = {"id": "c", "user": "test-user", "access_token": "revoked-token"}
     dest = {"id": "d", "name": "d", "connection": "c", "audiences": {"a": 1}}
@@ -166,7 +182,9 @@ def test_a_refused_token_that_cannot_be_refreshed_pauses_until_a_new_one_is_inst
     rec = store.get("c")
     assert rec is not None and "401" in (rec.reason or "") and "refresh token" in rec.reason
     assert "revoked-token" not in (rec.reason or "")
-    time.sleep(3)  # twice MAX_RETRY_AGE_S: paused, nothing is retried or failed
+    # Paused for twice MAX_RETRY_AGE_S, the drain looking again and again: nothing is retried
+    # or failed.
+    wait_for_holds(rclient, keys, "d", looks=3, span_s=1.0)
     assert sandbox.stats()["by_status"] == {"401": 1}
     assert failures(rclient, keys) == []
     producer.send("d", [profile(7, {"a": "exited"})])

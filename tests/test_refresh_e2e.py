@@ -30,6 +30,7 @@ from app.ingest.producer import Producer
 from app.store.registry import publish_sync
 from tests.conftest import TEST_REDIS_URL, Sandbox, make_settings, settings_env, wait_until
 from tests.test_end_to_end import idle
+from tests.test_errors_e2e import wait_for_holds
 from tests.test_oauth_e2e import CLIENT, Api, api_factory, call
 
 __all__ = ["api_factory"]  # the fixture, shared with the OAuth tests
@@ -61,6 +62,18 @@ def install(
         expires_at=kw.get("expires_at"),
         source="cli",
     )
+
+
+def connected(
+    rclient: redis.Redis, prefix: str, sandbox: Sandbox, *, expires_in: int = 3600, **kw: Any
+) -> tuple[str, TokenCipher]:
+    """Connection "c" installed with tokens a0/r0 that the sandbox knows (valid
+    ``expires_in`` there); returns the encryption key and its cipher. ``kw``: see install."""
+    key = Fernet.generate_key().decode()
+    cipher = TokenCipher(parse_keys(key))
+    register(sandbox, "a0", "r0", expires_in)
+    install(rclient, prefix, cipher, "a0", "r0", **kw)
+    return key, cipher
 
 
 def token_grant(sandbox: Sandbox, refresh_token: str) -> int:
@@ -117,11 +130,8 @@ def _one_process(env: dict[str, str], barrier: Any, out: Any) -> None:
 def test_eight_processes_with_an_expiring_token_cause_exactly_one_refresh(
     prefix: str, rclient: redis.Redis, sandbox: Sandbox
 ) -> None:
-    key = Fernet.generate_key().decode()
-    cipher = TokenCipher(parse_keys(key))
-    register(sandbox, "a0", "r0", 3600)
     # Within the refresh margin: every process wants to refresh before using it.
-    install(rclient, prefix, cipher, "a0", "r0", expires_at=time.time() + 10)
+    key, _ = connected(rclient, prefix, sandbox, expires_at=time.time() + 10)
     env = env_for(prefix, sandbox, key)
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(WORKERS), ctx.Queue()
@@ -140,11 +150,8 @@ def test_eight_processes_with_an_expiring_token_cause_exactly_one_refresh(
 def test_eight_concurrent_workers_hitting_an_expired_token_refresh_once_and_deliver(
     prefix: str, rclient: redis.Redis, sandbox: Sandbox, worker_factory: Callable[..., Any]
 ) -> None:
-    key = Fernet.generate_key().decode()
-    cipher = TokenCipher(parse_keys(key))
-    register(sandbox, "a0", "r0", 1)
     # The expiry is unknown to us: the workers learn it from Outreach's 401s.
-    install(rclient, prefix, cipher, "a0", "r0")
+    key, cipher = connected(rclient, prefix, sandbox, expires_in=1)
     dests = [f"d{i}" for i in range(WORKERS)]
     conf = {
         "connections": [{"id": "c", "user": USER}],
@@ -184,10 +191,7 @@ def test_eight_concurrent_workers_hitting_an_expired_token_refresh_once_and_deli
 async def test_the_rotated_refresh_token_is_persisted_and_429s_are_waited_out(
     prefix: str, rclient: redis.Redis, sandbox: Sandbox
 ) -> None:
-    key = Fernet.generate_key().decode()
-    cipher = TokenCipher(parse_keys(key))
-    register(sandbox, "a0", "r0", 3600)
-    install(rclient, prefix, cipher, "a0", "r0")
+    key, cipher = connected(rclient, prefix, sandbox)
     sandbox.post("/_sandbox/config", {"token_429_next": 2})
     mgr, close = await manager(env_for(prefix, sandbox, key))
     try:
@@ -214,10 +218,7 @@ async def test_the_rotated_refresh_token_is_persisted_and_429s_are_waited_out(
 async def test_a_revoked_grant_makes_the_connection_reauth_required_logged_once(
     prefix: str, rclient: redis.Redis, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
 ) -> None:
-    key = Fernet.generate_key().decode()
-    cipher = TokenCipher(parse_keys(key))
-    register(sandbox, "a0", "r0", 3600)
-    install(rclient, prefix, cipher, "a0", "r0")
+    key, cipher = connected(rclient, prefix, sandbox)
     sandbox.post("/_sandbox/tokens/revoke", {"user": USER})
     one, close_one = await manager(env_for(prefix, sandbox, key))
     two, close_two = await manager(env_for(prefix, sandbox, key))
@@ -243,10 +244,7 @@ async def test_a_revoked_grant_makes_the_connection_reauth_required_logged_once(
 async def test_after_a_failed_refresh_the_waiters_do_not_call_the_token_endpoint_again(
     prefix: str, rclient: redis.Redis, sandbox: Sandbox
 ) -> None:
-    key = Fernet.generate_key().decode()
-    cipher = TokenCipher(parse_keys(key))
-    register(sandbox, "a0", "r0", 3600)
-    install(rclient, prefix, cipher, "a0", "r0")
+    key, _ = connected(rclient, prefix, sandbox)
     # The token endpoint keeps answering 429 for longer than a refresh may wait.
     sandbox.post("/_sandbox/config", {"token_429_next": 100})
     env = env_for(prefix, sandbox, key, TOKEN_REFRESH_WAIT_S="0.1")  # one try: no 2nd
@@ -304,12 +302,12 @@ def test_revoked_token_pauses_without_loss_and_a_new_dance_delivers_everything(
     }
     publish_sync(rclient, keys, parse_config(conf), cipher=api.cipher)
     # Shorter than the pause below: time spent paused must not count against the retry age.
-    env = {**api.env, "COALESCE_WINDOW_MS": "0", "MAX_RETRY_AGE_S": "2.5"}
+    env = {**api.env, "COALESCE_WINDOW_MS": "0", "MAX_RETRY_AGE_S": "1.5", "REAUTH_HOLD_S": "0.2"}
     worker_factory(env, concurrency=2)
     producer = Producer(make_settings(env))
     # Not authorized yet: changes wait, nothing is sent.
     producer.send("d", [profile(p, "realized", "v1") for p in range(1, 6)])
-    time.sleep(1.5)
+    wait_for_holds(rclient, keys, "d", looks=2, span_s=0.4)  # the drain looked, and waited
     assert sandbox.prospects() == {} and sandbox.stats()["requests"] == 0
 
     assert api.dance("c").status == 200
@@ -327,7 +325,9 @@ def test_revoked_token_pauses_without_loss_and_a_new_dance_delivers_everything(
     wait_until(paused, timeout_s=30, what="the connection to need re-authorization")
     # While paused, changes keep coalescing: newer values replace v2.
     producer.send("d", [profile(p, "exited", "v3") for p in range(1, 4)])
-    time.sleep(3)  # several hold periods: still nothing sent, nothing failed, no attempt
+    # Held again and again for longer than MAX_RETRY_AGE_S: still nothing sent, nothing
+    # failed, no attempt.
+    wait_for_holds(rclient, keys, "d", looks=3, span_s=1.6)
     assert sandbox.prospects() == v1
     assert rclient.hlen(keys.failures("d")) == 0 and rclient.hlen(keys.attempts("d")) == 0
     assert rclient.zcard(keys.due("d")) == 5

@@ -40,6 +40,7 @@ from app.connections.records import (
     with_refreshed,
 )
 from app.core.keys import Keys
+from app.core.scripts import package_scripts
 from app.core.settings import Settings
 from app.outreach.signals import retry_after_at
 
@@ -55,11 +56,6 @@ LOCK_MARGIN_S = 10.0
 #: wait), nobody calls the token endpoint for this long: the processes that were waiting for
 #: that refresh answer UNAVAILABLE at once instead of each trying again.
 REFRESH_FAILED_MS = 5000
-#: Releases the refresh lock only if it is still ours (it may have expired and been retaken).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def _failed_key(lock_key: str) -> str:
@@ -336,7 +332,8 @@ class TokenManager:
         # then take the client's whole timeout (OUTREACH_TIMEOUT_S).
         timeout_s = client.timeout_s if client is not None else 0.0
         self._lock_ms = int((wait_s + timeout_s + LOCK_MARGIN_S) * 1000)
-        self._release = store.redis.register_script(_RELEASE)
+        # Releases the lock only if it is still ours (it may have expired and been retaken).
+        self._release = package_scripts("app.core").aio(store.redis, "token_release")
         self._warned: set[str] = set()
 
     @classmethod

@@ -3,11 +3,15 @@ client.
 
 ``register_script`` hashes the text; calling what it returns runs ``EVALSHA`` and loads the
 script into Redis only when the server does not have it (a restart, a failover).
+
+A script may be a file run after a *prelude*: files of shared functions (Redis runs one text
+per script, so what several scripts share is prepended rather than called).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -30,30 +34,38 @@ class LuaScripts:
     def __init__(self, package: str) -> None:
         self.package = package
         self._lock = threading.Lock()
-        self._sync: WeakKeyDictionary[redis.Redis, dict[str, Script]] = WeakKeyDictionary()
-        self._async: WeakKeyDictionary[aioredis.Redis, dict[str, AsyncScript]] = WeakKeyDictionary()
+        self._sync: WeakKeyDictionary[redis.Redis, dict[tuple[str, ...], Script]] = (
+            WeakKeyDictionary()
+        )
+        self._async: WeakKeyDictionary[aioredis.Redis, dict[tuple[str, ...], AsyncScript]] = (
+            WeakKeyDictionary()
+        )
 
-    def source(self, name: str) -> str:
-        return lua_source(self.package, name)
+    def source(self, name: str, *, prelude: Sequence[str] = ()) -> str:
+        """The text of script ``name``, after the files of ``prelude`` in order."""
+        return "".join(lua_source(self.package, part) for part in (*prelude, name))
 
-    def sync(self, client: redis.Redis, name: str) -> Script:
-        """Script ``name`` for a synchronous client."""
-        script: Script = self._registered(self._sync, client, name)
+    def sync(self, client: redis.Redis, name: str, *, prelude: Sequence[str] = ()) -> Script:
+        """Script ``name`` (after ``prelude``) for a synchronous client."""
+        script: Script = self._registered(self._sync, client, (*prelude, name))
         return script
 
-    def aio(self, client: aioredis.Redis, name: str) -> AsyncScript:
-        """Script ``name`` for an asyncio client."""
-        script: AsyncScript = self._registered(self._async, client, name)
+    def aio(self, client: aioredis.Redis, name: str, *, prelude: Sequence[str] = ()) -> AsyncScript:
+        """Script ``name`` (after ``prelude``) for an asyncio client."""
+        script: AsyncScript = self._registered(self._async, client, (*prelude, name))
         return script
 
     def _registered(
-        self, known: WeakKeyDictionary[Any, dict[str, Any]], client: Any, name: str
+        self,
+        known: WeakKeyDictionary[Any, dict[tuple[str, ...], Any]],
+        client: Any,
+        parts: tuple[str, ...],
     ) -> Any:
         with self._lock:
             scripts = known.setdefault(client, {})
-            if name not in scripts:
-                scripts[name] = client.register_script(self.source(name))
-            return scripts[name]
+            if parts not in scripts:
+                scripts[parts] = client.register_script(self.source(parts[-1], prelude=parts[:-1]))
+            return scripts[parts]
 
 
 @cache

@@ -27,6 +27,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from app.core.redis_client import async_client
+from app.core.scripts import package_scripts
 from app.core.settings import Settings
 from app.ops.alerts import WINDOW_COUNTERS, Condition, Window, conditions, snapshot_from_status
 from app.ops.status import destination_status
@@ -40,18 +41,6 @@ log = logging.getLogger(__name__)
 WINDOW_S = 3600
 #: First webhook retry after this long, doubling each time.
 RETRY_BASE_S = 0.5
-
-# Take the lease, or keep it when it is already ours.
-_ACQUIRE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,13 +279,12 @@ class Lease:
 
     async def acquire(self) -> bool:
         """Take or renew the lease; False while another process holds it."""
-        res = await cast(
-            "Awaitable[int]", self._redis.eval(_ACQUIRE, 1, self._key, self._token, self._ttl_ms)
-        )
-        return bool(res)
+        acquire = package_scripts("app.ops").aio(self._redis, "lease_acquire")
+        return bool(await acquire(keys=[self._key], args=[self._token, self._ttl_ms]))
 
     async def release(self) -> None:
-        await cast("Awaitable[int]", self._redis.eval(_RELEASE, 1, self._key, self._token))
+        release = package_scripts("app.core").aio(self._redis, "token_release")
+        await release(keys=[self._key], args=[self._token])
 
 
 class AlertLoop:
@@ -307,6 +295,8 @@ class AlertLoop:
         self._settings = settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alerts", daemon=True)
+        #: Rounds run so far (each tries the lease, and evaluates when it has it).
+        self.rounds = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -337,6 +327,7 @@ class AlertLoop:
                         await evaluator.evaluate()
                 except Exception:  # a bad evaluation must not end the loop; the next may work
                     log.exception("alert evaluation failed")
+                self.rounds += 1
         finally:
             with contextlib.suppress(Exception):
                 await lease.release()

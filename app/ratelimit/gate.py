@@ -38,7 +38,7 @@ from app.ratelimit.scripts import (
     ReserveArgs,
     ShareArgs,
     encode,
-    lua,
+    script,
 )
 
 #: Smallest wait ever returned with a refusal, so that a caller cannot spin on a zero wait.
@@ -177,11 +177,11 @@ class QuotaGate:
         store = _window_storage(storage_uri, prefix, redis)
         self._storage, self._window = store, cast(MovingWindowSupport, store)
         self._limiter = MovingWindowRateLimiter(store)
-        self._reserve = redis.register_script(lua("quota_reserve", grants=True))
-        self._refund = redis.register_script(lua("quota_refund", grants=True))
-        self._observe = redis.register_script(lua("quota_observe", grants=True))
-        self._state = redis.register_script(lua("quota_state", grants=True))
-        self._share = redis.register_script(lua("share_take"))
+        self._reserve = script(redis, "quota_reserve")
+        self._refund = script(redis, "quota_refund")
+        self._observe = script(redis, "quota_observe")
+        self._state = script(redis, "quota_state")
+        self._share = script(redis, "share_take")
 
     async def aclose(self) -> None:
         """Close the ``limits`` storage's own client, if it has one (the given one stays open)."""

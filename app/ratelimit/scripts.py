@@ -6,8 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from app.core.scripts import package_scripts
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +90,13 @@ def encode(args: ScriptArgs) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-def lua(name: str, *, grants: bool = False) -> str:
-    """A script's text; with ``grants``, after the grant bookkeeping it uses (its functions)."""
-    files = resources.files("app.ratelimit").joinpath("lua")
-    text = files.joinpath(f"{name}.lua").read_text()
-    return files.joinpath("quota_grants.lua").read_text() + text if grants else text
+#: The gate's scripts, loaded by the one loader (`app.core.scripts`).
+SCRIPTS = package_scripts("app.ratelimit")
+#: The scripts that keep the grants in flight run after their functions (``quota_grants.lua``).
+_GRANTS = ("quota_grants",)
+_WITH_GRANTS = frozenset({"quota_reserve", "quota_refund", "quota_observe", "quota_state"})
+
+
+def script(client: aioredis.Redis, name: str) -> AsyncScript:
+    """Script ``name`` of ``lua/`` for ``client``, registered once per client."""
+    return SCRIPTS.aio(client, name, prelude=_GRANTS if name in _WITH_GRANTS else ())

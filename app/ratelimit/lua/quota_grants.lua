@@ -1,5 +1,5 @@
 -- Grants in flight, shared by quota_reserve, quota_observe, quota_refund and quota_state.lua
--- (this file is prepended to each: app/ratelimit/scripts.py `lua`).
+-- (this file is prepended to each: the prelude of app/ratelimit/scripts.py `script`).
 -- Every grant of permits has an id. A sorted set holds id -> expiry (ms, Redis's clock: the
 -- same for every host) and a hash id -> permits still out (granted, not yet answered nor
 -- given back). A grant counts as in flight until all its permits are answered or given back,
