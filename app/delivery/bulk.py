@@ -116,9 +116,9 @@ class BulkDelivery:
         quota ran out (the drain should stop)."""
         await self._cancel_orphans(lot, stats)
         if not lot.dest.bulk.enabled:
-            return await self.d._send_batch(lot, claimed, stats)
+            return await self.d.send_batch(lot, claimed, stats)
         if await self.state.off(lot.dest.id, lot.conn.id, now_ms=now_ms()) is not None:
-            return await self.d._send_batch(lot, claimed, stats)
+            return await self.d.send_batch(lot, claimed, stats)
         claimed = claimed + await self._claim_more(lot, claimed, stats)
         calls, rest = group(
             claimed, min_group=lot.dest.bulk.min_group, ids_per_call=lot.dest.bulk.ids_per_call
@@ -130,7 +130,7 @@ class BulkDelivery:
                 rest += await self._start(lot, fields, members, stats)
         if not rest:
             return True
-        return await self.d._send_batch(lot, rest, stats)
+        return await self.d.send_batch(lot, rest, stats)
 
     async def wait_idle(self) -> None:
         """Wait for every batch this process tracks (tests, shutdown)."""
@@ -366,11 +366,11 @@ class BulkDelivery:
             await self.d.store.renew_many(
                 lot.dest.id, [c.prospect for c in part], lot.token, until_ms=until
             )
-            await self.d._send_batch(fresh, part, stats)
+            await self.d.send_batch(fresh, part, stats)
 
     async def _fresh(self, lot: Lot) -> Lot | None:
         """The lot again (a refreshed token), with the same claim token."""
-        return await self.d._lot(lot.dest.id, lot.token)
+        return await self.d.lot(lot.dest.id, lot.token)
 
     async def _cancel(self, lot: Lot, batch_id: int, stats: Counter[str]) -> bool:
         try:
@@ -405,12 +405,12 @@ class BulkDelivery:
         """One bulk request on a permit of the shared gate, its answer reported to the gate.
         Without a permit: ``_NoPermit`` (or, with ``wait``, wait for one up to a minute)."""
         deadline = time.monotonic() + 60.0
-        grant = await self.d._permits(lot, 1)
+        grant = await self.d.permits(lot, 1)
         while not grant.granted:
             if not wait or time.monotonic() + grant.wait_s > deadline:
                 raise _NoPermit(grant.wait_s)
             await asyncio.sleep(max(grant.wait_s, 0.05))
-            grant = await self.d._permits(lot, 1)
+            grant = await self.d.permits(lot, 1)
         stats["requests"] += 1
         stats["bulk_requests"] += 1
         await self.state.add(lot.dest.id, **{figures.REQUESTS: 1})

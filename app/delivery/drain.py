@@ -79,7 +79,7 @@ class Deliverer:
         token = uuid.uuid4().hex
         try:
             while time.monotonic() < deadline:
-                lot = await self._lot(dest_id, token)
+                lot = await self.lot(dest_id, token)
                 if lot is None:
                     break
                 claimed = await self.store.claim(
@@ -105,7 +105,9 @@ class Deliverer:
                 await self.store.release_slot(dest_id, slot)
         return stats
 
-    async def _lot(self, dest_id: str, token: str) -> Lot | None:
+    async def lot(self, dest_id: str, token: str) -> Lot | None:
+        """What a claim under ``token`` is sent with: the destination, its connection and an
+        access token; None (the destination held) when it is gone, disabled or cannot send."""
         dest = await self.registry.destination(dest_id)
         if dest is None:
             return None  # deleted: its keys went with it
@@ -127,7 +129,7 @@ class Deliverer:
         resumed = await self.store.resumed_ms(dest_id)
         return Lot(dest, conn, token, access.token, access.generation, resumed)
 
-    async def _send_batch(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool:
+    async def send_batch(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool:
         """Send what the quota allows; False when it ran out (the drain should stop)."""
         invalid = await self.store.invalid_mappings(lot.dest.id)
         if invalid:
@@ -135,7 +137,7 @@ class Deliverer:
             claimed = [c for c in kept if c is not None]
             if not claimed:
                 return True
-        grant = await self._permits(lot, len(claimed))
+        grant = await self.permits(lot, len(claimed))
         go, wait = claimed[: grant.granted], claimed[grant.granted :]
         now = now_ms()
         due = now
@@ -164,7 +166,7 @@ class Deliverer:
                 raise res
         return bool(go)
 
-    async def _permits(self, lot: Lot, want: int) -> Grant:
+    async def permits(self, lot: Lot, want: int) -> Grant:
         """Permits for ``want`` requests. A refusal that says "in a moment" (the gate sends
         one request at a time near the end of a window) is waited out here, claims kept;
         only a longer wait makes the caller defer its prospects and hold the destination."""
@@ -248,7 +250,7 @@ class Deliverer:
     async def _send_part(
         self, lot: Lot, part: Claimed, stats: Counter[str]
     ) -> DeliveryError | None:
-        permit = await self._permits(lot, 1)
+        permit = await self.permits(lot, 1)
         if not permit.granted:
             return NoPermit(None, "no permit left for the next half")
         return await self._request(lot, part, stats, permit.id)
