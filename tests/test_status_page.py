@@ -262,7 +262,11 @@ async def test_status_page_is_admin_only_and_json_has_no_values(
             async with s.get(f"{url}/status/web?hours=0", headers=bearer) as r:
                 assert r.status == 400 and "hours must be a whole number" in await r.text()
             async with s.get(f"{url}/status/nope", headers=bearer) as r:
-                assert r.status == 404
+                assert r.status == 404 and r.content_type == "text/html"
+            async with s.get(f"{url}/status/nope/data.json", headers=bearer) as r:
+                assert r.status == 404 and r.content_type == "application/json"
+                [error] = (await r.json())["errors"]  # JSON:API, like every JSON route
+                assert error["status"] == "404" and "'nope'" in error["detail"]
             basic = {"Authorization": "Basic " + b64encode(f"ops:{ADMIN_KEY}".encode()).decode()}
             async with s.get(f"{url}/status/web", headers=basic) as r:
                 assert r.status == 200 and r.content_type == "text/html"

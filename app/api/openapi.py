@@ -449,8 +449,7 @@ def _operator_paths(max_hours: int) -> Doc:
                 "responses": {
                     "200": json_content({"type": "object"}, "The destination's figures"),
                     "400": _html("A bad hours value"),
-                    "404": json_content({"type": "object"}, "No such destination"),
-                    **_errors(401, 429, 503),
+                    **_errors(401, 404, 429, 503),
                 },
             },
         },

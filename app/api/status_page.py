@@ -16,6 +16,7 @@ from importlib import resources
 from aiohttp import web
 
 from app.api.adminauth import admin_refusal
+from app.api.jsonapi import error_response
 from app.api.status_charts import render_charts
 from app.core.settings import Settings
 from app.ops.status import BadQuery, destination_status, parse_hours
@@ -338,29 +339,38 @@ async def index(request: web.Request) -> web.Response:
     return _html(render_index(docs, hours=hours))
 
 
-async def destination_page(request: web.Request) -> web.Response:
+async def _destination(
+    request: web.Request,
+) -> tuple[DestinationStatus | None, str, int] | web.Response:
+    """The destination a page or its data asks for: its status document (None: no such
+    destination), its id and the hours shown; or the answer to give instead."""
     ready = await _prepare(request)
     if isinstance(ready, web.Response):
         return ready
     sources, hours = ready
     dest = request.match_info["destination_id"]
-    doc = await sources.doc(dest, hours=hours, failures=FAILURES_SHOWN)
+    return await sources.doc(dest, hours=hours, failures=FAILURES_SHOWN), dest, hours
+
+
+async def destination_page(request: web.Request) -> web.Response:
+    found = await _destination(request)
+    if isinstance(found, web.Response):
+        return found
+    doc, dest, hours = found
     if doc is None:
         return _not_found(dest)
     data_url = f"/status/{dest}/data.json?hours={hours}"
-    refresh = sources.settings.status_page_refresh_s
+    refresh = request.app[SOURCES].settings.status_page_refresh_s
     return _html(render_destination(doc, data_url=data_url, refresh_s=refresh))
 
 
 async def destination_data(request: web.Request) -> web.Response:
-    ready = await _prepare(request)
-    if isinstance(ready, web.Response):
-        return ready
-    sources, hours = ready
-    dest = request.match_info["destination_id"]
-    doc = await sources.doc(dest, hours=hours, failures=FAILURES_SHOWN)
+    found = await _destination(request)
+    if isinstance(found, web.Response):
+        return found
+    doc, dest, _ = found
     if doc is None:
-        return web.json_response({"error": f"no destination {dest!r}"}, status=404)
+        return error_response(404, "Not found", f"no destination {dest!r}")
     # The page reads the summaries, not the flat counters.
     return web.json_response(doc.as_json(counters=False), headers=HEADERS)
 
