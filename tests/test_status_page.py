@@ -8,8 +8,10 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import tempfile
 from base64 import b64encode
 from collections.abc import AsyncIterator, Callable
@@ -328,6 +330,7 @@ async def devtools() -> AsyncIterator[DevTools]:
             "--disable-sync", "--remote-debugging-port=0", f"--user-data-dir={profile}",
             "about:blank",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )  # fmt: skip
         try:
             port_file = Path(profile, "DevToolsActivePort")
@@ -340,8 +343,20 @@ async def devtools() -> AsyncIterator[DevTools]:
                 async with s.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
                     yield DevTools(ws)
         finally:
-            proc.kill()
+            # The whole group: Chromium's renderer and utility processes outlive a killed
+            # browser process and keep writing to the profile while it is being removed.
+            os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+            await asyncio.to_thread(wait_until, lambda: _group_gone(proc.pid), timeout_s=10,
+                                    what="Chromium's processes to end")  # fmt: skip
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 #: Per chart: its bars' hour, value and painted height, the limit line, the svg's labels.
