@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
+# Every benchmark section at tiny sizes: about 40 s alone, far more on a loaded machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 SECTIONS = ("ingestion", "quota efficiency", "rate adherence", "latency", "cost", "bulk backfill")
 
