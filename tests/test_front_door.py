@@ -115,6 +115,10 @@ def test_an_open_admin_surface_is_announced_and_kept_on_loopback(
     with caplog.at_level(logging.WARNING, logger="app.ops.startup"):
         check_startup(settings)
     assert any("ADMIN_API_KEY is not set" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="app.ops.startup"):
+        check_startup(settings, serves_api=False)  # a worker: it serves no admin surface
+    assert not any("ADMIN_API_KEY" in r.getMessage() for r in caplog.records)
     assert exposure_problems(settings, "127.0.0.1") == []
     assert exposure_problems(settings, "::1") == []
     [problem] = exposure_problems(settings, "0.0.0.0")

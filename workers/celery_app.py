@@ -43,8 +43,8 @@ class DispatcherStep(bootsteps.StartStopStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         from app.ops.startup import StartupRefused, check_startup
 
-        try:
-            check_startup(settings)  # outside development: no worker without the keys
+        try:  # outside development: no worker without the keys
+            check_startup(settings, serves_api=False)
         except StartupRefused as exc:
             raise SystemExit(f"error: {exc}") from None
         super().__init__(parent, **kwargs)

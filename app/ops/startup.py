@@ -99,8 +99,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_startup(settings: Settings) -> None:
-    """Raise ``StartupRefused`` naming every problem; warn about development shortcuts."""
+def check_startup(settings: Settings, *, serves_api: bool = True) -> None:
+    """Raise ``StartupRefused`` naming every problem; warn about development shortcuts (the
+    open admin surface only where it is served: a worker listens on nothing)."""
     problems = startup_problems(settings)
     if problems:
         raise StartupRefused("refusing to start:\n  " + "\n  ".join(problems))
@@ -109,5 +110,5 @@ def check_startup(settings: Settings) -> None:
             "TOKEN_ENCRYPTION_KEY is not set: tokens are encrypted with the public "
             "DEVELOPMENT_ONLY_INSECURE_KEY (development only; production refuses to start)"
         )
-    if open_admin(settings):
+    if serves_api and open_admin(settings):
         log.warning("%s\n%s\n%s", "!" * 78, OPEN_ADMIN, "!" * 78)
