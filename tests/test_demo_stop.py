@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.conftest import ROOT, TEST_REDIS_URL, free_port
 
@@ -44,8 +45,9 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def demo(prefix: str) -> Iterator[subprocess.Popen[str]]:
-    """The demo in its own process group, as a terminal runs it, once it is serving."""
+def demo(prefix: str, rclient: redis.Redis) -> Iterator[subprocess.Popen[str]]:
+    """The demo in its own process group, as a terminal runs it, once it is serving (its keys
+    go with ``rclient``'s cleanup, after every process has been killed)."""
     env = {
         **os.environ,
         "REDIS_URL": TEST_REDIS_URL,
