@@ -186,6 +186,9 @@ def run_demo(*, keep_serving: bool) -> int:
     os.environ.update(env)
     _clear_prefix(env)
     sample = demo_sample()
+    # Ctrl-C stops the demo even when it was started with SIGINT ignored (as a shell does for
+    # a command run with `&`): Python then leaves SIGINT ignored rather than raising.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_stop)
     procs = _start(env)
     sandbox, api = f"http://127.0.0.1:{SANDBOX_PORT}", f"http://127.0.0.1:{API_PORT}"
