@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export REDIS_URL ?= redis://127.0.0.1:6379/0
+# Test processes (pytest-xdist). More than the cores on purpose: most of the suite's time is
+# spent waiting (quota windows, worker start-up, retries), not computing. TEST_PROCS=0 is serial.
+TEST_PROCS ?= 4
 
 .PHONY: help install redis chromium run test check lint format bench flower worker api sandbox clean
 
@@ -36,7 +39,7 @@ chromium:
 
 test: install redis chromium
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_PROCS) --dist worksteal
 
 check: install
 	$(VENV)/bin/ruff check app workers tests bench
