@@ -1,44 +1,30 @@
-"""Factories for the real things: Redis (own database, own key prefix), the sandbox over HTTP,
-Celery worker processes. Everything a test starts it stops, and every key it writes it deletes."""
+"""Fixtures: factories for the real things, Redis (own database, own key prefix), the sandbox
+over HTTP, Celery worker processes, API processes. Everything a test starts it stops, and
+every key it writes it deletes. Helpers a test calls live in ``tests/support.py``."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from app.core.keys import Keys
-from app.core.settings import Settings
 from app.delivery.dispatcher import live_workers
-from app.testing.harness import (
-    ROOT,
+from app.testing.harness import forget_run, kill_groups, start_worker
+from tests.support import (
+    TEST_REDIS_URL,
+    Api,
+    LocalRedis,
     Sandbox,
-    forget_run,
-    free_port,
-    http_json,
-    kill_groups,
-    start_worker,
+    start_api,
     wait_until,
 )
-
-#: The suite's own database on the shared Redis; keys carry a per-test prefix as well.
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-
-__all__ = [
-    "ROOT",
-    "Sandbox",
-    "free_port",
-    "http_json",
-    "make_settings",
-    "settings_env",
-    "wait_until",
-]
 
 
 @pytest.fixture
@@ -70,26 +56,6 @@ def sandbox_factory() -> Iterator[Callable[..., Sandbox]]:
 @pytest.fixture
 def sandbox(sandbox_factory: Callable[..., Sandbox]) -> Sandbox:
     return sandbox_factory()
-
-
-def settings_env(prefix: str, sandbox: Sandbox | None, **extra: str) -> dict[str, str]:
-    env = {
-        "REDIS_URL": TEST_REDIS_URL,
-        "REDIS_KEY_PREFIX": prefix,
-        "CELERY_QUEUE": f"{prefix}-q",
-        "COALESCE_WINDOW_MS": "300",
-        "LOG_LEVEL": "WARNING",
-    }
-    if sandbox is not None:
-        env["OUTREACH_API_URL"] = sandbox.api_url
-        env["OUTREACH_TOKEN_URL"] = f"{sandbox.url}/oauth/token"
-        env["OUTREACH_AUTHORIZE_URL"] = f"{sandbox.url}/oauth/authorize"
-    env.update(extra)
-    return env
-
-
-def make_settings(env: dict[str, str]) -> Settings:
-    return Settings(**{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -135,39 +101,6 @@ def worker_factory(prefix: str) -> Iterator[Callable[..., subprocess.Popen[bytes
     client.close()
 
 
-# A Redis of a test's own, to stop and start: a crash, a restart, a failover.
-REDIS_CONF = ROOT / "deploy" / "redis.conf"
-
-
-class LocalRedis:
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.dir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cmd = ["redis-server", str(REDIS_CONF), "--port", str(self.port), "--bind", "127.0.0.1"]
-        # "always": the test kills Redis right after writing; production uses everysec.
-        cmd += ["--dir", str(self.dir), "--appendfsync", "always", "--save", ""]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: _pings(client), timeout_s=10, what="redis-server to start")
-        client.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()  # a crash, not a clean shutdown
-        self.proc.wait()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
 @pytest.fixture
 def local_redis(tmp_path: Path) -> Iterator[LocalRedis]:
     server = LocalRedis(tmp_path)
@@ -175,3 +108,26 @@ def local_redis(tmp_path: Path) -> Iterator[LocalRedis]:
     yield server
     if server.proc is not None and server.proc.poll() is None:
         server.kill()
+
+
+@pytest.fixture
+def api_factory(prefix: str, rclient: redis.Redis) -> Iterator[Callable[..., Api]]:
+    """API processes, stopped before ``rclient`` deletes the test's keys (an authorize URL
+    made and never followed leaves its ``state`` key, which would otherwise outlive the test)."""
+    started: list[Api] = []
+
+    def start(sandbox: Sandbox, **extra: str) -> Api:
+        started.append(start_api(prefix, sandbox, **extra))
+        return started[-1]
+
+    yield start
+    for api in started:
+        api.proc.terminate()
+        api.proc.wait(timeout=10)
+
+
+@pytest.fixture
+async def aclient(rclient: redis.Redis) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(TEST_REDIS_URL)
+    yield client
+    await client.aclose()

@@ -20,11 +20,18 @@ from app.api.app import make_app
 from app.core.keys import Keys
 from app.ingest.producer import Producer
 from app.store.registry import CACHE_TTL_S, publish_sync
-from tests.conftest import ROOT, Sandbox, free_port, make_settings, settings_env, wait_until
-from tests.test_end_to_end import e2e_config
-from tests.test_errors_e2e import wait_for_holds
-from tests.test_ingest_api import profile
-from tests.test_producer_auth import raw_status
+from tests.support import (
+    ROOT,
+    Sandbox,
+    e2e_config,
+    free_port,
+    make_settings,
+    profile,
+    raw_status,
+    settings_env,
+    wait_for_holds,
+    wait_until,
+)
 
 ADMIN_KEY = "admin-api-test-key"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}

@@ -16,12 +16,8 @@ from app.config.destinations import Destination
 from app.core.keys import Keys
 from app.ingest.batch import ingest_sync, read_profiles
 from app.store.registry import publish_sync
-from tests.conftest import ROOT
-from tests.test_end_to_end import e2e_config
+from tests.support import ALIASES, PROFILES, ROOT, e2e_config
 
-SAMPLES = json.loads((ROOT / "tests/fixtures/aep/sample-profiles.json").read_text())
-ALIASES: dict[str, Any] = SAMPLES["namespaceSegmentAliases"]
-PROFILES: list[dict[str, Any]] = SAMPLES["profiles"]
 D = "aep"
 
 

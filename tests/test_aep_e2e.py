@@ -24,17 +24,18 @@ from app.aep.pebble import render_request
 from app.api.app import make_app
 from app.core.keys import Keys
 from app.store.registry import publish_sync
-from tests.conftest import (
+from tests.support import (
+    ALIASES,
+    PROFILES,
     TEST_REDIS_URL,
+    LocalRedis,
     Sandbox,
+    e2e_config,
     free_port,
     make_settings,
     settings_env,
     wait_until,
 )
-from tests.test_aep import ALIASES, PROFILES
-from tests.test_end_to_end import e2e_config
-from tests.test_redis_restart import LocalRedis
 
 D = "aep"
 #: Codes AEP retries (best effort: twice, after 15 s and 30 s); any other it never retries.

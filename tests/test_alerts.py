@@ -23,7 +23,7 @@ from app.ops.alerts import Snapshot, Window, conditions, snapshot_from_status
 from app.ops.status_doc import DestinationStatus
 from app.store.prospects import ProspectStore
 from app.store.registry import publish_sync
-from tests.conftest import TEST_REDIS_URL, make_settings, settings_env
+from tests.support import TEST_REDIS_URL, make_settings, settings_env
 
 
 class Hook:

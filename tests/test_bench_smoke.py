@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 # Every benchmark section at tiny sizes: about 40 s alone, far more on a loaded machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

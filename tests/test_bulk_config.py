@@ -14,7 +14,7 @@ from app.connections.oauth import authorize_url, scopes
 from app.core.keys import Keys
 from app.store.bulk_state import connection_uses_bulk
 from app.store.registry import publish_sync
-from tests.conftest import TEST_REDIS_URL, make_settings, settings_env
+from tests.support import TEST_REDIS_URL, make_settings, settings_env
 
 
 def test_bulk_is_off_unless_asked_for() -> None:

@@ -31,7 +31,7 @@ from app.store.bulk_state import BulkState, cost_per_record
 from app.store.failures import list_failures
 from app.store.prospects import Claimed, ProspectStore, encode
 from app.store.registry import Registry, publish_sync
-from tests.conftest import TEST_REDIS_URL, Sandbox, make_settings, settings_env
+from tests.support import TEST_REDIS_URL, Sandbox, make_settings, settings_env
 
 D = "d"
 WARM = 999

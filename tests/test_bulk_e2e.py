@@ -13,8 +13,15 @@ import redis
 from app.core.keys import Keys
 from app.ingest.producer import Producer
 from app.store.registry import publish_sync
-from tests.conftest import Sandbox, make_settings, settings_env, wait_until
-from tests.test_end_to_end import differing, e2e_config, idle
+from tests.support import (
+    Sandbox,
+    differing,
+    e2e_config,
+    idle,
+    make_settings,
+    settings_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ from app.connections.records import (
 from app.core.keys import Keys
 from app.ops.startup import StartupRefused, check_startup, startup_problems
 from app.store.registry import Registry, publish_sync
-from tests.conftest import ROOT, TEST_REDIS_URL, make_settings, settings_env
+from tests.support import ROOT, TEST_REDIS_URL, make_settings, settings_env
 
 ACCESS = "ACCESS-tok-8f3a1c"
 CELERY = [sys.executable, "-m", "celery", "-q", "-A", "workers.celery_app", "worker", "-c", "1"]

@@ -17,9 +17,7 @@ import redis.asyncio as aioredis
 from app.core.errors import Retryable
 from app.outreach.client import Response
 from app.store.prospects import ProspectStore, encode
-from tests.test_drain_counts import D, FakeOutreach, _deliverer, _setup, aclient, ok
-
-__all__ = ["aclient"]  # the fixture, used by name
+from tests.scripted_outreach import D, FakeOutreach, ok, setup_destination, warm_deliverer
 
 
 async def pend(store: ProspectStore, pid: int, value: str, version: int, *, at_ms: int = 0) -> None:
@@ -36,7 +34,7 @@ async def test_a_value_flipped_back_during_an_unanswered_send_still_reaches_outr
 ) -> None:
     # custom1 is confirmed "realized"; "exited" is sent and Outreach applies it, but the
     # answer is lost; meanwhile the audience flips back to "realized".
-    settings = _setup(prefix, rclient)
+    settings = setup_destination(prefix, rclient)
     held: dict[str, Any] = {}
     lost_answer = {"on": False}
 
@@ -49,7 +47,7 @@ async def test_a_value_flipped_back_during_an_unanswered_send_still_reaches_outr
             raise Retryable(None, "connection reset")
         return ok()
 
-    deliverer, store = await _deliverer(aclient, settings, FakeOutreach(answer))
+    deliverer, store = await warm_deliverer(aclient, settings, FakeOutreach(answer))
     await pend(store, 1, "realized", 1)
     await deliverer.drain(D)
     await pend(store, 1, "exited", 2)
@@ -66,7 +64,7 @@ async def test_a_claim_expired_while_waiting_for_a_connection_is_not_sent(
 ) -> None:
     # One connection, a short lease: prospect 1's slow answer keeps prospect 2 waiting past
     # its lease; another drain takes 2 over and delivers the newer value first.
-    settings = _setup(
+    settings = setup_destination(
         prefix, rclient, LEASE_MS="1100", OUTREACH_TIMEOUT_S="0.1", HTTP_CONCURRENCY="1",
         CLAIM_BATCH="2",
     )  # fmt: skip
@@ -83,8 +81,8 @@ async def test_a_claim_expired_while_waiting_for_a_connection_is_not_sent(
         return ok()
 
     outreach = FakeOutreach(answer)
-    first, store = await _deliverer(aclient, settings, outreach)
-    second, _ = await _deliverer(aclient, settings, outreach)
+    first, store = await warm_deliverer(aclient, settings, outreach)
+    second, _ = await warm_deliverer(aclient, settings, outreach)
     outreach.calls.clear()
     await pend(store, 1, "realized", 1)
     await pend(store, 2, "realized", 1)
@@ -108,13 +106,13 @@ async def test_a_bisection_meeting_a_transient_error_backs_off(
 ) -> None:
     # A 400 naming no field starts a bisection; its halves meet a 503: nothing landed, so
     # the prospect waits out a backoff with its attempt counted, like any transient error.
-    settings = _setup(prefix, rclient)
+    settings = setup_destination(prefix, rclient)
     keys = settings.keys
 
     def answer(pid: int, fields: Any) -> Response:
         return error(400) if len(fields) > 1 else error(503)
 
-    deliverer, store = await _deliverer(aclient, settings, FakeOutreach(answer))
+    deliverer, store = await warm_deliverer(aclient, settings, FakeOutreach(answer))
     now = int(time.time() * 1000)
     await store.merge(
         D, {5: [("custom1", encode("realized"), 1), ("firstName", encode("Ada"), 1)]},
@@ -133,9 +131,11 @@ async def test_retry_age_runs_from_the_first_failure_not_the_arrival(
 ) -> None:
     # A change that waited two days (a long backfill, a disabled destination) and then meets
     # one 503 is retried, not turned into a dead letter at its first failure...
-    settings = _setup(prefix, rclient, MAX_RETRY_AGE_S="3600")
+    settings = setup_destination(prefix, rclient, MAX_RETRY_AGE_S="3600")
     keys = settings.keys
-    deliverer, store = await _deliverer(aclient, settings, FakeOutreach(lambda p, f: error(503)))
+    deliverer, store = await warm_deliverer(
+        aclient, settings, FakeOutreach(lambda p, f: error(503))
+    )
     two_days_ago = int(time.time() * 1000) - 2 * 86_400_000
     rclient.delete(keys.resumed(D))  # the connection was installed long ago
     await pend(store, 6, "realized", 1, at_ms=two_days_ago)
@@ -155,14 +155,14 @@ async def test_a_send_ended_by_an_exception_gives_its_permit_back_at_once(
 ) -> None:
     """An exception between the permit and Outreach's answer (here a bug in the client) does
     not keep the permit in flight until its grant expires (minutes, out of every window)."""
-    settings = _setup(prefix, rclient)
+    settings = setup_destination(prefix, rclient)
 
     def answer(pid: int, fields: Any) -> Response:
         if pid == 1:
             raise RuntimeError("a bug between the permit and the answer")
         return ok()
 
-    deliverer, store = await _deliverer(aclient, settings, FakeOutreach(answer))
+    deliverer, store = await warm_deliverer(aclient, settings, FakeOutreach(answer))
     in_flight = f"{settings.keys.quota(f'{prefix}-user')}:grants:out"
     assert rclient.hgetall(in_flight) == {}  # the warm-up's permit was answered
     await pend(store, 1, "realized", 1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import ROOT, TEST_REDIS_URL, free_port
+from tests.support import ROOT, TEST_REDIS_URL, free_port
 
 SERVING = "serving; Ctrl-C stops everything"
 

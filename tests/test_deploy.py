@@ -14,7 +14,7 @@ from aiohttp import web
 
 from app.cli.main import parse
 from app.core.settings import Settings
-from tests.conftest import ROOT, make_settings, settings_env
+from tests.support import ROOT, make_settings, settings_env
 
 DEPLOY = ROOT / "deploy"
 K8S = sorted((DEPLOY / "k8s").rglob("*.yaml"))

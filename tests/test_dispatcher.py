@@ -12,7 +12,7 @@ from app.core.keys import Keys
 from app.delivery.dispatcher import Dispatcher, live_workers
 from app.ingest.producer import Producer
 from app.store.registry import publish_sync
-from tests.conftest import TEST_REDIS_URL, make_settings, settings_env, wait_until
+from tests.support import TEST_REDIS_URL, make_settings, settings_env, wait_until
 
 
 def test_a_failing_drain_start_does_not_kill_the_dispatcher(

@@ -7,116 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app.config.destinations import parse_config
-from app.connections.oauth import AccessToken, RefreshOutcome
 from app.core.keys import Keys
-from app.core.settings import Settings
-from app.delivery.drain import Deliverer
 from app.outreach.client import Response
-from app.ratelimit.gate import gate_for
-from app.store.prospects import ProspectStore, encode
-from app.store.registry import Registry, publish_sync
-from tests.conftest import TEST_REDIS_URL, make_settings, settings_env
-
-D = "d"
-Answer = Callable[[int, Mapping[str, Any]], Any]
-
-
-class FakeOutreach:
-    """``patch_prospect`` answers with ``answer(prospect, fields)``: a Response, or raises."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-        self.calls: list[tuple[int, dict[str, Any]]] = []
-
-    async def patch_prospect(
-        self, access_token: str, prospect: int, fields: Mapping[str, Any]
-    ) -> Response:
-        self.calls.append((prospect, dict(fields)))
-        got = self.answer(prospect, fields)
-        if asyncio.iscoroutine(got):
-            got = await got
-        assert isinstance(got, Response)
-        return got
-
-
-class Tokens:
-    async def current(self, conn_id: str) -> AccessToken | None:
-        return AccessToken(conn_id, "test-token", 1)
-
-    async def after_unauthorized(self, conn_id: str, generation: int) -> RefreshOutcome:
-        return RefreshOutcome.REFRESHED
-
-
-def ok() -> Response:
-    reset = str(int(time.time()) + 3600)
-    quota = {"X-RateLimit-Limit": "10000", "X-RateLimit-Remaining": "9000"}
-    return Response(200, {**quota, "X-RateLimit-Reset": reset}, '{"data": {}}')
-
-
-@pytest.fixture
-async def aclient(rclient: redis.Redis) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(TEST_REDIS_URL)
-    yield client
-    await client.aclose()
-
-
-def _setup(prefix: str, rclient: redis.Redis, **extra: str) -> Settings:
-    env = {"COALESCE_WINDOW_MS": "0", "CLAIM_BATCH": "10", **extra}
-    settings = make_settings(settings_env(prefix, None, **env))
-    config = parse_config(
-        {
-            "connections": [{"id": "c", "user": f"{prefix}-user", "access_token": "t"}],
-            "destinations": [
-                {
-                    "id": D,
-                    "name": D,
-                    "connection": "c",
-                    "audiences": {"good": 1, "bad": 7},
-                    "attributes": {"firstName": "firstName"},
-                }
-            ],
-        }
-    )
-    publish_sync(rclient, Keys(prefix), config)
-    return settings
-
-
-async def _deliverer(
-    aclient: aioredis.Redis, settings: Settings, outreach: FakeOutreach
-) -> tuple[Deliverer, ProspectStore]:
-    store = ProspectStore(aclient, settings.keys)
-    deliverer = Deliverer(
-        store=store,
-        registry=Registry(aclient, settings.keys),
-        client=outreach,  # type: ignore[arg-type]
-        gate=gate_for(aclient, settings),
-        settings=settings,
-        refresher=Tokens(),
-    )
-    # A cold gate sends one probe first: warm it (prospect 999, whose field lands), so the
-    # test's batch goes out at once; then start the counts afresh.
-    await _pending(store, {999: {"custom1": "realized"}})
-    await deliverer.drain(D)
-    await aclient.delete(settings.keys.counters(D))
-    return deliverer, store
-
-
-async def _pending(store: ProspectStore, changes: Mapping[int, Mapping[str, Any]]) -> None:
-    now = int(time.time() * 1000)
-    await store.merge(
-        D,
-        {p: [(f, encode(v), now) for f, v in fields.items()] for p, fields in changes.items()},
-        now_ms=now - 10,
-        window_ms=0,
-    )
+from tests.scripted_outreach import D, FakeOutreach, ok, pending, setup_destination, warm_deliverer
 
 
 def _counters(rclient: redis.Redis, keys: Keys) -> dict[str, int]:
@@ -126,7 +26,7 @@ def _counters(rclient: redis.Redis, keys: Keys) -> dict[str, int]:
 async def test_one_send_raising_still_counts_every_concurrent_send(
     prefix: str, rclient: redis.Redis, aclient: aioredis.Redis
 ) -> None:
-    settings = _setup(prefix, rclient)
+    settings = setup_destination(prefix, rclient)
 
     async def answer(prospect: int, fields: Mapping[str, Any]) -> Response:
         if prospect == 1:
@@ -134,8 +34,8 @@ async def test_one_send_raising_still_counts_every_concurrent_send(
         await asyncio.sleep(0.2)  # the others are still in flight when it raises
         return ok()
 
-    deliverer, store = await _deliverer(aclient, settings, FakeOutreach(answer))
-    await _pending(store, {p: {"custom1": "realized"} for p in range(1, 6)})
+    deliverer, store = await warm_deliverer(aclient, settings, FakeOutreach(answer))
+    await pending(store, {p: {"custom1": "realized"} for p in range(1, 6)})
     stats: Counter[str] = Counter()
     with pytest.raises(RuntimeError):
         await deliverer.drain(D, stats=stats)
@@ -150,7 +50,7 @@ async def test_one_send_raising_still_counts_every_concurrent_send(
 async def test_bisection_counts_the_activated_prospect_and_holds_on_a_429(
     prefix: str, rclient: redis.Redis, aclient: aioredis.Redis
 ) -> None:
-    settings = _setup(prefix, rclient)
+    settings = setup_destination(prefix, rclient)
 
     def answer(prospect: int, fields: Mapping[str, Any]) -> Response:
         if len(fields) == 3:  # the whole PATCH: refused, no field named
@@ -159,9 +59,9 @@ async def test_bisection_counts_the_activated_prospect_and_holds_on_a_429(
             return ok()
         return Response(429, {"Retry-After": "30"}, "")
 
-    deliverer, store = await _deliverer(aclient, settings, FakeOutreach(answer))
+    deliverer, store = await warm_deliverer(aclient, settings, FakeOutreach(answer))
     fields = {"custom1": "realized", "custom7": "exited", "firstName": "Ada"}
-    await _pending(store, {42: fields})
+    await pending(store, {42: fields})
     before_s = time.time()
     stats = await deliverer.drain(D)
     counters = _counters(rclient, settings.keys)

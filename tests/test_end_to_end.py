@@ -12,51 +12,21 @@ import pytest
 import redis
 
 from app.cli.sample import Sample, generate
-from app.config.destinations import Config, parse_config
 from app.core.keys import Keys
 from app.ingest.producer import Producer
 from app.store.registry import publish_sync
-from tests.conftest import Sandbox, make_settings, settings_env, wait_until
+from tests.support import (
+    AUDIENCES,
+    Sandbox,
+    differing,
+    e2e_config,
+    idle,
+    make_settings,
+    settings_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
-
-AUDIENCES = {f"aud-{n}": n for n in (1, 2, 3, 4, 7, 12)}
-
-
-def e2e_config(dest: str = "e2e", *, rate_limit: str = "10000/hour", **extra: Any) -> Config:
-    conn = {
-        "id": "conn",
-        "user": "test-user",
-        "access_token": "test-token",
-        "rate_limit": rate_limit,
-    }
-    return parse_config(
-        {
-            "connections": [conn],
-            "destinations": [
-                {
-                    "id": dest,
-                    "name": "End to end",
-                    "connection": "conn",
-                    "audiences": AUDIENCES,
-                    "attributes": {
-                        "firstName": "firstName",
-                        "lastName": "lastName",
-                        "title": "title",
-                    },
-                    **extra,
-                }
-            ],
-        }
-    )
-
-
-def idle(rclient: redis.Redis, keys: Keys, dest: str) -> bool:
-    return rclient.zcard(keys.due(dest)) + rclient.zcard(keys.leases(dest)) == 0
-
-
-def differing(state: dict[int, dict[str, Any]], expected: dict[int, dict[str, Any]]) -> list[int]:
-    return [p for p, fields in expected.items() if state.get(p) != fields]
 
 
 def wait_delivered(sandbox: Sandbox, rclient: redis.Redis, keys: Keys, sample: Sample) -> None:

@@ -17,8 +17,7 @@ from app.connections.records import ConnectionStoreSync
 from app.core.keys import Keys
 from app.ingest.producer import Producer
 from app.store.registry import publish_sync
-from tests.conftest import Sandbox, make_settings, settings_env, wait_until
-from tests.test_end_to_end import idle
+from tests.support import Sandbox, idle, make_settings, settings_env, wait_for_holds, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -42,23 +41,6 @@ def profile(pid: int, audiences: dict[str, str], **attrs: Any) -> dict[str, Any]
 
 def failures(rclient: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     return [json.loads(v) for v in rclient.hgetall(keys.failures("d")).values()]
-
-
-def wait_for_holds(
-    rclient: redis.Redis, keys: Keys, dest: str, *, looks: int, span_s: float
-) -> None:
-    """Wait until the drain has found ``dest`` unable to send and held it ``looks`` times
-    (each look sets a new hold, ``REAUTH_HOLD_S`` from then), the first and the last at least
-    ``span_s`` apart: it kept looking at the destination all that time."""
-    seen: list[int] = []
-
-    def looked() -> bool:
-        raw = rclient.get(keys.hold(dest))
-        if raw is not None and (not seen or int(raw) != seen[-1]):
-            seen.append(int(raw))
-        return len(seen) >= looks and seen[-1] - seen[0] >= span_s * 1000
-
-    wait_until(looked, timeout_s=30, what=f"{looks} holds of {dest} over {span_s} s", every_s=0.02)
 
 
 def run(

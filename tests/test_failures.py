@@ -20,8 +20,7 @@ from app.store.failures import list_failures, purge, replay, show_failure
 from app.store.prospects import ProspectStore, encode
 from app.store.registry import publish_sync
 from app.store.resync import resync
-from tests.conftest import ROOT, TEST_REDIS_URL, settings_env
-from tests.test_end_to_end import e2e_config
+from tests.support import ROOT, TEST_REDIS_URL, e2e_config, settings_env
 
 A, B = "fa", "fb"
 T0 = 1_800_000_000_000

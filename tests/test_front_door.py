@@ -24,9 +24,15 @@ from app.core.keys import Keys
 from app.core.redaction import redact_text
 from app.ingest.batch import MalformedDocument, read_profiles
 from app.store.registry import publish_sync
-from tests.conftest import ROOT, free_port, make_settings, settings_env, wait_until
-from tests.test_end_to_end import e2e_config
-from tests.test_ingest_api import profile
+from tests.support import (
+    ROOT,
+    e2e_config,
+    free_port,
+    make_settings,
+    profile,
+    settings_env,
+    wait_until,
+)
 
 ADMIN_KEY = "front-door-admin-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}

@@ -16,25 +16,21 @@ from aiohttp import web
 from app.api.app import make_app
 from app.core.keys import Keys
 from app.store.registry import publish_sync
-from tests.conftest import ROOT, TEST_REDIS_URL, free_port, make_settings, settings_env, wait_until
-from tests.test_end_to_end import e2e_config
+from tests.support import (
+    ROOT,
+    TEST_REDIS_URL,
+    e2e_config,
+    free_port,
+    make_settings,
+    profile,
+    settings_env,
+    wait_until,
+)
 
 #: The operator's key, which the producers' routes accept too (producer keys: test_producer_auth).
 ADMIN_KEY = "ingest-test-admin-key"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 JSON = {"Content-Type": "application/json"}
-
-
-def profile(
-    pid: object, status: str = "realized", audience: str = "aud-1", **attrs: Any
-) -> dict[str, Any]:
-    return {
-        "identityMap": {"OutreachId": [{"id": pid}]},
-        "segmentMembership": {
-            "ups": {audience: {"status": status, "lastQualificationTime": "2026-11-20T13:15:49Z"}}
-        },
-        "attributes": {k: {"value": v} for k, v in attrs.items()},
-    }
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ import redis
 
 from app.core.keys import Keys
 from app.store.registry import publish_sync
-from tests.conftest import ROOT, LocalRedis, settings_env, wait_until
-from tests.test_end_to_end import e2e_config
+from tests.support import ROOT, LocalRedis, e2e_config, settings_env, wait_until
 
 pytestmark = [
     pytest.mark.integration,

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from app.ops.logs import configure_logging, resolve_format
-from tests.conftest import ROOT, free_port, make_settings, settings_env
+from tests.support import ROOT, free_port, make_settings, settings_env
 
 
 @pytest.fixture

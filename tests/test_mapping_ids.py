@@ -21,8 +21,7 @@ from app.ratelimit.gate import gate_for
 from app.store.audience_map import forget_sync, learned_sync
 from app.store.prospects import ProspectStore
 from app.store.registry import Registry, publish_sync
-from tests.conftest import TEST_REDIS_URL, make_settings, settings_env
-from tests.test_end_to_end import e2e_config
+from tests.support import TEST_REDIS_URL, e2e_config, make_settings, settings_env
 
 D = "aep"
 

@@ -24,8 +24,7 @@ from app.ratelimit.governing import quota_limits
 from app.store import counters as metrics
 from app.store.prospects import ProspectStore, encode
 from app.store.registry import Registry, publish_sync
-from tests.conftest import ROOT, TEST_REDIS_URL, make_settings, settings_env
-from tests.test_end_to_end import e2e_config
+from tests.support import ROOT, TEST_REDIS_URL, e2e_config, make_settings, settings_env
 
 D = "e2e"
 

@@ -5,142 +5,21 @@ clear page; the admin routes show connections without tokens."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from email.message import Message
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 import redis
-from cryptography.fernet import Fernet
 
 from app.config.destinations import parse_config
-from app.connections.crypto import TokenCipher, parse_keys
 from app.connections.records import ConnectionStoreSync
 from app.core.keys import Keys
 from app.store.registry import publish_sync
-from tests.conftest import ROOT, Sandbox, free_port, settings_env, wait_until
+from tests.support import ADMIN, NO_REDIRECTS, Api, Sandbox, call
 
 pytestmark = pytest.mark.integration
-
-ADMIN = "admin-key-for-tests"
-CLIENT = {"OUTREACH_CLIENT_ID": "sandbox-client", "OUTREACH_CLIENT_SECRET": "sandbox-secret"}
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: Message
-    body: str
-
-    @property
-    def location(self) -> str:
-        return self.headers.get("Location", "")
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def call(
-    url: str,
-    *,
-    method: str = "GET",
-    admin: bool = False,
-    body: Any = None,
-    extra: dict[str, str] | None = None,
-) -> Answer:
-    headers = {"Authorization": f"Bearer {ADMIN}"} if admin else {}
-    headers |= extra or {}
-    data = None if body is None else json.dumps(body).encode()
-    if data is not None:
-        headers["Content-Type"] = "application/json"
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with _OPENER.open(req, timeout=30) as resp:
-            return Answer(resp.status, resp.headers, resp.read().decode())
-    except urllib.error.HTTPError as exc:
-        return Answer(exc.code, exc.headers, exc.read().decode())
-
-
-@dataclass
-class Api:
-    url: str
-    env: dict[str, str]
-    cipher: TokenCipher
-    proc: subprocess.Popen[bytes]
-
-    def dance(self, conn: str, *, user: str | None = None) -> Answer:
-        """Start, follow Outreach's redirect back, and answer the callback's page."""
-        query = {"connection": conn, **({"user": user} if user else {})}
-        started = call(f"{self.url}/oauth/start?{urllib.parse.urlencode(query)}", admin=True)
-        assert started.status == 302, started.body
-        authorized = call(started.location)
-        assert authorized.status == 302, authorized.body
-        assert authorized.location.startswith(f"{self.url}/oauth/callback?")
-        return call(authorized.location)
-
-
-def start_api(prefix: str, sandbox: Sandbox, **extra: str) -> Api:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    key = Fernet.generate_key().decode()
-    env = settings_env(
-        prefix,
-        sandbox,
-        ADMIN_API_KEY=ADMIN,
-        TOKEN_ENCRYPTION_KEY=key,
-        OUTREACH_REDIRECT_URI=f"{url}/oauth/callback",
-        REAUTH_HOLD_S="1",
-        **CLIENT,
-        **extra,
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "api", "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-    )
-
-    def answers() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"the API exited with {proc.returncode}")
-        try:
-            return call(f"{url}/healthz").status == 200
-        except OSError:
-            return False
-
-    wait_until(answers, timeout_s=30, what="the API to listen")
-    return Api(url, env, TokenCipher(parse_keys(key)), proc)
-
-
-@pytest.fixture
-def api_factory(prefix: str, rclient: redis.Redis) -> Iterator[Callable[..., Api]]:
-    """API processes, stopped before ``rclient`` deletes the test's keys (an authorize URL
-    made and never followed leaves its ``state`` key, which would otherwise outlive the test)."""
-    started: list[Api] = []
-
-    def start(sandbox: Sandbox, **extra: str) -> Api:
-        started.append(start_api(prefix, sandbox, **extra))
-        return started[-1]
-
-    yield start
-    for api in started:
-        api.proc.terminate()
-        api.proc.wait(timeout=10)
 
 
 def test_the_whole_dance_stores_encrypted_tokens_and_resumes_the_destinations(
@@ -312,7 +191,7 @@ def test_authorize_with_a_body_needs_a_json_content_type(
         headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "text/plain"},
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
-        _OPENER.open(req, timeout=30)
+        NO_REDIRECTS.open(req, timeout=30)
     assert refused.value.code == 415
     assert json.loads(refused.value.read())["errors"][0]["title"] == "Unsupported media type"
     made = call(f"{api.url}/v1/admin/connections/c/authorize", method="POST", admin=True, body={})

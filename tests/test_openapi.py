@@ -19,9 +19,14 @@ from app.api.app import make_app
 from app.api.openapi import document
 from app.core.keys import Keys
 from app.store.registry import publish_sync
-from tests.conftest import TEST_REDIS_URL, free_port, make_settings, settings_env
-from tests.test_end_to_end import e2e_config
-from tests.test_ingest_api import profile
+from tests.support import (
+    TEST_REDIS_URL,
+    e2e_config,
+    free_port,
+    make_settings,
+    profile,
+    settings_env,
+)
 
 ADMIN_KEY = "openapi-test-admin-key"
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}

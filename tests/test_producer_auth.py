@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -21,9 +19,16 @@ from app.admin.producer_keys import ProducerKeys
 from app.api.app import make_app
 from app.core.keys import Keys
 from app.store.registry import publish_sync
-from tests.conftest import ROOT, TEST_REDIS_URL, free_port, make_settings, settings_env
-from tests.test_end_to_end import e2e_config
-from tests.test_ingest_api import profile
+from tests.support import (
+    ROOT,
+    TEST_REDIS_URL,
+    e2e_config,
+    free_port,
+    make_settings,
+    profile,
+    raw_status,
+    settings_env,
+)
 
 ADMIN_KEY = "producer-auth-admin-key"
 Serve = Callable[..., Awaitable[str]]
@@ -205,26 +210,6 @@ def _environ() -> dict[str, str]:
     import os
 
     return dict(os.environ)
-
-
-async def raw_status(url: str, method: str, header: bytes, body: bytes = b"") -> int:
-    """The status of a request whose header line is sent as raw bytes (no client re-encodes
-    or refuses it): how a non-UTF-8 credential reaches the server."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        head = (
-            f"{method} {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        ).encode()
-        writer.write(head + header + b"\r\n\r\n" + body)
-        await writer.drain()
-        status_line = await reader.readline()
-        return int(status_line.split()[1])
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 async def test_a_key_that_is_not_utf8_is_refused_with_401_not_500(serve: Serve) -> None:

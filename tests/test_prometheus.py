@@ -20,8 +20,16 @@ from app.api.app import make_app
 from app.core.keys import Keys
 from app.ingest.producer import Producer
 from app.store.registry import publish_sync
-from tests.conftest import ROOT, Sandbox, free_port, make_settings, settings_env, wait_until
-from tests.test_end_to_end import e2e_config, idle
+from tests.support import (
+    ROOT,
+    Sandbox,
+    e2e_config,
+    free_port,
+    idle,
+    make_settings,
+    settings_env,
+    wait_until,
+)
 
 ADMIN_KEY = "prometheus-test-admin-key"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}

@@ -16,8 +16,7 @@ from app.config.destinations import parse_config
 from app.core.keys import Keys
 from app.ingest.producer import Producer
 from app.store.registry import publish_sync
-from tests.conftest import Sandbox, make_settings, settings_env, wait_until
-from tests.test_end_to_end import e2e_config, idle
+from tests.support import Sandbox, e2e_config, idle, make_settings, settings_env, wait_until
 
 pytestmark = pytest.mark.integration
 

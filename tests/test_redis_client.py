@@ -24,7 +24,7 @@ from app.core.redis_client import (
 )
 from app.core.settings import Settings
 from app.ratelimit.gate import gate_for
-from tests.conftest import TEST_REDIS_URL, free_port, make_settings, settings_env, wait_until
+from tests.support import TEST_REDIS_URL, free_port, make_settings, settings_env, wait_until
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server not installed"

@@ -13,8 +13,7 @@ import redis.asyncio as aioredis
 from app.core.keys import Keys
 from app.store.prospects import ProspectStore, encode, merge_sync
 from app.store.registry import publish_sync
-from tests.conftest import LocalRedis
-from tests.test_end_to_end import e2e_config
+from tests.support import LocalRedis, e2e_config
 
 pytestmark = [
     pytest.mark.integration,

@@ -28,12 +28,18 @@ from app.connections.records import ConnectionStore, ConnectionStoreSync
 from app.core.keys import Keys
 from app.ingest.producer import Producer
 from app.store.registry import publish_sync
-from tests.conftest import TEST_REDIS_URL, Sandbox, make_settings, settings_env, wait_until
-from tests.test_end_to_end import idle
-from tests.test_errors_e2e import wait_for_holds
-from tests.test_oauth_e2e import CLIENT, Api, api_factory, call
-
-__all__ = ["api_factory"]  # the fixture, shared with the OAuth tests
+from tests.support import (
+    CLIENT,
+    TEST_REDIS_URL,
+    Api,
+    Sandbox,
+    call,
+    idle,
+    make_settings,
+    settings_env,
+    wait_for_holds,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,15 @@ from app.admin.producer_keys import ProducerKeys
 from app.core.keys import Keys
 from app.store.registry import publish_sync
 from app.testing.harness import forget_run
-from tests.conftest import ROOT, TEST_REDIS_URL, free_port, http_json, settings_env, wait_until
-from tests.test_end_to_end import e2e_config
+from tests.support import (
+    ROOT,
+    TEST_REDIS_URL,
+    e2e_config,
+    free_port,
+    http_json,
+    settings_env,
+    wait_until,
+)
 
 ADMIN_KEY = "schemathesis-admin-key-0123456789abcdef"
 #: Where valid data may still be refused for the stored state, which the spec cannot say: a

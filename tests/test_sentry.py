@@ -16,7 +16,7 @@ from sentry_sdk.transport import Transport
 
 from app.api.app import make_app
 from app.ops.sentry import init_sentry, scrub_event
-from tests.conftest import make_settings, settings_env
+from tests.support import make_settings, settings_env
 
 TOKEN = "ya29TOKENf00dcafe1234567890"
 REFRESH = "rfrTOKENbeefbeef0987654321"

@@ -29,8 +29,7 @@ from app.config.destinations import parse_config
 from app.core.keys import Keys
 from app.ingest.producer import Producer
 from app.store.registry import publish_sync
-from tests.conftest import Sandbox, free_port, make_settings, settings_env, wait_until
-from tests.test_end_to_end import idle
+from tests.support import Sandbox, free_port, idle, make_settings, settings_env, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,7 @@ from app.core.errors import UnknownDestination
 from app.core.keys import Keys
 from app.store.prospects import ProspectStore, encode, merge_sync, poll_sync
 from app.store.registry import DestinationBusy, publish_sync, swap_destination
-from tests.conftest import TEST_REDIS_URL
-from tests.test_end_to_end import e2e_config
+from tests.support import TEST_REDIS_URL, e2e_config
 
 D = "dest-a"
 T0 = 1_800_000_000_000
