@@ -9,11 +9,12 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 # spent waiting (quota windows, worker start-up, retries), not computing. TEST_PROCS=0 is serial.
 TEST_PROCS ?= 4
 
-.PHONY: help install redis chromium run test check lint format bench flower worker api sandbox clean
+.PHONY: help install redis chromium run test coverage check lint format bench flower worker api sandbox clean
 
 help:
 	@echo "make run     - sandbox + API + worker + sample traffic, with a summary (Ctrl-C stops)"
 	@echo "make test    - the whole test suite (unit + integration against real Redis/Celery/sandbox)"
+	@echo "make coverage - the suite with line coverage of app/ and workers/"
 	@echo "make check   - ruff + mypy strict"
 	@echo "make bench   - benchmarks, writes docs/benchmarks.md"
 	@echo "make flower  - Flower dashboard on http://127.0.0.1:5555"
@@ -40,6 +41,9 @@ chromium:
 test: install redis chromium
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -n $(TEST_PROCS) --dist worksteal
+
+coverage: install redis chromium
+	$(PY) -m pytest -q -n $(TEST_PROCS) --dist worksteal --cov --cov-report=term:skip-covered
 
 check: install
 	$(VENV)/bin/ruff check app workers tests bench
