@@ -133,6 +133,11 @@ def idle(rclient: redis.Redis, keys: Keys, dest: str) -> bool:
     return rclient.zcard(keys.due(dest)) + rclient.zcard(keys.leases(dest)) == 0
 
 
+def counts(rclient: redis.Redis, keys: Keys, dest: str) -> dict[str, int]:
+    """A destination's dataflow counters, as numbers."""
+    return {k.decode(): int(v) for k, v in rclient.hgetall(keys.counters(dest)).items()}
+
+
 def differing(state: dict[int, dict[str, Any]], expected: dict[int, dict[str, Any]]) -> list[int]:
     return [p for p, fields in expected.items() if state.get(p) != fields]
 

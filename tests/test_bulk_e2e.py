@@ -15,6 +15,7 @@ from app.ingest.producer import Producer
 from app.store.registry import publish_sync
 from tests.support import (
     Sandbox,
+    counts,
     differing,
     e2e_config,
     idle,
@@ -35,10 +36,6 @@ def profiles(ids: range | list[int], status: str, at: str) -> list[dict[str, Any
         {"identityMap": {"OutreachId": [{"id": str(p)}]}, "segmentMembership": {"ups": membership}}
         for p in ids
     ]
-
-
-def counters(rclient: redis.Redis, keys: Keys) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in rclient.hgetall(keys.counters("e2e")).items()}
 
 
 @pytest.mark.timeout(180)
@@ -79,7 +76,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_its_batch_cannot_overwrite(
         return idle(rclient, keys, "e2e") and not differing(sandbox.prospects(), expected)
 
     wait_until(done, timeout_s=120, what="every prospect's expected state", every_s=0.5)
-    seen = counters(rclient, keys)
+    seen = counts(rclient, keys, "e2e")
     assert seen.get("lease_expired", 0) >= 1
     assert seen.get("drain_bulk_orphans_cancelled", 0) >= 1
     assert seen.get("prospects_failed", 0) == 0

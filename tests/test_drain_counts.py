@@ -14,13 +14,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app.core.keys import Keys
 from app.outreach.client import Response
 from tests.scripted_outreach import D, FakeOutreach, ok, pending, setup_destination, warm_deliverer
-
-
-def _counters(rclient: redis.Redis, keys: Keys) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in rclient.hgetall(keys.counters(D)).items()}
+from tests.support import counts
 
 
 async def test_one_send_raising_still_counts_every_concurrent_send(
@@ -39,12 +35,12 @@ async def test_one_send_raising_still_counts_every_concurrent_send(
     stats: Counter[str] = Counter()
     with pytest.raises(RuntimeError):
         await deliverer.drain(D, stats=stats)
-    counters = _counters(rclient, settings.keys)
+    counters = counts(rclient, settings.keys, D)
     # Written once every send had ended: the four that landed are in the totals.
     assert counters["drain_delivered"] == stats["delivered"] == 4
     assert counters["drain_requests"] == stats["requests"] == 5
     await asyncio.sleep(0.3)
-    assert _counters(rclient, settings.keys)["drain_delivered"] == 4
+    assert counts(rclient, settings.keys, D)["drain_delivered"] == 4
 
 
 async def test_bisection_counts_the_activated_prospect_and_holds_on_a_429(
@@ -64,7 +60,7 @@ async def test_bisection_counts_the_activated_prospect_and_holds_on_a_429(
     await pending(store, {42: fields})
     before_s = time.time()
     stats = await deliverer.drain(D)
-    counters = _counters(rclient, settings.keys)
+    counters = counts(rclient, settings.keys, D)
     assert stats["delivered"] == counters["drain_delivered"] == 1
     assert stats["error_ratelimited"] == counters["drain_error_ratelimited"] == 1
     assert counters["m1:activated:realized"] == counters["activated:fields"] == 1

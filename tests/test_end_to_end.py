@@ -18,6 +18,7 @@ from app.store.registry import publish_sync
 from tests.support import (
     AUDIENCES,
     Sandbox,
+    counts,
     differing,
     e2e_config,
     idle,
@@ -89,7 +90,7 @@ def test_events_coalesce_into_one_patch_per_prospect_and_land_exactly(
     )
     assert stats2["patches_ok"] - stats1["patches_ok"] == len(changed)
     assert stats2["requests"] == stats2["patches_ok"]
-    counters = {k.decode(): int(v) for k, v in rclient.hgetall(keys.counters("e2e")).items()}
+    counters = counts(rclient, keys, "e2e")
     assert counters["profiles_received"] == len(sample.profiles)
     assert counters["drain_delivered"] == stats2["patches_ok"]
     producer.close()

@@ -18,6 +18,7 @@ from app.store.registry import publish_sync
 from tests.support import (
     AUDIENCES,
     Sandbox,
+    counts,
     differing,
     e2e_config,
     idle,
@@ -69,7 +70,7 @@ def test_faults_and_a_killed_worker_lose_nothing(
 
     wait_until(done, timeout_s=120, what="every prospect's expected state", every_s=0.5)
     stats = sandbox.stats()
-    counters = {k.decode(): int(v) for k, v in rclient.hgetall(keys.counters("e2e")).items()}
+    counters = counts(rclient, keys, "e2e")
     lost = len(differing(sandbox.prospects(), expected))
     print(
         f"\nfaults: prospects={len(expected)} requests={stats['requests']} "
@@ -113,5 +114,5 @@ def test_sigterm_lets_a_worker_finish_what_it_holds_and_exit_cleanly(
         every_s=0.3,
     )
     assert 0 < stopped_at < len(expected)  # the stop really came mid-run
-    counters = {k.decode(): int(v) for k, v in rclient.hgetall(keys.counters("e2e")).items()}
+    counters = counts(rclient, keys, "e2e")
     assert counters.get("lease_expired", 0) == 0  # nothing was left claimed by the stopped one
