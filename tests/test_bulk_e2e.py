@@ -45,25 +45,32 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_its_batch_cannot_overwrite(
     sandbox_factory: Callable[..., Sandbox],
     worker_factory: Callable[..., Any],
 ) -> None:
-    # Slow batches: 10 s for 50 ids, so the victim dies with every batch still running.
-    sandbox = sandbox_factory("--bulk-records-per-s", "5")
+    # Slow batches: 25 s for 50 ids, past their 8 s deadline: the victim dies with every batch
+    # still running, and they still run when the survivor cancels them.
+    sandbox = sandbox_factory("--bulk-records-per-s", "2")
     env = settings_env(
         prefix, sandbox, COALESCE_WINDOW_MS="100", LEASE_MS="3000", OUTREACH_TIMEOUT_S="2"
     )
     keys = Keys(prefix)
-    publish_sync(rclient, keys, e2e_config(bulk={**BULK, **FAST_POLL}))
+    publish_sync(rclient, keys, e2e_config(bulk={**BULK, **FAST_POLL, "timeout_s": 8.0}))
     producer = Producer(make_settings(env))
     # The gate learns Outreach's figure from a first PATCH (bulk waits for it).
     producer.send("e2e", profiles([9000], "realized", "2026-11-01T00:00:00Z"))
     victim = worker_factory(env, name="victim", own_group=True)
     wait_until(lambda: idle(rclient, keys, "e2e"), timeout_s=30, what="the first PATCH")
     producer.send("e2e", profiles(range(1, 301), "realized", "2026-11-02T00:00:00Z"))
-    wait_until(
-        lambda: sandbox.stats()["bulk"]["batches"] >= 2,
-        timeout_s=30,
-        what="the victim's bulk calls",
-        every_s=0.02,
-    )
+    # Killed once every batch Outreach made is in the victim's record and nothing waits to be
+    # claimed, for a second on end: mid-batch, not between a call's answer and its record (a
+    # kill there leaves a batch nobody can cancel; app/delivery/bulk.py keeps that short).
+    seen: list[tuple[int, int, int]] = []
+
+    def wave_recorded() -> bool:
+        made = sandbox.stats()["bulk"]["batches"]
+        seen.append((made, rclient.hlen(keys.bulk_batches("e2e")), rclient.zcard(keys.due("e2e"))))
+        last = seen[-50:]  # 1 s of polls
+        return made >= 2 and len(last) == 50 and all(x == (made, made, 0) for x in last)
+
+    wait_until(wave_recorded, timeout_s=30, what="the victim's recorded bulk calls", every_s=0.02)
     os.killpg(victim.pid, signal.SIGKILL)
     # Newer changes while the dead worker's batches hold the claims: they must win.
     producer.send("e2e", profiles(range(1, 301, 7), "exited", "2026-11-03T00:00:00Z"))

@@ -189,11 +189,14 @@ class BulkDelivery:
             await self._refused(lot, answer, stats)
             return members
         batch = answer.value
+        # Recorded before anything else: a worker killed from here on leaves a batch the next
+        # drain cancels. Only a kill between Outreach's answer and this write leaves one that
+        # nobody can cancel (Outreach takes no key of ours to find it by).
+        await self.state.track(lot.dest.id, InFlight(batch.id, lot.conn.id, deadline))
         await self._charged(lot, before, answer, len(members))
         await self.state.add(lot.dest.id, **{figures.CALLS: 1, figures.RECORDS: len(members)})
         stats["bulk_calls"] += 1
         stats["bulk_records"] += len(members)
-        await self.state.track(lot.dest.id, InFlight(batch.id, lot.conn.id, deadline))
         task = asyncio.get_running_loop().create_task(self._track(lot, batch.id, members, deadline))
         self._trackers.add(task)
         task.add_done_callback(self._trackers.discard)
