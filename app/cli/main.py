@@ -37,8 +37,9 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 def cmd_ingest(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from app.ingest.batch import IngestReport, MalformedDocument, read_profiles
+    from app.ingest.batch import MalformedDocument, read_profiles
     from app.ingest.producer import Producer, UnknownDestination, send_patiently
+    from app.ingest.report import IngestReport
 
     def waiting(cause: BaseException, left_s: float) -> None:
         print(f"Redis unavailable ({cause}); retrying for {left_s:.0f} s more", file=sys.stderr)

@@ -11,7 +11,8 @@ import redis
 from app.core.errors import StoreUnavailable, UnknownDestination
 from app.core.redis_client import sync_client
 from app.core.settings import Settings, get_settings
-from app.ingest.batch import Batch, ingest_sync
+from app.ingest.batch import ingest_sync
+from app.ingest.report import Batch
 from app.store.registry import destination_sync
 
 __all__ = ["Producer", "UnknownDestination", "send_patiently", "transient_cause"]
