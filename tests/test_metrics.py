@@ -158,6 +158,20 @@ def test_drain_tally_names_and_hours_query() -> None:
             parse_hours(bad, keys=keys)
 
 
+def test_status_table_says_what_was_left_out(prefix: str, rclient: redis.Redis) -> None:
+    keys = Keys(prefix)
+    config = e2e_config()
+    publish_sync(rclient, keys, config)
+    raw = profile("5", aud_1="realized", not_mapped="realized")
+    raw["attributes"] = {"company": {"value": "Acme"}, "firstName": {"value": 5}}
+    batch = ingest_sync(rclient, keys, config.destination(D), [raw], window_ms=60_000)
+    assert batch.report.as_dict()["unmapped_attributes"] == {"company": 1}
+    (doc,) = asyncio.run(collect_status(make_settings(settings_env(prefix, None))))
+    assert (
+        "left out: audiences ignored 1  attributes not mapped 1 (company 1)  attributes rejected 1"
+    ) in render_table([doc])
+
+
 def test_status_table_is_aligned_and_cli_json_is_kept(prefix: str, rclient: redis.Redis) -> None:
     env = settings_env(prefix, None)
     keys = Keys(prefix)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.config.destinations import STATUSES
+from app.ingest.profiles import MAX_UNMAPPED_AUDIENCES
 from app.outreach import fields as outreach_fields
 
 JSON = "application/json"
@@ -164,11 +165,21 @@ def schemas() -> Doc:
             },
             "attributes": {
                 "type": "object",
-                "additionalProperties": {"type": "object", "properties": {"value": {}}},
+                "description": 'Per attribute {"value": x} (AEP\'s freeform attributes), {} '
+                "(no value), or the plain value (AEP's predefined attributes); one that cannot "
+                "be written is left out of its profile with the reason",
+                "additionalProperties": {},
             },
             "timestamp": {
                 "type": ["string", "integer", "null"],
                 "description": "When the event was made: as lastQualificationTime",
+            },
+            "unmappedAudiences": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_UNMAPPED_AUDIENCES,
+                "description": "Memberships the producer left out for want of a mapping ID "
+                "(AEP's template counts them): counted as ignored audiences",
             },
         },
     }
@@ -180,12 +191,19 @@ def schemas() -> Doc:
         "ignored_audiences",
         "fields_applied",
         "fields_stale",
+        "attributes_rejected",
     )
     report = {
         "type": "object",
-        "required": list(counts),
+        "required": [*counts, "unmapped_attributes"],
         "properties": {
             **{c: {"type": "integer"} for c in counts},
+            "unmapped_attributes": {
+                "type": "object",
+                "description": "Per attribute that no mapping of the destination reads: "
+                "profiles whose value for it was left out",
+                "additionalProperties": {"type": "integer"},
+            },
             "profiles": {
                 "type": "array",
                 "items": {
@@ -204,6 +222,18 @@ def schemas() -> Doc:
                                 "type": "object",
                                 "properties": {
                                     "audience": {"type": "string"},
+                                    "reason": {"type": "string"},
+                                },
+                            },
+                        },
+                        "attributes_rejected": {
+                            "type": "array",
+                            "description": "Attributes of this profile left out, with the "
+                            "reason (a shape or a value that cannot be written)",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "attribute": {"type": "string"},
                                     "reason": {"type": "string"},
                                 },
                             },

@@ -44,6 +44,11 @@ _COUNTERS = (
     ("profiles_accepted", "Profiles accepted: their changes are pending", "profiles_accepted"),
     ("profiles_rejected", "Profiles rejected as malformed", "profiles_rejected"),
     ("audiences_ignored", "Audience memberships of audiences not mapped", "audiences_ignored"),
+    (
+        "attributes_rejected",
+        "Attributes left out of their profile: a shape or value that cannot be written",
+        "attributes_rejected",
+    ),
     ("prospects_activated", "Prospects Outreach took an update of", "prospects_activated"),
     ("fields_activated", "Prospect fields that reached Outreach", "fields_activated"),
     (
@@ -93,14 +98,23 @@ class DataflowCollector(Collector):
             "Failure records (updates Outreach refused), by reason",
             labels=(*D, "reason"),
         )
+        unmapped = CounterMetricFamily(
+            f"{NS}_attributes_unmapped",
+            "Attribute values no mapping reads, left out (attribute: an Outreach attribute's "
+            "name, else other)",
+            labels=(*D, "attribute"),
+        )
         for d in self.docs:
             t = d.metrics.totals
             for reason, n in t.excluded_by_reason.items():
                 excluded.add_metric([d.destination, reason], n)
             for reason, n in t.failed_by_reason.items():
                 failed.add_metric([d.destination, reason], n)
+            for name, n in t.unmapped_by_attribute.items():
+                unmapped.add_metric([d.destination, name], n)
         yield excluded
         yield failed
+        yield unmapped
 
     def _audiences(self) -> Iterator[Metric]:
         fams = {

@@ -43,6 +43,9 @@ FLOW_ROWS = (
     ("profiles_accepted", "Accepted"),
     ("profiles_excluded", "Excluded"),
     ("profiles_rejected", "Rejected"),
+    ("audiences_ignored", "Audiences ignored (no mapping ID)"),
+    ("attributes_unmapped", "Attributes left out (not mapped)"),
+    ("attributes_rejected", "Attributes rejected"),
     ("prospects_activated", "Identities activated (prospects updated)"),
     ("fields_activated", "Fields activated"),
     ("prospects_skipped_noop", "Skipped as no-op (prospects)"),
@@ -200,11 +203,12 @@ def render_destination(doc: DestinationStatus, *, data_url: str, refresh_s: int)
         tbody_id="flow",
     )
     reasons = _table(
-        ("Excluded by reason", "Failed by reason"),
+        ("Excluded by reason", "Failed by reason", "Attributes not mapped"),
         [
             (
                 _reasons(m.totals.excluded_by_reason) or "—",
                 _reasons(m.totals.failed_by_reason) or "—",
+                _reasons(m.totals.unmapped_by_attribute) or "—",
             )
         ],
         tbody_id="reasons",

@@ -38,7 +38,7 @@ def evaluate_batch(
         else:
             res = evaluate_profile(raw, destination, index=i, received_ms=received_ms)
         results.append(res)
-        report.ignored_audiences += res.ignored_audiences
+        report.count(res)
         count_audiences(report.audiences, res)
         if res.outcome != "accepted":
             report.problems.append(res)

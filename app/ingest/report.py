@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.ingest.profiles import ProfileResult
+from app.outreach import fields as outreach_fields
 from app.store import counters as metrics
 from app.store.counters import audience_metric
 from app.store.prospects import Change
@@ -28,13 +29,23 @@ class IngestReport:
     audiences: Counter[str] = field(default_factory=Counter)
     #: Profile index -> [(audience, reason)] left out of it (mapping IDs from the data).
     audience_problems: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+    #: Attributes left out of their profiles (a shape or value that cannot be written).
+    attributes_rejected: int = 0
+    #: Per attribute no mapping of the destination reads: profiles that carried a value.
+    unmapped_attributes: Counter[str] = field(default_factory=Counter)
 
     @property
     def received(self) -> int:
         return self.accepted + self.excluded + self.rejected
 
     def add(self, other: IngestReport) -> None:
-        for name in ("accepted", "excluded", "rejected", "ignored_audiences"):
+        for name in (
+            "accepted",
+            "excluded",
+            "rejected",
+            "ignored_audiences",
+            "attributes_rejected",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.fields_applied += other.fields_applied
         self.fields_stale += other.fields_stale
@@ -42,6 +53,13 @@ class IngestReport:
         self.problems.extend(other.problems)
         self.audiences.update(other.audiences)
         self.audience_problems.update(other.audience_problems)
+        self.unmapped_attributes.update(other.unmapped_attributes)
+
+    def count(self, res: ProfileResult) -> None:
+        """Add what one profile left out: ignored audiences and attributes."""
+        self.ignored_audiences += res.ignored_audiences
+        self.attributes_rejected += len(res.attributes_rejected)
+        self.unmapped_attributes.update(res.unmapped_attributes)
 
     def as_dict(self, *, results: list[ProfileResult] | None = None) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -52,6 +70,8 @@ class IngestReport:
             "ignored_audiences": self.ignored_audiences,
             "fields_applied": self.fields_applied,
             "fields_stale": self.fields_stale,
+            "attributes_rejected": self.attributes_rejected,
+            "unmapped_attributes": dict(sorted(self.unmapped_attributes.items())),
         }
         if results is not None:
             doc["profiles"] = [
@@ -63,10 +83,14 @@ class IngestReport:
                 }
                 for r in results
             ]
-            for entry in doc["profiles"]:
+            for entry, r in zip(doc["profiles"], results, strict=True):
                 if left_out := self.audience_problems.get(entry["index"]):
                     entry["audiences_rejected"] = [
                         {"audience": a, "reason": reason} for a, reason in left_out
+                    ]
+                if r.attributes_rejected:
+                    entry["attributes_rejected"] = [
+                        {"attribute": a, "reason": reason} for a, reason in r.attributes_rejected
                     ]
         return doc
 
@@ -77,12 +101,23 @@ class IngestReport:
             metrics.PROFILES_EXCLUDED: self.excluded,
             metrics.PROFILES_REJECTED: self.rejected,
             metrics.AUDIENCES_IGNORED: self.ignored_audiences,
+            metrics.ATTRIBUTES_REJECTED: self.attributes_rejected,
+            metrics.ATTRIBUTES_UNMAPPED: self.unmapped_attributes.total(),
         }
+        for name, n in self.unmapped_attributes.items():
+            key = metrics.UNMAPPED_BY + _attribute_key(name)
+            out[key] = out.get(key, 0) + n
         for reason, n in self.excluded_reasons.items():
             key = metrics.EXCLUDED_BY + _reason_key(reason)
             out[key] = out.get(key, 0) + n
         out.update(self.audiences)
         return out
+
+
+def _attribute_key(name: str) -> str:
+    # Names come from producers: counted by name only when Outreach has such an attribute
+    # (AEP's profileFields are those), so a producer cannot grow the counters without bound.
+    return name if name in outreach_fields.FIELDS else "other"
 
 
 def _reason_key(reason: str) -> str:

@@ -29,6 +29,9 @@ class Flow(_Doc):
     excluded_by_reason: dict[str, int] = Field(default_factory=dict)
     profiles_rejected: int = 0
     audiences_ignored: int = 0
+    attributes_rejected: int = 0
+    attributes_unmapped: int = 0
+    unmapped_by_attribute: dict[str, int] = Field(default_factory=dict)
     prospects_activated: int = 0
     fields_activated: int = 0
     attributes_activated: int = 0
