@@ -11,7 +11,7 @@ import redis
 from aiohttp import web
 
 from app.api import admin_routes as admin_api
-from app.api import openapi, status_page
+from app.api import guide, openapi, status_page
 from app.api import prometheus as prom
 from app.api.bodies import MAX_BODY, BodyRefused, body_text, read_body
 from app.api.jsonapi import STORE_RETRY_AFTER_S, store_unavailable
@@ -215,6 +215,7 @@ def make_app(settings: Settings) -> web.Application:
     sources = (app[STORE], app[REGISTRY], app[GATE], settings)
     status_page.add_routes(app, *sources)
     prom.add_routes(app, *sources)
+    guide.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 

@@ -401,6 +401,23 @@ def _operator_paths(max_hours: int) -> Doc:
                 },
             }
         },
+        "/docs/aep": {
+            "get": {
+                **open_,
+                "operationId": "aepGuide",
+                "summary": "The AEP guide (docs/aep.md): the Destination SDK package's "
+                "documentation link",
+                "responses": {
+                    "200": {
+                        "description": "Markdown, as text/plain unless text/markdown is asked for",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "text/markdown": {"schema": {"type": "string"}},
+                        },
+                    }
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 **page,
