@@ -365,7 +365,7 @@ def _attribute_changes(
         value = _attribute_value(_lookup(attributes, source))
         if value is _ABSENT:
             continue  # absent, {} or null: nothing to change
-        reason = _UNUSABLE if value is _UNUSABLE else outreach_fields.check_value(target, value)
+        reason = UNUSABLE if value is _UNUSABLE else outreach_fields.check_value(target, value)
         if reason is not None:
             left_out.append((source, reason))
         else:
@@ -374,7 +374,8 @@ def _attribute_changes(
     return left_out
 
 
-_UNUSABLE: Any = 'must be a value or an object like {"value": ...}'
+_UNUSABLE: Any = object()
+UNUSABLE = 'must be a value or an object like {"value": ...}'
 
 
 def _attribute_value(leaf: Any) -> Any:
