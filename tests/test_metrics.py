@@ -57,8 +57,8 @@ def test_ingest_counts_per_destination_and_audience_in_total_and_hour(
         profile("2", aud_1="existing", unmapped="realized"),
         profile(None, aud_1="realized"),
         profile("abc", aud_2="realized"),
-        # Rejected: a mapped attribute that is not {"value": ...}.
-        {**profile("3", aud_1="realized"), "attributes": {"title": "not an object"}},
+        # Rejected: malformed (a time that is not one).
+        {**profile("3", aud_1="realized"), "timestamp": "never"},
         "not a profile",
     ]
     ingest_sync(rclient, keys, config.destination(D), profiles, window_ms=1000)
