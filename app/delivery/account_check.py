@@ -167,7 +167,9 @@ class AccountCheck:
         try:
             if await self._token(sender, report, rec):
                 usable = await self._account(sender, report, rec, dests)
-                if write and not scopes_ok:
+                if usable is None:
+                    pass  # nothing more can be learned of an account not reached
+                elif write and not scopes_ok:
                     report.add(
                         "bulk write",
                         "warn",
@@ -196,13 +198,14 @@ class AccountCheck:
 
     async def _account(
         self, sender: _Sender, report: CheckReport, rec: ConnectionRecord, dests: list[Destination]
-    ) -> list[str]:
-        """The token, the rate-limit headers, the gate and the custom fields: one request."""
+    ) -> list[str] | None:
+        """The token, the rate-limit headers, the gate and the custom fields, from one request;
+        the usable fields, or None when Outreach refused the token."""
         url = self.client.api_url + TYPES
         resp, answer = await sender.send(lambda t: self.client.call(t, "GET", url))
         token_line(report, rec, resp.status, answer)
-        if resp.status in (401, 403):
-            return []
+        if resp.status == 401:
+            return None
         header_line(report, resp.headers, answer.received_s)
         conn = sender.conn
         quota_line(report, conn, answer, await self.gate.state(conn.user, limit=conn.rate_limit))
@@ -277,7 +280,14 @@ class AccountCheck:
         now = _values(resp, prospect)
         same = not isinstance(now, str) and now.get(name) == value
         detail = f"batch {batch.id} {batch.state or 'unnamed state'} ({batch.total} record)"
-        if not same:
+        if batch.failures:
+            report.add(
+                "bulk call",
+                "fail",
+                f"{detail}: Outreach failed to write it ({batch.failures} failure)",
+                f"see the {name} line; GET /batchItems?filter[batch][id]={batch.id} says why",
+            )
+        elif not same:
             report.add(
                 "bulk call",
                 "fail",

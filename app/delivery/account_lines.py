@@ -16,7 +16,7 @@ from app.connections.oauth import BATCH_SCOPES
 from app.connections.records import ConnectionRecord
 from app.outreach.account import CustomFieldType, rate_headers
 from app.outreach.answers import Answer
-from app.outreach.signals import reset_form
+from app.outreach.signals import parse_budget, reset_form
 from app.ratelimit.gate import QuotaState
 
 Status = Literal["ok", "warn", "fail"]
@@ -160,7 +160,13 @@ def header_line(report: CheckReport, headers: Mapping[str, str], now_s: float) -
         )
     else:
         extra = f"; also {', '.join(unread)} (not read)" if unread else ""
-        report.add("rate-limit headers", "ok", f"{shown}; reset as {form or 'absent'}{extra}")
+        budget = parse_budget(headers, now_s=now_s)
+        when = (
+            ""
+            if budget is None or budget.reset_s is None
+            else f", in {budget.reset_s - now_s:.0f} s"
+        )
+        report.add("rate-limit headers", "ok", f"{shown}; reset as {form or 'absent'}{when}{extra}")
 
 
 def quota_line(report: CheckReport, conn: Connection, answer: Answer, state: QuotaState) -> None:
@@ -208,7 +214,8 @@ def field_lines(
     *,
     learning: list[str],
 ) -> list[str]:
-    """Each custom field written, against the account's; returns the usable ones."""
+    """Each custom field written, against the account's; returns the usable ones (when the
+    account's cannot be read, every one: writing a value a field holds is harmless)."""
     for dest in learning:
         report.add(
             f"mapping IDs of {dest}",
@@ -224,9 +231,9 @@ def field_lines(
                 f"{types}; {', '.join(sorted(users))} unchecked",
                 "check them in Outreach (Settings > Fields > Prospect) by hand",
             )
-        return []
+        return sorted(users, key=_number)
     usable: list[str] = []
-    for name in sorted(users, key=lambda n: int(n.removeprefix("custom"))):
+    for name in sorted(users, key=_number):
         who = "; ".join(users[name])
         found = types.get(name)
         label = "" if found is None or not found.label else f" ({found.label!r})"
@@ -286,6 +293,10 @@ def charge_line(report: CheckReport, before: int | None, after: int | None) -> N
             detail + " (other traffic of the user, or per record?)",
             "run it again when the user is idle; charged per record, bulk turns itself off",
         )
+
+
+def _number(custom: str) -> int:
+    return int(custom.removeprefix("custom"))
 
 
 def _iso(epoch_s: float) -> str:
