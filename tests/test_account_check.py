@@ -19,8 +19,10 @@ from app.config.destinations import Connection, parse_config
 from app.connections.crypto import default_cipher
 from app.connections.records import ConnectionStoreSync
 from app.core.keys import Keys
+from app.core.operations import run_sync
 from app.delivery.account_lines import CheckReport, header_line
 from app.outreach.account import parse_types
+from app.store.audience_map import learn_op
 from app.store.registry import publish_sync
 from tests.support import ROOT, Sandbox, settings_env
 
@@ -98,9 +100,23 @@ def test_a_good_account_passes_every_line_in_one_request_and_nothing_is_written(
     prefix: str, rclient: redis.Redis, sandbox: Sandbox
 ) -> None:
     setup(rclient, prefix, scope=BULK_SCOPES, bulk=True)
+    # Two destinations learning their mapping IDs from the data: one has learned custom7.
+    learners = [
+        {"id": d, "name": d, "connection": "conn", "mapping_ids": "data"} for d in ("l1", "l2")
+    ]
+    conn = {"id": "conn", "user": "test-user"}
+    publish_sync(
+        rclient, Keys(prefix), parse_config({"connections": [conn], "destinations": learners})
+    )
+    run_sync(rclient, learn_op(Keys(prefix), "l1", [("aud-x", 7)], now_ms=1))
     code, report = check(prefix, sandbox)
     found = lines(report)
     assert code == 0 and report["ok"], report
+    assert found["custom7"][:2] == (
+        "ok",
+        "text, writable ('Custom 7'); written by l1 audience aud-x",
+    )
+    assert found["mapping IDs of l2"][0] == "warn" and "mapping IDs of l1" not in found
     assert found["token"][0] == "ok" and found["scopes"][0] == "ok"
     status, detail, _ = found["rate-limit headers"]
     assert status == "ok" and "X-RateLimit-Remaining: 9999" in detail
