@@ -248,7 +248,9 @@ def cmd_new_key(_: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``connections`` command and its actions."""
-    p = sub.add_parser("connections", help="Outreach connections: add, list, authorize, remove")
+    p = sub.add_parser(
+        "connections", help="Outreach connections: add, list, authorize, check, remove"
+    )
     acts = p.add_subparsers(dest="action", required=True)
 
     add = acts.add_parser("add", help="store a connection from tokens (no browser)")
