@@ -176,7 +176,12 @@ async def test_shutdown_never_answers_2xx_for_data_not_stored(
     ]
     body = aep_body(many)
     call = asyncio.create_task(export(f"{api}/{D}/profiles", key, body))
-    await asyncio.sleep(0.05)
+    # In flight: the server has begun storing it (a fixed sleep could stop the server before
+    # the request even reached it, which proves nothing about answering).
+    for _ in range(1000):
+        if call.done() or pending(rclient, prefix, 5000):
+            break
+        await asyncio.sleep(0.01)
     await runner.cleanup()  # stop listening, finish what is in flight, then close
     try:
         status: int | None = (await call)[0]
