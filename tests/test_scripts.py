@@ -14,6 +14,7 @@ from redis.commands.core import AsyncScript
 
 from app.core.scripts import LuaScripts
 from app.ratelimit.gate import QuotaGate
+from tests.support import TEST_REDIS_URL, TEST_STORAGE_URI
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ def test_a_script_runs_after_its_prelude_and_is_registered_once_per_client() -> 
 async def test_a_new_gate_on_the_same_client_registers_nothing_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/13")
+    client = aioredis.Redis.from_url(TEST_REDIS_URL)
     registered: list[str] = []
     register = client.register_script
 
@@ -61,9 +62,9 @@ async def test_a_new_gate_on_the_same_client_registers_nothing_again(
 
     monkeypatch.setattr(client, "register_script", counting)
     try:
-        QuotaGate(client, storage_uri="async+redis://127.0.0.1:6379/13", prefix="t")
+        QuotaGate(client, storage_uri=TEST_STORAGE_URI, prefix="t")
         assert len(registered) == 5
-        QuotaGate(client, storage_uri="async+redis://127.0.0.1:6379/13", prefix="t")
+        QuotaGate(client, storage_uri=TEST_STORAGE_URI, prefix="t")
         assert len(registered) == 5
     finally:
         await client.aclose()

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from app.sandbox.attributes import custom_field_types
 from app.sandbox.context import SANDBOX_KEY, Sandbox
 from app.sandbox.errors import (
     JSONAPI,
@@ -46,6 +47,11 @@ async def patch_prospect(request: web.Request) -> web.StreamResponse:
 async def get_prospect(request: web.Request) -> web.StreamResponse:
     """`GET /api/v2/prospects/{id}`: the stored attributes of a prospect."""
     return await _serve(_exchange(request), _get)
+
+
+async def list_types(request: web.Request) -> web.StreamResponse:
+    """`GET /api/v2/types`: the account's custom prospect fields and their types."""
+    return await _serve(_Exchange(request.app[SANDBOX_KEY], request, "", None), _types)
 
 
 def _exchange(request: web.Request) -> _Exchange:
@@ -114,7 +120,7 @@ def _patch(ex: _Exchange) -> web.Response:
     prospect_id = _path_id(ex)
     attributes = parse_patch(ex.document, prospect_id, config.usable_custom_fields)
     _require_existing(ex, prospect_id)
-    check_values(attributes)
+    check_values(attributes, dict(config.custom_field_types))
     stored = ex.sandbox.state.merge(prospect_id, attributes)
     return jsonapi_response(200, _resource(prospect_id, stored))
 
@@ -124,6 +130,12 @@ def _get(ex: _Exchange) -> web.Response:
     _require_existing(ex, prospect_id)
     stored = ex.sandbox.state.prospects.get(prospect_id, {})
     return jsonapi_response(200, _resource(prospect_id, stored))
+
+
+def _types(ex: _Exchange) -> web.Response:
+    config = ex.sandbox.config
+    types = dict(config.custom_field_types)
+    return jsonapi_response(200, custom_field_types(config.usable_custom_fields, types))
 
 
 def _path_id(ex: _Exchange) -> int:

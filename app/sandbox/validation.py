@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from app.sandbox.attributes import check_name, check_value
+from app.sandbox.attributes import check_name, check_typed, check_value
 from app.sandbox.errors import ApiError, bad_request
 
 
@@ -47,9 +48,10 @@ def parse_patch(document: Any, path_id: int, usable_custom_fields: int) -> dict[
     return attributes
 
 
-def check_values(attributes: dict[str, Any]) -> None:
-    """Raise a 422 ApiError for the first rejected value."""
+def check_values(attributes: dict[str, Any], types: Mapping[int, str] | None = None) -> None:
+    """Raise a 422 ApiError for the first rejected value (``types``: the account's custom
+    fields that are not text)."""
     for name, value in attributes.items():
-        error: ApiError | None = check_value(name, value)
+        error: ApiError | None = check_value(name, value) or check_typed(name, value, types or {})
         if error is not None:
             raise error
