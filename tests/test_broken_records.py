@@ -6,6 +6,7 @@ destination keeps ingesting and delivering; the broken one can be replaced or de
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,12 +19,15 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from cryptography.fernet import Fernet
 
 from app.admin.producer_keys import ProducerKeys
 from app.config.destinations import Config, parse_config
+from app.connections.crypto import TokenCipher, parse_keys
+from app.connections.records import ConnectionStoreSync
 from app.core.keys import Keys
 from app.ops.alert_runner import Evaluator, Webhook
-from app.store.registry import publish_sync
+from app.store.registry import destination_sync, publish_sync
 from tests.support import (
     ADMIN,
     ROOT,
@@ -268,3 +272,30 @@ async def test_a_producer_key_record_that_cannot_be_read_harms_only_itself(world
     assert "0123456789ab  BROKEN" in key_list.stdout and "all" in key_list.stdout
     assert world.cli("keys", "delete", "0123456789ab").returncode == 0
     assert not world.rclient.hexists(keys.producer_keys(), "0123456789ab")
+
+
+def test_config_load_replaces_broken_records_and_reasons_never_quote_them(
+    prefix: str, rclient: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = Keys(prefix)
+    cipher = TokenCipher(parse_keys(Fernet.generate_key().decode()))
+    secret = "plaintext-token-from-an-old-version"
+    odd = f"c{prefix}"  # a connection id no other test has warned about in this process
+    bad_conn = {"id": odd, "user": "u", "access_token": secret, "reserve_share": "lots"}
+    rclient.hset(keys.connections(), odd, json.dumps(bad_conn))
+    rclient.hset(keys.connections(), "conn", GARBAGE)
+    rclient.hset(keys.destinations(), "good", GARBAGE)
+    store = ConnectionStoreSync(rclient, keys, cipher)
+    with caplog.at_level(logging.WARNING, logger="app.config.broken"):
+        [broken, garbage] = sorted(store.broken(), key=lambda b: b.id, reverse=True)
+        store.broken()  # read again: no second warning
+    assert (broken.id, garbage.id) == (odd, "conn")
+    assert "reserve_share" in broken.reason and secret not in broken.reason
+    warned = [r.getMessage() for r in caplog.records if odd in r.getMessage()]
+    assert len(warned) == 1 and secret not in warned[0]
+
+    # config load re-declaring them replaces the broken records.
+    publish_sync(rclient, keys, two_connections(), cipher=cipher)
+    assert [r.id for r in store.all()] == ["conn", "conn2"]
+    assert [b.id for b in store.broken()] == [odd]
+    assert destination_sync(rclient, keys, "good") is not None
