@@ -209,6 +209,9 @@ async def test_a_destination_record_that_cannot_be_read_harms_only_itself(
     assert cli_status.returncode == 0 and "bad  BROKEN" in cli_status.stdout, cli_status.stderr
     cli_list = world.cli("destinations", "list")
     assert cli_list.returncode == 0 and "BROKEN" in cli_list.stdout, cli_list.stderr
+    one = world.cli("failures", "list", "-d", "bad")  # a command about it says why, no trace
+    assert one.returncode == 1 and "stored record unreadable" in one.stderr, one.stderr
+    assert "Traceback" not in one.stderr
 
     # Replaced with PUT (here as the 1e999 PATCH left it: valid JSON the model refuses): its
     # waiting change is delivered, and it takes new ones.
