@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ import redis.asyncio as aioredis
 from cryptography.fernet import Fernet
 
 from app.admin.producer_keys import ProducerKeys
-from app.config.destinations import Config, parse_config
+from app.config.destinations import Config, ConfigError, load_config, parse_config
 from app.connections.crypto import TokenCipher, parse_keys
 from app.connections.records import ConnectionStoreSync
 from app.core.keys import Keys
@@ -302,3 +303,23 @@ def test_config_load_replaces_broken_records_and_reasons_never_quote_them(
     assert [r.id for r in store.all()] == ["conn", "conn2"]
     assert [b.id for b in store.broken()] == [odd]
     assert destination_sync(rclient, keys, "good") is not None
+
+
+def test_a_configuration_file_with_infinity_is_refused_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "destinations.json"
+    path.write_text(
+        '{"connections": [{"id": "c", "reserve_share": 1e999}], "destinations": [{"id": "d", '
+        '"name": "D", "connection": "c", "quota_share": NaN, "bulk": {"off_s": Infinity}}]}'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    finite = "must be a finite number (not infinity or NaN)"
+    assert caught.value.problems == [
+        f"connections[0].reserve_share: {finite}",
+        f"destinations[0].bulk.off_s: {finite}",
+        f"destinations[0].quota_share: {finite}",
+    ]
+    toml = tmp_path / "destinations.toml"
+    toml.write_text('[[connections]]\nid = "c"\nreserve_share = inf\n')
+    with pytest.raises(ConfigError, match=r"connections\[0\].reserve_share: must be a finite"):
+        load_config(toml)
