@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from app.config.broken import Broken, broken
 from app.config.destinations import Destination, Loc, describe_error, destination_conflicts
+from app.core.errors import UnreadableRecord
 from app.core.keys import Keys
 from app.store.prospects import ProspectStore
 from app.store.registry import (
@@ -131,8 +132,8 @@ class DestinationAdmin:
         bad: list[Broken] = []
         for dest_id in sorted(docs):
             try:
-                good.append(Destination.model_validate_json(docs[dest_id]))
-            except ValueError as exc:
+                good.append(read_destination(dest_id, docs[dest_id]))
+            except UnreadableRecord as exc:
                 bad.append(broken("destination", dest_id, exc))
         return good, bad
 

@@ -137,8 +137,8 @@ class Registry:
         for key, raw in dests.items():
             dest_id = key.decode(errors="replace")
             try:
-                self._destinations[dest_id] = Destination.model_validate_json(raw)
-            except ValueError as exc:
+                self._destinations[dest_id] = read_destination(dest_id, raw)
+            except UnreadableRecord as exc:
                 found["destination", dest_id] = broken("destination", dest_id, exc)
         self._connections = {}
         for key, raw in conns.items():
