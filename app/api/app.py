@@ -54,8 +54,15 @@ INGEST_TYPES = (*DOCUMENT_TYPES, *LINES_TYPES)
 
 async def post_profiles(request: web.Request) -> web.Response:
     dest_id = request.match_info["destination_id"]
-    dest = await request.app[REGISTRY].destination(dest_id)
+    registry = request.app[REGISTRY]
+    dest = await registry.destination(dest_id)
     if dest is None:
+        broken = await registry.broken_destination(dest_id)
+        if broken is not None:
+            # Nothing is stored for a destination nobody can read; the producer sends again.
+            detail = f"destination {dest_id!r} cannot be read ({broken.reason}): ask an operator"
+            headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+            return error(503, "Destination unavailable", detail, headers=headers)
         return error(404, "Unknown destination", f"no destination {dest_id!r}")
     if request.content_type not in INGEST_TYPES:
         given = request.headers.get("Content-Type")

@@ -23,7 +23,8 @@ ERROR_TITLES = {
     415: "The body is not declared JSON (Content-Type: application/json)",
     422: "The body is well-formed but invalid; each error names its member",
     429: "Too many requests for this key; see Retry-After",
-    503: "Not available now (Redis unreachable, or OAuth not configured); see Retry-After",
+    503: "Not available now (Redis unreachable, OAuth not configured, or the destination's "
+    "stored record unreadable); see Retry-After",
 }
 
 
@@ -254,6 +255,20 @@ def schemas() -> Doc:
             "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
             "invalid_mapping_ids": {"type": "array", "items": {"type": "integer"}},
             "quota": {"type": "object"},
+            "broken": {
+                "type": "string",
+                "description": "Present when the destination's stored record cannot be read: "
+                "why. Its changes wait until it is replaced (PUT) or deleted",
+            },
+        },
+    }
+    broken = {
+        "type": "object",
+        "required": ["kind", "id", "reason"],
+        "properties": {
+            "kind": {"type": "string", "enum": ["destination", "connection", "producer_key"]},
+            "id": {"type": "string"},
+            "reason": {"type": "string"},
         },
     }
     return {
@@ -273,6 +288,7 @@ def schemas() -> Doc:
         "Profile": profile,
         "IngestReport": report,
         "DestinationStatus": status,
+        "BrokenRecord": broken,
     }
 
 

@@ -127,17 +127,27 @@ def _line(rec: ConnectionRecord) -> str:
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
-    records = _store().all()
+    store = _store()
+    records, broken = store.all(), store.broken()
     if ns.json:
-        print(json.dumps([r.public() for r in records], indent=2))
+        docs = [r.public() for r in records]
+        docs += [{"id": b.id, "broken": b.reason} for b in broken]
+        print(json.dumps(docs, indent=2))
     else:
-        print("\n".join(_line(r) for r in records) or "no connections")
+        lines = [_line(r) for r in records]
+        lines += [f"{b.id}: BROKEN: stored record unreadable ({b.reason})" for b in broken]
+        print("\n".join(lines) or "no connections")
     return 0
 
 
 def cmd_show(ns: argparse.Namespace) -> int:
+    from app.core.errors import UnreadableRecord
+
     store = _store()
-    rec = store.get(ns.id)
+    try:
+        rec = store.get(ns.id)
+    except UnreadableRecord as exc:
+        return _fail(f"{exc}; remove it, or add it again (connections add, config load)")
     if rec is None:
         return _fail(f"no connection {ns.id!r}")
     print(json.dumps({**rec.public(), "destinations": store.destinations(ns.id)}, indent=2))
@@ -146,7 +156,7 @@ def cmd_show(ns: argparse.Namespace) -> int:
 
 def cmd_remove(ns: argparse.Namespace) -> int:
     store = _store()
-    if store.get(ns.id) is None:
+    if not store.exists(ns.id):
         return _fail(f"no connection {ns.id!r}")
     dests = store.destinations(ns.id)
     if dests and not ns.force:

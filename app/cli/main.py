@@ -401,6 +401,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     ns = parse(argv)
     from app.connections.crypto import EncryptionKeyError
+    from app.core.errors import UnreadableRecord
 
     try:
         from app.ops.logs import configure_logging
@@ -411,3 +412,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # EncryptionKeyError: TOKEN_ENCRYPTION_KEY missing outside development, or unusable.
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except UnreadableRecord as exc:
+        # A command about one destination whose record is broken: say so, and how to fix it.
+        print(
+            f"error: {exc}; replace or delete it (docs/admin.md, 'Broken records')", file=sys.stderr
+        )
+        sys.exit(1)

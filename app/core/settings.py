@@ -23,8 +23,9 @@ class SettingsError(Exception):
 
 class Settings(BaseSettings):
     # env_ignore_empty: `VAR=""` (a blank line in a Kubernetes secret, say) means unset.
+    # allow_inf_nan=False: "inf" or "nan" in a duration is a typo, not a setting.
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True, allow_inf_nan=False
     )
 
     redis_url: RedisDsn = Field(RedisDsn("redis://127.0.0.1:6379/0"))

@@ -116,7 +116,9 @@ Time = Annotated[int | None, BeforeValidator(_optional_time)]
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", hide_input_in_errors=True)
+    model_config = ConfigDict(
+        strict=True, extra="ignore", hide_input_in_errors=True, allow_inf_nan=False
+    )
 
 
 class _Membership(_Lenient):

@@ -125,6 +125,14 @@ def _audiences(rows: Sequence[AudienceRow]) -> list[str]:
 
 
 def destination_block(d: DestinationStatus) -> list[str]:
+    if d.broken is not None:
+        return [
+            f"{d.destination}  BROKEN: its stored record cannot be read ({d.broken})",
+            f"  {'':<10}replace it (outreach-sync destinations update {d.destination} FILE) "
+            "or delete it; its changes wait",
+            f"  {'backlog':<10}pending {d.pending}  in flight {d.in_flight}  "
+            f"lag {duration(d.lag_s)}",
+        ]
     conn = d.connection
     state = conn.state or ("unknown connection" if not conn.known else "-")
     head = (

@@ -13,9 +13,11 @@ from typing import cast
 import redis
 import redis.asyncio as aioredis
 
+from app.config.broken import Broken, broken, why_unreadable
 from app.config.destinations import Config, Connection, Destination
 from app.connections.crypto import TokenCipher, default_cipher
 from app.connections.records import ConnectionStoreSync, stored_metadata
+from app.core.errors import UnreadableRecord
 from app.core.keys import Keys
 from app.core.operations import run_async
 from app.core.scripts import package_scripts
@@ -51,8 +53,18 @@ def publish_sync(
 
 
 def destination_sync(client: redis.Redis, keys: Keys, dest_id: str) -> Destination | None:
+    """The destination ``dest_id`` (None: absent); raises ``UnreadableRecord`` when its stored
+    record cannot be read."""
     raw = cast("bytes | None", client.hget(keys.destinations(), dest_id))
-    return None if raw is None else Destination.model_validate_json(raw)
+    return None if raw is None else read_destination(dest_id, raw)
+
+
+def read_destination(dest_id: str, raw: bytes) -> Destination:
+    """A stored destination; ``UnreadableRecord`` (naming what is wrong) when it cannot be read."""
+    try:
+        return Destination.model_validate_json(raw)
+    except ValueError as exc:
+        raise UnreadableRecord("destination", dest_id, why_unreadable(exc)) from None
 
 
 async def stored_destinations(client: aioredis.Redis, keys: Keys) -> dict[str, bytes]:
@@ -99,7 +111,10 @@ async def swap_destination(
 class Registry:
     """Destinations and connections, cached for ``ttl_s``. Connections are metadata only
     (user, rate limit, reserve share): tokens are never decrypted here; senders get theirs
-    from ``app.connections.oauth.TokenManager``."""
+    from ``app.connections.oauth.TokenManager``.
+
+    A stored record that cannot be read is left out (as if absent) and listed by
+    ``broken()`` with its reason, logged once: it never keeps the others from being read."""
 
     def __init__(self, client: aioredis.Redis, keys: Keys, *, ttl_s: float = CACHE_TTL_S) -> None:
         self._redis = client
@@ -108,6 +123,7 @@ class Registry:
         self._loaded_at = float("-inf")
         self._destinations: dict[str, Destination] = {}
         self._connections: dict[str, Connection] = {}
+        self._broken: dict[tuple[str, str], Broken] = {}
 
     async def _refresh(self) -> None:
         if time.monotonic() - self._loaded_at < self._ttl_s:
@@ -116,10 +132,22 @@ class Registry:
         pipe.hgetall(self._keys.destinations())
         pipe.hgetall(self._keys.connections())
         dests, conns = await pipe.execute()
-        self._destinations = {
-            k.decode(): Destination.model_validate_json(v) for k, v in dests.items()
-        }
-        self._connections = {k.decode(): stored_metadata(v) for k, v in conns.items()}
+        found: dict[tuple[str, str], Broken] = {}
+        self._destinations = {}
+        for key, raw in dests.items():
+            dest_id = key.decode(errors="replace")
+            try:
+                self._destinations[dest_id] = read_destination(dest_id, raw)
+            except UnreadableRecord as exc:
+                found["destination", dest_id] = broken("destination", dest_id, exc)
+        self._connections = {}
+        for key, raw in conns.items():
+            conn_id = key.decode(errors="replace")
+            try:
+                self._connections[conn_id] = stored_metadata(raw)
+            except (ValueError, TypeError, AttributeError) as exc:
+                found["connection", conn_id] = broken("connection", conn_id, exc)
+        self._broken = found
         self._loaded_at = time.monotonic()
 
     async def destination(self, dest_id: str) -> Destination | None:
@@ -131,8 +159,25 @@ class Registry:
         return self._connections.get(conn_id)
 
     async def destination_ids(self) -> list[str]:
+        """The destinations that can be read (the broken ones are in ``broken()``)."""
         await self._refresh()
         return sorted(self._destinations)
+
+    async def all_destination_ids(self) -> list[str]:
+        """Every stored destination, the broken ones included (status lists show them)."""
+        await self._refresh()
+        bad = [dest_id for kind, dest_id in self._broken if kind == "destination"]
+        return sorted([*self._destinations, *bad])
+
+    async def broken(self) -> list[Broken]:
+        """Every destination and connection record that cannot be read, with the reason."""
+        await self._refresh()
+        return [self._broken[k] for k in sorted(self._broken)]
+
+    async def broken_destination(self, dest_id: str) -> Broken | None:
+        """Why ``dest_id``'s stored record cannot be read (None: it can, or it is absent)."""
+        await self._refresh()
+        return self._broken.get(("destination", dest_id))
 
     def forget(self) -> None:
         """Drop the cached copy: the next read loads again (after this process's own edit)."""
