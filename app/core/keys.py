@@ -97,6 +97,16 @@ class Keys:
         """Sorted set drain-slot id -> ms expiry: how many drain tasks are live."""
         return f"{self.prefix}:{{{dest}}}:drainers"
 
+    def drainer_seq(self, dest: str) -> str:
+        """Counter naming the next drain slot (``poll.lua``)."""
+        return f"{self.prefix}:{{{dest}}}:drainers:seq"
+
+    def retired(self, dest: str) -> str:
+        """Set while the destination is deleted: ``merge.lua`` refuses changes for it. The
+        catalog (``destinations``) lives in another cluster slot, so the deletion's check
+        of the backlog and the refusal of new changes meet here, in the destination's slot."""
+        return f"{self.prefix}:{{{dest}}}:retired"
+
     def hold(self, dest: str) -> str:
         """ms before which no drain starts: the quota gate granted nothing until then."""
         return f"{self.prefix}:{{{dest}}}:hold"
