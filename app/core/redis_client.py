@@ -126,11 +126,11 @@ def limits_storage(client: aioredis.Redis, *, key_prefix: str) -> Storage:
         "implementation": "redispy",
         "key_prefix": key_prefix,
         "wrap_exceptions": True,
-        "connection_pool": client.connection_pool,
     }
     if isinstance(client, AsyncRedisCluster):
         return _cluster_storage(client, options)
     # With the pool given, the URI only picks limits' asyncio Redis storage.
+    options["connection_pool"] = client.connection_pool
     return cast(Storage, storage_from_string("async+redis://", **options))
 
 
@@ -138,7 +138,6 @@ def _cluster_storage(client: AsyncRedisCluster, options: dict[str, Any]) -> Stor
     """limits' cluster storage on ``client`` itself. limits takes no cluster client (only a
     single node's pool), so the client it would build (lazily: it never connects) is swapped
     for ours before any use: one set of connections, closed with ``client``."""
-    options.pop("connection_pool")
     # The address only feeds the client that is swapped out.
     storage = cast(Any, storage_from_string("async+redis+cluster://localhost:6379", **options))
     storage.bridge.storage = client

@@ -40,7 +40,8 @@ def publish_sync(
         pipe.hset(keys.destinations(), dest.id, dest.model_dump_json())
         # A corrected configuration gets its mapping IDs tried again; as an admin edit does
         # (swap_destination), a hold set while it was disabled is lifted and it is woken.
-        pipe.delete(keys.invalid_mappings(dest.id), keys.hold(dest.id), keys.retired(dest.id))
+        for key in (keys.invalid_mappings(dest.id), keys.hold(dest.id), keys.retired(dest.id)):
+            pipe.delete(key)  # one key per DEL: a cluster pipeline takes no more
     queue_wake(pipe, keys, *(dest.id for dest in config.destinations))
     pipe.execute()
     for conn_id in unblocked:
@@ -105,7 +106,8 @@ async def swap_destination(
     # (enabling, say) lifts a hold set while it was disabled, and wakes its drains.
     pipe.delete(keys.invalid_mappings(dest_id))
     if new is not None:
-        pipe.delete(keys.retired(dest_id), keys.hold(dest_id))
+        pipe.delete(keys.retired(dest_id))
+        pipe.delete(keys.hold(dest_id))
         queue_wake(pipe, keys, dest_id)
     await pipe.execute()
     return True

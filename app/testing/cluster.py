@@ -42,7 +42,7 @@ class LocalCluster:
         for port in self.ports:
             self._start_node(port)
         for port in self.ports:
-            wait_until(partial(_pings, port), timeout_s=10, what=f"cluster node {port}")
+            wait_until(partial(self._up, port), timeout_s=10, what=f"cluster node {port}")
         nodes = [f"127.0.0.1:{p}" for p in self.ports]
         create = ["redis-cli", "--cluster", "create", *nodes]
         create += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
@@ -52,9 +52,17 @@ class LocalCluster:
     def _start_node(self, port: int) -> None:
         cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
         cmd += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
-        cmd += ["--cluster-node-timeout", "1000", "--dir", str(self.dir)]
+        # The bus port defaults to port + 10000, past 65535 for a high free port: pick one too.
+        cmd += ["--cluster-port", str(free_port()), "--cluster-node-timeout", "1000"]
+        cmd += ["--dir", str(self.dir)]
         cmd += ["--save", "", "--appendonly", "no", "--logfile", f"{self.dir}/{port}.log"]
         self.procs[port] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+
+    def _up(self, port: int) -> bool:
+        if self.procs[port].poll() is not None:
+            log = (self.dir / f"{port}.log").read_text(errors="replace")[-1000:]
+            raise RuntimeError(f"cluster node {port} exited:\n{log}")
+        return _pings(port)
 
     def ready(self) -> bool:
         """Every live node sees every slot served."""
