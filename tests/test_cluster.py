@@ -7,21 +7,27 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ClusterDownError, TryAgainError
 
 from app.cli.sample import generate
 from app.config.destinations import Destination
-from app.core.errors import UnknownDestination
+from app.core.errors import StoreUnavailable, UnknownDestination
 from app.core.keys import Keys
+from app.core.operations import run_sync
 from app.core.redis_client import async_client, limits_storage_uri
 from app.core.settings import SettingsError, load_settings
-from app.ingest.producer import Producer
+from app.core.wake import wake
+from app.ingest.producer import Producer, transient_cause
 from app.ratelimit.gate import QuotaGate
 from app.store.prospects import merge_sync
 from app.store.registry import (
@@ -40,6 +46,7 @@ from tests.support import (
     e2e_config,
     idle,
     make_settings,
+    profile,
     settings_env,
     wait_until,
 )
@@ -212,3 +219,82 @@ _PER_DEST = (
     "mapping_holders", "mapping_issues", "counters", "failures", "failures_recent",
     "bulk_batches", "bulk_state",
 )  # fmt: skip
+
+
+def test_a_wake_reaches_a_dispatcher_blocked_on_the_cluster(
+    prefix: str, redis_cluster: LocalCluster, cluster_client: RedisCluster
+) -> None:
+    keys = Keys(prefix)
+    client: Any = cluster_client
+    blocked: list[float] = []
+
+    def dispatcher() -> None:
+        started = time.monotonic()
+        client.blpop([keys.wake()], timeout=5)
+        blocked.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=dispatcher)
+    thread.start()
+    time.sleep(0.3)
+    other: Any = redis_cluster.client()
+    run_sync(other, wake(keys, "d"))
+    thread.join(timeout=5)
+    other.close()
+    assert blocked and blocked[0] < 2, "the wake ended the blocking pop at once"
+
+
+@pytest.fixture
+def replicated_cluster() -> Iterator[LocalCluster]:
+    """Three primaries with a replica each, for one test (it kills a primary)."""
+    cluster = LocalCluster(replicas=1)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_a_primary_killed_and_its_replica_promoted_keeps_changes_flowing(
+    prefix: str, replicated_cluster: LocalCluster
+) -> None:
+    cluster, keys = replicated_cluster, Keys(prefix)
+    settings = make_settings(cluster_env(prefix, cluster, None))
+    producer = Producer(settings)
+    client: Any = producer.redis
+    [dest] = names_on_nodes(cluster, 1, avoid=keys.destinations())
+    publish_sync(client, keys, e2e_config(dest))
+    before = producer.send(dest, [profile(1001, firstName="Ada")])
+    assert before.report.accepted == 1
+    primary = cluster.node_of(dest)
+    with redis.Redis(host="127.0.0.1", port=primary) as node:
+        assert node.execute_command("WAIT", 1, 2000) == 1  # the replica has it
+
+    cluster.kill(primary)
+
+    def merged() -> bool:
+        try:
+            return producer.send(dest, [profile(1002, firstName="Grace")]).report.accepted == 1
+        except (StoreUnavailable, redis.RedisError) as exc:
+            # What `outreach-sync ingest --retry-for` waits out rather than stops on.
+            assert transient_cause(exc) is not None, repr(exc)
+            return False
+
+    wait_until(merged, timeout_s=20, what="the replica's promotion to take changes")
+    assert cluster.node_of(dest) != primary
+    assert client.zcard(keys.due(dest)) == 2  # the change accepted before the kill survived
+    assert client.hget(keys.pending(dest, 1001), "firstName") == b'"Ada"'
+
+    producer.close()
+
+
+def test_a_cluster_failing_over_is_waited_out_by_producers() -> None:
+    for exc in (ClusterDownError("The cluster is down"), TryAgainError("TRYAGAIN")):
+        assert transient_cause(exc) is exc
+        assert transient_cause(_wrapped(exc)) is exc
+
+
+def _wrapped(exc: Exception) -> StoreUnavailable:
+    try:
+        raise StoreUnavailable(str(exc)) from exc
+    except StoreUnavailable as store:
+        return store

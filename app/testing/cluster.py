@@ -65,8 +65,9 @@ class LocalCluster:
         return _pings(port)
 
     def ready(self) -> bool:
-        """Every live node sees every slot served."""
-        return all(_cluster_ok(port) for port, proc in self.procs.items() if proc.poll() is None)
+        """Every live node sees every slot served, and every primary has its replicas."""
+        live = [port for port, proc in self.procs.items() if proc.poll() is None]
+        return all(_cluster_ok(port) and _replicated(port, self.replicas) for port in live)
 
     def client(self) -> RedisCluster:
         return RedisCluster.from_url(self.url)
@@ -107,3 +108,10 @@ def _cluster_ok(port: int) -> bool:
     except redis.RedisError:
         return False
     return bool(info.get("cluster_state") == "ok")
+
+
+def _replicated(port: int, replicas: int) -> bool:
+    """A replica, or a primary with ``replicas`` replicas streaming from it."""
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1) as node:
+        role = node.execute_command("ROLE")
+    return role[0] != b"master" or len(role[2]) >= replicas
