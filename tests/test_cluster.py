@@ -10,15 +10,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
+import aiohttp
 import pytest
 import redis
+from aiohttp import web
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ClusterDownError, TryAgainError
 
+from app.admin.producer_keys import ProducerKeys
+from app.api.app import make_app
 from app.cli.sample import generate
 from app.config.destinations import Destination
 from app.core.errors import StoreUnavailable, UnknownDestination
@@ -44,6 +48,7 @@ from tests.support import (
     counts,
     differing,
     e2e_config,
+    free_port,
     idle,
     make_settings,
     profile,
@@ -298,3 +303,56 @@ def _wrapped(exc: Exception) -> StoreUnavailable:
         raise StoreUnavailable(str(exc)) from exc
     except StoreUnavailable as store:
         return store
+
+
+async def test_the_http_api_on_the_cluster(
+    prefix: str, redis_cluster: LocalCluster, cluster_client: RedisCluster
+) -> None:
+    """Admin edits, a producer key, ingestion, status, the failed-key throttle and deletion."""
+    keys = Keys(prefix)
+    publish_sync(cast(Any, cluster_client), keys, e2e_config())  # the connection "conn"
+    [dest] = names_on_nodes(redis_cluster, 1, avoid=keys.destinations())
+    env = cluster_env(prefix, redis_cluster, None)
+    env |= {"ADMIN_API_KEY": ADMIN_KEY, "AUTH_FAILURE_LIMIT": "3/minute"}
+    settings = make_settings(env)
+    runner = web.AppRunner(make_app(settings))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}/v1"
+    client = async_client(settings)
+    try:
+        _, secret = await ProducerKeys(client, keys).create("crm", [dest])
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        producer = {"Authorization": f"Bearer {secret}"}
+        body = {"id": dest, "name": "CRM", "connection": "conn", "audiences": {"aud-1": 1}}
+        status, doc = await call("POST", f"{base}/admin/destinations", admin, body)
+        assert status == 201, doc
+        profiles = {"profiles": [profile(1001, firstName="Ada")]}
+        status, doc = await call("POST", f"{base}/destinations/{dest}/profiles", producer, profiles)
+        assert status == 202 and doc["accepted"] == 1, doc
+        status, doc = await call("GET", f"{base}/destinations/{dest}/status", producer)
+        assert status == 200 and doc["pending"] == 1, doc
+        gone = await call("DELETE", f"{base}/admin/destinations/{dest}?force=true", admin)
+        assert gone[0] == 200
+        status, _ = await call("POST", f"{base}/destinations/{dest}/profiles", producer, profiles)
+        assert status == 404
+        # Past AUTH_FAILURE_LIMIT wrong keys, the client's address is refused (limits' window).
+        wrong = {"Authorization": "Bearer not-a-key"}
+        url = f"{base}/destinations/{dest}/status"
+        codes = [(await call("GET", url, wrong))[0] for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+    finally:
+        await client.aclose()
+        await runner.cleanup()
+
+
+ADMIN_KEY = "cluster-test-admin-key-1234567890"
+
+
+async def call(method: str, url: str, headers: dict[str, str], body: Any = None) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(method, url, json=body, headers=headers) as r,
+    ):
+        return r.status, await r.json(content_type=None)
