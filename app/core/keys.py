@@ -1,7 +1,9 @@
 """Every Redis key, TTL and default of the service, each with why it is what it is.
 
 Keys of one destination carry the destination id in a hash tag (``{dest}``) so a Redis
-Cluster keeps them in one slot and the Lua scripts may touch them together.
+Cluster keeps them in one slot and the Lua scripts may touch them together. The shared keys
+(the catalog, connections, producer keys...) each live in a slot of their own and are never
+touched by a destination's script (docs/operations.md, "Redis Cluster").
 """
 
 from __future__ import annotations
