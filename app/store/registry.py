@@ -86,18 +86,11 @@ async def swap_destination(
     The catalog and the destination's keys live in different cluster slots, so this takes
     steps (docs/operations.md, "Redis Cluster"): a deletion retires the destination, then
     removes it from the catalog; a publication writes the catalog, then lifts the marks."""
-    scripts = package_scripts("app.store")
-    doc = new.model_dump_json() if new else ""
-    cas: list[str | bytes] = [dest_id, expected or b"", doc]
-    if new is None:
-        if await stored_destination(client, keys, dest_id) != expected:
-            return False
-        retire = [keys.retired(dest_id), keys.due(dest_id), keys.leases(dest_id)]
-        retire.append(keys.failures(dest_id))
-        retired = scripts.aio(client, "retire_destination")
-        if await retired(keys=retire, args=[int(only_if_idle)]) == -1:
-            raise DestinationBusy(dest_id)
-    if not await scripts.aio(client, "catalog_swap")(keys=[keys.destinations()], args=cas):
+    if new is None and not await _retire(client, keys, dest_id, expected, only_if_idle):
+        return False
+    cas: list[str | bytes] = [dest_id, expected or b"", new.model_dump_json() if new else ""]
+    swap = package_scripts("app.store").aio(client, "catalog_swap")
+    if not await swap(keys=[keys.destinations()], args=cas):
         if new is None and await stored_destination(client, keys, dest_id) is not None:
             await client.delete(keys.retired(dest_id))  # another edit won: it stays
         return False
@@ -110,6 +103,20 @@ async def swap_destination(
         pipe.delete(keys.hold(dest_id))
         queue_wake(pipe, keys, dest_id)
     await pipe.execute()
+    return True
+
+
+async def _retire(
+    client: aioredis.Redis, keys: Keys, dest_id: str, expected: bytes | None, only_if_idle: bool
+) -> bool:
+    """Make ``merge.lua`` refuse the destination's changes, if it is still ``expected``
+    (False: it changed) and, ``only_if_idle``, nothing is pending, in flight or failed."""
+    if await stored_destination(client, keys, dest_id) != expected:
+        return False
+    kk = [keys.retired(dest_id), keys.due(dest_id), keys.leases(dest_id), keys.failures(dest_id)]
+    retire = package_scripts("app.store").aio(client, "retire_destination")
+    if await retire(keys=kk, args=[int(only_if_idle)]) == -1:
+        raise DestinationBusy(dest_id)
     return True
 
 
