@@ -68,3 +68,32 @@ async def test_a_new_gate_on_the_same_client_registers_nothing_again(
         assert len(registered) == 5
     finally:
         await client.aclose()
+
+
+def test_every_key_a_script_touches_is_declared_in_keys() -> None:
+    """Redis Cluster routes a script by its declared keys: a key name a script builds itself
+    (from ARGV, or by joining strings) may live on another node. A key is ``KEYS[...]``, or a
+    name bound to one, never built."""
+    key_arg = re.compile(r"redis\.call\('(\w+)',\s*([^,)]+)")
+    built = re.compile(r"\.\.|ARGV")
+    found = []
+    for path in sorted((ROOT / "app").glob("*/lua/*.lua")):
+        text = path.read_text(encoding="utf-8")
+        bindings = dict(_bindings(text))
+        for command, key in key_arg.findall(text):
+            key = key.strip()
+            if command == "TIME" or re.fullmatch(r"KEYS\[[^\]]+\]", key):
+                continue
+            if key not in bindings and not re.fullmatch(r"\w+", key):
+                found.append(f"{path.name}: {command} {key}")
+            elif built.search(bindings.get(key, "")):
+                found.append(f"{path.name}: {command} {key} = {bindings[key]}")
+    assert found == []
+
+
+def _bindings(text: str) -> list[tuple[str, str]]:
+    """``local a, b = x, y`` -> (a, "x, y"), (b, "x, y"): enough to see how a name is built."""
+    out = []
+    for names, value in re.findall(r"local ([\w, ]+?) = (.+)", text):
+        out += [(name.strip(), value) for name in names.split(",")]
+    return out

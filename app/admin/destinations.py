@@ -242,10 +242,14 @@ class DestinationAdmin:
 
     async def _purge(self, dest_id: str) -> None:
         # Every key of one destination carries "{dest}" (app/core/keys.py): pending changes,
-        # delivered state, leases, counters, failure records.
+        # delivered state, leases, counters, failure records; all but the retired marker,
+        # which keeps merge.lua refusing changes a producer sent before the deletion.
         match = f"{self._keys.prefix}:{{{dest_id}}}:*"
+        keep = self._keys.retired(dest_id).encode()
         batch: list[bytes] = []
         async for key in self._redis.scan_iter(match=match, count=1000):
+            if key == keep:
+                continue
             batch.append(key)
             if len(batch) >= 500:
                 await self._redis.delete(*batch)

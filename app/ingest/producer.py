@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import redis
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 
 from app.core.errors import StoreUnavailable, UnknownDestination
 from app.core.redis_client import sync_client
@@ -21,7 +22,15 @@ T = TypeVar("T")
 
 #: Redis failures worth waiting out: a restart or a Sentinel failover (connection refused or
 #: lost, no master elected yet, a demoted master refusing writes, a dataset still loading).
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+#: A Redis Cluster's failover shows as the cluster down, or a slot not (yet) served.
+TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
 #: First wait after a transient failure; it doubles up to ``MAX_WAIT_S``.
 FIRST_WAIT_S = 0.5
 MAX_WAIT_S = 5.0

@@ -19,9 +19,8 @@ from app.connections.crypto import TokenCipher, default_cipher
 from app.connections.records import ConnectionStoreSync, stored_metadata
 from app.core.errors import UnreadableRecord
 from app.core.keys import Keys
-from app.core.operations import run_async
 from app.core.scripts import package_scripts
-from app.core.wake import queue_wake, wake
+from app.core.wake import queue_wake
 
 #: How long a reader trusts its copy: the delay before an edit reaches running workers.
 CACHE_TTL_S = 2.0
@@ -37,13 +36,14 @@ def publish_sync(
     """
     conns = ConnectionStoreSync(client, keys, cipher or default_cipher())
     unblocked = [conn.id for conn in config.connections if conns.publish(conn)]
-    pipe = client.pipeline()
+    # No transaction: the catalog and each destination's keys are different cluster slots.
+    pipe = client.pipeline(transaction=False)
     for dest in config.destinations:
         pipe.hset(keys.destinations(), dest.id, dest.model_dump_json())
         # A corrected configuration gets its mapping IDs tried again; as an admin edit does
         # (swap_destination), a hold set while it was disabled is lifted and it is woken.
-        pipe.delete(keys.invalid_mappings(dest.id))
-        pipe.delete(keys.hold(dest.id))
+        for key in (keys.invalid_mappings(dest.id), keys.hold(dest.id), keys.retired(dest.id)):
+            pipe.delete(key)  # one key per DEL: a cluster pipeline takes no more
     queue_wake(pipe, keys, *(dest.id for dest in config.destinations))
     pipe.execute()
     for conn_id in unblocked:
@@ -93,19 +93,43 @@ async def swap_destination(
     """Publish (``new``) or delete (None) one destination if its stored document is still
     ``expected`` (None: absent); clears its invalid-mapping marks. False: it had changed.
     A deletion ``only_if_idle`` raises ``DestinationBusy`` when anything is pending, in
-    flight or failed, checked in the same script as the deletion."""
-    doc = new.model_dump_json() if new else ""
-    args: list[str | bytes] = [dest_id, expected or b"", doc, "1" if only_if_idle else "0"]
-    keys_ = [keys.destinations(), keys.invalid_mappings(dest_id), keys.hold(dest_id)]
-    keys_ += [keys.due(dest_id), keys.leases(dest_id), keys.failures(dest_id)]
-    swap = package_scripts("app.store").aio(client, "swap_destination")
-    done = await swap(keys=keys_, args=args)
-    if done == -1:
+    flight or failed, checked in the same script that makes ``merge.lua`` refuse its changes.
+
+    The catalog and the destination's keys live in different cluster slots, so this takes
+    steps (docs/operations.md, "Redis Cluster"): a deletion retires the destination, then
+    removes it from the catalog; a publication writes the catalog, then lifts the marks."""
+    if new is None and not await _retire(client, keys, dest_id, expected, only_if_idle):
+        return False
+    cas: list[str | bytes] = [dest_id, expected or b"", new.model_dump_json() if new else ""]
+    swap = package_scripts("app.store").aio(client, "catalog_swap")
+    if not await swap(keys=[keys.destinations()], args=cas):
+        if new is None and await stored_destination(client, keys, dest_id) is not None:
+            await client.delete(keys.retired(dest_id))  # another edit won: it stays
+        return False
+    pipe = client.pipeline(transaction=False)
+    # A changed destination gets its mapping IDs tried again (as publish_sync does); an edit
+    # (enabling, say) lifts a hold set while it was disabled, and wakes its drains.
+    pipe.delete(keys.invalid_mappings(dest_id))
+    if new is not None:
+        pipe.delete(keys.retired(dest_id))
+        pipe.delete(keys.hold(dest_id))
+        queue_wake(pipe, keys, dest_id)
+    await pipe.execute()
+    return True
+
+
+async def _retire(
+    client: aioredis.Redis, keys: Keys, dest_id: str, expected: bytes | None, only_if_idle: bool
+) -> bool:
+    """Make ``merge.lua`` refuse the destination's changes, if it is still ``expected``
+    (False: it changed) and, ``only_if_idle``, nothing is pending, in flight or failed."""
+    if await stored_destination(client, keys, dest_id) != expected:
+        return False
+    kk = [keys.retired(dest_id), keys.due(dest_id), keys.leases(dest_id), keys.failures(dest_id)]
+    retire = package_scripts("app.store").aio(client, "retire_destination")
+    if await retire(keys=kk, args=[int(only_if_idle)]) == -1:
         raise DestinationBusy(dest_id)
-    if done and new is not None:
-        # An edit (enabling, say) lifted a hold set while it was disabled: start its drains.
-        await run_async(client, wake(keys, dest_id))
-    return bool(done)
+    return True
 
 
 class Registry:
