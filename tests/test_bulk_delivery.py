@@ -69,7 +69,7 @@ class Rig:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             await self.deliverer.drain(D, stats=stats)
-            await self.deliverer.bulk.wait_idle()
+            await self.deliverer.wait_idle()
             due, flying = await self.store.backlog(D)
             if not due and not flying:
                 return stats

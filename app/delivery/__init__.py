@@ -1,5 +1,6 @@
-"""Draining destinations: the dispatcher wakes drains; a drain claims due prospects, takes
-permits, sends one PATCH per prospect and settles each outcome."""
+"""Draining destinations: the dispatcher wakes drains; a drain claims due prospects and
+routes them to two senders — bulk for groups of identical changes, then one PATCH per
+prospect for the rest — and each outcome is settled."""
 
 from __future__ import annotations
 

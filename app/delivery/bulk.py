@@ -1,12 +1,13 @@
 """Bulk delivery: a claimed batch's groups of identical changes go by Outreach's Bulk API.
 
-The drain hands every claimed batch to :meth:`BulkDelivery.send_batch`. Prospects whose
+The drain hands every claimed batch to :meth:`BulkSender.send` first. Prospects whose
 pending fields are exactly the same values form a group; groups of at least
-``bulk.min_group`` go as bulk calls of at most ``bulk.ids_per_call`` ids, the rest by PATCH
-as before. A bulk call returns a batch Outreach works through later: a tracker (a task on
-the worker's event loop) polls it with backoff, each poll on a permit of the same quota
-gate, then settles each prospect from its Batch Item. Anything a batch did not deliver is
-sent by PATCH by the same claim, so bad-field isolation and failure records are PATCH's.
+``bulk.min_group`` go as bulk calls of at most ``bulk.ids_per_call`` ids; the rest is handed
+back to the drain, which sends it by PATCH. A bulk call returns a batch Outreach works
+through later: a tracker (a task on the worker's event loop) polls it with backoff, each
+poll on a permit of the same quota gate, then settles each prospect from its Batch Item.
+Anything a batch did not deliver is handed to the PATCH sender by the same claim, so
+bad-field isolation and failure records are PATCH's.
 
 The claims stay leased until the batch's deadline (plus ``LEASE_MS``): a newer change that
 arrives meanwhile waits in pending and is sent after the settle, as for a PATCH; a worker
@@ -23,7 +24,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from app.core.errors import Permanent, RateLimited, Retryable, Unauthorized
 from app.core.keys import (
@@ -32,7 +33,11 @@ from app.core.keys import (
     BULK_PER_RECORD_OFF_S,
     BULK_PER_RECORD_SHARE,
 )
+from app.core.settings import Settings
 from app.delivery.lot import Lot, now_ms
+from app.delivery.lots import Lots
+from app.delivery.outcomes import Outcomes
+from app.delivery.permits import Permits
 from app.outreach.answers import no_answer
 from app.outreach.bulk import (
     Batch,
@@ -43,13 +48,12 @@ from app.outreach.bulk import (
     ProspectIds,
     UnexpectedAnswer,
 )
+from app.outreach.client import OutreachClient
+from app.ratelimit.gate import QuotaGate
 from app.store import bulk_state as figures
 from app.store.bulk_state import BulkState, InFlight
 from app.store.counters import count_delivered, drain_metrics
-from app.store.prospects import Claimed, effective_window_ms, encode
-
-if TYPE_CHECKING:
-    from app.delivery.drain import Deliverer
+from app.store.prospects import Claimed, ProspectStore, effective_window_ms, encode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +62,12 @@ T = TypeVar("T")
 DONE = frozenset({"done", "finished", "complete", "completed", "succeeded", "success"})
 #: Unreadable answers to polls of one batch before it counts as failed.
 MAX_UNEXPECTED = 3
+
+
+class Fallback(Protocol):
+    """Where a batch's undelivered prospects go: the PATCH sender (`app.delivery.patch`)."""
+
+    async def send(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool: ...
 
 
 class _NoPermit(Exception):
@@ -94,31 +104,49 @@ def mostly_one_group(claimed: Sequence[Claimed]) -> bool:
     return bool(counts) and counts.most_common(1)[0][1] * 4 >= len(claimed)
 
 
-class BulkDelivery:
-    """The drain's bulk path (see the module's docstring)."""
+class BulkSender:
+    """The drain's bulk stage (see the module's docstring)."""
 
-    def __init__(self, deliverer: Deliverer) -> None:
-        self.d = deliverer
-        self.state = BulkState(deliverer.store.redis, deliverer.store.keys)
+    def __init__(
+        self,
+        *,
+        store: ProspectStore,
+        client: OutreachClient,
+        gate: QuotaGate,
+        permits: Permits,
+        outcomes: Outcomes,
+        lots: Lots,
+        fallback: Fallback,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.gate = gate
+        self.permits = permits
+        self.outcomes = outcomes
+        self.lots = lots
+        self.fallback = fallback
+        self.settings = settings
+        self.state = BulkState(store.redis, store.keys)
+        self._outreach = client
         self._client: BulkClient | None = None
         self._trackers: set[asyncio.Task[None]] = set()
 
     @property
     def client(self) -> BulkClient:
+        # Made on first use: a drain that never sends by bulk needs no bulk client.
         if self._client is None:
-            self._client = BulkClient(
-                self.d.client, fallback_pause_s=self.d.settings.rate_limit_fallback_pause_s
-            )
+            pause_s = self.settings.rate_limit_fallback_pause_s
+            self._client = BulkClient(self._outreach, fallback_pause_s=pause_s)
         return self._client
 
-    async def send_batch(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool:
-        """Send a claimed batch: its large groups by bulk, the rest by PATCH. False when the
-        quota ran out (the drain should stop)."""
+    async def send(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> list[Claimed]:
+        """Send a claimed batch's large groups by bulk; returns the rest, for PATCH (all of
+        it when bulk is off for the destination)."""
         await self._cancel_orphans(lot, stats)
         if not lot.dest.bulk.enabled:
-            return await self.d.send_batch(lot, claimed, stats)
+            return claimed
         if await self.state.off(lot.dest.id, lot.conn.id, now_ms=now_ms()) is not None:
-            return await self.d.send_batch(lot, claimed, stats)
+            return claimed
         claimed = claimed + await self._claim_more(lot, claimed, stats)
         calls, rest = group(
             claimed, min_group=lot.dest.bulk.min_group, ids_per_call=lot.dest.bulk.ids_per_call
@@ -128,9 +156,7 @@ class BulkDelivery:
                 rest += members  # refused by an earlier call of this batch
             else:
                 rest += await self._start(lot, fields, members, stats)
-        if not rest:
-            return True
-        return await self.d.send_batch(lot, rest, stats)
+        return rest
 
     async def wait_idle(self) -> None:
         """Wait for every batch this process tracks (tests, shutdown)."""
@@ -142,7 +168,7 @@ class BulkDelivery:
     ) -> list[Claimed]:
         """A full claim means a backlog: take enough of it to fill bulk calls."""
         have = len(claimed)
-        settings = self.d.settings
+        settings = self.settings
         want = lot.dest.bulk.ids_per_call * 4 - have
         if have < settings.claim_batch or want <= 0:
             return []
@@ -150,7 +176,7 @@ class BulkDelivery:
         # not group would only defer what PATCH's permits cannot cover now.
         if not mostly_one_group(claimed):
             return []
-        more = await self.d.store.claim(
+        more = await self.store.claim(
             lot.dest.id, now_ms=now_ms(), lease_ms=settings.lease_ms, batch=want, token=lot.token
         )
         stats["claimed"] += len(more)
@@ -165,11 +191,11 @@ class BulkDelivery:
         must go by PATCH instead (the call was refused or could not be sent)."""
         bulk = lot.dest.bulk
         deadline = now_ms() + int(bulk.timeout_s * 1000)
-        renewed = await self.d.store.renew_many(
+        renewed = await self.store.renew_many(
             lot.dest.id,
             [c.prospect for c in members],
             lot.token,
-            until_ms=deadline + self.d.settings.lease_ms,
+            until_ms=deadline + self.settings.lease_ms,
         )
         members = [c for c in members if c.prospect in renewed]
         if not members:
@@ -204,7 +230,7 @@ class BulkDelivery:
 
     async def _server_remaining(self, lot: Lot) -> int | None:
         try:
-            state = await self.d.gate.state(lot.conn.user, limit=lot.conn.rate_limit)
+            state = await self.gate.state(lot.conn.user, limit=lot.conn.rate_limit)
         except Exception:  # only a figure for the status page: never stop a delivery for it
             return None
         return state.server_remaining
@@ -338,12 +364,12 @@ class BulkDelivery:
                 return out
 
     async def _delivered(self, lot: Lot, delivered: list[Claimed], stats: Counter[str]) -> None:
-        settled = await self.d.store.settle_delivered(
+        settled = await self.store.settle_delivered(
             lot.dest.id,
             [c.prospect for c in delivered],
             lot.token,
             now_ms=now_ms(),
-            window_ms=effective_window_ms(lot.dest, self.d.settings.coalesce_window_ms),
+            window_ms=effective_window_ms(lot.dest, self.settings.coalesce_window_ms),
         )
         for c in delivered:
             if c.prospect in settled:
@@ -360,20 +386,20 @@ class BulkDelivery:
         fresh = await self._fresh(lot)
         if fresh is None:
             for c in again:
-                await self.d.outcomes.settle(lot, c, "defer", due_ms=now_ms())
+                await self.outcomes.settle(lot, c, "defer", due_ms=now_ms())
             return
-        for start in range(0, len(again), self.d.settings.claim_batch):
-            part = again[start : start + self.d.settings.claim_batch]
+        for start in range(0, len(again), self.settings.claim_batch):
+            part = again[start : start + self.settings.claim_batch]
             # Renewed to a PATCH's lease: the bulk lease may be far longer than needed now.
-            until = now_ms() + self.d.settings.lease_ms
-            await self.d.store.renew_many(
+            until = now_ms() + self.settings.lease_ms
+            await self.store.renew_many(
                 lot.dest.id, [c.prospect for c in part], lot.token, until_ms=until
             )
-            await self.d.send_batch(fresh, part, stats)
+            await self.fallback.send(fresh, part, stats)
 
     async def _fresh(self, lot: Lot) -> Lot | None:
         """The lot again (a refreshed token), with the same claim token."""
-        return await self.d.lot(lot.dest.id, lot.token)
+        return await self.lots.open(lot.dest.id, lot.token)
 
     async def _cancel(self, lot: Lot, batch_id: int, stats: Counter[str]) -> bool:
         try:
@@ -408,12 +434,12 @@ class BulkDelivery:
         """One bulk request on a permit of the shared gate, its answer reported to the gate.
         Without a permit: ``_NoPermit`` (or, with ``wait``, wait for one up to a minute)."""
         deadline = time.monotonic() + 60.0
-        grant = await self.d.permits(lot, 1)
+        grant = await self.permits.take(lot, 1)
         while not grant.granted:
             if not wait or time.monotonic() + grant.wait_s > deadline:
                 raise _NoPermit(grant.wait_s)
             await asyncio.sleep(max(grant.wait_s, 0.05))
-            grant = await self.d.permits(lot, 1)
+            grant = await self.permits.take(lot, 1)
         stats["requests"] += 1
         stats["bulk_requests"] += 1
         await self.state.add(lot.dest.id, **{figures.REQUESTS: 1})
@@ -423,13 +449,13 @@ class BulkDelivery:
                 raise Unauthorized(None, f"connection {lot.conn.id} has no access token")
             answer = await send(lot.access_token)
         except (Retryable, Unauthorized):
-            await self.d.gate.observe(user, no_answer(), sent_s=sent_s, grant=grant.id)
+            await self.gate.observe(user, no_answer(), sent_s=sent_s, grant=grant.id)
             raise
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.d.gate.observe(user, no_answer(), sent_s=sent_s, grant=grant.id)
+                await self.gate.observe(user, no_answer(), sent_s=sent_s, grant=grant.id)
             raise
-        await self.d.gate.observe(user, answer.reply, sent_s=sent_s, grant=grant.id)
+        await self.gate.observe(user, answer.reply, sent_s=sent_s, grant=grant.id)
         return answer
 
     async def _refused(self, lot: Lot, answer: BulkAnswer[Any], stats: Counter[str]) -> None:
@@ -459,7 +485,7 @@ class BulkDelivery:
             await self.state.batch_succeeded(lot.dest.id)
 
     async def _turn_off(self, lot: Lot, scope: str, reason: str, until_ms: int) -> None:
-        keys = self.d.store.keys
+        keys = self.store.keys
         key = (
             keys.bulk_connection(lot.conn.id)
             if scope == "connection"
@@ -476,4 +502,4 @@ class BulkDelivery:
 
     async def _write_stats(self, lot: Lot, stats: Counter[str]) -> None:
         if stats:
-            await self.d.store.count(lot.dest.id, **drain_metrics(stats))
+            await self.store.count(lot.dest.id, **drain_metrics(stats))
