@@ -74,10 +74,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no document written")
     parser.add_argument(
-        "--only", choices=("bulk",), help="one section only (printed, no document written)"
+        "--only",
+        choices=("bulk", "bulk-faults"),
+        help="one section only (printed, no document written)",
     )
     parser.add_argument(
         "--bulk-prospects", type=int, help="size of the bulk backfill (default 50,000)"
+    )
+    parser.add_argument(
+        "--bulk-fault-prospects",
+        type=int,
+        help="size of the bulk backfill under faults (default 20,000)",
     )
     ns = parser.parse_args()
     started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.monotonic()
@@ -89,9 +96,16 @@ def main() -> None:
         rows += rate
         rows += latency_cost.run(smoke=ns.smoke)
         detail = run_table(runs)
-    bulk, bulk_runs = bulk_backfill.run(smoke=ns.smoke, prospects=ns.bulk_prospects)
-    rows += bulk
-    detail += ["", *bulk_backfill.detail(bulk_runs)]
+    if ns.only in (None, "bulk"):
+        bulk, bulk_runs = bulk_backfill.run(smoke=ns.smoke, prospects=ns.bulk_prospects)
+        rows += bulk
+        detail += ["", *bulk_backfill.detail(bulk_runs)]
+    if ns.only in (None, "bulk-faults"):
+        faults, fault_runs = bulk_backfill.run_faults(
+            smoke=ns.smoke, prospects=ns.bulk_fault_prospects
+        )
+        rows += faults
+        detail += ["", *bulk_backfill.fault_detail(fault_runs)]
     table = render(rows)
     print("\n".join(table))
     print()

@@ -24,14 +24,17 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from app.core.errors import Permanent, RateLimited, Retryable, Unauthorized
 from app.core.keys import (
+    BULK_CALL_ATTEMPTS,
     BULK_ITEMS_PAGE,
     BULK_MAX_BATCH_FAILURES,
     BULK_PER_RECORD_OFF_S,
     BULK_PER_RECORD_SHARE,
+    BULK_RETRY_BASE_S,
+    BULK_RETRY_CAP_S,
 )
 from app.core.settings import Settings
 from app.delivery.lot import Lot, now_ms
@@ -70,7 +73,17 @@ class Fallback(Protocol):
     async def send(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool: ...
 
 
+class Sent(NamedTuple):
+    """What the bulk stage hands on: the prospects for PATCH, and whether the quota allows
+    more now (False: the destination is held, the drain should stop)."""
+
+    rest: list[Claimed]
+    more: bool = True
+
+
 class _NoPermit(Exception):
+    """No permit for a bulk request now, or Outreach paused the user (a 429)."""
+
     def __init__(self, wait_s: float) -> None:
         self.wait_s = wait_s
 
@@ -139,24 +152,30 @@ class BulkSender:
             self._client = BulkClient(self._outreach, fallback_pause_s=pause_s)
         return self._client
 
-    async def send(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> list[Claimed]:
-        """Send a claimed batch's large groups by bulk; returns the rest, for PATCH (all of
-        it when bulk is off for the destination)."""
+    async def send(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> Sent:
+        """Send a claimed batch's large groups by bulk; the rest is handed on for PATCH (all
+        of it when bulk is off for the destination)."""
         await self._cancel_orphans(lot, stats)
         if not lot.dest.bulk.enabled:
-            return claimed
+            return Sent(claimed)
         if await self.state.off(lot.dest.id, lot.conn.id, now_ms=now_ms()) is not None:
-            return claimed
+            return Sent(claimed)
         claimed = claimed + await self._claim_more(lot, claimed, stats)
         calls, rest = group(
             claimed, min_group=lot.dest.bulk.min_group, ids_per_call=lot.dest.bulk.ids_per_call
         )
-        for fields, members in calls:
+        for n, (fields, members) in enumerate(calls):
             if await self.state.off(lot.dest.id, lot.conn.id, now_ms=now_ms()) is not None:
                 rest += members  # refused by an earlier call of this batch
-            else:
+                continue
+            try:
                 rest += await self._start(lot, fields, members, stats)
-        return rest
+            except _NoPermit as no:
+                # The quota has no room now: the groups wait for it (the destination held),
+                # grouped again when it frees; one PATCH each would cost far more.
+                await self._defer(lot, [c for _, m in calls[n + 1 :] for c in m], no, stats)
+                return Sent(rest, more=False)
+        return Sent(rest)
 
     async def wait_idle(self) -> None:
         """Wait for every batch this process tracks (tests, shutdown)."""
@@ -205,9 +224,15 @@ class BulkSender:
         before = await self._server_remaining(lot)
         mod = BulkModification(ProspectIds(c.prospect for c in members), fields)
         try:
-            answer = await self._call(lot, stats, lambda token: self.client.modify(token, mod))
-        except (_NoPermit, Unauthorized):
-            return members  # the PATCH path defers them, or refreshes the token
+            answer = await self._retrying(lot, stats, lambda token: self.client.modify(token, mod))
+            if isinstance(answer.error, RateLimited):
+                stats["bulk_error_ratelimited"] += 1
+                raise _NoPermit(answer.error.reset_s - time.time())
+        except _NoPermit as no:
+            await self._defer(lot, members, no, stats)
+            raise
+        except Unauthorized:
+            return members  # the PATCH path refreshes the token
         except Retryable as exc:
             await self._failed(lot, f"bulk call not answered: {exc.detail}")
             return members
@@ -258,9 +283,9 @@ class BulkSender:
     async def _track(self, lot: Lot, batch_id: int, members: list[Claimed], deadline: int) -> None:
         stats: Counter[str] = Counter()
         try:
-            batch, lot = await self._follow(lot, batch_id, deadline, stats)
+            batch, lot, excused = await self._follow(lot, batch_id, deadline, stats)
             if await self.state.untrack(lot.dest.id, batch_id):
-                await self._settle(lot, batch_id, batch, members, stats)
+                await self._settle(lot, batch_id, batch, members, stats, excused=excused)
         except Exception:
             # Nothing is lost: the claims come back to pending when their lease ends.
             log.exception("tracking bulk batch %s of %s failed", batch_id, lot.dest.id)
@@ -270,11 +295,12 @@ class BulkSender:
 
     async def _follow(
         self, lot: Lot, batch_id: int, deadline: int, stats: Counter[str]
-    ) -> tuple[Batch | None, Lot]:
+    ) -> tuple[Batch | None, Lot, bool]:
         """Poll until the batch ends (None: stuck past its deadline, or unreadable; it is
-        cancelled then)."""
+        cancelled then). The flag says whether the quota, a pause or an expired token kept
+        a poll from being answered: not finishing then is no fault of the batch."""
         bulk = lot.dest.bulk
-        wait_s, unexpected = bulk.poll_first_s, 0
+        wait_s, unexpected, excused = bulk.poll_first_s, 0, False
         while True:
             left_s = (deadline - now_ms()) / 1000
             if left_s <= 0:
@@ -284,26 +310,28 @@ class BulkSender:
             try:
                 answer = await self._call(lot, stats, lambda t: self.client.batch(t, batch_id))
             except _NoPermit as no:
-                wait_s = max(no.wait_s, 0.05)
+                wait_s, excused = max(no.wait_s, 0.05), True
                 continue
             except Retryable:
                 continue
             except Unauthorized:
-                lot = await self._fresh(lot) or lot
+                lot, excused = await self._fresh(lot) or lot, True
                 continue
             if answer.value is not None:
                 if answer.value.finished or answer.value.canceled:
-                    return answer.value, lot
+                    return answer.value, lot, excused
                 continue
             if isinstance(answer.error, Unauthorized):
-                lot = await self._fresh(lot) or lot
+                lot, excused = await self._fresh(lot) or lot, True
+            elif isinstance(answer.error, RateLimited):
+                excused = True
             elif isinstance(answer.error, UnexpectedAnswer):
                 unexpected += 1
                 if unexpected >= MAX_UNEXPECTED:
                     break
         stats["bulk_stuck"] += 1
         await self._cancel(lot, batch_id, stats)
-        return None, lot
+        return None, lot, excused
 
     async def _settle(
         self,
@@ -312,8 +340,11 @@ class BulkSender:
         batch: Batch | None,
         members: list[Claimed],
         stats: Counter[str],
+        *,
+        excused: bool = False,
     ) -> None:
-        """Each prospect from its item: delivered, or sent again by PATCH."""
+        """Each prospect from its item: delivered, or sent again by PATCH. A batch that did
+        not finish counts toward turning bulk off unless ``excused`` (see ``_follow``)."""
         complete = batch is not None and batch.finished and not batch.pending
         if complete and batch is not None and not batch.failures:
             done = {c.prospect for c in members}
@@ -342,7 +373,8 @@ class BulkSender:
             await self.state.batch_succeeded(lot.dest.id)
         else:
             stats["bulk_fallback"] += 1
-            await self._failed(lot, f"batch {batch_id} did not finish (cancelled or stuck)")
+            if not excused:
+                await self._failed(lot, f"batch {batch_id} did not finish (cancelled or stuck)")
         if again:
             await self._patch(lot, again, stats)
 
@@ -353,7 +385,7 @@ class BulkSender:
         while True:
             try:
                 page = partial(self.client.items, batch_id=batch_id, page_size=BULK_ITEMS_PAGE)
-                answer = await self._call(lot, stats, partial(page, url=url), wait=True)
+                answer = await self._retrying(lot, stats, partial(page, url=url), wait=True)
             except (Retryable, Unauthorized, _NoPermit):
                 return {}
             if answer.value is None:
@@ -403,7 +435,7 @@ class BulkSender:
 
     async def _cancel(self, lot: Lot, batch_id: int, stats: Counter[str]) -> bool:
         try:
-            answer = await self._call(
+            answer = await self._retrying(
                 lot, stats, lambda t: self.client.cancel(t, batch_id), wait=True
             )
         except (Retryable, Unauthorized, _NoPermit):
@@ -422,6 +454,44 @@ class BulkSender:
                 stats["bulk_orphans_cancelled"] += 1
 
     # Quota and refusals -------------------------------------------------------------------
+
+    async def _retrying(
+        self,
+        lot: Lot,
+        stats: Counter[str],
+        send: Callable[[str], Awaitable[BulkAnswer[T]]],
+        *,
+        wait: bool = False,
+    ) -> BulkAnswer[T]:
+        """``_call``, sent again with backoff while it fails transiently (a 5xx, a timeout, a
+        dropped connection); the last failure once ``BULK_CALL_ATTEMPTS`` are spent: raised
+        when there was no answer, else returned."""
+        for attempt in range(1, BULK_CALL_ATTEMPTS + 1):
+            try:
+                answer = await self._call(lot, stats, send, wait=wait)
+            except Retryable:
+                if attempt == BULK_CALL_ATTEMPTS:
+                    raise
+            else:
+                if not isinstance(answer.error, Retryable) or attempt == BULK_CALL_ATTEMPTS:
+                    return answer
+            stats["bulk_retries"] += 1
+            await asyncio.sleep(min(BULK_RETRY_BASE_S * 2 ** (attempt - 1), BULK_RETRY_CAP_S))
+        raise AssertionError("unreachable")  # the last attempt returned or raised
+
+    async def _defer(
+        self, lot: Lot, members: list[Claimed], no: _NoPermit, stats: Counter[str]
+    ) -> None:
+        """No permit for a bulk call now: its members go back to pending, due when the quota
+        frees, and the destination is held until then (as PATCH does without a permit)."""
+        if not members:
+            return
+        now = now_ms()
+        due = now + int(max(no.wait_s, 0.05) * 1000)
+        await self.store.hold(lot.dest.id, due, now_ms=now)
+        for c in members:
+            await self.outcomes.settle(lot, c, "defer", due_ms=due)
+        stats["deferred"] += len(members)
 
     async def _call(
         self,

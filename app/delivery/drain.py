@@ -116,10 +116,10 @@ class Deliverer:
     async def route(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool:
         """One claimed batch's way through the senders; False when the quota ran out (the
         drain should stop). Each stage takes what it can and hands on the rest."""
-        rest = await self.bulk.send(lot, claimed, stats)
+        rest, more = await self.bulk.send(lot, claimed, stats)
         if not rest:
-            return True
-        return await self.patch.send(lot, rest, stats)
+            return more
+        return await self.patch.send(lot, rest, stats) and more
 
     async def wait_idle(self) -> None:
         """Wait for every bulk batch this process tracks (tests, shutdown)."""
