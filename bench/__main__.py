@@ -162,6 +162,12 @@ How each is measured:
   workers' CPU, not the quota, sets that pace at this time scale). Peak Redis memory is
   sampled above the level before the run (shared Redis: approximate).
   `python -m bench --only bulk --bulk-prospects N` runs it alone.
+- **bulk faults** (`bench/bulk_backfill.py`, `run_faults`): the same backfill at 20,000
+  prospects, bulk on and charged per call, twice: without faults, and with 5% of the
+  sandbox's answers a 5xx plus the first worker killed (`kill -9`) once it has two batches in
+  flight (a second worker starts at that moment in both runs). Both use a 10 s batch deadline
+  and a 5 s lease, so the killed worker's batches are cancelled and their claims back within
+  seconds. `python -m bench --only bulk-faults --bulk-fault-prospects N` runs it alone.
 """
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(text)

@@ -319,7 +319,7 @@ class BulkSender:
                 continue
             if answer.value is not None:
                 if answer.value.finished or answer.value.canceled:
-                    return answer.value, lot, excused
+                    return answer.value, lot, False  # seen to end: whatever it did is its own
                 continue
             if isinstance(answer.error, Unauthorized):
                 lot, excused = await self._fresh(lot) or lot, True
