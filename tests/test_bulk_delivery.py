@@ -23,8 +23,8 @@ import redis.asyncio as aioredis
 from app.config.destinations import parse_config
 from app.connections.oauth import AccessToken, RefreshOutcome
 from app.core.keys import Keys
-from app.delivery.bulk import group, mostly_one_group
 from app.delivery.drain import Deliverer
+from app.delivery.grouping import group, mostly_one_group
 from app.ops.alerts import Window, conditions, snapshot_from_status
 from app.ops.status import destination_status
 from app.outreach.client import OutreachClient

@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -37,6 +37,7 @@ from app.core.keys import (
     BULK_RETRY_CAP_S,
 )
 from app.core.settings import Settings
+from app.delivery.grouping import group, mostly_one_group
 from app.delivery.lot import Lot, now_ms
 from app.delivery.lots import Lots
 from app.delivery.outcomes import Outcomes
@@ -56,7 +57,7 @@ from app.ratelimit.gate import QuotaGate
 from app.store import bulk_state as figures
 from app.store.bulk_state import BulkState, InFlight
 from app.store.counters import count_delivered, drain_metrics
-from app.store.prospects import Claimed, ProspectStore, effective_window_ms, encode
+from app.store.prospects import Claimed, ProspectStore, effective_window_ms
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,35 +87,6 @@ class _NoPermit(Exception):
 
     def __init__(self, wait_s: float) -> None:
         self.wait_s = wait_s
-
-
-def group(
-    claimed: Sequence[Claimed], *, min_group: int, ids_per_call: int
-) -> tuple[list[tuple[dict[str, Any], list[Claimed]]], list[Claimed]]:
-    """Split a claimed batch: (field values, prospects) per bulk call, and the rest for PATCH.
-    Prospects are in one call only when their pending values are exactly the call's."""
-    by_values: dict[str, list[Claimed]] = defaultdict(list)
-    for c in claimed:
-        by_values[encode(c.fields)].append(c)
-    calls: list[tuple[dict[str, Any], list[Claimed]]] = []
-    rest: list[Claimed] = []
-    for members in by_values.values():
-        if len(members) < min_group:
-            rest += members
-            continue
-        for start in range(0, len(members), ids_per_call):
-            part = members[start : start + ids_per_call]
-            if len(part) >= min_group:
-                calls.append((dict(part[0].fields), part))
-            else:
-                rest += part
-    return calls, rest
-
-
-def mostly_one_group(claimed: Sequence[Claimed]) -> bool:
-    """Whether a quarter or more of a claim shares one set of values (a backfill's shape)."""
-    counts = Counter(encode(c.fields) for c in claimed)
-    return bool(counts) and counts.most_common(1)[0][1] * 4 >= len(claimed)
 
 
 class BulkSender:
