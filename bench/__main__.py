@@ -74,10 +74,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no document written")
     parser.add_argument(
-        "--only", choices=("bulk",), help="one section only (printed, no document written)"
+        "--only",
+        choices=("bulk", "bulk-faults"),
+        help="one section only (printed, no document written)",
     )
     parser.add_argument(
         "--bulk-prospects", type=int, help="size of the bulk backfill (default 50,000)"
+    )
+    parser.add_argument(
+        "--bulk-fault-prospects",
+        type=int,
+        help="size of the bulk backfill under faults (default 20,000)",
     )
     ns = parser.parse_args()
     started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.monotonic()
@@ -89,9 +96,16 @@ def main() -> None:
         rows += rate
         rows += latency_cost.run(smoke=ns.smoke)
         detail = run_table(runs)
-    bulk, bulk_runs = bulk_backfill.run(smoke=ns.smoke, prospects=ns.bulk_prospects)
-    rows += bulk
-    detail += ["", *bulk_backfill.detail(bulk_runs)]
+    if ns.only in (None, "bulk"):
+        bulk, bulk_runs = bulk_backfill.run(smoke=ns.smoke, prospects=ns.bulk_prospects)
+        rows += bulk
+        detail += ["", *bulk_backfill.detail(bulk_runs)]
+    if ns.only in (None, "bulk-faults"):
+        faults, fault_runs = bulk_backfill.run_faults(
+            smoke=ns.smoke, prospects=ns.bulk_fault_prospects
+        )
+        rows += faults
+        detail += ["", *bulk_backfill.fault_detail(fault_runs)]
     table = render(rows)
     print("\n".join(table))
     print()
@@ -148,6 +162,12 @@ How each is measured:
   workers' CPU, not the quota, sets that pace at this time scale). Peak Redis memory is
   sampled above the level before the run (shared Redis: approximate).
   `python -m bench --only bulk --bulk-prospects N` runs it alone.
+- **bulk faults** (`bench/bulk_backfill.py`, `run_faults`): the same backfill at 20,000
+  prospects, bulk on and charged per call, twice: without faults, and with 5% of the
+  sandbox's answers a 5xx plus the first worker killed (`kill -9`) once it has two batches in
+  flight (a second worker starts at that moment in both runs). Both use a 10 s batch deadline
+  and a 5 s lease, so the killed worker's batches are cancelled and their claims back within
+  seconds. `python -m bench --only bulk-faults --bulk-fault-prospects N` runs it alone.
 """
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(text)

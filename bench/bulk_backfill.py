@@ -7,10 +7,17 @@ The quota window is ``WINDOW_S`` seconds instead of an hour (a 360x time scale).
 is a parameter (``--bulk-prospects``): a million prospects by PATCH alone would need 110
 windows of sandbox traffic, more than a few minutes of two shared cores, so the default is
 smaller and the document says which size ran.
+
+A second section (``run_faults``) runs the same backfill twice more, bulk on and charged per
+call: without faults, and with 5% of Outreach's answers a 5xx plus one of the two workers
+killed (``kill -9``) while its batches are in flight; a fault should cost only the calls it
+retried, not a fall back to one PATCH per prospect.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -51,6 +58,9 @@ class Result:
     exact: bool
     redis_peak_mb: float
     worker_cpu_s: float
+    patches: int = 0
+    orphans_cancelled: int = 0
+    server_errors: int = 0
 
     @property
     def windows(self) -> float:
@@ -123,16 +133,32 @@ class RedisPeak:
         return (self.peak - self._base) / 2**20
 
 
-def run_one(n: int, *, bulk: bool, cost: str, label: str) -> Result:
+def run_one(
+    n: int,
+    *,
+    bulk: bool,
+    cost: str,
+    label: str,
+    faults: bool = False,
+    bulk_config: dict[str, Any] | None = None,
+    records_per_s: int = 20_000,
+    stagger: bool = False,
+    **settings: str,
+) -> Result:
+    """One backfill by two workers. ``stagger``: the second starts once the first has
+    batches in flight; with ``faults`` (5% 5xx answers) the first is killed (``kill -9``)
+    at that moment."""
     chunks, scattered, expected = workload(n)
-    dest = {"bulk": BULK} if bulk else {}
+    dest = {"bulk": bulk_config or BULK} if bulk else {}
+    fault_args = ("--fault-5xx-rate", "0.05", "--fault-seed", "19") if faults else ()
     peak_client = redis.Redis.from_url(BENCH_REDIS_URL)
     peak = RedisPeak(peak_client)
     with pipeline(
         sandbox_args=(
             "--quota-limit", str(LIMIT), "--quota-window-s", str(WINDOW_S),
-            "--bulk-cost", cost, "--bulk-max-ids", "1000", "--bulk-records-per-s", "20000",
-            "--prospect-ids", "1", str(n + 10),
+            "--bulk-cost", cost, "--bulk-max-ids", "1000",
+            "--bulk-records-per-s", str(records_per_s),
+            "--prospect-ids", "1", str(n + 10), *fault_args,
         ),
         rate_limit=f"{LIMIT} per {WINDOW_S} seconds",
         audiences=AUDIENCES,
@@ -141,18 +167,30 @@ def run_one(n: int, *, bulk: bool, cost: str, label: str) -> Result:
         COALESCE_WINDOW_MS="0",
         CLAIM_BATCH="100",
         HTTP_CONCURRENCY="32",
+        **settings,
     ) as run:  # fmt: skip
         for chunk in chunks:
             run.producer.send(DEST, chunk)
-        run.start_workers(2, concurrency=1)
+        run.start_workers(1 if stagger else 2, concurrency=1)
         t0 = time.monotonic()
         cpu0 = sum(_tree_cpu_s(w.pid) for w in run.workers)
+        if stagger:
+            _in_flight(run)
+            if faults:
+                os.killpg(run.workers[0].pid, signal.SIGKILL)
+                run.workers[0].wait()
+            run.start_workers(1, concurrency=1)
         time.sleep(1.0)
         run.producer.send(DEST, scattered)  # single changes arriving during the backfill
         exact = _converge(run, expected, timeout_s=120 + n / 200)
         seconds = time.monotonic() - t0
-        cpu = sum(_tree_cpu_s(w.pid) for w in run.workers) - cpu0
+        cpu = sum(_tree_cpu_s(w.pid) for w in run.workers if w.poll() is None) - cpu0
         stats = run.sandbox.stats()
+        log = run.sandbox.get("/_sandbox/requests?since=0")["requests"]
+        patches = sum(1 for x in log if x["method"] == "PATCH")
+        counters = run.client.hgetall(run.keys.counters(DEST))
+        orphans = int(counters.get(b"drain_bulk_orphans_cancelled", 0))
+        errors = sum(n for code, n in stats["by_status"].items() if code.startswith("5"))
     result = Result(
         label,
         n,
@@ -164,16 +202,29 @@ def run_one(n: int, *, bulk: bool, cost: str, label: str) -> Result:
         exact,
         peak.stop_mb(),
         cpu,
+        patches,
+        orphans,
+        errors,
     )
     peak_client.close()
     print(
         f"bulk backfill {label}: {result.requests} requests, {result.charged} charged, "
-        f"{result.windows:.1f} windows, "
+        f"{result.patches} PATCHes, {result.windows:.1f} windows, "
         f"exact={exact}",
         file=sys.stderr,
         flush=True,
     )
     return result
+
+
+def _in_flight(run: Pipeline) -> None:
+    """Wait until the (only) worker has two bulk batches in flight."""
+    wait_until(
+        lambda: run.client.hlen(run.keys.bulk_batches(DEST)) >= 2,
+        timeout_s=120,
+        what="bulk batches in flight",
+        every_s=0.01,
+    )
 
 
 def _converge(run: Pipeline, expected: dict[int, dict[str, Any]], *, timeout_s: float) -> bool:
@@ -212,6 +263,52 @@ def run(*, smoke: bool, prospects: int | None = None) -> tuple[list[Row], list[R
             off.redis_peak_mb, base, higher_is_better=False),
     ]  # fmt: skip
     return rows, runs
+
+
+#: The fault section's bulk settings and lease: a shorter deadline and lease, so a killed
+#: worker's batches are cancelled and their claims back within seconds, not minutes (both
+#: runs use them).
+FAULT_BULK = {**BULK, "timeout_s": 10.0}
+FAULT_SETTINGS = {"LEASE_MS": "5000", "OUTREACH_TIMEOUT_S": "3"}
+
+
+def run_faults(*, smoke: bool, prospects: int | None = None) -> tuple[list[Row], list[Result]]:
+    """Bulk on, charged per call, the same backfill with and without faults (5% 5xx answers
+    and a worker killed while its batches are in flight): what the faults cost."""
+    n = prospects or (600 if smoke else 20_000)
+    common: dict[str, Any] = {"bulk": True, "cost": "call", "bulk_config": FAULT_BULK}
+    common |= {"records_per_s": 5000, "stagger": True, **FAULT_SETTINGS}
+    calm = run_one(n, label="bulk, no faults", **common)
+    hit = run_one(n, label="bulk, 5% 5xx + a worker killed", faults=True, **common)
+    what = f"{n:,} prospects + {n // 10:,} in a 2nd audience, 5% 5xx + kill -9 mid-batch"
+    base = "the same backfill without faults, same run"
+    rows = [
+        Row("bulk faults", f"quota spent, {what}; exact: {hit.exact} (fault-free: {calm.exact})",
+            hit.charged, calm.charged, base, goal="<= 1.5x (+ retried calls)",
+            higher_is_better=False),
+        Row("bulk faults", f"requests sent, {what}", hit.requests, calm.requests, base,
+            higher_is_better=False),
+        Row("bulk faults", f"PATCHes sent, {what}", hit.patches, calm.patches, base,
+            higher_is_better=False),
+    ]  # fmt: skip
+    return rows, [calm, hit]
+
+
+def fault_detail(runs: list[Result]) -> list[str]:
+    out = [
+        "| bulk fault run | prospects | requests | quota spent | PATCHes | bulk calls "
+        "| records by bulk | 5xx answers | orphaned batches cancelled | seconds "
+        "| final state exact |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in runs:
+        out.append(
+            f"| {r.label} | {r.prospects:,} | {r.requests:,} | {r.charged:,} | {r.patches:,} "
+            f"| {r.bulk_calls:,} | {r.bulk_records:,} | {r.server_errors:,} "
+            f"| {r.orphans_cancelled:,} "
+            f"| {r.seconds:.0f} | {r.exact} |"
+        )
+    return out
 
 
 def detail(runs: list[Result]) -> list[str]:

@@ -12,7 +12,15 @@ from tests.support import ROOT
 # Every benchmark section at tiny sizes: about 40 s alone, far more on a loaded machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-SECTIONS = ("ingestion", "quota efficiency", "rate adherence", "latency", "cost", "bulk backfill")
+SECTIONS = (
+    "ingestion",
+    "quota efficiency",
+    "rate adherence",
+    "latency",
+    "cost",
+    "bulk backfill",
+    "bulk faults",
+)
 
 
 def test_bench_smoke_prints_every_section_with_both_figures() -> None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +23,8 @@ import redis.asyncio as aioredis
 from app.config.destinations import parse_config
 from app.connections.oauth import AccessToken, RefreshOutcome
 from app.core.keys import Keys
-from app.delivery.bulk import group, mostly_one_group
 from app.delivery.drain import Deliverer
+from app.delivery.grouping import group, mostly_one_group
 from app.ops.alerts import Window, conditions, snapshot_from_status
 from app.ops.status import destination_status
 from app.outreach.client import OutreachClient
@@ -39,8 +41,10 @@ FAST = {"poll_first_s": 0.05, "poll_max_s": 0.2, "timeout_s": 3.0}
 
 
 class Tokens:
+    token = "test-token"
+
     async def current(self, conn_id: str) -> AccessToken | None:
-        return AccessToken(conn_id, "test-token", 1)
+        return AccessToken(conn_id, self.token, 1)
 
     async def after_unauthorized(self, conn_id: str, generation: int) -> RefreshOutcome:
         return RefreshOutcome.REFRESHED
@@ -53,6 +57,7 @@ class Rig:
     sandbox: Sandbox
     rclient: redis.Redis
     keys: Keys
+    tokens: Tokens
 
     async def pending(self, changes: Mapping[int, Mapping[str, Any]]) -> None:
         now = int(time.time() * 1000)
@@ -69,7 +74,7 @@ class Rig:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             await self.deliverer.drain(D, stats=stats)
-            await self.deliverer.bulk.wait_idle()
+            await self.deliverer.wait_idle()
             due, flying = await self.store.backlog(D)
             if not due and not flying:
                 return stats
@@ -129,15 +134,16 @@ async def rig(
         made.append((aclient, session))
         store = ProspectStore(aclient, settings.keys)
         client = OutreachClient(session, api_url=settings.outreach_api_url, timeout_s=5)
+        tokens = Tokens()
         deliverer = Deliverer(
             store=store,
             registry=Registry(aclient, settings.keys),
             client=client,
             gate=gate_for(aclient, settings),
             settings=settings,
-            refresher=Tokens(),
+            refresher=tokens,
         )
-        rig = Rig(deliverer, store, sandbox, rclient, settings.keys)
+        rig = Rig(deliverer, store, sandbox, rclient, settings.keys, tokens)
         # Warm the gate (its first request learns Outreach's figure; bulk waits for it).
         await rig.pending({WARM: {"custom1": "warm"}})
         await rig.settle_all()
@@ -147,6 +153,48 @@ async def rig(
     for aclient, session in made:
         await session.close()
         await aclient.aclose()
+
+
+@contextmanager
+def outage(r: Rig, *, fault: str, until: str, start: str | None = None) -> Iterator[None]:
+    """Outreach failing every request (``fault``: a 5xx answer, or the connection dropped)
+    from when a request whose path holds ``start`` is logged (at once without one) until a
+    request whose path holds ``until`` has failed; healthy again after that."""
+    key = {"5xx": "fault_5xx_rate", "drop": "fault_drop_rate"}[fault]
+    stop = threading.Event()
+
+    def seen(part: str, *, failed: bool) -> bool:
+        log = r.sandbox.get("/_sandbox/requests?since=0")["requests"]
+        return any(part in x["path"] and (not failed or x["status"] in FAILED) for x in log)
+
+    def watch() -> None:
+        while start is not None and not seen(start, failed=False):
+            if stop.wait(0.005):
+                return
+        r.config(**{key: 1.0})
+        while not stop.wait(0.005):
+            if seen(until, failed=True):
+                r.config(**{key: 0.0})
+                return
+
+    if start is None:
+        r.config(**{key: 1.0})
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        r.config(**{key: 0.0})
+
+
+FAILED = {0, 500, 502, 503}
+
+
+async def failures_in_row(r: Rig) -> int:
+    figures = await BulkState(r.store.redis, r.keys).figures(D)
+    return int(figures.get("failures_in_row", 0))
 
 
 def claimed(prospect: int, **fields: Any) -> Claimed:
@@ -326,3 +374,76 @@ async def test_every_bulk_request_takes_a_permit_of_the_shared_gate(rig: Factory
     await r.settle_all(timeout_s=20)
     assert r.prospects() == changes
     assert r.sandbox.stats()["rate_limited"] == 0
+
+
+# A fault costs only what it must ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["5xx", "drop"])
+async def test_a_bulk_call_failing_transiently_is_sent_again_not_by_patch(
+    rig: Factory, fault: str
+) -> None:
+    r: Rig = await rig()
+    changes = {p: {"custom1": "realized"} for p in range(1, 6)}
+    await r.pending(changes)
+    with outage(r, fault=fault, until="BulkModify"):
+        await r.settle_all()
+    assert r.prospects() == changes
+    assert r.patched() == Counter()  # one bulk call again, not 5 PATCHes
+    calls = [x["status"] for x in r.bulk_requests() if "BulkModify" in x["path"]]
+    assert calls[0] in FAILED and calls[-1] == 200
+    assert await failures_in_row(r) == 0
+
+
+async def test_a_batch_item_read_failing_transiently_is_read_again(rig: Factory) -> None:
+    # 5000 is unknown to Outreach: its item failed, so the items are read; the read meets
+    # an outage (the polls before it too, so the batch is cancelled at its deadline).
+    r: Rig = await rig("--prospect-ids", "1", "1000", timeout_s=1.0)
+    changes = {p: {"custom1": "realized"} for p in (1, 2, 3, 5000)}
+    await r.pending(changes)
+    with outage(r, fault="5xx", start="BulkModify", until="batchItems"):
+        await r.settle_all()
+    assert r.prospects() == {p: {"custom1": "realized"} for p in (1, 2, 3)}
+    assert r.patched() == Counter({5000: 1})  # only the failed record, not the whole batch
+
+
+@pytest.mark.parametrize("cause", ["pause", "spend", "revoke"])
+async def test_a_paused_or_spent_quota_or_a_refused_token_while_polling_never_turns_bulk_off(
+    rig: Factory, cause: str
+) -> None:
+    # Three batches whose polls meet a 429 (Outreach paused, or the quota spent by another
+    # integration) or a 401 until past their deadline: none of them failed.
+    r: Rig = await rig("--quota-window-s", "2", ids_per_call=5, timeout_s=0.6, poll_first_s=0.3)
+    changes = {p: {"custom1": "realized"} for p in range(1, 16)}
+    await r.pending(changes)
+    stop = threading.Event()
+
+    def exhaust() -> None:
+        while not stop.wait(0.005):
+            calls = [x for x in r.bulk_requests() if "BulkModify" in x["path"]]
+            if len(calls) >= 3:
+                if cause == "pause":
+                    r.sandbox.post("/_sandbox/quota/test-user/pause", {"reset_in_s": 1.5})
+                elif cause == "revoke":
+                    # Refused until past the deadline; then the connection is authorized anew.
+                    r.sandbox.post("/_sandbox/tokens/revoke", {"user": "test-user"})
+                    time.sleep(1.5)
+                    r.sandbox.post("/_sandbox/tokens", {"access_token": "t2", "user": "test-user"})
+                    r.tokens.token = "t2"
+                else:
+                    left = r.sandbox.get("/_sandbox/quota/test-user")["remaining"]
+                    r.sandbox.post("/_sandbox/quota/test-user/spend", {"n": left})
+                return
+
+    watcher = threading.Thread(target=exhaust, daemon=True)
+    watcher.start()
+    try:
+        await r.settle_all()
+    finally:
+        stop.set()
+        watcher.join()
+    assert r.prospects() == changes
+    assert (await r.counters()).get("drain_bulk_stuck", 0) >= 1  # the quota did interfere
+    off = await BulkState(r.store.redis, r.keys).off(D, "c", now_ms=int(time.time() * 1000))
+    assert off is None
+    assert await failures_in_row(r) == 0

@@ -82,6 +82,12 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_its_batch_cannot_overwrite(
     def done() -> bool:
         return idle(rclient, keys, "e2e") and not differing(sandbox.prospects(), expected)
 
+    def orphans_cancelled() -> bool:
+        return counts(rclient, keys, "e2e").get("drain_bulk_orphans_cancelled", 0) >= 1
+
+    wait_until(orphans_cancelled, timeout_s=60, what="the orphaned batches cancelled")
+    # Cancelled, they cannot write any more: Outreach may be fast again for what follows.
+    sandbox.post("/_sandbox/config", {"bulk_records_per_s": 2000})
     wait_until(done, timeout_s=120, what="every prospect's expected state", every_s=0.5)
     seen = counts(rclient, keys, "e2e")
     assert seen.get("lease_expired", 0) >= 1
@@ -91,6 +97,9 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_its_batch_cannot_overwrite(
     assert "canceled" in {b["attributes"]["state"] for b in batches}
     # Nothing the dead worker's batches still held can land after the newer values.
     assert sandbox.prospects() == expected
+    # Its prospects went back to bulk groups: none of them cost a PATCH of its own.
+    patched = {r["prospect_id"] for r in sandbox.patches() if r["status"] == 200}
+    assert patched == {9000}
 
 
 @pytest.mark.timeout(120)

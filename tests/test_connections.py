@@ -412,7 +412,7 @@ def test_config_loads_resume_a_connection_only_when_it_becomes_able_to_send(
     first = rclient.get(keys.resumed("d"))
     assert first is not None
     # Periodic loads of an active connection (with or without tokens) must not restart the
-    # retry age of its changes (app/delivery/drain.py counts it from the resume).
+    # retry age of its changes (app/delivery/lots.py reads the resume for it).
     rclient.set(keys.resumed("d"), 1)
     publish_sync(rclient, keys, config(), cipher=c)
     publish_sync(rclient, keys, config(access_token=ACCESS + "2"), cipher=c)

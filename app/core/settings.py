@@ -149,7 +149,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _lease_outlives_a_request(self) -> Settings:
-        # A claim is renewed right before its request leaves (app/delivery/drain.py): it must
+        # A claim is renewed right before its request leaves (app/delivery/patch.py): it must
         # outlast the request, or another drain could send the same prospect meanwhile.
         if self.lease_ms < self.outreach_timeout_s * 1000 + 1000:
             raise ValueError(

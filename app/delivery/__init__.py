@@ -1,5 +1,6 @@
-"""Draining destinations: the dispatcher wakes drains; a drain claims due prospects, takes
-permits, sends one PATCH per prospect and settles each outcome."""
+"""Draining destinations: the dispatcher wakes drains; a drain claims due prospects and
+routes them to two senders — bulk for groups of identical changes, then one PATCH per
+prospect for the rest — and each outcome is settled."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 from app.core.exports import load
 
 if TYPE_CHECKING:
-    from app.delivery.bulk import group, mostly_one_group
     from app.delivery.dispatcher import Dispatcher, live_workers
     from app.delivery.drain import Deliverer
+    from app.delivery.grouping import group, mostly_one_group
     from app.delivery.lot import LeaseLost, Lot
     from app.delivery.outcomes import Outcomes, RetryPolicy
 
@@ -21,9 +22,9 @@ _EXPORTS = {
     "Lot": "app.delivery.lot",
     "Outcomes": "app.delivery.outcomes",
     "RetryPolicy": "app.delivery.outcomes",
-    "group": "app.delivery.bulk",
+    "group": "app.delivery.grouping",
     "live_workers": "app.delivery.dispatcher",
-    "mostly_one_group": "app.delivery.bulk",
+    "mostly_one_group": "app.delivery.grouping",
 }
 
 __all__ = [

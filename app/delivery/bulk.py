@@ -1,12 +1,13 @@
 """Bulk delivery: a claimed batch's groups of identical changes go by Outreach's Bulk API.
 
-The drain hands every claimed batch to :meth:`BulkDelivery.send_batch`. Prospects whose
+The drain hands every claimed batch to :meth:`BulkSender.send` first. Prospects whose
 pending fields are exactly the same values form a group; groups of at least
-``bulk.min_group`` go as bulk calls of at most ``bulk.ids_per_call`` ids, the rest by PATCH
-as before. A bulk call returns a batch Outreach works through later: a tracker (a task on
-the worker's event loop) polls it with backoff, each poll on a permit of the same quota
-gate, then settles each prospect from its Batch Item. Anything a batch did not deliver is
-sent by PATCH by the same claim, so bad-field isolation and failure records are PATCH's.
+``bulk.min_group`` go as bulk calls of at most ``bulk.ids_per_call`` ids; the rest is handed
+back to the drain, which sends it by PATCH. A bulk call returns a batch Outreach works
+through later: a tracker (a task on the worker's event loop) polls it with backoff, each
+poll on a permit of the same quota gate, then settles each prospect from its Batch Item.
+Anything a batch did not deliver is handed to the PATCH sender by the same claim, so
+bad-field isolation and failure records are PATCH's.
 
 The claims stay leased until the batch's deadline (plus ``LEASE_MS``): a newer change that
 arrives meanwhile waits in pending and is sent after the settle, as for a PATCH; a worker
@@ -20,19 +21,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from app.core.errors import Permanent, RateLimited, Retryable, Unauthorized
 from app.core.keys import (
+    BULK_CALL_ATTEMPTS,
     BULK_ITEMS_PAGE,
     BULK_MAX_BATCH_FAILURES,
     BULK_PER_RECORD_OFF_S,
     BULK_PER_RECORD_SHARE,
+    BULK_RETRY_BASE_S,
+    BULK_RETRY_CAP_S,
 )
+from app.core.settings import Settings
+from app.delivery.grouping import group, mostly_one_group
 from app.delivery.lot import Lot, now_ms
+from app.delivery.lots import Lots
+from app.delivery.outcomes import Outcomes
+from app.delivery.permits import Permits
 from app.outreach.answers import no_answer
 from app.outreach.bulk import (
     Batch,
@@ -43,13 +52,12 @@ from app.outreach.bulk import (
     ProspectIds,
     UnexpectedAnswer,
 )
+from app.outreach.client import OutreachClient
+from app.ratelimit.gate import QuotaGate
 from app.store import bulk_state as figures
 from app.store.bulk_state import BulkState, InFlight
 from app.store.counters import count_delivered, drain_metrics
-from app.store.prospects import Claimed, effective_window_ms, encode
-
-if TYPE_CHECKING:
-    from app.delivery.drain import Deliverer
+from app.store.prospects import Claimed, ProspectStore, effective_window_ms
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,77 +68,86 @@ DONE = frozenset({"done", "finished", "complete", "completed", "succeeded", "suc
 MAX_UNEXPECTED = 3
 
 
+class Fallback(Protocol):
+    """Where a batch's undelivered prospects go: the PATCH sender (`app.delivery.patch`)."""
+
+    async def send(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool: ...
+
+
+class Sent(NamedTuple):
+    """What the bulk stage hands on: the prospects for PATCH, and whether the quota allows
+    more now (False: the destination is held, the drain should stop)."""
+
+    rest: list[Claimed]
+    more: bool = True
+
+
 class _NoPermit(Exception):
+    """No permit for a bulk request now, or Outreach paused the user (a 429)."""
+
     def __init__(self, wait_s: float) -> None:
         self.wait_s = wait_s
 
 
-def group(
-    claimed: Sequence[Claimed], *, min_group: int, ids_per_call: int
-) -> tuple[list[tuple[dict[str, Any], list[Claimed]]], list[Claimed]]:
-    """Split a claimed batch: (field values, prospects) per bulk call, and the rest for PATCH.
-    Prospects are in one call only when their pending values are exactly the call's."""
-    by_values: dict[str, list[Claimed]] = defaultdict(list)
-    for c in claimed:
-        by_values[encode(c.fields)].append(c)
-    calls: list[tuple[dict[str, Any], list[Claimed]]] = []
-    rest: list[Claimed] = []
-    for members in by_values.values():
-        if len(members) < min_group:
-            rest += members
-            continue
-        for start in range(0, len(members), ids_per_call):
-            part = members[start : start + ids_per_call]
-            if len(part) >= min_group:
-                calls.append((dict(part[0].fields), part))
-            else:
-                rest += part
-    return calls, rest
+class BulkSender:
+    """The drain's bulk stage (see the module's docstring)."""
 
-
-def mostly_one_group(claimed: Sequence[Claimed]) -> bool:
-    """Whether a quarter or more of a claim shares one set of values (a backfill's shape)."""
-    counts = Counter(encode(c.fields) for c in claimed)
-    return bool(counts) and counts.most_common(1)[0][1] * 4 >= len(claimed)
-
-
-class BulkDelivery:
-    """The drain's bulk path (see the module's docstring)."""
-
-    def __init__(self, deliverer: Deliverer) -> None:
-        self.d = deliverer
-        self.state = BulkState(deliverer.store.redis, deliverer.store.keys)
+    def __init__(
+        self,
+        *,
+        store: ProspectStore,
+        client: OutreachClient,
+        gate: QuotaGate,
+        permits: Permits,
+        outcomes: Outcomes,
+        lots: Lots,
+        fallback: Fallback,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.gate = gate
+        self.permits = permits
+        self.outcomes = outcomes
+        self.lots = lots
+        self.fallback = fallback
+        self.settings = settings
+        self.state = BulkState(store.redis, store.keys)
+        self._outreach = client
         self._client: BulkClient | None = None
         self._trackers: set[asyncio.Task[None]] = set()
 
     @property
     def client(self) -> BulkClient:
+        # Made on first use: a drain that never sends by bulk needs no bulk client.
         if self._client is None:
-            self._client = BulkClient(
-                self.d.client, fallback_pause_s=self.d.settings.rate_limit_fallback_pause_s
-            )
+            pause_s = self.settings.rate_limit_fallback_pause_s
+            self._client = BulkClient(self._outreach, fallback_pause_s=pause_s)
         return self._client
 
-    async def send_batch(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool:
-        """Send a claimed batch: its large groups by bulk, the rest by PATCH. False when the
-        quota ran out (the drain should stop)."""
+    async def send(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> Sent:
+        """Send a claimed batch's large groups by bulk; the rest is handed on for PATCH (all
+        of it when bulk is off for the destination)."""
         await self._cancel_orphans(lot, stats)
         if not lot.dest.bulk.enabled:
-            return await self.d.send_batch(lot, claimed, stats)
+            return Sent(claimed)
         if await self.state.off(lot.dest.id, lot.conn.id, now_ms=now_ms()) is not None:
-            return await self.d.send_batch(lot, claimed, stats)
+            return Sent(claimed)
         claimed = claimed + await self._claim_more(lot, claimed, stats)
         calls, rest = group(
             claimed, min_group=lot.dest.bulk.min_group, ids_per_call=lot.dest.bulk.ids_per_call
         )
-        for fields, members in calls:
+        for n, (fields, members) in enumerate(calls):
             if await self.state.off(lot.dest.id, lot.conn.id, now_ms=now_ms()) is not None:
                 rest += members  # refused by an earlier call of this batch
-            else:
+                continue
+            try:
                 rest += await self._start(lot, fields, members, stats)
-        if not rest:
-            return True
-        return await self.d.send_batch(lot, rest, stats)
+            except _NoPermit as no:
+                # The quota has no room now: the groups wait for it (the destination held),
+                # grouped again when it frees; one PATCH each would cost far more.
+                await self._defer(lot, [c for _, m in calls[n + 1 :] for c in m], no, stats)
+                return Sent(rest, more=False)
+        return Sent(rest)
 
     async def wait_idle(self) -> None:
         """Wait for every batch this process tracks (tests, shutdown)."""
@@ -142,7 +159,7 @@ class BulkDelivery:
     ) -> list[Claimed]:
         """A full claim means a backlog: take enough of it to fill bulk calls."""
         have = len(claimed)
-        settings = self.d.settings
+        settings = self.settings
         want = lot.dest.bulk.ids_per_call * 4 - have
         if have < settings.claim_batch or want <= 0:
             return []
@@ -150,7 +167,7 @@ class BulkDelivery:
         # not group would only defer what PATCH's permits cannot cover now.
         if not mostly_one_group(claimed):
             return []
-        more = await self.d.store.claim(
+        more = await self.store.claim(
             lot.dest.id, now_ms=now_ms(), lease_ms=settings.lease_ms, batch=want, token=lot.token
         )
         stats["claimed"] += len(more)
@@ -165,11 +182,11 @@ class BulkDelivery:
         must go by PATCH instead (the call was refused or could not be sent)."""
         bulk = lot.dest.bulk
         deadline = now_ms() + int(bulk.timeout_s * 1000)
-        renewed = await self.d.store.renew_many(
+        renewed = await self.store.renew_many(
             lot.dest.id,
             [c.prospect for c in members],
             lot.token,
-            until_ms=deadline + self.d.settings.lease_ms,
+            until_ms=deadline + self.settings.lease_ms,
         )
         members = [c for c in members if c.prospect in renewed]
         if not members:
@@ -179,9 +196,15 @@ class BulkDelivery:
         before = await self._server_remaining(lot)
         mod = BulkModification(ProspectIds(c.prospect for c in members), fields)
         try:
-            answer = await self._call(lot, stats, lambda token: self.client.modify(token, mod))
-        except (_NoPermit, Unauthorized):
-            return members  # the PATCH path defers them, or refreshes the token
+            answer = await self._retrying(lot, stats, lambda token: self.client.modify(token, mod))
+            if isinstance(answer.error, RateLimited):
+                stats["bulk_error_ratelimited"] += 1
+                raise _NoPermit(answer.error.reset_s - time.time())
+        except _NoPermit as no:
+            await self._defer(lot, members, no, stats)
+            raise
+        except Unauthorized:
+            return members  # the PATCH path refreshes the token
         except Retryable as exc:
             await self._failed(lot, f"bulk call not answered: {exc.detail}")
             return members
@@ -204,7 +227,7 @@ class BulkDelivery:
 
     async def _server_remaining(self, lot: Lot) -> int | None:
         try:
-            state = await self.d.gate.state(lot.conn.user, limit=lot.conn.rate_limit)
+            state = await self.gate.state(lot.conn.user, limit=lot.conn.rate_limit)
         except Exception:  # only a figure for the status page: never stop a delivery for it
             return None
         return state.server_remaining
@@ -232,9 +255,9 @@ class BulkDelivery:
     async def _track(self, lot: Lot, batch_id: int, members: list[Claimed], deadline: int) -> None:
         stats: Counter[str] = Counter()
         try:
-            batch, lot = await self._follow(lot, batch_id, deadline, stats)
+            batch, lot, excused = await self._follow(lot, batch_id, deadline, stats)
             if await self.state.untrack(lot.dest.id, batch_id):
-                await self._settle(lot, batch_id, batch, members, stats)
+                await self._settle(lot, batch_id, batch, members, stats, excused=excused)
         except Exception:
             # Nothing is lost: the claims come back to pending when their lease ends.
             log.exception("tracking bulk batch %s of %s failed", batch_id, lot.dest.id)
@@ -244,11 +267,12 @@ class BulkDelivery:
 
     async def _follow(
         self, lot: Lot, batch_id: int, deadline: int, stats: Counter[str]
-    ) -> tuple[Batch | None, Lot]:
+    ) -> tuple[Batch | None, Lot, bool]:
         """Poll until the batch ends (None: stuck past its deadline, or unreadable; it is
-        cancelled then)."""
+        cancelled then). The flag says whether the quota, a pause or an expired token kept
+        a poll from being answered: not finishing then is no fault of the batch."""
         bulk = lot.dest.bulk
-        wait_s, unexpected = bulk.poll_first_s, 0
+        wait_s, unexpected, excused = bulk.poll_first_s, 0, False
         while True:
             left_s = (deadline - now_ms()) / 1000
             if left_s <= 0:
@@ -258,26 +282,28 @@ class BulkDelivery:
             try:
                 answer = await self._call(lot, stats, lambda t: self.client.batch(t, batch_id))
             except _NoPermit as no:
-                wait_s = max(no.wait_s, 0.05)
+                wait_s, excused = max(no.wait_s, 0.05), True
                 continue
             except Retryable:
                 continue
             except Unauthorized:
-                lot = await self._fresh(lot) or lot
+                lot, excused = await self._fresh(lot) or lot, True
                 continue
             if answer.value is not None:
                 if answer.value.finished or answer.value.canceled:
-                    return answer.value, lot
+                    return answer.value, lot, False  # seen to end: whatever it did is its own
                 continue
             if isinstance(answer.error, Unauthorized):
-                lot = await self._fresh(lot) or lot
+                lot, excused = await self._fresh(lot) or lot, True
+            elif isinstance(answer.error, RateLimited):
+                excused = True
             elif isinstance(answer.error, UnexpectedAnswer):
                 unexpected += 1
                 if unexpected >= MAX_UNEXPECTED:
                     break
         stats["bulk_stuck"] += 1
         await self._cancel(lot, batch_id, stats)
-        return None, lot
+        return None, lot, excused
 
     async def _settle(
         self,
@@ -286,8 +312,11 @@ class BulkDelivery:
         batch: Batch | None,
         members: list[Claimed],
         stats: Counter[str],
+        *,
+        excused: bool = False,
     ) -> None:
-        """Each prospect from its item: delivered, or sent again by PATCH."""
+        """Each prospect from its item: delivered, or sent again by PATCH. A batch that did
+        not finish counts toward turning bulk off unless ``excused`` (see ``_follow``)."""
         complete = batch is not None and batch.finished and not batch.pending
         if complete and batch is not None and not batch.failures:
             done = {c.prospect for c in members}
@@ -316,7 +345,8 @@ class BulkDelivery:
             await self.state.batch_succeeded(lot.dest.id)
         else:
             stats["bulk_fallback"] += 1
-            await self._failed(lot, f"batch {batch_id} did not finish (cancelled or stuck)")
+            if not excused:
+                await self._failed(lot, f"batch {batch_id} did not finish (cancelled or stuck)")
         if again:
             await self._patch(lot, again, stats)
 
@@ -327,7 +357,7 @@ class BulkDelivery:
         while True:
             try:
                 page = partial(self.client.items, batch_id=batch_id, page_size=BULK_ITEMS_PAGE)
-                answer = await self._call(lot, stats, partial(page, url=url), wait=True)
+                answer = await self._retrying(lot, stats, partial(page, url=url), wait=True)
             except (Retryable, Unauthorized, _NoPermit):
                 return {}
             if answer.value is None:
@@ -338,12 +368,12 @@ class BulkDelivery:
                 return out
 
     async def _delivered(self, lot: Lot, delivered: list[Claimed], stats: Counter[str]) -> None:
-        settled = await self.d.store.settle_delivered(
+        settled = await self.store.settle_delivered(
             lot.dest.id,
             [c.prospect for c in delivered],
             lot.token,
             now_ms=now_ms(),
-            window_ms=effective_window_ms(lot.dest, self.d.settings.coalesce_window_ms),
+            window_ms=effective_window_ms(lot.dest, self.settings.coalesce_window_ms),
         )
         for c in delivered:
             if c.prospect in settled:
@@ -360,24 +390,24 @@ class BulkDelivery:
         fresh = await self._fresh(lot)
         if fresh is None:
             for c in again:
-                await self.d.outcomes.settle(lot, c, "defer", due_ms=now_ms())
+                await self.outcomes.settle(lot, c, "defer", due_ms=now_ms())
             return
-        for start in range(0, len(again), self.d.settings.claim_batch):
-            part = again[start : start + self.d.settings.claim_batch]
+        for start in range(0, len(again), self.settings.claim_batch):
+            part = again[start : start + self.settings.claim_batch]
             # Renewed to a PATCH's lease: the bulk lease may be far longer than needed now.
-            until = now_ms() + self.d.settings.lease_ms
-            await self.d.store.renew_many(
+            until = now_ms() + self.settings.lease_ms
+            await self.store.renew_many(
                 lot.dest.id, [c.prospect for c in part], lot.token, until_ms=until
             )
-            await self.d.send_batch(fresh, part, stats)
+            await self.fallback.send(fresh, part, stats)
 
     async def _fresh(self, lot: Lot) -> Lot | None:
         """The lot again (a refreshed token), with the same claim token."""
-        return await self.d.lot(lot.dest.id, lot.token)
+        return await self.lots.open(lot.dest.id, lot.token)
 
     async def _cancel(self, lot: Lot, batch_id: int, stats: Counter[str]) -> bool:
         try:
-            answer = await self._call(
+            answer = await self._retrying(
                 lot, stats, lambda t: self.client.cancel(t, batch_id), wait=True
             )
         except (Retryable, Unauthorized, _NoPermit):
@@ -397,6 +427,44 @@ class BulkDelivery:
 
     # Quota and refusals -------------------------------------------------------------------
 
+    async def _retrying(
+        self,
+        lot: Lot,
+        stats: Counter[str],
+        send: Callable[[str], Awaitable[BulkAnswer[T]]],
+        *,
+        wait: bool = False,
+    ) -> BulkAnswer[T]:
+        """``_call``, sent again with backoff while it fails transiently (a 5xx, a timeout, a
+        dropped connection); the last failure once ``BULK_CALL_ATTEMPTS`` are spent: raised
+        when there was no answer, else returned."""
+        for attempt in range(1, BULK_CALL_ATTEMPTS + 1):
+            try:
+                answer = await self._call(lot, stats, send, wait=wait)
+            except Retryable:
+                if attempt == BULK_CALL_ATTEMPTS:
+                    raise
+            else:
+                if not isinstance(answer.error, Retryable) or attempt == BULK_CALL_ATTEMPTS:
+                    return answer
+            stats["bulk_retries"] += 1
+            await asyncio.sleep(min(BULK_RETRY_BASE_S * 2 ** (attempt - 1), BULK_RETRY_CAP_S))
+        raise AssertionError("unreachable")  # the last attempt returned or raised
+
+    async def _defer(
+        self, lot: Lot, members: list[Claimed], no: _NoPermit, stats: Counter[str]
+    ) -> None:
+        """No permit for a bulk call now: its members go back to pending, due when the quota
+        frees, and the destination is held until then (as PATCH does without a permit)."""
+        if not members:
+            return
+        now = now_ms()
+        due = now + int(max(no.wait_s, 0.05) * 1000)
+        await self.store.hold(lot.dest.id, due, now_ms=now)
+        for c in members:
+            await self.outcomes.settle(lot, c, "defer", due_ms=due)
+        stats["deferred"] += len(members)
+
     async def _call(
         self,
         lot: Lot,
@@ -408,12 +476,12 @@ class BulkDelivery:
         """One bulk request on a permit of the shared gate, its answer reported to the gate.
         Without a permit: ``_NoPermit`` (or, with ``wait``, wait for one up to a minute)."""
         deadline = time.monotonic() + 60.0
-        grant = await self.d.permits(lot, 1)
+        grant = await self.permits.take(lot, 1)
         while not grant.granted:
             if not wait or time.monotonic() + grant.wait_s > deadline:
                 raise _NoPermit(grant.wait_s)
             await asyncio.sleep(max(grant.wait_s, 0.05))
-            grant = await self.d.permits(lot, 1)
+            grant = await self.permits.take(lot, 1)
         stats["requests"] += 1
         stats["bulk_requests"] += 1
         await self.state.add(lot.dest.id, **{figures.REQUESTS: 1})
@@ -423,13 +491,13 @@ class BulkDelivery:
                 raise Unauthorized(None, f"connection {lot.conn.id} has no access token")
             answer = await send(lot.access_token)
         except (Retryable, Unauthorized):
-            await self.d.gate.observe(user, no_answer(), sent_s=sent_s, grant=grant.id)
+            await self.gate.observe(user, no_answer(), sent_s=sent_s, grant=grant.id)
             raise
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.d.gate.observe(user, no_answer(), sent_s=sent_s, grant=grant.id)
+                await self.gate.observe(user, no_answer(), sent_s=sent_s, grant=grant.id)
             raise
-        await self.d.gate.observe(user, answer.reply, sent_s=sent_s, grant=grant.id)
+        await self.gate.observe(user, answer.reply, sent_s=sent_s, grant=grant.id)
         return answer
 
     async def _refused(self, lot: Lot, answer: BulkAnswer[Any], stats: Counter[str]) -> None:
@@ -459,7 +527,7 @@ class BulkDelivery:
             await self.state.batch_succeeded(lot.dest.id)
 
     async def _turn_off(self, lot: Lot, scope: str, reason: str, until_ms: int) -> None:
-        keys = self.d.store.keys
+        keys = self.store.keys
         key = (
             keys.bulk_connection(lot.conn.id)
             if scope == "connection"
@@ -476,4 +544,4 @@ class BulkDelivery:
 
     async def _write_stats(self, lot: Lot, stats: Counter[str]) -> None:
         if stats:
-            await self.d.store.count(lot.dest.id, **drain_metrics(stats))
+            await self.store.count(lot.dest.id, **drain_metrics(stats))
