@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import redis
 from aiohttp import web
+from limits.errors import StorageError
 
 from app.api import admin_routes as admin_api
 from app.api import openapi, status_page
@@ -20,7 +21,7 @@ from app.api.producer_auth import GUARD as PRODUCER_GUARD
 from app.api.producer_auth import ProducerGuard, guarded
 from app.api.server import server_log
 from app.api.throttle import THROTTLE, AuthThrottle, throttle_failed_auth
-from app.core.errors import StoreUnavailable, UnknownDestination
+from app.core.errors import StoreFault, StoreUnavailable, UnknownDestination, unreachable
 from app.core.redis_client import async_client
 from app.core.settings import Settings
 from app.ingest.batch import (
@@ -136,9 +137,8 @@ async def failures(request: web.Request, handler: Handler) -> web.StreamResponse
     except UnknownDestination as exc:
         # Deleted while the request was on its way: nothing of the batch was kept.
         return error(404, "Unknown destination", f"no destination {exc.destination_id!r}")
-    except (StoreUnavailable, redis.RedisError) as exc:
-        log.error("%s %s: Redis unavailable: %s", request.method, request.path, exc)
-        return redis_down(request)
+    except (StoreUnavailable, StoreFault, redis.RedisError, StorageError) as exc:
+        return store_failed(request, exc)
 
 
 def _no_route(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -155,6 +155,30 @@ def _no_route(request: web.Request, exc: web.HTTPException) -> web.Response:
 
 #: Route prefixes answered with a page (a browser opens them), not JSON.
 PAGE_ROUTES = ("/oauth/", "/status")
+
+
+def store_failed(request: web.Request, exc: Exception) -> web.Response:
+    """The answer to a Redis failure: 503 for an outage (``app.core.errors.unreachable``);
+    for an error Redis answered with (a script's, say), a 500 reported as a bug: it is not
+    an outage, and sending the same again would fail the same way."""
+    if unreachable(exc):
+        log.error("%s %s: Redis unavailable: %s", request.method, request.path, exc)
+        return redis_down(request)
+    # ERROR with the traceback: Sentry's logging integration reports it.
+    log.exception("%s %s: Redis refused a command (a bug)", request.method, request.path)
+    return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    from app.api.oauth_routes import page
+
+    message = (
+        "The service's store refused this request: a bug, logged for the operators. Sending "
+        "the same again will fail the same way."
+    )
+    if request.path.startswith(PAGE_ROUTES) and not request.path.endswith(".json"):
+        return page(500, "Internal error", message)
+    return error(500, "Internal error", message)
 
 
 def redis_down(request: web.Request) -> web.Response:

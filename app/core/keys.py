@@ -22,6 +22,10 @@ MAX_DRAINERS = 8
 DRAIN_BUDGET_S = 20.0
 #: The dispatcher never sleeps longer than this, so it notices new destinations and leases.
 DISPATCH_MAX_SLEEP_S = 1.0
+#: Longest audience id learned from the data (AEP's are 36-character UUIDs): each learned id
+#: is kept in Redis and named in every status and /metrics answer, so one runaway id must
+#: not grow them by megabytes.
+MAX_AUDIENCE_ID_CHARS = 256
 #: Outreach's documented quota: 10,000 requests per hour per user.
 DEFAULT_RATE_LIMIT = "10000/hour"
 #: Hourly dataflow metrics are kept this long (8 days: this week against the last).

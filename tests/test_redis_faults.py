@@ -1,0 +1,161 @@
+"""Redis failures told apart: an outage (refused, lost, hung) is a 503 to send again; an error
+Redis answers with (a script's) is a bug, never "unavailable"; and data Lua's JSON cannot
+read is refused at validation, naming the field, before it reaches a script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+from aiohttp import web
+from limits.errors import StorageError
+
+from app.api.app import make_app
+from app.core.errors import StoreFault, StoreUnavailable, store_error, unreachable
+from app.core.keys import MAX_AUDIENCE_ID_CHARS, Keys
+from app.store.audience_map import learned_sync
+from app.store.registry import publish_sync
+from tests.support import ROOT, e2e_config, free_port, make_settings, profile, settings_env
+
+ADMIN_KEY = "redis-faults-admin-key"
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+NDJSON = {"Content-Type": "application/x-ndjson"}
+
+
+def test_only_an_outage_counts_as_unreachable() -> None:
+    outages = [
+        redis.ConnectionError("Connection refused"),
+        redis.TimeoutError("Timeout reading from socket"),
+        redis.ReadOnlyError("READONLY You can't write against a read only replica."),
+        redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'."),
+        StorageError(redis.ConnectionError("lost")),
+    ]
+    faults = [
+        redis.ResponseError("user_script:12: Expected value but found invalid unicode escape"),
+        redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        StorageError(redis.ResponseError("ERR unknown command")),
+    ]
+    assert all(unreachable(e) for e in outages)
+    assert not any(unreachable(e) for e in faults)
+    assert all(isinstance(store_error(e), StoreUnavailable) for e in outages)
+    assert all(isinstance(store_error(e), StoreFault) for e in faults)
+
+
+@pytest.fixture
+async def api(prefix: str, rclient: redis.Redis) -> AsyncIterator[str]:
+    keys = Keys(prefix)
+    publish_sync(rclient, keys, e2e_config())
+    publish_sync(rclient, keys, e2e_config("aep", audiences={}, mapping_ids="data"))
+    env = settings_env(prefix, None, ADMIN_API_KEY=ADMIN_KEY)
+    runner = web.AppRunner(make_app(make_settings(env)))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}/v1/destinations"
+    await runner.cleanup()
+
+
+async def post(url: str, body: str, headers: dict[str, str]) -> tuple[int, Any, str | None]:
+    async with (
+        aiohttp.ClientSession(headers=AUTH) as s,
+        s.post(url, data=body.encode(), headers=headers) as r,
+    ):
+        return r.status, await r.json(), r.headers.get("Retry-After")
+
+
+def member(audience: str, mapping_id: int | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"status": "realized"}
+    if mapping_id is not None:
+        doc["mappingId"] = mapping_id
+    return {audience: doc}
+
+
+def aep_line(pid: int, *audiences: dict[str, Any]) -> str:
+    merged = {k: v for a in audiences for k, v in a.items()}
+    doc = {"identityMap": {"OutreachId": [{"id": str(pid)}]}, "segmentMembership": {"ups": merged}}
+    # json.dumps would escape the backslash: the line must carry the JSON escape itself.
+    return json.dumps(doc).replace("LONE", "\\ud800")
+
+
+async def test_a_lone_surrogate_audience_id_is_refused_alone_and_the_batch_is_stored(
+    api: str, rclient: redis.Redis, prefix: str
+) -> None:
+    body = "\n".join(
+        [
+            aep_line(1, member("aud-a", 7)),
+            aep_line(2, member("LONE", 8), member("aud-b", 9)),
+            aep_line(3, member("xLONE", None)),  # no mappingId: looked up, refused all the same
+            aep_line(4, member("aud-a", None)),
+        ]
+    )
+    status, doc, _ = await post(f"{api}/aep/profiles", body, NDJSON)
+    assert status == 202, doc
+    outcomes = [p["outcome"] for p in doc["profiles"]]
+    assert outcomes == ["accepted", "accepted", "rejected", "accepted"]
+    (left_out,) = doc["profiles"][1]["audiences_rejected"]
+    assert left_out["audience"] == "\\ud800"
+    assert left_out["reason"] == (
+        "segmentMembership.ups.\\ud800: the audience id is not valid Unicode "
+        "(it contains a lone surrogate)"
+    )
+    assert "lone surrogate" in doc["profiles"][2]["reason"]
+    keys = Keys(prefix)
+    assert learned_sync(rclient, keys, "aep") == {"aud-a": 7, "aud-b": 9}
+    assert rclient.hget(keys.pending("aep", 4), "custom7") == b'"realized"'
+    assert rclient.hget(keys.counters("aep"), "audience_ids_invalid") == b"2"
+
+
+async def test_an_audience_id_past_the_cap_is_refused_and_never_learned(
+    api: str, rclient: redis.Redis, prefix: str
+) -> None:
+    longest, too_long = "a" * MAX_AUDIENCE_ID_CHARS, "b" * 1_000_000
+    body = "\n".join([aep_line(1, member(longest, 7), member(too_long, 8))])
+    status, doc, _ = await post(f"{api}/aep/profiles", body, NDJSON)
+    assert status == 202, doc
+    (left_out,) = doc["profiles"][0]["audiences_rejected"]
+    assert f"longer than {MAX_AUDIENCE_ID_CHARS} characters" in left_out["reason"]
+    # The answer names the audience, cut: it does not echo a megabyte back.
+    assert len(json.dumps(doc)) < 4 * MAX_AUDIENCE_ID_CHARS
+    assert learned_sync(rclient, Keys(prefix), "aep") == {longest: 7}
+
+
+async def test_an_error_redis_answers_with_is_a_500_not_an_outage(
+    api: str, rclient: redis.Redis, prefix: str
+) -> None:
+    # A key of the wrong type makes merge.lua fail inside Redis: a bug, not an outage.
+    rclient.set(Keys(prefix).versions("e2e", 1), "not a hash")
+    status, doc, retry_after = await post(
+        f"{api}/e2e/profiles", json.dumps(profile("1")), {"Content-Type": "application/json"}
+    )
+    assert status == 500 and retry_after is None
+    assert doc["errors"][0]["title"] == "Internal error"
+    assert "cannot be reached" not in doc["errors"][0]["detail"]
+
+
+def test_cli_ingest_names_an_error_redis_answers_with_as_a_bug_and_does_not_wait(
+    prefix: str, rclient: redis.Redis
+) -> None:
+    keys = Keys(prefix)
+    publish_sync(rclient, keys, e2e_config())
+    rclient.set(keys.versions("e2e", 1), "not a hash")
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "ingest", "-", "-d", "e2e", "-q", "--retry-for", "60"],
+        input=json.dumps(profile("1")),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **settings_env(prefix, None)},
+        timeout=30,
+    )
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1
+    assert last.startswith("error: Redis refused profiles 0 to 0 (")
+    assert "WRONGTYPE" in last and "a bug, not an outage" in last
+    assert "unavailable" not in last
