@@ -4,11 +4,16 @@ read is refused at validation, naming the field, before it reaches a script."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,9 +25,22 @@ from limits.errors import StorageError
 from app.api.app import make_app
 from app.core.errors import StoreFault, StoreUnavailable, store_error, unreachable
 from app.core.keys import MAX_AUDIENCE_ID_CHARS, Keys
+from app.core.redis_client import async_client
+from app.outreach.client import Response
 from app.store.audience_map import learned_sync
 from app.store.registry import publish_sync
-from tests.support import ROOT, e2e_config, free_port, make_settings, profile, settings_env
+from app.testing.harness import kill_groups, start_worker
+from tests.scripted_outreach import D, FakeOutreach, ok, pending, setup_destination, warm_deliverer
+from tests.support import (
+    ROOT,
+    LocalRedis,
+    e2e_config,
+    free_port,
+    make_settings,
+    profile,
+    settings_env,
+    wait_until,
+)
 
 ADMIN_KEY = "redis-faults-admin-key"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -159,3 +177,118 @@ def test_cli_ingest_names_an_error_redis_answers_with_as_a_bug_and_does_not_wait
     assert last.startswith("error: Redis refused profiles 0 to 0 (")
     assert "WRONGTYPE" in last and "a bug, not an outage" in last
     assert "unavailable" not in last
+
+
+# A hung Redis: it accepts connections and never answers.
+
+#: Deadlines the hung-Redis tests run with (the defaults are 5 s and 3 s).
+FAST = {"REDIS_SOCKET_TIMEOUT_S": "1", "REDIS_CONNECT_TIMEOUT_S": "1"}
+
+
+@pytest.fixture
+def hung_redis() -> Iterator[str]:
+    """The address of a listener that never accepts: the kernel completes each connection
+    (up to the backlog), and nothing is ever answered."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+async def test_a_hung_redis_is_a_quick_503_on_every_route_that_needs_it(
+    prefix: str, hung_redis: str
+) -> None:
+    env = settings_env(prefix, None, ADMIN_API_KEY=ADMIN_KEY, REDIS_URL=hung_redis, **FAST)
+    runner = web.AppRunner(make_app(make_settings(env)))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base, body = f"http://127.0.0.1:{port}", json.dumps(profile("1"))
+    wrong = {"Authorization": "Bearer not-a-key"}
+    requests = [
+        ("GET", "/readyz", {}),
+        ("GET", "/metrics", AUTH),
+        ("POST", "/v1/destinations/e2e/profiles", AUTH),
+        ("POST", "/v1/destinations/e2e/profiles", wrong),
+        ("GET", "/v1/destinations/e2e/status", AUTH),
+        ("GET", "/v1/admin/destinations", AUTH),
+    ]
+    answers = []
+    try:
+        limit = aiohttp.ClientTimeout(total=15)
+        async with aiohttp.ClientSession(timeout=limit) as s:
+            for method, path, headers in requests:
+                started = time.monotonic()
+                json_type = {"Content-Type": "application/json"}
+                async with s.request(
+                    method, base + path, data=body, headers={**headers, **json_type}
+                ) as r:
+                    took = time.monotonic() - started
+                    answers.append((path, r.status, r.headers.get("Retry-After"), took))
+            async with s.get(f"{base}/healthz") as r:
+                assert r.status == 200
+    finally:
+        await runner.cleanup()
+    for path, status, retry_after, took in answers:
+        assert (path, status) == (path, 503) and retry_after is not None, answers
+        assert took < 4, answers  # one deadline of 1 s (two at most), not a hang
+
+
+async def test_a_drain_gives_up_its_claims_when_redis_hangs_and_they_come_back(
+    prefix: str, local_redis: LocalRedis
+) -> None:
+    """Redis stops answering mid-drain (SIGSTOP: connections still open, no answer): the
+    drain ends within its deadlines, counts the claims it gave up, and once Redis answers
+    again they are due after their lease."""
+    own = redis.Redis.from_url(local_redis.url)
+    settings = setup_destination(
+        prefix, own, REDIS_URL=local_redis.url, LEASE_MS="1100", OUTREACH_TIMEOUT_S="0.1", **FAST
+    )
+    assert local_redis.proc is not None
+    pid = local_redis.proc.pid
+
+    def hang_redis(prospect: int, fields: Any) -> Response:
+        os.kill(pid, signal.SIGSTOP)
+        return ok()
+
+    aclient = async_client(settings)
+    try:
+        deliverer, store = await warm_deliverer(aclient, settings, FakeOutreach(lambda p, f: ok()))
+        await pending(store, {p: {"custom1": "realized"} for p in (1, 2, 3)})
+        deliverer.client = FakeOutreach(hang_redis)  # type: ignore[assignment]
+        try:
+            stats = await asyncio.wait_for(deliverer.drain(D), timeout=15)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert stats["abandoned"] == 3
+        # Back once the lease ends: sent by the next drain.
+        await asyncio.sleep(1.2)
+        outreach = FakeOutreach(lambda p, f: ok())
+        deliverer.client = outreach  # type: ignore[assignment]
+        await deliverer.drain(D)
+        assert sorted(p for p, _ in outreach.calls) == [1, 2, 3]
+    finally:
+        await aclient.aclose()
+        own.close()
+
+
+def test_a_worker_on_a_hung_redis_says_so_and_keeps_trying(
+    prefix: str, hung_redis: str, tmp_path: Path
+) -> None:
+    """Celery's consumer retries the broker (``broker_connection_max_retries``, then exits),
+    the dispatcher retries Redis every second; each failure is logged, none hangs."""
+    env = settings_env(prefix, None, REDIS_URL=hung_redis, **FAST)
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = start_worker(env, name=f"{prefix}-hung", output=out)
+    try:
+
+        def reported() -> bool:
+            text = log.read_text()
+            return "consumer: Cannot connect" in text and "dispatcher cannot reach" in text
+
+        wait_until(lambda: worker.poll() is not None or reported(), timeout_s=30, what="logs")
+        assert worker.poll() is None  # still trying
+        assert "Timeout reading from socket" in log.read_text()
+    finally:
+        kill_groups([worker])

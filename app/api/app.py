@@ -118,7 +118,9 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:  # any failure means "not ready"
         # The reason names internal addresses: it goes to the log, not to the (open) answer.
         log.warning("not ready: Redis: %s", exc)
-        return web.json_response({"status": "unavailable", "redis": "unreachable"}, status=503)
+        doc = {"status": "unavailable", "redis": "unreachable"}
+        headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+        return web.json_response(doc, status=503, headers=headers)
     return web.json_response({"status": "ready"})
 
 

@@ -16,7 +16,7 @@ from collections import Counter
 from app.connections.crypto import cipher_for
 from app.connections.oauth import TokenManager
 from app.connections.records import ConnectionStore
-from app.core.errors import DeliveryError, Retryable, Unauthorized
+from app.core.errors import DeliveryError, Retryable, Unauthorized, unreachable
 from app.core.settings import Settings
 from app.delivery.bisection import Bisection
 from app.delivery.bulk import BulkDelivery
@@ -24,7 +24,7 @@ from app.delivery.lot import LeaseLost, Lot, NoPermit, TokenRefresher, now_ms
 from app.delivery.outcomes import Outcomes, failure_reason, failure_record
 from app.outreach.answers import Answer, classify, no_answer, parse_answer
 from app.outreach.client import OutreachClient
-from app.ratelimit.gate import Grant, QuotaGate, Share
+from app.ratelimit.gate import Grant, QuotaGate, QuotaUnavailable, Share
 from app.store.counters import count_delivered, drain_metrics
 from app.store.prospects import Claimed, ProspectStore
 from app.store.registry import Registry
@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 #: A quota refusal this short is waited out inside the drain (up to the total), claims kept.
 SHORT_WAIT_S = 0.25
 SHORT_WAIT_TOTAL_S = 1.0
+
+
+def store_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis (or the quota store on it) being unreachable for now."""
+    cause = exc.__cause__ if isinstance(exc, QuotaUnavailable) else exc
+    return cause is not None and unreachable(cause)
 
 
 class Deliverer:
@@ -77,6 +83,7 @@ class Deliverer:
         stats = Counter() if stats is None else stats
         deadline = time.monotonic() + self.settings.drain_budget_s
         token = uuid.uuid4().hex
+        held = 0  # prospects claimed by the batch under way
         try:
             while time.monotonic() < deadline:
                 lot = await self.lot(dest_id, token)
@@ -91,6 +98,7 @@ class Deliverer:
                 )
                 if not claimed:
                     break
+                held = len(claimed)
                 # Each batch's counts reach the metrics in one round trip when it is done.
                 tally: Counter[str] = Counter(claimed=len(claimed))
                 try:
@@ -98,8 +106,24 @@ class Deliverer:
                 finally:
                     stats.update(tally)
                     await self.store.count(dest_id, **drain_metrics(tally))
+                held = 0
                 if not more:
                     break
+        except Exception as exc:
+            if not store_outage(exc):
+                raise
+            # Every Redis call has a deadline (REDIS_SOCKET_TIMEOUT_S), so an outage ends the
+            # drain here instead of holding its claims past their lease: they are given up,
+            # sent again once the lease ends; the slot expires by itself.
+            log.warning(
+                "drain of %s gave up %d claimed prospect(s): Redis unavailable (%s); they are "
+                "sent again once their lease ends",
+                dest_id,
+                held,
+                exc,
+            )
+            stats["abandoned"] += held
+            slot = None
         finally:
             if slot is not None:
                 await self.store.release_slot(dest_id, slot)
