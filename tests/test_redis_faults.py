@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+import sentry_sdk
 from aiohttp import web
 from limits.errors import StorageError
 
@@ -26,6 +27,7 @@ from app.api.app import make_app
 from app.core.errors import StoreFault, StoreUnavailable, store_error, unreachable
 from app.core.keys import MAX_AUDIENCE_ID_CHARS, Keys
 from app.core.redis_client import async_client
+from app.ops.sentry import init_sentry
 from app.outreach.client import Response
 from app.store.audience_map import learned_sync
 from app.store.registry import publish_sync
@@ -33,6 +35,7 @@ from app.testing.harness import kill_groups, start_worker
 from tests.scripted_outreach import D, FakeOutreach, ok, pending, setup_destination, warm_deliverer
 from tests.support import (
     ROOT,
+    CapturingTransport,
     LocalRedis,
     e2e_config,
     free_port,
@@ -144,8 +147,18 @@ async def test_an_audience_id_past_the_cap_is_refused_and_never_learned(
     assert learned_sync(rclient, Keys(prefix), "aep") == {longest: 7}
 
 
-async def test_an_error_redis_answers_with_is_a_500_not_an_outage(
-    api: str, rclient: redis.Redis, prefix: str
+@pytest.fixture
+def sentry(prefix: str) -> Iterator[CapturingTransport]:
+    env = settings_env(prefix, None, SENTRY_DSN="https://public@sentry.invalid/1")
+    capture = CapturingTransport()
+    assert init_sentry(make_settings(env), component="test", transport=capture)
+    yield capture
+    sentry_sdk.get_client().close()
+    sentry_sdk.get_global_scope().set_client(None)
+
+
+async def test_an_error_redis_answers_with_is_a_500_reported_as_a_bug_not_an_outage(
+    api: str, rclient: redis.Redis, prefix: str, sentry: CapturingTransport
 ) -> None:
     # A key of the wrong type makes merge.lua fail inside Redis: a bug, not an outage.
     rclient.set(Keys(prefix).versions("e2e", 1), "not a hash")
@@ -155,6 +168,8 @@ async def test_an_error_redis_answers_with_is_a_500_not_an_outage(
     assert status == 500 and retry_after is None
     assert doc["errors"][0]["title"] == "Internal error"
     assert "cannot be reached" not in doc["errors"][0]["detail"]
+    sentry_sdk.flush(timeout=5)
+    assert "WRONGTYPE" in sentry.text() and "Redis refused a command" in sentry.text()
 
 
 def test_cli_ingest_names_an_error_redis_answers_with_as_a_bug_and_does_not_wait(
