@@ -250,7 +250,7 @@ async def test_a_hung_redis_is_a_quick_503_on_every_route_that_needs_it(
 
 
 async def test_a_drain_gives_up_its_claims_when_redis_hangs_and_they_come_back(
-    prefix: str, local_redis: LocalRedis
+    prefix: str, local_redis: LocalRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Redis stops answering mid-drain (SIGSTOP: connections still open, no answer): the
     drain ends within its deadlines, counts the claims it gave up, and once Redis answers
@@ -276,6 +276,7 @@ async def test_a_drain_gives_up_its_claims_when_redis_hangs_and_they_come_back(
         finally:
             os.kill(pid, signal.SIGCONT)
         assert stats["abandoned"] == 3
+        assert "drain of d stopped: Redis unavailable" in caplog.text
         # Back once the lease ends: sent by the next drain.
         await asyncio.sleep(1.2)
         outreach = FakeOutreach(lambda p, f: ok())

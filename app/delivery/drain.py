@@ -116,11 +116,11 @@ class Deliverer:
             # drain here instead of holding its claims past their lease: they are given up,
             # sent again once the lease ends; the slot expires by itself.
             log.warning(
-                "drain of %s gave up %d claimed prospect(s): Redis unavailable (%s); they are "
-                "sent again once their lease ends",
+                "drain of %s stopped: Redis unavailable (%s); the unsettled claims of its "
+                "batch of %d prospect(s) are sent again once their lease ends",
                 dest_id,
-                held,
                 exc,
+                held,
             )
             stats["abandoned"] += held
             slot = None
