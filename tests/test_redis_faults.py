@@ -228,25 +228,26 @@ async def test_a_hung_redis_is_a_quick_503_on_every_route_that_needs_it(
         ("GET", "/v1/destinations/e2e/status", AUTH),
         ("GET", "/v1/admin/destinations", AUTH),
     ]
-    answers = []
+    json_type = {"Content-Type": "application/json"}
+
+    async def answer(
+        s: aiohttp.ClientSession, method: str, path: str, headers: dict[str, str]
+    ) -> tuple[str, int, str | None, float]:
+        started = time.monotonic()
+        headers = {**headers, **json_type}
+        async with s.request(method, base + path, data=body, headers=headers) as r:
+            return path, r.status, r.headers.get("Retry-After"), time.monotonic() - started
+
     try:
-        limit = aiohttp.ClientTimeout(total=15)
-        async with aiohttp.ClientSession(timeout=limit) as s:
-            for method, path, headers in requests:
-                started = time.monotonic()
-                json_type = {"Content-Type": "application/json"}
-                async with s.request(
-                    method, base + path, data=body, headers={**headers, **json_type}
-                ) as r:
-                    took = time.monotonic() - started
-                    answers.append((path, r.status, r.headers.get("Retry-After"), took))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
+            answers = await asyncio.gather(*(answer(s, *r) for r in requests))
             async with s.get(f"{base}/healthz") as r:
                 assert r.status == 200
     finally:
         await runner.cleanup()
     for path, status, retry_after, took in answers:
         assert (path, status) == (path, 503) and retry_after is not None, answers
-        assert took < 4, answers  # one deadline of 1 s (two at most), not a hang
+        assert took < 5, answers  # a deadline of 1 s (two at most), not a hang
 
 
 async def test_a_drain_gives_up_its_claims_when_redis_hangs_and_they_come_back(
