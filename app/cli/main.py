@@ -85,10 +85,11 @@ def _not_stored(exc: BaseException, stored: int, chunk: int, ns: argparse.Namesp
     done = f"the first {stored} profiles were stored" if stored else "no profile was stored"
     if transient_cause(exc) is None:
         # Not an outage: Redis refused the command. Waiting or resending cannot help.
+        before = f"The {stored} profiles before them were stored; of" if stored else "Of"
         return (
             f"error: Redis refused profiles {stored} to {stored + chunk - 1} ({cause}): a bug, "
-            f"not an outage, so sending them again fails the same way; please report it. "
-            f"{done[0].upper()}{done[1:]}, of those {chunk} some may be"
+            "not an outage, so sending them again fails the same way; please report it. "
+            f"{before} these {chunk} some may be stored"
         )
     return (
         f"error: Redis unavailable for {ns.retry_for:g} s: {cause}; {done}, of the next "
