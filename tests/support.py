@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 from cryptography.fernet import Fernet
+from sentry_sdk.envelope import Envelope
+from sentry_sdk.transport import Transport
 
 from app.config.destinations import Config, parse_config
 from app.connections.crypto import TokenCipher, parse_keys
@@ -314,3 +316,17 @@ def start_api(prefix: str, sandbox: Sandbox, **extra: str) -> Api:
 
     wait_until(answers, timeout_s=30, what="the API to listen")
     return Api(url, env, TokenCipher(parse_keys(key)), proc)
+
+
+class CapturingTransport(Transport):
+    """Sentry's transport keeping every envelope in memory: nothing goes over the network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.envelopes: list[Envelope] = []
+
+    def capture_envelope(self, envelope: Envelope) -> None:
+        self.envelopes.append(envelope)
+
+    def text(self) -> str:
+        return "\n".join(e.serialize().decode("utf-8", "replace") for e in self.envelopes)

@@ -77,10 +77,31 @@ def test_plain_url_is_unchanged(prefix: str) -> None:
     s = make_settings(settings_env(prefix, None))
     assert limits_storage_uri(s) == f"async+{TEST_REDIS_URL}"
     assert broker_url(s) == TEST_REDIS_URL
-    assert broker_transport_options(s) == {"visibility_timeout": 3600}
+    options = broker_transport_options(s)
+    assert options["visibility_timeout"] == 3600 and "master_name" not in options
     client = sync_client(s)
     assert client.ping() and client.connection_pool.connection_kwargs["db"] == 13
     client.close()
+
+
+def test_every_client_has_deadlines(prefix: str) -> None:
+    env = settings_env(prefix, None, REDIS_SOCKET_TIMEOUT_S="4", REDIS_CONNECT_TIMEOUT_S="2")
+    s = make_settings(env)
+    deadlines = {"socket_timeout": 4.0, "socket_connect_timeout": 2.0, "socket_keepalive": True}
+    client, blocking = sync_client(s), sync_client(s, block_s=1.0)
+    try:
+        for kwargs in (
+            client.connection_pool.connection_kwargs,
+            async_client(s).connection_pool.connection_kwargs,
+            broker_transport_options(s),
+        ):
+            assert deadlines.items() <= kwargs.items()
+            assert kwargs["health_check_interval"] > 0
+        # A blocking command's wait comes on top of the command's deadline.
+        assert blocking.connection_pool.connection_kwargs["socket_timeout"] == 5.0
+    finally:
+        client.close()
+        blocking.close()
 
 
 def test_bad_sentinel_list_is_refused_naming_the_variable(prefix: str) -> None:
@@ -97,6 +118,7 @@ async def test_clients_gate_and_broker_find_the_master_through_sentinel(
     sync = sync_client(s)
     sync.set("k", "sync")
     assert sync.connection_pool.connection_kwargs["db"] == 3  # REDIS_URL's database
+    assert sync.connection_pool.connection_kwargs["socket_timeout"] == s.redis_socket_timeout_s
     aclient = async_client(s)
     try:
         assert await aclient.get("k") == b"sync"

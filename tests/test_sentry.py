@@ -11,12 +11,10 @@ import sentry_sdk
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from celery import Celery
-from sentry_sdk.envelope import Envelope
-from sentry_sdk.transport import Transport
 
 from app.api.app import make_app
 from app.ops.sentry import init_sentry, scrub_event
-from tests.support import make_settings, settings_env
+from tests.support import CapturingTransport, make_settings, settings_env
 
 TOKEN = "ya29TOKENf00dcafe1234567890"
 REFRESH = "rfrTOKENbeefbeef0987654321"
@@ -33,20 +31,6 @@ SECRETS.append(ADMIN_KEY)
 
 class DeliveryExploded(RuntimeError):
     """The error the tests raise; its name must reach Sentry."""
-
-
-class CapturingTransport(Transport):
-    """Keeps every envelope in memory: nothing goes over the network."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.envelopes: list[Envelope] = []
-
-    def capture_envelope(self, envelope: Envelope) -> None:
-        self.envelopes.append(envelope)
-
-    def text(self) -> str:
-        return "\n".join(e.serialize().decode("utf-8", "replace") for e in self.envelopes)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from app.config.destinations import Destination
-from app.core.errors import StoreUnavailable, UnknownDestination
+from app.core.errors import StoreFault, StoreUnavailable, UnknownDestination
 from app.core.keys import Keys
 from app.core.operations import Commands, Eval, Op, run_async, run_sync
 from app.core.scripts import LuaScripts
@@ -74,6 +74,10 @@ def test_merge_errors_say_what_they_mean() -> None:
     with pytest.raises(StoreUnavailable) as info:
         drive(merge_op(KEYS, "d", changes(1), now_ms=0, window_ms=0), [down])
     assert info.value.__cause__ is down
+    refused = redis.ResponseError("user_script:1: bad argument")  # a bug, not an outage
+    with pytest.raises(StoreFault) as fault:
+        drive(merge_op(KEYS, "d", changes(1), now_ms=0, window_ms=0), [refused])
+    assert fault.value.__cause__ is refused
 
 
 # The drivers ------------------------------------------------------------------------------
@@ -255,9 +259,9 @@ def test_a_failure_waiting_cannot_cure_is_raised_at_once() -> None:
     clock = Clock()
 
     def send() -> str:
-        raise StoreUnavailable("NOPERM")
+        raise StoreFault("NOPERM this user has no permissions")
 
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreFault):
         send_patiently(
             send, retry_for_s=60, on_wait=lambda *_: None, clock=clock, sleep=clock.sleep
         )

@@ -9,7 +9,13 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.signals import celeryd_init, setup_logging, worker_process_shutdown
 
-from app.core.redis_client import broker_transport_options, broker_url, sync_client
+from app.core.keys import DISPATCH_MAX_SLEEP_S
+from app.core.redis_client import (
+    broker_transport_options,
+    broker_url,
+    client_options,
+    sync_client,
+)
 from app.core.settings import get_settings
 from app.delivery.dispatcher import Dispatcher
 from app.ops.alert_runner import AlertLoop
@@ -32,6 +38,11 @@ app.conf.update(
     # because drains are idempotent (claims are leased in Redis).
     # (kombu's sentinel:// transport under REDIS_SENTINELS: app/core/redis_client.py).
     broker_transport_options=broker_transport_options(settings),
+    # The same deadlines for a Redis result backend, should one be configured.
+    redis_socket_timeout=settings.redis_socket_timeout_s,
+    redis_socket_connect_timeout=settings.redis_connect_timeout_s,
+    redis_socket_keepalive=True,
+    redis_backend_health_check_interval=client_options(settings)["health_check_interval"],
 )
 
 
@@ -54,7 +65,8 @@ class DispatcherStep(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         from workers.tasks import drain
 
-        client = sync_client(settings)
+        # Its BLPOP waits up to DISPATCH_MAX_SLEEP_S for a wake-up, on top of the deadline.
+        client = sync_client(settings, block_s=DISPATCH_MAX_SLEEP_S)
 
         def start_drain(dest: str, slot: str) -> None:
             drain.apply_async(args=(dest, slot))

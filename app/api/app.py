@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import redis
 from aiohttp import web
+from limits.errors import StorageError
 
 from app.api import admin_routes as admin_api
 from app.api import guide, openapi, status_page
@@ -20,7 +21,7 @@ from app.api.producer_auth import GUARD as PRODUCER_GUARD
 from app.api.producer_auth import ProducerGuard, guarded
 from app.api.server import server_log
 from app.api.throttle import THROTTLE, AuthThrottle, throttle_failed_auth
-from app.core.errors import StoreUnavailable, UnknownDestination
+from app.core.errors import StoreFault, StoreUnavailable, UnknownDestination, unreachable
 from app.core.redis_client import async_client
 from app.core.settings import Settings
 from app.ingest.batch import (
@@ -124,7 +125,9 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:  # any failure means "not ready"
         # The reason names internal addresses: it goes to the log, not to the (open) answer.
         log.warning("not ready: Redis: %s", exc)
-        return web.json_response({"status": "unavailable", "redis": "unreachable"}, status=503)
+        doc = {"status": "unavailable", "redis": "unreachable"}
+        headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+        return web.json_response(doc, status=503, headers=headers)
     return web.json_response({"status": "ready"})
 
 
@@ -143,9 +146,8 @@ async def failures(request: web.Request, handler: Handler) -> web.StreamResponse
     except UnknownDestination as exc:
         # Deleted while the request was on its way: nothing of the batch was kept.
         return error(404, "Unknown destination", f"no destination {exc.destination_id!r}")
-    except (StoreUnavailable, redis.RedisError) as exc:
-        log.error("%s %s: Redis unavailable: %s", request.method, request.path, exc)
-        return redis_down(request)
+    except (StoreUnavailable, StoreFault, redis.RedisError, StorageError) as exc:
+        return store_failed(request, exc)
 
 
 def _no_route(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -162,6 +164,30 @@ def _no_route(request: web.Request, exc: web.HTTPException) -> web.Response:
 
 #: Route prefixes answered with a page (a browser opens them), not JSON.
 PAGE_ROUTES = ("/oauth/", "/status")
+
+
+def store_failed(request: web.Request, exc: Exception) -> web.Response:
+    """The answer to a Redis failure: 503 for an outage (``app.core.errors.unreachable``);
+    for an error Redis answered with (a script's, say), a 500 reported as a bug: it is not
+    an outage, and sending the same again would fail the same way."""
+    if unreachable(exc):
+        log.error("%s %s: Redis unavailable: %s", request.method, request.path, exc)
+        return redis_down(request)
+    # ERROR with the traceback: Sentry's logging integration reports it.
+    log.exception("%s %s: Redis refused a command (a bug)", request.method, request.path)
+    return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    from app.api.oauth_routes import page
+
+    message = (
+        "The service's store refused this request: a bug, logged for the operators. Sending "
+        "the same again will fail the same way."
+    )
+    if request.path.startswith(PAGE_ROUTES) and not request.path.endswith(".json"):
+        return page(500, "Internal error", message)
+    return error(500, "Internal error", message)
 
 
 def redis_down(request: web.Request) -> web.Response:

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from app.admin.producer_keys import KeyRefused, ProducerKey, ProducerKeys
 from app.api.adminauth import bearer_token, secret_bytes
 from app.api.jsonapi import error_response, store_unavailable
+from app.core.errors import store_error, unreachable
 from app.core.redis_client import limits_storage
 from app.core.settings import Settings
 
@@ -110,7 +111,9 @@ def guarded(handler: Handler) -> Handler:
             wait_s = await guard.retry_after_s(caller)
         except KeyRefused as exc:
             return _unauthorized(exc)
-        except (RedisError, StorageError, OSError):
+        except (RedisError, StorageError, OSError) as exc:
+            if not unreachable(exc):
+                raise store_error(exc) from exc  # a bug: the failures middleware answers 500
             return store_unavailable("Redis cannot be reached to check the API key: send again")
         if wait_s is not None:
             return error_response(

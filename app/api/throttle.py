@@ -94,8 +94,12 @@ async def throttle_failed_auth(request: web.Request, handler: Handler) -> web.St
     address = request.remote or "unknown"
     try:
         wait_s = await throttle.retry_after_s(address)
-    except (RedisError, StorageError, OSError):
-        wait_s = None  # Redis is down: the route itself answers for that
+    except (RedisError, StorageError, OSError) as exc:
+        # Every route that authenticates needs Redis: answered now, not after another wait
+        # for a Redis that does not answer.
+        from app.api.app import store_failed
+
+        return store_failed(request, exc)
     if wait_s is not None:
         return error_response(
             429,

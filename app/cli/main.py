@@ -16,7 +16,7 @@ from redis import exceptions as redis_errors
 
 from app.cli import admin as cli_admin
 from app.cli import status as status_cli
-from app.core.errors import StoreUnavailable
+from app.core.errors import StoreFault, StoreUnavailable
 from app.core.redis_client import sync_client
 from app.core.settings import Settings, SettingsError, get_settings
 
@@ -62,7 +62,7 @@ def cmd_ingest(ns: argparse.Namespace) -> int:
         except UnknownDestination as exc:
             print(f"error: {exc}; load one with `outreach-sync config load FILE`", file=sys.stderr)
             return 2
-        except (redis_errors.RedisError, StoreUnavailable) as exc:
+        except (redis_errors.RedisError, StoreUnavailable, StoreFault) as exc:
             print(_not_stored(exc, ns.skip + total.received, len(chunk), ns), file=sys.stderr)
             return 1
         except MalformedDocument as exc:
@@ -81,13 +81,21 @@ def _not_stored(exc: BaseException, stored: int, chunk: int, ns: argparse.Namesp
     """The one line an ingest that Redis failed ends with: why, and what to send again."""
     from app.ingest.producer import transient_cause
 
-    cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
-    why = f"for {ns.retry_for:g} s" if transient_cause(exc) is not None else "(not transient)"
+    wrapped = isinstance(exc, StoreUnavailable | StoreFault) and exc.__cause__ is not None
+    cause = exc.__cause__ if wrapped else exc
     done = f"the first {stored} profiles were stored" if stored else "no profile was stored"
+    if transient_cause(exc) is None:
+        # Not an outage: Redis refused the command. Waiting or resending cannot help.
+        before = f"The {stored} profiles before them were stored; of" if stored else "Of"
+        return (
+            f"error: Redis refused profiles {stored} to {stored + chunk - 1} ({cause}): a bug, "
+            "not an outage, so sending them again fails the same way; please report it. "
+            f"{before} these {chunk} some may be stored"
+        )
     return (
-        f"error: Redis unavailable {why}: {cause}; {done}, of the next {chunk} some may be, "
-        f"the rest were not: resend with --skip {stored} (resending a stored profile is "
-        "harmless: changes merge by version)"
+        f"error: Redis unavailable for {ns.retry_for:g} s: {cause}; {done}, of the next "
+        f"{chunk} some may be, the rest were not: resend with --skip {stored} (resending a "
+        "stored profile is harmless: changes merge by version)"
     )
 
 

@@ -13,9 +13,12 @@ if TYPE_CHECKING:
         Permanent,
         RateLimited,
         Retryable,
+        StoreFault,
         StoreUnavailable,
         Unauthorized,
         UnknownDestination,
+        store_error,
+        unreachable,
     )
     from app.core.keys import (
         BULK_ITEMS_PAGE,
@@ -70,7 +73,10 @@ _EXPORTS = {
     "SECRET_KEY": "app.core.redaction",
     "Settings": "app.core.settings",
     "SettingsError": "app.core.settings",
+    "StoreFault": "app.core.errors",
     "StoreUnavailable": "app.core.errors",
+    "store_error": "app.core.errors",
+    "unreachable": "app.core.errors",
     "Unauthorized": "app.core.errors",
     "UnknownDestination": "app.core.errors",
     "async_client": "app.core.redis_client",
@@ -113,6 +119,7 @@ __all__ = [
     "Retryable",
     "Settings",
     "SettingsError",
+    "StoreFault",
     "StoreUnavailable",
     "Unauthorized",
     "UnknownDestination",
@@ -131,7 +138,9 @@ __all__ = [
     "run_async",
     "run_sync",
     "scrub",
+    "store_error",
     "sync_client",
+    "unreachable",
 ]
 
 

@@ -4,13 +4,61 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import redis
+from limits.errors import StorageError
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
+
 
 class OutreachSyncError(Exception):
     """Base of the service's own errors."""
 
 
 class StoreUnavailable(OutreachSyncError):
-    """Redis could not be reached or refused a command."""
+    """Redis could not be reached, did not answer in time, or cannot take writes for now (a
+    failover, a restart): the same request may succeed shortly (HTTP 503, ``Retry-After``)."""
+
+
+class StoreFault(OutreachSyncError):
+    """Redis answered with an error (a script's, a wrong command's): a bug or data that should
+    have been refused earlier, not an outage. Sending the same again cannot succeed, so it is
+    reported as a bug (HTTP 500, Sentry), never as "unavailable"."""
+
+
+#: Redis failures that waiting may cure. ``ConnectionError`` covers a refused or lost
+#: connection, a dataset still loading and no Sentinel master yet; ``TimeoutError`` a hung
+#: peer; ``ReadOnlyError`` a demoted master.
+UNREACHABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,
+    OSError,
+    # A Redis Cluster failing over: the cluster down, a slot moving or not served yet.
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
+#: Error replies (no exception class of their own) that also pass with time: out of memory,
+#: a master without replicas, a script running too long, a cluster resharding.
+_PASSING_REPLIES = ("OOM ", "MASTERDOWN ", "NOREPLICAS ", "BUSY ", "TRYAGAIN ", "CLUSTERDOWN ")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (a Redis failure, or ``limits``' wrapping of one) may pass with time."""
+    if isinstance(exc, StorageError):
+        exc = exc.storage_error
+    if isinstance(exc, StoreUnavailable):
+        return True
+    if isinstance(exc, UNREACHABLE):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_PASSING_REPLIES)
+
+
+def store_error(exc: BaseException) -> StoreUnavailable | StoreFault:
+    """The service's error for a Redis failure: the one classification of Redis errors, so
+    no caller reports a script error as an outage (``raise store_error(exc) from exc``)."""
+    if unreachable(exc):
+        return StoreUnavailable(str(exc))
+    return StoreFault(f"{type(exc).__name__}: {exc}")
 
 
 class UnknownDestination(OutreachSyncError, LookupError):

@@ -24,6 +24,18 @@ MAX_DRAINERS = 8
 DRAIN_BUDGET_S = 20.0
 #: The dispatcher never sleeps longer than this, so it notices new destinations and leases.
 DISPATCH_MAX_SLEEP_S = 1.0
+#: A pooled Redis connection idle this long is PINGed before it is used again, so one that a
+#: restart, a failover or a NAT dropped fails there (and is replaced), not on a real command.
+REDIS_HEALTH_CHECK_INTERVAL_S = 30
+#: TCP keepalive on every Redis connection: an idle one whose peer vanished is found dead
+#: after about idle + interval * count seconds (here 60 + 10 * 3), not hours later.
+REDIS_KEEPALIVE_IDLE_S = 60
+REDIS_KEEPALIVE_INTERVAL_S = 10
+REDIS_KEEPALIVE_COUNT = 3
+#: Longest audience id learned from the data (AEP's are 36-character UUIDs): each learned id
+#: is kept in Redis and named in every status and /metrics answer, so one runaway id must
+#: not grow them by megabytes.
+MAX_AUDIENCE_ID_CHARS = 256
 #: Outreach's documented quota: 10,000 requests per hour per user.
 DEFAULT_RATE_LIMIT = "10000/hour"
 #: Hourly dataflow metrics are kept this long (8 days: this week against the last).

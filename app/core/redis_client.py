@@ -5,10 +5,15 @@ a Redis Cluster (``REDIS_CLUSTER=true``: ``REDIS_URL`` names any one of its node
 With ``REDIS_SENTINELS=host:port,host:port`` (and ``REDIS_SENTINEL_MASTER``), the clients ask
 the Sentinels for the current master and follow a failover; ``REDIS_URL`` still supplies the
 database number, user, password and TLS (``rediss://``) of the master.
+
+Every connection, Celery's included, has the deadlines of :func:`client_options`
+(``REDIS_SOCKET_TIMEOUT_S``, ``REDIS_CONNECT_TIMEOUT_S``, a health check and TCP keepalive): a
+Redis that accepts connections and never answers is a quick ``TimeoutError``, not a hang.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
@@ -22,6 +27,7 @@ from redis.cluster import RedisCluster
 from redis.connection import parse_url
 from redis.sentinel import Sentinel
 
+from app.core import keys as K
 from app.core.settings import Settings
 
 #: Redelivery of an unacknowledged task after this long is harmless (drains are idempotent).
@@ -54,6 +60,29 @@ def sentinel_hosts(settings: Settings) -> list[tuple[str, int]]:
     return [(host, int(port)) for host, port in hosts]
 
 
+def client_options(settings: Settings, *, block_s: float = 0.0) -> dict[str, Any]:
+    """The deadlines of a connection to Redis, for redis-py's clients and kombu's transport.
+    ``block_s``: the longest a blocking command of this client waits (the dispatcher's
+    BLPOP), added to the socket timeout so that its legitimate wait is not cut short."""
+    return {
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        "socket_timeout": settings.redis_socket_timeout_s + block_s,
+        "socket_keepalive": True,
+        "socket_keepalive_options": _keepalive_options(),
+        "health_check_interval": K.REDIS_HEALTH_CHECK_INTERVAL_S,
+    }
+
+
+def _keepalive_options() -> dict[int, int]:
+    # Linux names; elsewhere the system's keepalive defaults apply.
+    wanted = {
+        "TCP_KEEPIDLE": K.REDIS_KEEPALIVE_IDLE_S,
+        "TCP_KEEPINTVL": K.REDIS_KEEPALIVE_INTERVAL_S,
+        "TCP_KEEPCNT": K.REDIS_KEEPALIVE_COUNT,
+    }
+    return {getattr(socket, name): v for name, v in wanted.items() if hasattr(socket, name)}
+
+
 def _master_options(settings: Settings) -> dict[str, Any]:
     """Database, credentials and TLS of the master, from ``REDIS_URL``."""
     url = str(settings.redis_url)
@@ -65,34 +94,47 @@ def _master_options(settings: Settings) -> dict[str, Any]:
 
 
 def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
-    pw = settings.redis_sentinel_password
-    return {"password": pw.get_secret_value()} if pw is not None else {}
+    """Options of the connections to the Sentinels themselves: their password, and the same
+    deadlines (a hung Sentinel must not hang the search for the master)."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+    }
+    if (pw := settings.redis_sentinel_password) is not None:
+        kwargs["password"] = pw.get_secret_value()
+    return kwargs
 
 
-def sync_client(settings: Settings) -> redis.Redis:
+def sync_client(settings: Settings, *, block_s: float = 0.0) -> redis.Redis:
     """A client of the deployment's Redis (the current master under Sentinel; under
-    ``REDIS_CLUSTER`` a cluster client, which routes each command to its key's node)."""
+    ``REDIS_CLUSTER`` a cluster client, which routes each command to its key's node), with the
+    deadlines of :func:`client_options`."""
     hosts = sentinel_hosts(settings)
+    options = client_options(settings, block_s=block_s)
     if settings.redis_cluster:
         # Typed as the single-node client: every command the service sends is one key's, or
         # one slot's (docs/operations.md, "Redis Cluster"), which RedisCluster routes alike.
-        return cast(redis.Redis, RedisCluster.from_url(str(settings.redis_url)))
+        return cast(redis.Redis, RedisCluster.from_url(str(settings.redis_url), **options))
     if not hosts:
-        return redis.Redis.from_url(str(settings.redis_url))
+        return redis.Redis.from_url(str(settings.redis_url), **options)
     sentinel = Sentinel(hosts, sentinel_kwargs=_sentinel_kwargs(settings))  # type: ignore[no-untyped-call]
     master = sentinel.master_for(  # type: ignore[no-untyped-call]
-        settings.redis_sentinel_master, redis_class=_SentinelRedis, **_master_options(settings)
+        settings.redis_sentinel_master,
+        redis_class=_SentinelRedis,
+        **_master_options(settings),
+        **options,
     )
     return cast(redis.Redis, master)
 
 
-def async_client(settings: Settings) -> aioredis.Redis:
+def async_client(settings: Settings, *, block_s: float = 0.0) -> aioredis.Redis:
     """The asyncio twin of :func:`sync_client`."""
     hosts = sentinel_hosts(settings)
+    options = client_options(settings, block_s=block_s)
     if settings.redis_cluster:
-        return cast(aioredis.Redis, AsyncRedisCluster.from_url(str(settings.redis_url)))
+        return cast(aioredis.Redis, AsyncRedisCluster.from_url(str(settings.redis_url), **options))
     if not hosts:
-        return aioredis.from_url(str(settings.redis_url))
+        return aioredis.from_url(str(settings.redis_url), **options)
     sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
         hosts, sentinel_kwargs=_sentinel_kwargs(settings)
     )
@@ -102,6 +144,7 @@ def async_client(settings: Settings) -> aioredis.Redis:
             settings.redis_sentinel_master,
             redis_class=_AsyncSentinelRedis,
             **_master_options(settings),
+            **options,
         ),
     )
 
@@ -164,10 +207,11 @@ def broker_url(settings: Settings) -> str:
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
-    """Celery's ``broker_transport_options`` to go with :func:`broker_url`."""
+    """Celery's ``broker_transport_options`` to go with :func:`broker_url`, with the deadlines
+    of :func:`client_options` (kombu's BRPOP waits ``polling_interval``, 1 s, well within)."""
     options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    options.update(client_options(settings))
     if broker_url(settings).startswith("sentinel://"):
         options["master_name"] = settings.redis_sentinel_master
-        if kwargs := _sentinel_kwargs(settings):
-            options["sentinel_kwargs"] = kwargs
+        options["sentinel_kwargs"] = _sentinel_kwargs(settings)
     return options

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
 
     redis_url: RedisDsn = Field(RedisDsn("redis://127.0.0.1:6379/0"))
     redis_key_prefix: str = Field("os", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    #: Longest wait for a Redis command's answer (a blocking command's own wait comes on top)
+    #: and for a connection: a hung Redis becomes a quick error (503, a retried drain), never
+    #: a hung request (app/core/redis_client.py).
+    redis_socket_timeout_s: float = Field(5.0, gt=0, le=300)
+    redis_connect_timeout_s: float = Field(3.0, gt=0, le=60)
     broker_url: str | None = None  # Celery broker; defaults to REDIS_URL
     celery_queue: str = Field("outreach-sync", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 

@@ -18,6 +18,7 @@ from typing import cast
 import redis
 
 from app.core import keys as K
+from app.core.errors import unreachable
 from app.core.settings import Settings
 from app.store.prospects import poll_sync
 
@@ -64,13 +65,14 @@ class Dispatcher:
             try:
                 self._heartbeat()
                 sleep_s = self.tick()
-            except redis.RedisError as exc:
-                log.warning("dispatcher cannot reach Redis: %s", exc)
-                sleep_s = K.DISPATCH_MAX_SLEEP_S
-            except Exception:
-                # The broker refusing a drain task, say. The thread must outlive anything:
-                # a worker whose dispatcher died would look healthy and never drain again.
-                log.exception("dispatcher tick failed; trying again")
+            except Exception as exc:
+                # The thread must outlive anything: a worker whose dispatcher died would look
+                # healthy and never drain again. Only an outage is a mere warning; anything
+                # else (a script's error, the broker refusing a task) is logged as a bug.
+                if unreachable(exc):
+                    log.warning("dispatcher cannot reach Redis: %s", exc)
+                else:
+                    log.exception("dispatcher tick failed; trying again")
                 sleep_s = K.DISPATCH_MAX_SLEEP_S
             self._wait(sleep_s)
         if self._name is not None:

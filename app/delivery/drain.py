@@ -5,6 +5,7 @@ senders — bulk (`app.delivery.bulk`) takes the groups of identical changes it 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import Counter
@@ -12,6 +13,7 @@ from collections import Counter
 from app.connections.crypto import cipher_for
 from app.connections.oauth import TokenManager
 from app.connections.records import ConnectionStore
+from app.core.errors import unreachable
 from app.core.settings import Settings
 from app.delivery.bulk import BulkSender
 from app.delivery.lot import Lot, TokenRefresher, now_ms
@@ -20,12 +22,20 @@ from app.delivery.outcomes import Outcomes, failure_reason, failure_record
 from app.delivery.patch import PatchSender
 from app.delivery.permits import Permits
 from app.outreach.client import OutreachClient
-from app.ratelimit.gate import QuotaGate
+from app.ratelimit.gate import QuotaGate, QuotaUnavailable
 from app.store.counters import drain_metrics
 from app.store.prospects import Claimed, ProspectStore
 from app.store.registry import Registry
 
 __all__ = ["Deliverer", "Lot", "TokenRefresher", "failure_reason", "failure_record"]
+
+log = logging.getLogger(__name__)
+
+
+def store_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis (or the quota store on it) being unreachable for now."""
+    cause = exc.__cause__ if isinstance(exc, QuotaUnavailable) else exc
+    return cause is not None and unreachable(cause)
 
 
 class Deliverer:
@@ -85,6 +95,7 @@ class Deliverer:
         stats = Counter() if stats is None else stats
         deadline = time.monotonic() + self.settings.drain_budget_s
         token = uuid.uuid4().hex
+        held = 0  # prospects claimed by the batch under way
         try:
             while time.monotonic() < deadline:
                 lot = await self.lots.open(dest_id, token)
@@ -99,6 +110,7 @@ class Deliverer:
                 )
                 if not claimed:
                     break
+                held = len(claimed)
                 # Each batch's counts reach the metrics in one round trip when it is done.
                 tally: Counter[str] = Counter(claimed=len(claimed))
                 try:
@@ -106,8 +118,24 @@ class Deliverer:
                 finally:
                     stats.update(tally)
                     await self.store.count(dest_id, **drain_metrics(tally))
+                held = 0
                 if not more:
                     break
+        except Exception as exc:
+            if not store_outage(exc):
+                raise
+            # Every Redis call has a deadline (REDIS_SOCKET_TIMEOUT_S), so an outage ends the
+            # drain here instead of holding its claims past their lease: they are given up,
+            # sent again once the lease ends; the slot expires by itself.
+            log.warning(
+                "drain of %s stopped: Redis unavailable (%s); the unsettled claims of its "
+                "batch of %d prospect(s) are sent again once their lease ends",
+                dest_id,
+                exc,
+                held,
+            )
+            stats["abandoned"] += held
+            slot = None
         finally:
             if slot is not None:
                 await self.store.release_slot(dest_id, slot)

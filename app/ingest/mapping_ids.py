@@ -18,6 +18,7 @@ from typing import Any
 from app.config.destinations import Destination
 from app.core.keys import Keys
 from app.core.operations import Op
+from app.ingest.audience_ids import AUDIENCE_IDS_INVALID, audience_problem, shown
 from app.ingest.profiles import ProfileResult
 from app.ingest.report import Batch
 from app.outreach import fields as outreach_fields
@@ -37,6 +38,7 @@ class _Member:
     audience: str
     mapping_id: int | None  # None: no mappingId sent
     problem: str | None  # the mappingId sent is not usable
+    bad_audience: bool = False  # the problem is the audience id itself (audience_ids.py)
 
 
 @dataclass
@@ -109,6 +111,8 @@ def plan(profiles: Sequence[Any], destination: Destination) -> Plan:
 def _member(
     index: int, namespace: str, audience: str, membership: dict[str, Any], taken: set[str]
 ) -> _Member:
+    if (bad := audience_problem(audience)) is not None:
+        return _Member(index, namespace, audience, None, bad, bad_audience=True)
     if "mappingId" not in membership or membership["mappingId"] is None:
         return _Member(index, namespace, audience, None, None)
     raw = membership["mappingId"]
@@ -136,9 +140,10 @@ def resolve(profiles: list[Any], destination: Destination, p: Plan, learned: Lea
                 counts[MAPPING_CONFLICTS] += 1
                 reason = f"mapping ID {m.mapping_id} is held by audience {d.other}"
         elif reason is not None:
-            counts[MAPPING_IDS_INVALID] += 1
+            counts[AUDIENCE_IDS_INVALID if m.bad_audience else MAPPING_IDS_INVALID] += 1
         if reason is not None:
-            where = f"segmentMembership.{m.namespace}.{m.audience}.mappingId"
+            where = f"segmentMembership.{shown(m.namespace)}.{shown(m.audience)}"
+            where += "" if m.bad_audience else ".mappingId"
             rejected.setdefault(m.index, []).append((m.audience, f"{where}: {reason}"))
     out = list(profiles)
     for index, problems in rejected.items():
@@ -155,7 +160,7 @@ def apply(res: Resolution, batch: Batch) -> None:
     report.audiences.update(res.counts)
     for index, problems in res.rejected.items():
         result = batch.results[index]
-        report.audience_problems[result.index] = problems
+        report.audience_problems[result.index] = [(shown(a), reason) for a, reason in problems]
         remaining = res.profiles[index].get("segmentMembership") or {}
         if result.outcome == "accepted" and not result.changes and not any(remaining.values()):
             reason = "; ".join(reason for _, reason in problems)

@@ -7,9 +7,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import redis
-from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 
-from app.core.errors import StoreUnavailable, UnknownDestination
+from app.core.errors import StoreFault, StoreUnavailable, UnknownDestination, unreachable
 from app.core.redis_client import sync_client
 from app.core.settings import Settings, get_settings
 from app.ingest.batch import ingest_sync
@@ -20,17 +19,6 @@ __all__ = ["Producer", "UnknownDestination", "send_patiently", "transient_cause"
 
 T = TypeVar("T")
 
-#: Redis failures worth waiting out: a restart or a Sentinel failover (connection refused or
-#: lost, no master elected yet, a demoted master refusing writes, a dataset still loading).
-#: A Redis Cluster's failover shows as the cluster down, or a slot not (yet) served.
-TRANSIENT = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.ReadOnlyError,
-    ClusterDownError,
-    TryAgainError,
-    SlotNotCoveredError,
-)
 #: First wait after a transient failure; it doubles up to ``MAX_WAIT_S``.
 FIRST_WAIT_S = 0.5
 MAX_WAIT_S = 5.0
@@ -60,9 +48,11 @@ class Producer:
 
 
 def transient_cause(exc: BaseException) -> BaseException | None:
-    """The Redis failure behind ``exc`` when waiting may cure it, else None."""
-    cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
-    return cause if isinstance(cause, TRANSIENT) else None
+    """The Redis failure behind ``exc`` when waiting may cure it (a restart, a failover, a hung
+    peer: ``app.core.errors.unreachable``), else None."""
+    wrapped = isinstance(exc, StoreUnavailable | StoreFault) and exc.__cause__ is not None
+    cause = exc.__cause__ if wrapped else exc
+    return cause if unreachable(exc) else None
 
 
 def send_patiently(
@@ -86,7 +76,7 @@ def send_patiently(
     while True:
         try:
             return send()
-        except (redis.RedisError, StoreUnavailable) as exc:
+        except (redis.RedisError, StoreUnavailable, StoreFault) as exc:
             cause, now = transient_cause(exc), clock()
             deadline = now + retry_for_s if deadline is None else deadline
             if cause is None or now >= deadline:

@@ -17,7 +17,7 @@ from typing import Any, Literal, cast
 import redis
 import redis.asyncio as aioredis
 
-from app.core.errors import StoreUnavailable
+from app.core.errors import store_error
 from app.core.keys import Keys
 from app.core.operations import Eval, Op
 from app.core.scripts import package_scripts
@@ -76,7 +76,7 @@ def learn_op(
     try:
         raw = yield Eval(SCRIPTS, "audience_learn", kk, args)
     except redis.RedisError as exc:
-        raise StoreUnavailable(str(exc)) from exc
+        raise store_error(exc) from exc
     return _decode(cast("bytes", raw))
 
 

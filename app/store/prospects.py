@@ -15,7 +15,7 @@ import redis
 import redis.asyncio as aioredis
 
 from app.config.destinations import Destination
-from app.core.errors import StoreUnavailable, UnknownDestination
+from app.core.errors import UnknownDestination, store_error
 from app.core.keys import RECENT_FAILURES_KEPT, Keys
 from app.core.operations import Commands, Eval, Op, run_async, run_sync
 from app.core.scripts import package_scripts
@@ -191,7 +191,7 @@ def _merge_error(dest: str, exc: redis.RedisError) -> Exception:
     """What a failed merge means: the destination is gone (merge.lua's NODEST), or Redis."""
     if isinstance(exc, redis.ResponseError) and str(exc).startswith("NODEST"):
         return UnknownDestination(dest)
-    return StoreUnavailable(str(exc))
+    return store_error(exc)
 
 
 class ProspectStore:

@@ -13,7 +13,7 @@ from typing import cast
 
 import redis
 
-from app.core.errors import StoreUnavailable
+from app.core.errors import store_error
 from app.core.keys import Keys
 from app.core.operations import run_sync
 from app.core.wake import wake
@@ -71,5 +71,5 @@ def resync(
         if total:
             run_sync(client, wake(keys, destination))
     except redis.RedisError as exc:
-        raise StoreUnavailable(str(exc)) from exc
+        raise store_error(exc) from exc
     return total

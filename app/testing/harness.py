@@ -13,7 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import redis
 
@@ -145,11 +145,20 @@ def start_worker(
     concurrency: int = 1,
     app: str = "workers.celery_app",
     own_group: bool = True,
+    output: IO[bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
     """A real Celery worker process of ``app`` with ``env`` added to this environment;
     ``own_group`` puts it and its pool in a process group of their own, so that
-    :func:`kill_groups` ends it whole (a graceful stop costs about 3 s a worker)."""
+    :func:`kill_groups` ends it whole (a graceful stop costs about 3 s a worker).
+    ``output``: where its stdout and stderr go (default: this process's)."""
     cmd = [sys.executable, "-m", "celery", "-q", "-A", app, "worker", "-c", str(concurrency)]
     cmd += ["--loglevel", "WARNING", "-n", f"{name}@%h"]
     cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, start_new_session=own_group)
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        start_new_session=own_group,
+        stdout=output,
+        stderr=None if output is None else subprocess.STDOUT,
+    )
