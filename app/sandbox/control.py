@@ -125,7 +125,7 @@ async def reset(request: web.Request) -> web.Response:
     try:
         config = SandboxConfig.model_validate(body) if body else None
     except ValidationError as exc:
-        return _error(_describe(exc))
+        return _error(describe(exc))
     new = request.app[SANDBOX_KEY].reset(config)
     return web.json_response({"ok": True, "config": new.to_json()})
 
@@ -141,7 +141,7 @@ async def update_config(request: web.Request) -> web.Response:
     try:
         new = request.app[SANDBOX_KEY].update_config(body)
     except ValidationError as exc:
-        return _error(_describe(exc))
+        return _error(describe(exc))
     return web.json_response(new.to_json())
 
 
@@ -220,7 +220,7 @@ async def parse_body(request: web.Request, model: type[_Body]) -> _Body:
     try:
         return model.model_validate(await _json_object(request))
     except ValidationError as exc:
-        raise _bad(_describe(exc)) from exc
+        raise _bad(describe(exc)) from exc
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -234,7 +234,8 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError) -> str:
+    """Every problem pydantic found, `field.path: message`, on one line."""
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 
