@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import LiveSandbox, Reply
+from tests.support import LiveSandbox, Reply, Sandbox
 
 Start = Callable[..., Awaitable[LiveSandbox]]
 PROSPECTS = "/api/v2/prospects"
@@ -338,3 +338,16 @@ async def test_random_faults_reach_the_new_routes(live_sandbox: Start) -> None:
     assert (await find(sb)).status >= 500
     assert (await sb.call("POST", PROSPECTS, body=new({}))).status >= 500
     assert await sb.control("prospects") == {}
+
+
+def test_a_sandbox_process_takes_the_knobs_as_options(
+    sandbox_factory: Callable[..., Sandbox],
+) -> None:
+    sb = sandbox_factory(
+        "--purposeful-duplicates", "--no-lookup-lists", "--excluded-email-domain", "corp.example"
+    )
+    config = sb.get("/_sandbox/config")
+    assert config["purposeful_duplicates"] and not config["lookup_lists"]
+    assert config["excluded_email_domains"] == ["corp.example"]
+    assert sb.seed([{"emails": ["a@x.com"]}, {"emails": ["A@x.com"]}]) == [1, 2]
+    assert sb.emails(duplicates=True) == {"a@x.com": [1, 2]}
