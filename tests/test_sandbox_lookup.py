@@ -140,7 +140,7 @@ async def test_id_filter_ands_with_emails_and_custom_fields_are_not_filterable(
 
 
 async def test_lookup_passes_auth_quota_and_scope_like_patch(live_sandbox: Start) -> None:
-    sb = await live_sandbox(quota_limit=2)
+    sb = await live_sandbox(quota_limit=3)
     assert (await sb.call("GET", PROSPECTS, token=None)).status == 401
     assert (await find(sb)).status == 200
     await sb.control(
@@ -149,6 +149,9 @@ async def test_lookup_passes_auth_quota_and_scope_like_patch(live_sandbox: Start
     forbidden = await sb.call("GET", PROSPECTS, token="seq-only")
     assert forbidden.status == 403
     assert forbidden.error["id"] == "unauthorizedOauthScope"
+    patch = {"data": {"type": "prospect", "id": 1, "attributes": {"custom1": "x"}}}
+    refused = await sb.call("PATCH", f"{PROSPECTS}/1", body=patch, token="seq-only")
+    assert refused.status == 403 and await sb.control("prospects") == {}
     limited = await find(sb)
     assert limited.status == 429 and limited.error["id"] == "rateLimitExceeded"
     assert limited.headers["X-RateLimit-Remaining"] == "0" and "Retry-After" in limited.headers

@@ -161,6 +161,8 @@ async def test_mailbox_that_cannot_send_or_is_missing(live_sandbox: Start) -> No
     default = await enroll(sb, 7, WELCOME, mailbox=None)
     assert default.body["data"]["relationships"]["mailbox"]["data"]["id"] == MAILBOX
     assert (await enroll(sb, 7, 99)).status == 404
+    unknown = await enroll(sb, 20_000_000, WELCOME)
+    assert unknown.status == 404 and "prospect" in unknown.error["detail"]
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,14 @@ class Sandbox:
         low, high = self.config.prospect_ids
         return low <= prospect_id <= high or prospect_id in self.state.prospects
 
+    def prospect(self, prospect_id: int) -> dict[str, Any] | None:
+        """A prospect's stored attributes (none yet for an unwritten id in the range), or
+        None if it does not exist."""
+        stored = self.state.prospects.get(prospect_id)
+        if stored is None and self.prospect_exists(prospect_id):
+            return {}
+        return stored
+
     def advance(self) -> None:
         """Work the bulk batches through to what the clock says they have done by now."""
         config, now = self.config, self.clock()
@@ -51,13 +59,10 @@ class Sandbox:
         self.bulk_records += apply.records
 
     def _enroll_record(self, prospect_id: int, attributes: dict[str, Any]) -> str | None:
-        prospect = self.state.prospects.get(prospect_id)
-        if prospect is None and self.prospect_exists(prospect_id):
-            prospect = {}
         try:
             enroll(
                 self.sequences,
-                prospect=prospect,
+                prospect=self.prospect(prospect_id),
                 prospect_id=prospect_id,
                 sequence_id=attributes["sequenceId"],
                 mailbox_id=attributes["mailboxId"],

@@ -98,12 +98,9 @@ def _create_state(call: Call) -> web.Response:
     require_jsonapi(call.request)
     prospect_id, sequence_id, mailbox_id = parse_enrolment(call.document)
     call.prospect_id = prospect_id
-    prospect = sandbox.state.prospects.get(prospect_id)
-    if prospect is None and sandbox.prospect_exists(prospect_id):
-        prospect = {}
     created = enroll(
         sandbox.sequences,
-        prospect=prospect,
+        prospect=sandbox.prospect(prospect_id),
         prospect_id=prospect_id,
         sequence_id=sequence_id,
         mailbox_id=mailbox_id,
