@@ -9,7 +9,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 # spent waiting (quota windows, worker start-up, retries), not computing. TEST_PROCS=0 is serial.
 TEST_PROCS ?= 4
 
-.PHONY: help install redis chromium run test coverage check lint format bench flower worker api sandbox clean
+.PHONY: help install redis redis-cluster-tools chromium run test coverage check lint format bench flower worker api sandbox clean
 
 help:
 	@echo "make run     - sandbox + API + worker + sample traffic, with a summary (Ctrl-C stops)"
@@ -32,17 +32,21 @@ install: $(STAMP)
 redis: $(STAMP)
 	@bash deploy/ensure-redis.sh "$(PY)"
 
+# The tests also start a Redis Cluster of their own (redis-server and redis-cli).
+redis-cluster-tools: $(STAMP)
+	@bash deploy/ensure-redis.sh "$(PY)" --cluster-tools
+
 run: install redis
 	$(PY) -m app demo
 
 chromium:
 	@bash deploy/ensure-chromium.sh
 
-test: install redis chromium
+test: install redis-cluster-tools chromium
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -n $(TEST_PROCS) --dist worksteal
 
-coverage: install redis chromium
+coverage: install redis-cluster-tools chromium
 	$(PY) -m pytest -q -n $(TEST_PROCS) --dist worksteal --cov --cov-report=term:skip-covered
 
 check: install

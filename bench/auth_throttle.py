@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 import uuid
 
@@ -26,6 +25,7 @@ from app.api.throttle import throttle_failed_auth
 from app.config.destinations import parse_config
 from app.core.settings import Settings
 from app.store.registry import publish_sync
+from bench.wiring import BENCH_REDIS_URL
 
 AUDIENCE = "aud-1"
 CONFIG = {
@@ -51,7 +51,7 @@ def _batch(size: int) -> bytes:
 
 
 async def profiles_per_s(*, throttle: bool, requests: int) -> float:
-    redis_url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+    redis_url = BENCH_REDIS_URL
     settings = Settings(
         redis_url=redis_url,  # type: ignore[arg-type]
         redis_key_prefix=f"bench{uuid.uuid4().hex[:8]}",

@@ -12,7 +12,9 @@ from typing import Any
 
 from celery import Celery
 
-app = Celery("baseline", broker=os.environ.get("BROKER_URL", "redis://127.0.0.1:6379/12"))
+from bench.wiring import BENCH_REDIS_URL
+
+app = Celery("baseline", broker=os.environ.get("BROKER_URL", BENCH_REDIS_URL))
 app.conf.update(
     task_default_queue=os.environ.get("CELERY_QUEUE", "baseline"),
     task_ignore_result=True,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 import uuid
 import zlib
@@ -24,6 +23,7 @@ from app.api.app import make_app
 from app.config.destinations import parse_config
 from app.core.settings import Settings
 from app.store.registry import publish_sync
+from bench.wiring import BENCH_REDIS_URL
 
 ADMIN_KEY = "bench-gzip-bomb-admin-key-0123456789"
 
@@ -62,7 +62,7 @@ async def _post(base: str, body: bytes, *, key: bool) -> tuple[int, float]:
 
 async def measure(body: bytes, *, baseline: bool, key: bool) -> tuple[int, float]:
     """The bomb's answer and the slowest health check while it was sent."""
-    redis_url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+    redis_url = BENCH_REDIS_URL
     settings = Settings(
         redis_url=redis_url,  # type: ignore[arg-type]
         redis_key_prefix=f"bench{uuid.uuid4().hex[:8]}",

@@ -14,8 +14,9 @@ Rows (``run(smoke=...)``):
   range, is read back and pushed again until the queue holds 100,000. A Redis list's memory
   depends only on its elements' sizes, so this is the memory of 100,000 such messages.
 
-Everything lives in database 12 under a fresh per-run prefix and queue name, and every key
-written (the Celery queue and its ``_kombu.binding*`` keys included) is deleted, even on failure.
+Everything lives in database 12 (``BENCH_REDIS_URL``) under a fresh per-run prefix and queue
+name, and every key written (the Celery queue and its ``_kombu.binding*`` keys included) is
+deleted, even on failure.
 Progress goes to stderr; figures only through the returned rows.
 """
 
@@ -51,9 +52,9 @@ from app.store.prospects import Change, encode, merge_sync
 from app.store.registry import publish_sync
 from app.testing.harness import ROOT, forget_run, free_port, http_json, wait_until
 from bench.table import Row
+from bench.wiring import BENCH_REDIS_URL
 
 #: Database 12 of the shared Redis, as every benchmark uses (bench.rate_adherence).
-BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"
 DEST = "bench"
 #: Profiles per ``Producer.send`` call and per HTTP body; Redis commands per pipeline.
 CHUNK = 1_000

@@ -36,8 +36,8 @@ from app.ingest.producer import Producer
 from app.store.registry import publish_sync
 from app.testing.harness import Sandbox, forget_run, kill_groups, start_worker, wait_until
 from bench.table import Row
+from bench.wiring import BENCH_REDIS_URL
 
-BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"  # as bench.rate_adherence
 BASELINE_NAME = "one Celery task per update"
 WINDOW_MS = 1000  # COALESCE_WINDOW_MS's default, used for the latency run
 RATE_PER_S = 50.0

@@ -16,8 +16,8 @@ from app.core.keys import Keys
 from app.core.settings import Settings
 from app.ingest.producer import Producer
 from app.testing.harness import Sandbox, forget_run, kill_groups, start_worker
+from bench.wiring import BENCH_REDIS_URL
 
-BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"
 DEST = "bench"
 
 

@@ -1,8 +1,26 @@
 #!/usr/bin/env bash
 # Make sure the Redis at $REDIS_URL answers; start a local redis-server when none does.
+# With --cluster-tools (make test): also make sure redis-server and redis-cli are installed,
+# which the Redis Cluster tests run themselves; in CI (CI=true) their absence is an error.
 set -euo pipefail
 PY="${1:-python3}"
 URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+
+install_redis() {
+  echo "$1; installing Debian's redis-server package (with redis-tools)..." >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools) >/dev/null
+}
+
+if [[ "${2:-}" == "--cluster-tools" ]] && ! { command -v redis-server && command -v redis-cli; } >/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    install_redis "redis-server or redis-cli is not installed (the Redis Cluster tests start their own)"
+  elif [[ "${CI:-}" == "true" ]]; then
+    echo "error: redis-server and redis-cli are needed by the Redis Cluster tests; install Debian's redis-server and redis-tools." >&2
+    exit 1
+  else
+    echo "warning: redis-server or redis-cli is not installed: the Redis Cluster tests will be skipped." >&2
+  fi
+fi
 
 ping() { "$PY" -c 'import sys, redis; redis.Redis.from_url(sys.argv[1], socket_timeout=2).ping()' "$URL" 2>/dev/null; }
 
@@ -16,8 +34,7 @@ if [[ "$host" != "127.0.0.1" && "$host" != "localhost" && "$host" != "::1" ]]; t
 fi
 if ! command -v redis-server >/dev/null; then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    echo "redis-server is not installed; installing Debian's redis-server package..." >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null
+    install_redis "redis-server is not installed"
   else
     echo "error: no Redis answers at $URL and redis-server is not installed." >&2
     echo "       Install it (e.g. 'apt-get install redis-server') or set REDIS_URL to a running Redis." >&2

@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import redis
 from cryptography.fernet import Fernet
 
@@ -42,6 +44,22 @@ __all__ = [
 
 #: The suite's own database on the shared Redis; keys carry a per-test prefix as well.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+#: The same database as a ``limits`` storage URI (as ``limits_storage_uri`` derives it).
+TEST_STORAGE_URI = "async+" + TEST_REDIS_URL
+
+
+def require_tool(*names: str, installed_by: str) -> str:
+    """The path of the first of ``names`` on PATH. Missing, a test skips here with the reason,
+    but fails under CI (``CI=true``), where ``make test`` installs it (``installed_by``): there a
+    test must not pass by not running."""
+    for name in names:
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    why = f"{' or '.join(names)} not installed ({installed_by} installs it)"
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"CI=true and {why}: this test would be skipped, proving nothing")
+    pytest.skip(why)
 
 
 def settings_env(prefix: str, sandbox: Sandbox | None, **extra: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from app.aep import package
-from app.aep.pebble import PebbleTemplate, render_request
+from app.aep.pebble import Objects, PebbleTemplate, render_request
 from app.config.destinations import Destination
 from app.core.keys import Keys
 from app.ingest.batch import ingest_sync, read_profiles
@@ -19,10 +19,12 @@ from app.store.registry import publish_sync
 from tests.support import ALIASES, PROFILES, ROOT, e2e_config
 
 D = "aep"
+#: The template's ``destination`` variable: the Mapping IDs as the current form holds them.
+CONTEXT = {"namespaceSegmentAliases": ALIASES}
 
 
-def render(profiles: list[dict[str, Any]]) -> Any:
-    body = render_request(package.packaged_template(), profiles, ALIASES)
+def render(profiles: list[dict[str, Any]], objects: Objects = "java") -> Any:
+    body = render_request(package.packaged_template(), profiles, CONTEXT, objects=objects)
     return json.loads(body)
 
 
@@ -31,6 +33,23 @@ def render(profiles: list[dict[str, Any]]) -> Any:
 
 def test_committed_package_is_what_the_command_generates() -> None:
     assert package.stale_files(ROOT / "deploy/aep") == []
+
+
+def test_the_guide_shipped_with_the_package_is_docs_aep() -> None:
+    # The API serves it at the package's documentation link, installed or not.
+    shipped = package.guide()
+    assert shipped == (ROOT / "docs/aep.md").read_text(encoding="utf-8"), (
+        "app/aep/guide.md differs: cp docs/aep.md app/aep/guide.md"
+    )
+    link = package.destination()["uiAttributes"]["documentationLink"]
+    assert link == package.EXAMPLE_URL + package.DOCS_PATH
+
+
+def test_destination_asks_for_profile_attributes_and_fewer_than_100_per_call() -> None:
+    dest = package.destination()
+    assert dest["schemaConfig"]["profileRequired"] is True  # profileFields are offered
+    assert dest["schemaConfig"]["profileFields"]
+    assert dest["aggregation"]["bestEffortAggregation"]["maxUsersPerRequest"] < 100
 
 
 def test_package_check_notices_a_hand_edit(tmp_path: Path) -> None:
@@ -104,10 +123,26 @@ def test_destination_takes_bearer_keys_outreach_ids_and_typed_mapping_ids() -> N
             {"a": None, "b": "  ", "c": {}, "d": [], "e": "x"},
             "12345",
         ),
-        ("{{ m | raw }}", {"m": {"value": 'A"da', "n": [1]}}, '{"value":"A\\"da","n":[1]}'),
+        # An object prints as the Java map it is in Pebble: Java's toString, not JSON.
+        ("{{ m | raw }}", {"m": {"value": 'A"da', "n": [1, None]}}, '{value=A"da, n=[1, null]}'),
+        ("{{ m }}|{{ t }}|{{ n }}|", {"m": {"a": {}}, "t": True, "n": None}, "{a={}}|true||"),
+        # Java's trim strips only characters up to U+0020: a no-break space is not empty.
+        ("{% if s is empty %}E{% else %}[{{ s }}]{% endif %}", {"s": "\u00a0"}, "[\u00a0]"),
+        ("{% if s is empty %}E{% endif %}", {"s": " \t\n"}, "E"),
+        (
+            "{% if a is defined %}1{% endif %}{% if b is null %}2{% endif %}"
+            "{% if m is map %}3{% endif %}{% if s is map %}4{% endif %}",
+            {"a": None, "m": {}, "s": "x"},
+            "23",
+        ),
         ("{% if x == 1 %}one{% elseif x == 2 %}two{% else %}many{% endif %}", {"x": 2}, "two"),
         ("[{{ a.b.c }}]", {}, "[]"),
         ('{{ s | escape(strategy="json") }}', {"s": 'a"b\\c\n'}, 'a\\"b\\\\c\\n'),
+        (  # as unbescape (Pebble's escaper) writes it: non-ASCII and & as \uXXXX, / after <
+            '{{ s | escape(strategy="json") }}|{{ m | escape(strategy="json") }}',
+            {"s": "é&</😀", "m": {"a": '"'}},
+            '\\u00E9\\u0026<\\/\\uD83D\\uDE00|{a=\\"}',
+        ),
         (
             "{% for s in addedSegments(m) %}{{ s.key }}{% endfor %}|"
             "{% for s in m | removed %}{{ s.key }}{% endfor %}|{{ hasSegments(m) }}",
@@ -120,7 +155,7 @@ def test_destination_takes_bearer_keys_outreach_ids_and_typed_mapping_ids() -> N
                     }
                 }
             },
-            "ab|c|True",
+            "ab|c|true",
         ),
     ],
 )
@@ -130,11 +165,17 @@ def test_renderer_reads_pebble_as_pebble_does(
     assert PebbleTemplate(source).render(**context) == expected
 
 
+def test_renderer_prints_objects_as_json_when_they_are_jackson_nodes() -> None:
+    template = PebbleTemplate("{{ m | raw }}|{{ m }}", objects="json")
+    assert template.render(m={"a": {"value": "x"}}) == '{"a":{"value":"x"}}|{"a":{"value":"x"}}'
+
+
 # The template over AEP's shapes ---------------------------------------------------------
 
 
-def test_template_renders_every_documented_profile_shape_as_our_format() -> None:
-    body = render(PROFILES)
+@pytest.mark.parametrize("objects", ["java", "json"])
+def test_template_renders_every_documented_profile_shape_as_our_format(objects: Objects) -> None:
+    body = render(PROFILES, objects)
     assert len(body["profiles"]) == len(PROFILES)
     first = body["profiles"][0]
     assert first["identityMap"] == {"OutreachId": [{"id": "1001"}, {"id": "1002"}]}
@@ -143,7 +184,8 @@ def test_template_renders_every_documented_profile_shape_as_our_format() -> None
         "788d8874-8007-4253-92b7-ee6b6c20c6f3": "7",
         "8f812592-3f06-416b-bd50-e7831848a31a": "8",
         "5b998cb9-9488-4ec3-8d95-fa8338ced490": "9",
-    }  # the audience without an alias is left out
+    }  # the audience without an alias is left out, and counted
+    assert first["unmappedAudiences"] == 1
     assert ups["5b998cb9-9488-4ec3-8d95-fa8338ced490"]["status"] == "exited"
     upload = first["segmentMembership"]["CustomerAudienceUpload"]
     assert upload["c1f1a7f0-1111-4111-8111-111111111111"]["mappingId"] == "10"
@@ -153,11 +195,42 @@ def test_template_renders_every_documented_profile_shape_as_our_format() -> None
     assert body["profiles"][5]["segmentMembership"] == {}
 
 
-def test_template_output_is_json_for_every_combination_of_the_samples() -> None:
+@pytest.mark.parametrize("objects", ["java", "json"])
+def test_template_output_is_json_for_every_combination_of_the_samples(objects: Objects) -> None:
     for n in range(len(PROFILES) + 1):
         for subset in itertools.combinations(PROFILES, n):
-            body = render(list(subset))  # raises on a dangling comma
+            # raises on a dangling comma, and on an object printed as a Java map
+            body = render(list(subset), objects)
             assert len(body["profiles"]) == n
+
+
+def test_template_reads_the_older_segment_aliases_too() -> None:
+    older = {"segmentAliases": {**ALIASES["ups"], **ALIASES["CustomerAudienceUpload"]}}
+    body = render_request(package.packaged_template(), PROFILES, older)
+    assert json.loads(body) == render(PROFILES)
+
+
+def test_template_sends_every_attribute_shape_as_a_value_object_of_text() -> None:
+    attributes = {
+        "firstName": "Plain",
+        "lastName": {"value": 'Q"uote \u00e9 </x> & \U0001f600'},
+        "title": {},
+        "company": None,
+        "nickname": {"value": 42},
+        "occupation": {"value": None},
+        "githubUsername": {"other": "x"},
+    }
+    profile = {"identityMap": {"OutreachId": [{"id": "1"}]}, "attributes": attributes}
+    (rendered,) = render([profile])["profiles"]
+    assert rendered["attributes"] == {
+        "firstName": {"value": "Plain"},
+        "lastName": {"value": 'Q"uote \u00e9 </x> & \U0001f600'},
+        "title": {},
+        "company": {},
+        "nickname": {"value": "42"},
+        "occupation": {},
+        "githubUsername": {},
+    }
 
 
 @pytest.fixture
@@ -167,16 +240,19 @@ def dest(prefix: str, rclient: redis.Redis) -> Destination:
     return config.destination(D)
 
 
+@pytest.mark.parametrize("objects", ["java", "json"])
 def test_our_ingestion_accepts_the_rendered_body(
-    rclient: redis.Redis, prefix: str, dest: Destination
+    rclient: redis.Redis, prefix: str, dest: Destination, objects: Objects
 ) -> None:
-    body = render_request(package.packaged_template(), PROFILES, ALIASES)
+    body = render_request(package.packaged_template(), PROFILES, CONTEXT, objects=objects)
     batch = ingest_sync(rclient, Keys(prefix), dest, list(read_profiles(body)), window_ms=1000)
     doc = batch.report.as_dict(results=batch.results)
     outcomes = [p["outcome"] for p in doc["profiles"]]
     assert outcomes == ["accepted", "excluded", "accepted", "accepted", "accepted", "accepted"]
     (left_out,) = doc["profiles"][4]["audiences_rejected"]
     assert "'x\"y' is not a mapping ID" in left_out["reason"]
+    # The audiences without a Mapping ID, counted by the template.
+    assert (doc["ignored_audiences"], doc["unmapped_attributes"]) == (2, {})
 
     def pending(pid: int) -> dict[str, Any]:
         raw = rclient.hgetall(Keys(prefix).pending(D, pid))
@@ -197,25 +273,48 @@ def test_our_ingestion_accepts_the_rendered_body(
     assert pending(1006) == {"lastName": "Turing"}
 
 
-def test_cli_writes_checks_and_renders_the_package(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def cli(*argv: str) -> int:
     from app.cli.main import parse
 
-    def run(*argv: str) -> int:
-        ns = parse(list(argv))
-        return int(ns.func(ns))
+    ns = parse(list(argv))
+    return int(ns.func(ns))
 
-    out = str(tmp_path / "aep")
-    assert run("aep", "package", "--out", out, "--url", "https://x.example") == 0
-    assert run("aep", "package", "--out", out, "--url", "https://x.example", "--check") == 0
-    assert run("aep", "package", "--out", out, "--check") == 1  # another URL: stale
+
+def test_a_users_package_goes_to_its_own_directory_and_is_checked_like_with_like(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli("aep", "package", "--url", "https://x.example") == 0
+    out = tmp_path / package.DEFAULT_OUT
+    server = json.loads((out / package.SERVER_FILE).read_text())
+    assert server["urlBasedDestination"]["url"]["value"].startswith("https://x.example/v1/")
+    assert package.stale_files(ROOT / "deploy/aep") == []  # the example is left alone
+    assert cli("aep", "package", "--check") == 0  # the URLs its files carry
+    assert cli("aep", "package", "--check", "--url", "https://y.example") == 1
+    server_file = out / package.SERVER_FILE
+    server_file.write_text(server_file.read_text().replace("PEBBLE_V1", "NONE", 1))
+    capsys.readouterr()
+    assert cli("aep", "package", "--check") == 1
+    said = capsys.readouterr().out
+    assert package.DESTINATION_FILE not in said  # only the edited file differs
+    again = f"outreach-sync aep package --out {package.DEFAULT_OUT} --url https://x.example"
+    assert f"to regenerate: {again}" in said
+
+
+def preview(tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """``outreach-sync aep render`` of the first sample profile, as text."""
     samples = tmp_path / "profiles.json"
     samples.write_text(json.dumps(PROFILES[:1]))
     capsys.readouterr()
-    alias = "--alias=788d8874-8007-4253-92b7-ee6b6c20c6f3=7"
-    assert run("aep", "render", str(samples), alias) == 0
-    (rendered,) = json.loads(capsys.readouterr().out)["profiles"]
+    assert cli("aep", "render", str(samples), *argv) == 0
+    return capsys.readouterr().out
+
+
+def test_preview_renders_the_package_with_the_aliases_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = preview(tmp_path, capsys, "--alias=788d8874-8007-4253-92b7-ee6b6c20c6f3=7")
+    (rendered,) = json.loads(out)["profiles"]
     assert rendered["segmentMembership"]["ups"] == {
         "788d8874-8007-4253-92b7-ee6b6c20c6f3": {
             "status": "realized",
@@ -223,3 +322,50 @@ def test_cli_writes_checks_and_renders_the_package(
             "mappingId": "7",
         }
     }
+    assert rendered["unmappedAudiences"] == 4
+
+
+def test_preview_takes_an_audience_id_with_a_colon_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = tmp_path / "t.pebble"
+    template.write_text('{{ destination.namespaceSegmentAliases["ups"]["seg:1"] }}')
+    assert preview(tmp_path, capsys, "--template", str(template), "--alias", "seg:1=7") == "7\n"
+
+
+def test_preview_fills_only_the_alias_form_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = tmp_path / "t.pebble"
+    template.write_text(
+        "[{{ destination.namespaceSegmentAliases }}][{{ destination.segmentAliases }}]"
+    )
+    t = ("--template", str(template))
+    assert preview(tmp_path, capsys, *t, "--alias", "a=7") == "[{ups={a=7}}][]\n"
+    assert preview(tmp_path, capsys, *t, "--segment-alias", "a=7") == "[][{a=7}]\n"
+    context = tmp_path / "destination.json"
+    context.write_text(
+        json.dumps({"namespaceSegmentAliases": {"CustomerAudienceUpload": {"b": "9"}}})
+    )
+    got = preview(tmp_path, capsys, *t, "--destination", str(context))
+    assert got == "[{CustomerAudienceUpload={b=9}}][]\n"
+
+
+def test_preview_prints_an_object_as_pebble_prints_a_java_map(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = tmp_path / "t.pebble"
+    template.write_text("{% for p in input.profiles %}{{ p.attributes | raw }}{% endfor %}")
+    got = preview(tmp_path, capsys, "--template", str(template))
+    assert got == "{firstName={value=Ada}, lastName={value=Lovelace}, title={}}\n"
+    json_nodes = preview(tmp_path, capsys, "--template", str(template), "--objects", "json")
+    assert json.loads(json_nodes)["title"] == {}
+
+
+def test_preview_keeps_a_mapping_id_of_a_no_break_space_as_pebble_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = preview(tmp_path, capsys, "--alias=788d8874-8007-4253-92b7-ee6b6c20c6f3=\u00a0")
+    (rendered,) = json.loads(out)["profiles"]
+    kept = rendered["segmentMembership"]["ups"]["788d8874-8007-4253-92b7-ee6b6c20c6f3"]
+    assert kept["mappingId"] == "\u00a0"  # sent, and refused by our ingestion with the reason

@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 
 from app.config.destinations import ConfigError, Destination, parse_config
 from app.core.keys import Keys
-from app.ingest.batch import Batch, ingest_sync
+from app.ingest.batch import ingest_sync
+from app.ingest.report import Batch
 from app.ops import status_table
 from app.ops.alerts import Window, conditions, snapshot_from_status
 from app.ops.status import destination_status

@@ -57,8 +57,8 @@ def test_ingest_counts_per_destination_and_audience_in_total_and_hour(
         profile("2", aud_1="existing", unmapped="realized"),
         profile(None, aud_1="realized"),
         profile("abc", aud_2="realized"),
-        # Rejected: a mapped attribute that is not {"value": ...}.
-        {**profile("3", aud_1="realized"), "attributes": {"title": "not an object"}},
+        # Rejected: malformed (a time that is not one).
+        {**profile("3", aud_1="realized"), "timestamp": "never"},
         "not a profile",
     ]
     ingest_sync(rclient, keys, config.destination(D), profiles, window_ms=1000)
@@ -156,6 +156,20 @@ def test_drain_tally_names_and_hours_query() -> None:
     for bad in ("0", "49", "-1", "2.5", "x"):
         with pytest.raises(BadQuery, match="hours must be a whole number from 1 to 48"):
             parse_hours(bad, keys=keys)
+
+
+def test_status_table_says_what_was_left_out(prefix: str, rclient: redis.Redis) -> None:
+    keys = Keys(prefix)
+    config = e2e_config()
+    publish_sync(rclient, keys, config)
+    raw = profile("5", aud_1="realized", not_mapped="realized")
+    raw["attributes"] = {"company": {"value": "Acme"}, "firstName": {"value": 5}}
+    batch = ingest_sync(rclient, keys, config.destination(D), [raw], window_ms=60_000)
+    assert batch.report.as_dict()["unmapped_attributes"] == {"company": 1}
+    (doc,) = asyncio.run(collect_status(make_settings(settings_env(prefix, None))))
+    assert (
+        "left out: audiences ignored 1  attributes not mapped 1 (company 1)  attributes rejected 1"
+    ) in render_table([doc])
 
 
 def test_status_table_is_aligned_and_cli_json_is_kept(prefix: str, rclient: redis.Redis) -> None:

@@ -357,30 +357,75 @@ def test_huge_digit_string_is_excluded_not_raised() -> None:
         ({"identityMap": {"OutreachId": [{}]}}, "identityMap.OutreachId[0].id: is required"),
         ({"identityMap": {"OutreachId": ["12"]}}, "identityMap.OutreachId[0]: must be an object"),
         ({"identityMap": "12345"}, "identityMap: must be an object"),
-        ({"attributes": {"firstName": {"value": 5}}}, "attributes.firstName: must be a string"),
-        (
-            {"attributes": {"score": {"value": 10**400}}},
-            "attributes.score: must be a finite number",
-        ),
-        (
-            {"attributes": {"tags": {"value": ["ok", "cut \ud83d"]}}},
-            "attributes.tags: is not valid Unicode (it contains a lone surrogate)",
-        ),
-        ({"attributes": {"firstName": {"value": False}}}, "attributes.firstName: must be a string"),
-        (
-            {"attributes": {"firstName": {"value": "x" * 256}}},
-            "attributes.firstName: longer than 255 characters",
-        ),
-        (
-            {"attributes": {"firstName": "Ada"}},
-            'attributes.firstName: must be an object like {"value": ...}',
-        ),
-        ({"attributes": {"tags": {"value": [1]}}}, "attributes.tags: must be a list of strings"),
-        ({"attributes": {"score": {"value": "high"}}}, "attributes.score: must be a number"),
     ],
 )
 def test_rejected_names_the_field(overrides: dict[str, Any], reason: str) -> None:
     assert evaluate(profile(**overrides)) == ProfileResult(3, "rejected", reason, (), (), 0)
+
+
+BAD_ATTRIBUTES = [
+    ({"firstName": {"value": 5}}, "must be a string"),
+    ({"score": {"value": 10**400}}, "must be a finite number"),
+    (
+        {"tags": {"value": ["ok", "cut \ud83d"]}},
+        "is not valid Unicode (it contains a lone surrogate)",
+    ),
+    ({"firstName": {"value": False}}, "must be a string"),
+    ({"firstName": {"value": "x" * 256}}, "longer than 255 characters"),
+    ({"firstName": {"text": "Ada"}}, 'must be a value or an object like {"value": ...}'),
+    ({"firstName": 5}, "must be a string"),
+    ({"tags": {"value": [1]}}, "must be a list of strings"),
+    ({"score": {"value": "high"}}, "must be a number"),
+]
+
+
+@pytest.mark.parametrize(("attributes", "reason"), BAD_ATTRIBUTES)
+def test_an_attribute_that_cannot_be_written_is_left_out_and_the_audiences_go_ahead(
+    attributes: dict[str, Any], reason: str
+) -> None:
+    result = evaluate(profile(attributes={**attributes, "person": {"name": {"lastName": "L"}}}))
+    (name,) = attributes
+    assert (result.outcome, result.attributes_rejected) == ("accepted", ((name, reason),))
+    assert changes(result) == {
+        "custom4": ("realized", T_Q1_MS),
+        "custom12": ("exited", T_Q2_MS),
+        "lastName": ("L", T_EV_MS),
+    }
+
+
+@pytest.mark.parametrize(("attributes", "reason"), BAD_ATTRIBUTES)
+def test_a_profile_with_nothing_usable_but_bad_attributes_is_rejected_naming_them(
+    attributes: dict[str, Any], reason: str
+) -> None:
+    (name,) = attributes
+    result = evaluate(profile(attributes=attributes, segmentMembership={}))
+    assert result == ProfileResult(3, "rejected", f"attributes.{name}: {reason}", (), (), 0)
+
+
+@pytest.mark.parametrize(
+    "leaf", ["Plain", {"value": "Plain"}], ids=["plain (predefined)", "object (freeform)"]
+)
+def test_attribute_values_come_plain_or_as_objects(leaf: object) -> None:
+    result = evaluate(profile(attributes={"firstName": leaf, "birthDate": None}))
+    assert result.attributes_rejected == ()
+    assert changes(result)["firstName"] == ("Plain", T_EV_MS)
+
+
+def test_attributes_no_mapping_reads_are_named_and_unmapped_audiences_counted() -> None:
+    attributes = {
+        "firstName": {"value": "Ada"},
+        "company": {"value": "Acme"},
+        "title": "CTO",
+        "person": {"name": {"lastName": {"value": "L"}}},
+        "birthDate": {},
+        "nickname": None,
+    }
+    result = evaluate(profile(attributes=attributes, unmappedAudiences=3))
+    assert result.unmapped_attributes == ("company", "title")
+    assert result.ignored_audiences == 3
+    assert evaluate(profile(unmappedAudiences=-1)).reason == (
+        "unmappedAudiences: must be an integer from 0 to 1000000"
+    )
 
 
 def test_several_problems_are_joined_on_one_line() -> None:

@@ -17,9 +17,10 @@ import redis.asyncio
 from app.core.keys import Keys
 from app.outreach.answers import Answer, parse_answer
 from app.ratelimit.gate import PROBE_TIMEOUT_S, Grant, QuotaGate, QuotaLimits, QuotaUnavailable
+from tests.support import TEST_REDIS_URL as REDIS_URL
+from tests.support import TEST_STORAGE_URI as STORAGE_URI
+from tests.support import free_port
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
-STORAGE_URI = "async+redis://127.0.0.1:6379/14"
 USER = "user-1"
 
 MakeGate = Callable[..., QuotaGate]
@@ -66,8 +67,12 @@ async def _hammer(gate: QuotaGate, calls: int, limit: str, seed: int) -> int:
     rng = random.Random(seed)
     total = 0
     for _ in range(calls):
-        grant = await gate.acquire(USER, rng.randint(1, 7), limit=limit)
-        assert grant.granted >= 0
+        want = rng.randint(1, 7)
+        grant = await gate.acquire(USER, want, limit=limit)
+        assert 0 <= grant.granted <= want
+        # Permits come named, to report their answers; a refusal says how long to wait.
+        assert bool(grant.id) == (grant.granted > 0)
+        assert grant.granted > 0 or grant.wait_s > 0
         total += grant.granted
     return total
 
@@ -330,8 +335,9 @@ async def test_closing_the_callers_client_closes_everything(prefix: str) -> None
 
 
 async def test_redis_errors_are_wrapped() -> None:
-    client = redis.asyncio.Redis.from_url("redis://127.0.0.1:1/14")
-    gate = QuotaGate(client, storage_uri="async+redis://127.0.0.1:1/14", prefix="rltest:down")
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    client = redis.asyncio.Redis.from_url(nowhere)
+    gate = QuotaGate(client, storage_uri=f"async+{nowhere}", prefix="rltest:down")
     try:
         calls = [
             gate.acquire(USER, 1),

@@ -4,7 +4,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.outreach.signals import ServerBudget, parse_budget, parse_reset, parse_try_again_at
+from app.outreach.signals import (
+    ServerBudget,
+    parse_budget,
+    parse_reset,
+    parse_try_again_at,
+    reset_form,
+)
 
 NOW = 1_700_000_000.0
 FALLBACK = 60.0
@@ -32,7 +38,8 @@ def _reset(headers: dict[str, str], body: str | None = None, status: int = 429) 
     ],
 )
 def test_reset_from_headers(headers: dict[str, str], expected: float) -> None:
-    assert _reset(headers) == pytest.approx(expected)
+    # abs=: approx's default relative tolerance is about 30 minutes at today's epochs.
+    assert _reset(headers) == pytest.approx(expected, abs=1e-6)
 
 
 def test_reset_header_wins_over_retry_after_and_body() -> None:
@@ -136,3 +143,26 @@ def test_budget_dataclass_is_frozen() -> None:
     budget = ServerBudget(1, 2, 3.0)
     with pytest.raises(AttributeError):
         budget.remaining = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("raw", "form", "epoch"),
+    [
+        ("30", "delta s", NOW + 30),
+        (str(int(NOW) + 60), "epoch s", NOW + 60),
+        (str((int(NOW) + 60) * 1000), "epoch ms", NOW + 60),
+        ("2023-11-14T22:15:00Z", "ISO 8601", NOW + 100),
+        ("2023-11-14T22:15:00", "ISO 8601", NOW + 100),  # no zone: UTC, like "try again at"
+        ("2023-11-14T23:15:00+01:00", "ISO 8601", NOW + 100),
+        ("Tue, 14 Nov 2023 22:15:00 GMT", "HTTP date", NOW + 100),
+        ("soon", None, None),
+    ],
+)
+def test_a_reset_is_read_in_every_plausible_form(
+    raw: str, form: str | None, epoch: float | None
+) -> None:
+    assert reset_form(raw) == form
+    budget = parse_budget({"X-RateLimit-Remaining": "5", "X-RateLimit-Reset": raw}, now_s=NOW)
+    expected = None if epoch is None else pytest.approx(epoch, abs=1e-6)
+    assert budget is not None and budget.reset_s == expected
+    assert _reset({"X-RateLimit-Reset": raw}) == pytest.approx(epoch or NOW + FALLBACK, abs=1e-6)

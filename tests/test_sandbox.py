@@ -645,3 +645,24 @@ def test_cli_options_build_a_config() -> None:
     assert config_from_args(parser.parse_args([])) == SandboxConfig()
     with pytest.raises(SystemExit):
         parser.parse_args(["--static-token", "no-user"])
+
+
+async def test_types_lists_the_usable_custom_fields_and_a_typed_one_refuses_text(
+    start: Start,
+) -> None:
+    sandbox = await start(usable_custom_fields=3, custom_field_types={2: "number"})
+    reply = await sandbox.call("GET", "/api/v2/types", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert reply.status == 200 and reply.headers["X-RateLimit-Remaining"] == "9999"
+    types = {row["attributes"]["fieldName"]: row["attributes"] for row in reply.body["data"]}
+    assert {name: t["validationType"] for name, t in types.items()} == {
+        "custom1": "text",
+        "custom2": "number",
+        "custom3": "text",
+    }
+    assert (await sandbox.patch(9, {"custom2": "12.5"})).status == 200
+    refused = await sandbox.patch(9, {"custom2": "realized"})
+    assert (
+        refused.status == 422
+        and error_of(refused)["source"]["pointer"] == "/data/attributes/custom2"
+    )
+    assert (await sandbox.call("GET", "/api/v2/types")).status == 401

@@ -354,3 +354,12 @@ def test_a_sandbox_process_takes_the_knobs_as_options(
     assert config["excluded_email_domains"] == ["corp.example"]
     assert sb.seed([{"emails": ["a@x.com"]}, {"emails": ["A@x.com"]}]) == [1, 2]
     assert sb.emails(duplicates=True) == {"a@x.com": [1, 2]}
+
+
+async def test_create_refuses_text_in_a_number_field_as_patch_does(live_sandbox: Start) -> None:
+    sb = await live_sandbox(custom_field_types={5: "number"})
+    refused = await sb.call("POST", PROSPECTS, body=new({"custom5": "many"}))
+    assert (
+        refused.status == 422 and refused.error["source"]["pointer"] == "/data/attributes/custom5"
+    )
+    assert (await sb.call("POST", PROSPECTS, body=new({"custom5": "12"}))).status == 201

@@ -14,6 +14,7 @@ from redis.commands.core import AsyncScript
 
 from app.core.scripts import LuaScripts
 from app.ratelimit.gate import QuotaGate
+from tests.support import TEST_REDIS_URL, TEST_STORAGE_URI
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ def test_a_script_runs_after_its_prelude_and_is_registered_once_per_client() -> 
 async def test_a_new_gate_on_the_same_client_registers_nothing_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/13")
+    client = aioredis.Redis.from_url(TEST_REDIS_URL)
     registered: list[str] = []
     register = client.register_script
 
@@ -61,9 +62,38 @@ async def test_a_new_gate_on_the_same_client_registers_nothing_again(
 
     monkeypatch.setattr(client, "register_script", counting)
     try:
-        QuotaGate(client, storage_uri="async+redis://127.0.0.1:6379/13", prefix="t")
+        QuotaGate(client, storage_uri=TEST_STORAGE_URI, prefix="t")
         assert len(registered) == 5
-        QuotaGate(client, storage_uri="async+redis://127.0.0.1:6379/13", prefix="t")
+        QuotaGate(client, storage_uri=TEST_STORAGE_URI, prefix="t")
         assert len(registered) == 5
     finally:
         await client.aclose()
+
+
+def test_every_key_a_script_touches_is_declared_in_keys() -> None:
+    """Redis Cluster routes a script by its declared keys: a key name a script builds itself
+    (from ARGV, or by joining strings) may live on another node. A key is ``KEYS[...]``, or a
+    name bound to one, never built."""
+    key_arg = re.compile(r"redis\.call\('(\w+)',\s*([^,)]+)")
+    built = re.compile(r"\.\.|ARGV")
+    found = []
+    for path in sorted((ROOT / "app").glob("*/lua/*.lua")):
+        text = path.read_text(encoding="utf-8")
+        bindings = dict(_bindings(text))
+        for command, key in key_arg.findall(text):
+            key = key.strip()
+            if command == "TIME" or re.fullmatch(r"KEYS\[[^\]]+\]", key):
+                continue
+            if key not in bindings and not re.fullmatch(r"\w+", key):
+                found.append(f"{path.name}: {command} {key}")
+            elif built.search(bindings.get(key, "")):
+                found.append(f"{path.name}: {command} {key} = {bindings[key]}")
+    assert found == []
+
+
+def _bindings(text: str) -> list[tuple[str, str]]:
+    """``local a, b = x, y`` -> (a, "x, y"), (b, "x, y"): enough to see how a name is built."""
+    out = []
+    for names, value in re.findall(r"local ([\w, ]+?) = (.+)", text):
+        out += [(name.strip(), value) for name in names.split(",")]
+    return out

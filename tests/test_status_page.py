@@ -29,7 +29,15 @@ from app.config.destinations import parse_config
 from app.core.keys import Keys
 from app.ingest.producer import Producer
 from app.store.registry import publish_sync
-from tests.support import Sandbox, free_port, idle, make_settings, settings_env, wait_until
+from tests.support import (
+    Sandbox,
+    free_port,
+    idle,
+    make_settings,
+    require_tool,
+    settings_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +46,12 @@ NAME = "Spring <b>campaign</b> & co"
 SECRET_VALUE = "Zebedee-Not-On-The-Page"
 AUDIENCES = {"aud-vip": 3, "aud-churn": 9}
 ADMIN_KEY = "status-page-admin-key"
+
+
+@pytest.fixture
+def chromium_installed() -> None:
+    """Skips a browser test without Chromium locally; fails it under CI, which installs it."""
+    require_tool("chromium", "chromium-browser", installed_by="deploy/ensure-chromium.sh")
 
 
 def _config() -> Any:
@@ -176,9 +190,7 @@ async def served(
     await runner.cleanup()
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed (deploy/ensure-chromium.sh installs it)"
-)
+@pytest.mark.usefixtures("chromium_installed")
 async def test_status_page_in_chromium_shows_audiences_failures_and_quota(
     served: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -224,9 +236,7 @@ async def test_status_page_in_chromium_shows_audiences_failures_and_quota(
     assert shot.stat().st_size > 10_000
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed (deploy/ensure-chromium.sh installs it)"
-)
+@pytest.mark.usefixtures("chromium_installed")
 async def test_status_index_in_chromium_lists_destinations(
     served: tuple[str, dict[str, str]],
 ) -> None:
@@ -376,9 +386,7 @@ CHARTS_JS = """JSON.stringify([...document.querySelectorAll('figure.chart')].map
 }))"""
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed (deploy/ensure-chromium.sh installs it)"
-)
+@pytest.mark.usefixtures("chromium_installed")
 async def test_charts_render_in_chromium_light_and_dark_with_the_json_status_numbers(
     served: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 import redis
@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from app.core.errors import UnknownDestination
 from app.core.keys import Keys
-from app.store.prospects import ProspectStore, encode, merge_sync, poll_sync
+from app.store.prospects import Claimed, ProspectStore, encode, merge_sync, poll_sync
 from app.store.registry import DestinationBusy, publish_sync, swap_destination
 from tests.support import TEST_REDIS_URL, e2e_config
 
@@ -217,3 +217,34 @@ async def test_values_ids_and_times_cross_the_merge_exactly(
     assert await claim_all(store, T0 + W) == {big_id: {"firstName": value}}
     older = await store.merge(D, {big_id: [ch("firstName", "x", late - 1)]}, now_ms=T0, window_ms=W)
     assert (older.applied, older.stale) == (0, 1)
+
+
+async def test_a_claim_whose_candidates_another_claim_took_looks_again(
+    store: ProspectStore, prefix: str
+) -> None:
+    # A claim reads its candidates before its script runs (to declare their keys); here
+    # another claim takes them all in between: it looks again instead of reporting nothing.
+    changes = {p: [ch("custom1", "realized", 1)] for p in range(1, 101)}
+    await store.merge(D, changes, now_ms=T0, window_ms=0)
+    other = store.claim(D, now_ms=T0 + W, lease_ms=30_000, batch=50, token="a")
+    late = LateReader(store.redis, Keys(prefix), before_first_claim=other)
+    second = await late.claim(D, now_ms=T0 + W, lease_ms=30_000, batch=50, token="b")
+    assert len(late.first) == len(second) == 50
+    assert {c.prospect for c in late.first} | {c.prospect for c in second} == set(changes)
+
+
+class LateReader(ProspectStore):
+    """Runs ``before_first_claim`` right after reading its first candidates."""
+
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, *, before_first_claim: Awaitable[list[Claimed]]
+    ) -> None:
+        super().__init__(client, keys)
+        self._before: Awaitable[list[Claimed]] | None = before_first_claim
+        self.first: list[Claimed] = []
+
+    async def _candidates(self, dest: str, *, now_ms: int, batch: int) -> tuple[list[int], ...]:
+        found = await super()._candidates(dest, now_ms=now_ms, batch=batch)
+        if self._before is not None:
+            self.first, self._before = await self._before, None
+        return found

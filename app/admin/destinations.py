@@ -16,11 +16,14 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from app.config.broken import Broken, broken
 from app.config.destinations import Destination, Loc, describe_error, destination_conflicts
+from app.core.errors import UnreadableRecord
 from app.core.keys import Keys
 from app.store.prospects import ProspectStore
 from app.store.registry import (
     DestinationBusy,
+    read_destination,
     stored_destination,
     stored_destinations,
     swap_destination,
@@ -73,6 +76,14 @@ def merge_patch(target: object, patch: object) -> object:
     return result
 
 
+def _as_json(raw: bytes) -> object:
+    """A stored record as JSON; garbage as nothing (a merge patch then builds it anew)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
 def validate(data: object, *, path_id: str | None = None) -> Destination:
     """The destination ``data`` describes (its connection unchecked), or ``Invalid`` naming
     every problem; ``path_id``: the id the URL names, which the body may repeat but not change."""
@@ -113,12 +124,28 @@ class DestinationAdmin:
         self._store = ProspectStore(client, keys)
         self._on_change = on_change
 
-    async def list(self) -> list[Destination]:
+    async def catalog(self) -> tuple[list[Destination], list[Broken]]:
+        """Every destination by id, and every stored record that cannot be read, with the
+        reason: one broken record never hides the others."""
         docs = await stored_destinations(self._redis, self._keys)
-        return [Destination.model_validate_json(docs[k]) for k in sorted(docs)]
+        good: list[Destination] = []
+        bad: list[Broken] = []
+        for dest_id in sorted(docs):
+            try:
+                good.append(read_destination(dest_id, docs[dest_id]))
+            except UnreadableRecord as exc:
+                bad.append(broken("destination", dest_id, exc))
+        return good, bad
+
+    async def list(self) -> list[Destination]:
+        """Every destination that can be read (``catalog`` adds the broken ones)."""
+        return (await self.catalog())[0]
 
     async def get(self, dest_id: str) -> Destination:
-        return (await self._read(dest_id))[0]
+        """The destination; ``UnreadableRecord`` when its stored record cannot be read (it
+        can still be replaced with ``replace`` or removed with ``delete``)."""
+        raw = await self._read(dest_id)
+        return read_destination(dest_id, raw)
 
     async def create(self, data: object) -> Destination:
         if isinstance(data, dict) and "id" not in data:
@@ -130,20 +157,22 @@ class DestinationAdmin:
         return dest
 
     async def replace(self, dest_id: str, data: object) -> Destination:
-        _, raw = await self._read(dest_id)
+        """Replace the destination (a broken stored record too)."""
+        raw = await self._read(dest_id)
         return await self._write(dest_id, raw, data)
 
     async def patch(self, dest_id: str, patch: object) -> Destination:
-        """Apply a JSON Merge Patch (``{"enabled": false}`` disables)."""
+        """Apply a JSON Merge Patch (``{"enabled": false}`` disables). A stored record that
+        cannot be read is patched as far as it is a JSON object (the result must be valid)."""
         if not isinstance(patch, dict):
             raise Invalid([((), "the body must be a JSON object (a JSON Merge Patch)")])
-        _, raw = await self._read(dest_id)
-        return await self._write(dest_id, raw, merge_patch(json.loads(raw), patch))
+        raw = await self._read(dest_id)
+        return await self._write(dest_id, raw, merge_patch(_as_json(raw), patch))
 
     async def delete(self, dest_id: str, *, force: bool = False) -> Deleted:
         """Remove the destination and everything kept for it. Refused while changes are
         pending or in flight, or failure records remain, unless ``force`` discards them."""
-        _, raw = await self._read(dest_id)
+        raw = await self._read(dest_id)
         pending, in_flight, failures = await self._leftovers(dest_id)
         if (pending or in_flight or failures) and not force:
             raise self._busy(dest_id, pending, in_flight, failures)
@@ -171,11 +200,12 @@ class DestinationAdmin:
             "discard them"
         )
 
-    async def _read(self, dest_id: str) -> tuple[Destination, bytes]:
+    async def _read(self, dest_id: str) -> bytes:
+        """The stored record as it is (unvalidated: a broken one can be replaced or deleted)."""
         raw = await stored_destination(self._redis, self._keys, dest_id)
         if raw is None:
             raise NotFound(dest_id)
-        return Destination.model_validate_json(raw), raw
+        return raw
 
     async def _write(self, dest_id: str, raw: bytes, data: object) -> Destination:
         dest = validate(data, path_id=dest_id)
@@ -212,10 +242,14 @@ class DestinationAdmin:
 
     async def _purge(self, dest_id: str) -> None:
         # Every key of one destination carries "{dest}" (app/core/keys.py): pending changes,
-        # delivered state, leases, counters, failure records.
+        # delivered state, leases, counters, failure records; all but the retired marker,
+        # which keeps merge.lua refusing changes a producer sent before the deletion.
         match = f"{self._keys.prefix}:{{{dest_id}}}:*"
+        keep = self._keys.retired(dest_id).encode()
         batch: list[bytes] = []
         async for key in self._redis.scan_iter(match=match, count=1000):
+            if key == keep:
+                continue
             batch.append(key)
             if len(batch) >= 500:
                 await self._redis.delete(*batch)

@@ -18,6 +18,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from app.config.broken import Broken, broken, why_unreadable
+from app.core.errors import UnreadableRecord
 from app.core.keys import Keys
 
 PREFIX = "osk_"
@@ -73,14 +75,34 @@ def _record(key: ProducerKey, sha256: str) -> str:
 def _parse(raw: bytes | str) -> tuple[ProducerKey, str]:
     doc = json.loads(raw)
     dests = doc["destinations"]
+    if not (dests is None or (isinstance(dests, list) and all(isinstance(d, str) for d in dests))):
+        raise ValueError("destinations: must be a list of ids or null")
+    texts = {n: doc[n] for n in ("key_id", "name", "created_at", "sha256")}
+    revoked = doc.get("revoked_at")
+    if not all(isinstance(v, str) for v in texts.values()) or not isinstance(revoked, str | None):
+        raise ValueError("key_id, name, created_at, sha256 and revoked_at must be strings")
     key = ProducerKey(
-        key_id=doc["key_id"],
-        name=doc["name"],
+        key_id=texts["key_id"],
+        name=texts["name"],
         destinations=None if dests is None else tuple(dests),
-        created_at=doc["created_at"],
-        revoked_at=doc.get("revoked_at"),
+        created_at=texts["created_at"],
+        revoked_at=revoked,
     )
-    return key, doc["sha256"]
+    return key, texts["sha256"]
+
+
+def _readable(key_id: str, raw: bytes | str) -> tuple[ProducerKey, str]:
+    """``_parse``, or ``UnreadableRecord`` naming what is wrong (never the record)."""
+    try:
+        return _parse(raw)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UnreadableRecord("producer_key", key_id, _why(exc)) from None
+
+
+def _why(exc: Exception) -> str:
+    if type(exc) is ValueError:  # our own check above: its message names the member
+        return str(exc)
+    return why_unreadable(exc)
 
 
 class ProducerKeys:
@@ -111,9 +133,27 @@ class ProducerKeys:
             if added:  # else a key id collided (2^48 of them): draw again
                 return key, f"{PREFIX}{key.key_id}_{secret}"
 
-    async def list(self) -> list[ProducerKey]:
+    async def catalog(self) -> tuple[list[ProducerKey], list[Broken]]:
+        """Every key by creation, and every record that cannot be read, with the reason (a
+        broken record refuses only its own key)."""
         raw = await cast("Awaitable[dict[bytes, bytes]]", self._redis.hgetall(self._hash))
-        return sorted((_parse(v)[0] for v in raw.values()), key=lambda k: k.created_at)
+        good: list[ProducerKey] = []
+        bad: list[Broken] = []
+        for key, doc in raw.items():
+            key_id = key.decode(errors="replace")
+            try:
+                good.append(_readable(key_id, doc)[0])
+            except UnreadableRecord as exc:
+                bad.append(broken("producer_key", key_id, exc))
+        return sorted(good, key=lambda k: k.created_at), sorted(bad, key=lambda b: b.id)
+
+    async def list(self) -> list[ProducerKey]:
+        return (await self.catalog())[0]
+
+    async def delete(self, key_id: str) -> bool:
+        """Remove a key's record (a broken one too): the key is refused from then on and no
+        trace of it is kept. False: no such record."""
+        return bool(await cast("Awaitable[int]", self._redis.hdel(self._hash, key_id)))
 
     async def get(self, key_id: str) -> ProducerKey | None:
         found = await self._get(key_id)
@@ -135,7 +175,11 @@ class ProducerKeys:
         match = _PRESENTED.fullmatch(presented)
         if match is None:
             raise KeyRefused("not an outreach-sync API key (osk_...)")
-        found = await self._get(match["key_id"])
+        try:
+            found = await self._get(match["key_id"])
+        except UnreadableRecord as exc:
+            broken("producer_key", exc.record_id, exc)
+            raise KeyRefused("this API key's stored record cannot be read") from None
         # The digest is compared even for an unknown id, so timing tells nothing either way.
         key, expected = found if found is not None else (None, "0" * 64)
         if not hmac.compare_digest(digest(match["secret"]), expected) or key is None:
@@ -148,4 +192,4 @@ class ProducerKeys:
         if not _KEY_ID.fullmatch(key_id):
             return None
         raw = await cast("Awaitable[bytes | None]", self._redis.hget(self._hash, key_id))
-        return None if raw is None else _parse(raw)
+        return None if raw is None else _readable(key_id, raw)

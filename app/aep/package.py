@@ -2,8 +2,9 @@
 
 ``build_package`` turns the readable Pebble template (``profiles.pebble``) and the choices
 below into the two configurations, escaping the template into JSON, so nobody edits escaped
-JSON by hand. ``outreach-sync aep package`` writes them to ``deploy/aep/``; a test holds the
-committed files to what this module generates.
+JSON by hand. ``outreach-sync aep package`` writes them (for the user's URL, into
+``./aep-package/`` unless told otherwise); the example in ``deploy/aep/`` is generated the same
+way, and a test holds it to what this module generates.
 
 Choices (docs/aep.md says more):
 
@@ -12,11 +13,12 @@ Choices (docs/aep.md says more):
 - **mapUserInput**: the user types each audience's Mapping ID N, which reaches the template
   as the audience alias and us as ``mappingId``; the destination takes its mapping IDs from
   the data (``mapping_ids: "data"``).
-- **BEST_EFFORT aggregation, up to 100 profiles per call**: AEP sends as soon as profiles
-  qualify (streaming latency, seconds) and packs up to 100 into one request, the ceiling
-  AEP's guidance gives for best effort. Configurable aggregation would hold every change
-  at least 301 s, and our service already coalesces changes per prospect, so a larger
-  batch would buy nothing but latency. Best effort also retries our 429 and 503.
+- **BEST_EFFORT aggregation, up to 99 profiles per call**: AEP sends as soon as profiles
+  qualify (streaming latency, seconds) and packs up to 99 into one request: Adobe's
+  guidance keeps best effort to fewer than 100 profiles per call. Configurable aggregation
+  would hold every change at least 301 s, and our service already coalesces changes per
+  prospect, so a larger batch would buy nothing but latency. Best effort also retries our
+  429 and 503.
 - ``splitUserById`` off: one profile's OutreachIds travel together; we update each.
 - Historical backfill on: the first export carries everyone already in the audiences.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,8 +40,13 @@ EXAMPLE_URL = "https://outreach-sync.example.com"
 SERVER_ID_PLACEHOLDER = "<instanceId of the destination server>"
 #: The customer data field holding our destination id (typed in when connecting).
 DESTINATION_FIELD = "destinationId"
-#: Profiles per export call: AEP's tip keeps best effort under about 100.
-MAX_USERS_PER_REQUEST = 100
+#: Profiles per export call: Adobe's guidance keeps best effort to fewer than 100.
+MAX_USERS_PER_REQUEST = 99
+#: Where ``aep package`` writes a user's package: in the current directory, never over the
+#: committed example (``deploy/aep/``).
+DEFAULT_OUT = "aep-package"
+#: The path the API serves docs/aep.md at, and the package's default documentation link.
+DOCS_PATH = "/docs/aep"
 SERVER_FILE = "destination-server.json"
 _COMMENT = re.compile(r"\{#.*?#\}\n?", re.DOTALL)
 DESTINATION_FILE = "destination.json"
@@ -47,6 +55,12 @@ DESTINATION_FILE = "destination.json"
 def template_source() -> str:
     """The readable Pebble template of the request body, comments and all."""
     return resources.files("app.aep").joinpath("profiles.pebble").read_text(encoding="utf-8")
+
+
+def guide() -> str:
+    """docs/aep.md as shipped with the package (``guide.md``, a copy a test holds equal), so
+    an installed service serves it at ``DOCS_PATH``."""
+    return resources.files("app.aep").joinpath("guide.md").read_text(encoding="utf-8")
 
 
 def packaged_template() -> str:
@@ -85,7 +99,12 @@ def _profile_fields() -> list[dict[str, Any]]:
     ]
 
 
-def destination(docs_url: str = f"{EXAMPLE_URL}/docs/aep") -> dict[str, Any]:
+def default_docs_url(url: str) -> str:
+    """The documentation link for a service at ``url``: the guide it serves itself."""
+    return f"{url.rstrip('/')}{DOCS_PATH}"
+
+
+def destination(docs_url: str = f"{EXAMPLE_URL}{DOCS_PATH}") -> dict[str, Any]:
     """The destination configuration (``POST .../authoring/destinations``)."""
     return {
         "name": "Outreach (outreach-sync)",
@@ -117,7 +136,8 @@ def destination(docs_url: str = f"{EXAMPLE_URL}/docs/aep") -> dict[str, Any]:
         },
         "schemaConfig": {
             "profileFields": _profile_fields(),
-            "profileRequired": False,
+            # Users map profile attributes (profileFields): Adobe's reference says true then.
+            "profileRequired": True,
             "segmentRequired": True,
             "identityRequired": True,
         },
@@ -145,7 +165,7 @@ def destination(docs_url: str = f"{EXAMPLE_URL}/docs/aep") -> dict[str, Any]:
 
 def build_package(url: str = EXAMPLE_URL, docs_url: str | None = None) -> dict[str, str]:
     """File name -> text of every file of the package."""
-    docs = docs_url or f"{url.rstrip('/')}/docs/aep"
+    docs = docs_url or default_docs_url(url)
     return {
         SERVER_FILE: _json(destination_server(url)),
         DESTINATION_FILE: _json(destination(docs)),
@@ -174,3 +194,32 @@ def stale_files(out: Path, url: str = EXAMPLE_URL, docs_url: str | None = None) 
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             stale.append(name)
     return stale
+
+
+@dataclass(frozen=True, slots=True)
+class Urls:
+    """The URLs a generated package carries."""
+
+    url: str
+    docs_url: str | None
+
+
+_SERVER_URL = re.compile(r"^(?P<base>.+)/v1/destinations/\{\{customerData\.\w+\}\}/profiles$")
+
+
+def read_urls(out: Path) -> Urls | None:
+    """The base URL (and documentation link) of the package in ``out``; ``None`` when its
+    server file is missing or not one this module wrote."""
+    try:
+        server = json.loads((out / SERVER_FILE).read_text(encoding="utf-8"))
+        match = _SERVER_URL.match(server["urlBasedDestination"]["url"]["value"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if match is None:
+        return None
+    try:
+        dest = json.loads((out / DESTINATION_FILE).read_text(encoding="utf-8"))
+        docs = dest["uiAttributes"]["documentationLink"]
+    except (OSError, ValueError, KeyError, TypeError):
+        docs = None
+    return Urls(match["base"], docs if isinstance(docs, str) else None)

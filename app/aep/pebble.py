@@ -1,15 +1,22 @@
 """Render AEP's Pebble templates (``PEBBLE_V1``) in Python, for tests and previews offline.
 
 Jinja2 reads almost the same language; where Pebble differs in a way a template for AEP may
-rely on, the template's syntax tree is rewritten before compiling:
+rely on, the template's syntax tree is rewritten before compiling, or Pebble's own test or
+filter stands in for Jinja2's:
 
 - looping over a map gives entries with ``.key`` and ``.value`` (Jinja2: the keys);
 - ``loop.index`` and ``loop.revindex`` count from 0;
 - a variable ``set`` outside a loop and set again inside it keeps the new value across
   iterations and after the loop (Pebble's scope chain; Jinja2 drops it each iteration) —
   every ``set`` variable lives in one template-wide namespace here;
-- ``elseif``; the ``empty`` test (null, blank string, empty map or list); the ``raw`` filter
-  (a map or list prints as JSON, as Pebble prints Jackson nodes); ``escape(strategy=...)``;
+- printing: null prints nothing, booleans ``true``/``false``, and an object as the context
+  holds it (``objects``): a Java map or list prints Java's ``toString``
+  (``{a={value=x}}``, not JSON), a Jackson node prints JSON. AEP's context objects may be
+  either, so a template for AEP prints scalars only, and the default here is the Java map;
+- ``elseif``; the tests ``empty`` (null, a string Java's ``trim`` leaves empty — it strips
+  only characters up to U+0020, not a no-break space —, an empty map or list), ``null``,
+  ``defined``, ``map`` and ``iterable``; the ``raw`` filter; ``escape(strategy=...)`` with
+  ``json`` as Pebble's escaper (unbescape) writes it;
 - AEP's ``addedSegments``/``removedSegments``/``hasSegments`` and ``added``/``removed``;
 - a missing attribute is null and chains (``a.b.c`` of a missing ``a``), as in Pebble
   without strict variables.
@@ -22,9 +29,9 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from jinja2 import ChainableUndefined, Environment, Undefined, nodes
 from jinja2.visitor import NodeTransformer
@@ -53,31 +60,99 @@ def _entries(value: Any) -> Iterable[Any]:
     return value  # type: ignore[no-any-return]
 
 
+#: Characters Java's ``String.trim`` strips: U+0000 to U+0020 (not U+00A0, nor Unicode spaces).
+_JAVA_BLANK = "".join(map(chr, range(0x21)))
+#: How a printed object looks: ``java`` (a Java Map/List's toString), ``json`` (a Jackson node).
+Objects = Literal["java", "json"]
+
+
 def _empty(value: Any) -> bool:
-    if value is None or isinstance(value, Undefined):
+    if _null(value):
         return True
     if isinstance(value, str):
-        return not value.strip()
+        return not value.strip(_JAVA_BLANK)
     if isinstance(value, Mapping | list | tuple):
         return len(value) == 0
     return False
 
 
-def _raw(value: Any) -> str:
-    if isinstance(value, Undefined) or value is None:
-        return ""
-    if isinstance(value, Mapping | list):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def _null(value: Any) -> bool:
+    return value is None or isinstance(value, Undefined)
+
+
+def java_string(value: Any) -> str:
+    """``String.valueOf(value)`` of the Java object a context value stands for."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _java_double(value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{java_string(k)}={java_string(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(java_string, value)) + "]"
     return str(value)
 
 
-def _escape(value: Any, strategy: str = "html") -> str:
-    text = "" if value is None or isinstance(value, Undefined) else str(value)
-    if strategy == "json":
-        return json.dumps(text, ensure_ascii=False)[1:-1]
-    if strategy == "html":
-        return html.escape(text)
-    raise ValueError(f"escape strategy {strategy!r} is not supported here")
+def _java_double(value: float) -> str:
+    if value != value or value in (float("inf"), float("-inf")):
+        return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[repr(value)]
+    if value == 0 or 1e-3 <= abs(value) < 1e7:
+        return repr(value) if "e" not in repr(value) else f"{value:.1f}"
+    mantissa, exponent = f"{value:e}".split("e")
+    digits = repr(float(mantissa)).rstrip("0") or "0"
+    return f"{digits}{'0' if digits.endswith('.') else ''}E{int(exponent)}"
+
+
+def _printer(objects: Objects) -> Callable[[Any], str]:
+    """How Pebble prints a value (``{{ x }}``, ``raw``, what ``escape`` escapes)."""
+
+    def printed(value: Any) -> str:
+        if _null(value):
+            return ""
+        if isinstance(value, Mapping | list | tuple) and objects == "json":
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return java_string(value)
+
+    return printed
+
+
+def _json_escape(text: str) -> str:
+    """unbescape's ``JsonEscape.escapeJson`` (Pebble's ``json`` strategy): the basic set by
+    its short form, every other control character, ``&`` and all non-ASCII as ``\\uXXXX``,
+    ``/`` only after ``<``."""
+    out = []
+    previous = ""
+    for ch in text:
+        code = ord(ch)
+        if ch in _SHORT:
+            out.append(_SHORT[ch])
+        elif ch == "/":
+            out.append("\\/" if previous == "<" else "/")
+        elif code < 0x20 or code >= 0x7F or ch == "&":
+            units = ch.encode("utf-16-be")
+            out.extend(f"\\u{units[i]:02X}{units[i + 1]:02X}" for i in range(0, len(units), 2))
+        else:
+            out.append(ch)
+        previous = ch
+    return "".join(out)
+
+
+_SHORT = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+
+
+def _escaper(printed: Callable[[Any], str]) -> Callable[..., str | None]:
+    def escape(value: Any, strategy: str = "html") -> str | None:
+        if _null(value):
+            return None
+        if strategy == "json":
+            return _json_escape(printed(value))
+        if strategy == "html":
+            return html.escape(printed(value))
+        raise ValueError(f"escape strategy {strategy!r} is not supported here")
+
+    return escape
 
 
 def _segments(membership: Any, statuses: tuple[str, ...]) -> dict[str, Any]:
@@ -142,14 +217,27 @@ class _PebbleScopes(NodeTransformer):
         return node
 
 
-def environment() -> Environment:
-    """A Jinja2 environment with Pebble's and AEP's tests, filters and functions."""
-    env = Environment(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=True)
-    env.tests["empty"] = _empty
+def environment(objects: Objects = "java") -> Environment:
+    """A Jinja2 environment with Pebble's and AEP's tests, filters and functions; ``objects``:
+    how a printed map or list looks (see the module docstring)."""
+    printed = _printer(objects)
+    env = Environment(
+        undefined=ChainableUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        finalize=printed,
+    )
+    env.tests.update(
+        empty=_empty,
+        null=_null,
+        defined=lambda value: not _null(value),
+        map=lambda value: isinstance(value, Mapping),
+        iterable=lambda value: isinstance(value, Mapping | list | tuple),
+    )
     env.filters.update(
         pebble_entries=_entries,
-        raw=_raw,
-        escape=_escape,
+        raw=lambda value: None if _null(value) else printed(value),
+        escape=_escaper(printed),
         added=added_segments,
         removed=removed_segments,
     )
@@ -164,8 +252,8 @@ def environment() -> Environment:
 class PebbleTemplate:
     """A Pebble template compiled for Python; ``render(input=..., destination=...)``."""
 
-    def __init__(self, source: str, env: Environment | None = None) -> None:
-        self.env = env or environment()
+    def __init__(self, source: str, *, objects: Objects = "java") -> None:
+        self.env = environment(objects)
         tree = self.env.parse(_ELSEIF.sub(r"\1elif", source))
         assigns = tree.find_all(nodes.Assign)
         names = {a.target.name for a in assigns if isinstance(a.target, nodes.Name)}
@@ -180,9 +268,15 @@ class PebbleTemplate:
 
 
 def render_request(
-    source: str, profiles: list[Mapping[str, Any]], aliases: Mapping[str, Any]
+    source: str,
+    profiles: list[Mapping[str, Any]],
+    destination: Mapping[str, Any],
+    *,
+    objects: Objects = "java",
 ) -> str:
     """The body AEP would POST for ``profiles`` (best effort, several per call), as AEP's render
-    API shows it; ``aliases``: ``namespaceSegmentAliases`` (namespace -> audience -> alias)."""
-    destination = {"namespaceSegmentAliases": aliases, "segmentAliases": aliases.get("ups", {})}
-    return PebbleTemplate(source).render(input={"profiles": profiles}, destination=destination)
+    API shows it. ``destination``: the template's ``destination`` variable exactly as given
+    (``namespaceSegmentAliases``: namespace -> audience -> alias, and/or the older
+    ``segmentAliases``: audience -> alias); nothing is filled in for a form it lacks."""
+    context = {"input": {"profiles": profiles}, "destination": destination}
+    return PebbleTemplate(source, objects=objects).render(**context)

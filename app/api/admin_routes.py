@@ -26,6 +26,7 @@ from app.api.jsonapi import (
     unsupported_media_type,
 )
 from app.config.destinations import Destination
+from app.core.errors import UnreadableRecord
 from app.core.settings import Settings
 from app.store.registry import Registry
 
@@ -40,8 +41,12 @@ class DestinationsApi:
         self._settings = settings
 
     async def list(self, request: web.Request) -> web.Response:
-        dests = await self._admin.list()
-        return web.json_response({"data": [d.model_dump(mode="json") for d in dests]})
+        dests, broken = await self._admin.catalog()
+        doc: dict[str, Any] = {"data": [d.model_dump(mode="json") for d in dests]}
+        if broken:
+            # Records that cannot be read: listed apart, so the good ones still show.
+            doc["meta"] = {"broken": [b.as_dict() for b in broken]}
+        return web.json_response(doc)
 
     async def create(self, request: web.Request) -> web.Response:
         dest = await self._admin.create(await _body(request))
@@ -89,6 +94,9 @@ class DestinationsApi:
                 return error_response(404, "Unknown destination", str(exc))
             except Conflict as exc:
                 return error_response(409, "Conflict", str(exc))
+            except UnreadableRecord as exc:
+                detail = f"{exc}; replace it (PUT) or delete it (DELETE)"
+                return error_response(409, "Destination record unreadable", detail)
 
         return run
 

@@ -11,7 +11,7 @@ import redis
 from aiohttp import web
 
 from app.api import admin_routes as admin_api
-from app.api import openapi, status_page
+from app.api import guide, openapi, status_page
 from app.api import prometheus as prom
 from app.api.bodies import MAX_BODY, BodyRefused, body_text, read_body
 from app.api.jsonapi import STORE_RETRY_AFTER_S, store_unavailable
@@ -54,8 +54,15 @@ INGEST_TYPES = (*DOCUMENT_TYPES, *LINES_TYPES)
 
 async def post_profiles(request: web.Request) -> web.Response:
     dest_id = request.match_info["destination_id"]
-    dest = await request.app[REGISTRY].destination(dest_id)
+    registry = request.app[REGISTRY]
+    dest = await registry.destination(dest_id)
     if dest is None:
+        broken = await registry.broken_destination(dest_id)
+        if broken is not None:
+            # Nothing is stored for a destination nobody can read; the producer sends again.
+            detail = f"destination {dest_id!r} cannot be read ({broken.reason}): ask an operator"
+            headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+            return error(503, "Destination unavailable", detail, headers=headers)
         return error(404, "Unknown destination", f"no destination {dest_id!r}")
     if request.content_type not in INGEST_TYPES:
         given = request.headers.get("Content-Type")
@@ -215,6 +222,7 @@ def make_app(settings: Settings) -> web.Application:
     sources = (app[STORE], app[REGISTRY], app[GATE], settings)
     status_page.add_routes(app, *sources)
     prom.add_routes(app, *sources)
+    guide.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 

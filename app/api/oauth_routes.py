@@ -39,6 +39,7 @@ from app.connections.oauth import (
     token_client,
 )
 from app.connections.records import ConflictError, ConnectionRecord, ConnectionStore
+from app.core.errors import UnreadableRecord
 from app.core.settings import Settings
 from app.store.bulk_state import connection_uses_bulk
 
@@ -250,7 +251,11 @@ async def list_connections(request: web.Request) -> web.Response:
     if refusal is not None:
         return refusal
     records = await web_.store.all()
-    return web.json_response({"data": [await _doc(web_, r) for r in records]})
+    doc: dict[str, Any] = {"data": [await _doc(web_, r) for r in records]}
+    broken = await web_.store.broken()
+    if broken:
+        doc["meta"] = {"broken": [b.as_dict() for b in broken]}
+    return web.json_response(doc)
 
 
 async def show_connection(request: web.Request) -> web.Response:
@@ -259,7 +264,11 @@ async def show_connection(request: web.Request) -> web.Response:
     if refusal is not None:
         return refusal
     conn_id = request.match_info["connection_id"]
-    rec = await web_.store.get(conn_id)
+    try:
+        rec = await web_.store.get(conn_id)
+    except UnreadableRecord as exc:
+        detail = f"{exc}; delete it, or install it again (config load, connections add, OAuth)"
+        return error_response(409, "Connection record unreadable", detail)
     if rec is None:
         return _not_found(conn_id)
     return web.json_response({"data": await _doc(web_, rec)})
@@ -275,7 +284,7 @@ async def delete_connection(request: web.Request) -> web.Response:
     force = request.query.get("force", "false").lower()
     if force not in ("true", "false"):
         return error_response(400, "Bad parameter", "force must be true or false")
-    if await web_.store.get(conn_id) is None:
+    if not await web_.store.exists(conn_id):
         return _not_found(conn_id)
     dests = await web_.store.destinations(conn_id)
     if dests and force != "true":

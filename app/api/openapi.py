@@ -134,6 +134,17 @@ def _data(schema: Doc) -> Doc:
     return {"type": "object", "required": ["data"], "properties": {"data": schema}}
 
 
+def _listed(item: Doc) -> Doc:
+    """A list under ``data``; the stored records that cannot be read under ``meta.broken``."""
+    doc = _data({"type": "array", "items": item})
+    doc["properties"]["meta"] = {
+        "type": "object",
+        "description": "Stored records that cannot be read (only when there are some)",
+        "properties": {"broken": {"type": "array", "items": ref("BrokenRecord")}},
+    }
+    return doc
+
+
 def _admin_destination_paths() -> Doc:
     dest = json_content(_data(ref("Destination")), "The destination as stored")
     body = {"required": True, "content": {JSON: {"schema": ref("Destination")}}}
@@ -163,7 +174,7 @@ def _admin_destination_paths() -> Doc:
             },
         },
     }
-    listing = _data({"type": "array", "items": ref("Destination")})
+    listing = _listed(ref("Destination"))
     op = {"tags": ["admin"], "security": ADMIN}
     return {
         "/v1/admin/destinations": {
@@ -193,7 +204,9 @@ def _admin_destination_paths() -> Doc:
                 **op,
                 "operationId": "getDestination",
                 "summary": "One destination",
-                "responses": {"200": dest, **_errors(401, 404, 429, 503)},
+                "description": "409 when its stored record cannot be read: replace it (PUT) "
+                "or delete it.",
+                "responses": {"200": dest, **_errors(401, 404, 409, 429, 503)},
             },
             "put": {
                 **op,
@@ -269,7 +282,7 @@ def _connection_paths() -> Doc:
                 "operationId": "listConnections",
                 "summary": "Every Outreach connection",
                 "responses": {
-                    "200": json_content(_data({"type": "array", "items": conn}), "The connections"),
+                    "200": json_content(_listed(conn), "The connections"),
                     **_errors(401, 429, 503),
                 },
             }
@@ -282,7 +295,7 @@ def _connection_paths() -> Doc:
                 "summary": "One connection",
                 "responses": {
                     "200": json_content(_data(conn), "The connection"),
-                    **_errors(401, 404, 429, 503),
+                    **_errors(401, 404, 409, 429, 503),
                 },
             },
             "delete": {
@@ -398,6 +411,23 @@ def _operator_paths(max_hours: int) -> Doc:
                 "responses": {
                     "200": json_content(health, "Ready"),
                     "503": json_content(health, "Not ready"),
+                },
+            }
+        },
+        "/docs/aep": {
+            "get": {
+                **open_,
+                "operationId": "aepGuide",
+                "summary": "The AEP guide (docs/aep.md): the Destination SDK package's "
+                "documentation link",
+                "responses": {
+                    "200": {
+                        "description": "Markdown, as text/plain unless text/markdown is asked for",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "text/markdown": {"schema": {"type": "string"}},
+                        },
+                    }
                 },
             }
         },

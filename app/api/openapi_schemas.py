@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.config.destinations import STATUSES
+from app.ingest.profiles import MAX_UNMAPPED_AUDIENCES
 from app.outreach import fields as outreach_fields
 
 JSON = "application/json"
@@ -22,7 +23,8 @@ ERROR_TITLES = {
     415: "The body is not declared JSON (Content-Type: application/json)",
     422: "The body is well-formed but invalid; each error names its member",
     429: "Too many requests for this key; see Retry-After",
-    503: "Not available now (Redis unreachable, or OAuth not configured); see Retry-After",
+    503: "Not available now (Redis unreachable, OAuth not configured, or the destination's "
+    "stored record unreadable); see Retry-After",
 }
 
 
@@ -164,11 +166,21 @@ def schemas() -> Doc:
             },
             "attributes": {
                 "type": "object",
-                "additionalProperties": {"type": "object", "properties": {"value": {}}},
+                "description": 'Per attribute {"value": x} (AEP\'s freeform attributes), {} '
+                "(no value), or the plain value (AEP's predefined attributes); one that cannot "
+                "be written is left out of its profile with the reason",
+                "additionalProperties": {},
             },
             "timestamp": {
                 "type": ["string", "integer", "null"],
                 "description": "When the event was made: as lastQualificationTime",
+            },
+            "unmappedAudiences": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_UNMAPPED_AUDIENCES,
+                "description": "Memberships the producer left out for want of a mapping ID "
+                "(AEP's template counts them): counted as ignored audiences",
             },
         },
     }
@@ -180,12 +192,19 @@ def schemas() -> Doc:
         "ignored_audiences",
         "fields_applied",
         "fields_stale",
+        "attributes_rejected",
     )
     report = {
         "type": "object",
-        "required": list(counts),
+        "required": [*counts, "unmapped_attributes"],
         "properties": {
             **{c: {"type": "integer"} for c in counts},
+            "unmapped_attributes": {
+                "type": "object",
+                "description": "Per attribute that no mapping of the destination reads: "
+                "profiles whose value for it was left out",
+                "additionalProperties": {"type": "integer"},
+            },
             "profiles": {
                 "type": "array",
                 "items": {
@@ -208,6 +227,18 @@ def schemas() -> Doc:
                                 },
                             },
                         },
+                        "attributes_rejected": {
+                            "type": "array",
+                            "description": "Attributes of this profile left out, with the "
+                            "reason (a shape or a value that cannot be written)",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "attribute": {"type": "string"},
+                                    "reason": {"type": "string"},
+                                },
+                            },
+                        },
                     },
                 },
             },
@@ -224,6 +255,20 @@ def schemas() -> Doc:
             "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
             "invalid_mapping_ids": {"type": "array", "items": {"type": "integer"}},
             "quota": {"type": "object"},
+            "broken": {
+                "type": "string",
+                "description": "Present when the destination's stored record cannot be read: "
+                "why. Its changes wait until it is replaced (PUT) or deleted",
+            },
+        },
+    }
+    broken = {
+        "type": "object",
+        "required": ["kind", "id", "reason"],
+        "properties": {
+            "kind": {"type": "string", "enum": ["destination", "connection", "producer_key"]},
+            "id": {"type": "string"},
+            "reason": {"type": "string"},
         },
     }
     return {
@@ -243,6 +288,7 @@ def schemas() -> Doc:
         "Profile": profile,
         "IngestReport": report,
         "DestinationStatus": status,
+        "BrokenRecord": broken,
     }
 
 

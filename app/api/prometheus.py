@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from app.api.adminauth import admin_refusal
+from app.config.broken import Broken
 from app.core.settings import Settings
 from app.ops.status import destination_status
 from app.ops.status_doc import DestinationStatus, Quota
@@ -44,6 +45,11 @@ _COUNTERS = (
     ("profiles_accepted", "Profiles accepted: their changes are pending", "profiles_accepted"),
     ("profiles_rejected", "Profiles rejected as malformed", "profiles_rejected"),
     ("audiences_ignored", "Audience memberships of audiences not mapped", "audiences_ignored"),
+    (
+        "attributes_rejected",
+        "Attributes left out of their profile: a shape or value that cannot be written",
+        "attributes_rejected",
+    ),
     ("prospects_activated", "Prospects Outreach took an update of", "prospects_activated"),
     ("fields_activated", "Prospect fields that reached Outreach", "fields_activated"),
     (
@@ -66,14 +72,29 @@ _COUNTERS = (
 class DataflowCollector(Collector):
     """Metric families of status documents (one per destination), built at scrape time."""
 
-    def __init__(self, docs: Iterable[DestinationStatus], *, up: bool = True) -> None:
+    def __init__(
+        self,
+        docs: Iterable[DestinationStatus],
+        *,
+        up: bool = True,
+        broken: Iterable[Broken] = (),
+    ) -> None:
         self.docs = list(docs)
         self.up = up
+        self.broken = list(broken)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(f"{NS}_dataflow_up", "1 when Redis answered this scrape")
         up.add_metric([], 1.0 if self.up else 0.0)
         yield up
+        unreadable = GaugeMetricFamily(
+            f"{NS}_record_unreadable",
+            "1 for a stored record that cannot be read (skipped until replaced or deleted)",
+            labels=("kind", "id"),
+        )
+        for b in self.broken:
+            unreadable.add_metric([b.kind, b.id], 1.0)
+        yield unreadable
         yield from self._counters()
         yield from self._audiences()
         yield from self._gauges()
@@ -93,14 +114,23 @@ class DataflowCollector(Collector):
             "Failure records (updates Outreach refused), by reason",
             labels=(*D, "reason"),
         )
+        unmapped = CounterMetricFamily(
+            f"{NS}_attributes_unmapped",
+            "Attribute values no mapping reads, left out (attribute: an Outreach attribute's "
+            "name, else other)",
+            labels=(*D, "attribute"),
+        )
         for d in self.docs:
             t = d.metrics.totals
             for reason, n in t.excluded_by_reason.items():
                 excluded.add_metric([d.destination, reason], n)
             for reason, n in t.failed_by_reason.items():
                 failed.add_metric([d.destination, reason], n)
+            for name, n in t.unmapped_by_attribute.items():
+                unmapped.add_metric([d.destination, name], n)
         yield excluded
         yield failed
+        yield unmapped
 
     def _audiences(self) -> Iterator[Metric]:
         fams = {
@@ -278,7 +308,7 @@ class _Sources:
 
     async def docs(self) -> list[DestinationStatus]:
         out = []
-        for dest in await self.registry.destination_ids():
+        for dest in await self.registry.all_destination_ids():
             doc = await destination_status(
                 dest, store=self.store, registry=self.registry, gate=self.gate, hours=1
             )
@@ -290,10 +320,12 @@ class _Sources:
 SOURCES = web.AppKey("prom_sources", _Sources)
 
 
-def exposition(docs: Iterable[DestinationStatus], *, up: bool = True) -> bytes:
+def exposition(
+    docs: Iterable[DestinationStatus], *, up: bool = True, broken: Iterable[Broken] = ()
+) -> bytes:
     """The API process's metrics and the dataflow series of ``docs``, as exposition text."""
     dataflow = CollectorRegistry(auto_describe=False)
-    dataflow.register(DataflowCollector(docs, up=up))
+    dataflow.register(DataflowCollector(docs, up=up, broken=broken))
     return generate_latest(API_REGISTRY) + generate_latest(dataflow)
 
 
@@ -304,11 +336,12 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         return refusal
     started = time.perf_counter()
     try:
-        docs, up = await sources.docs(), True
+        docs, broken, up = await sources.docs(), await sources.registry.broken(), True
     except Exception:  # Redis away: still answer, with the API's own series and up=0
-        docs, up = [], False
+        docs, broken, up = [], [], False
     SCRAPE_S.observe(time.perf_counter() - started)
-    return web.Response(body=exposition(docs, up=up), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = exposition(docs, up=up, broken=broken)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def add_routes(

@@ -43,6 +43,9 @@ FLOW_ROWS = (
     ("profiles_accepted", "Accepted"),
     ("profiles_excluded", "Excluded"),
     ("profiles_rejected", "Rejected"),
+    ("audiences_ignored", "Audiences ignored (no mapping ID)"),
+    ("attributes_unmapped", "Attributes left out (not mapped)"),
+    ("attributes_rejected", "Attributes rejected"),
     ("prospects_activated", "Identities activated (prospects updated)"),
     ("fields_activated", "Fields activated"),
     ("prospects_skipped_noop", "Skipped as no-op (prospects)"),
@@ -200,11 +203,12 @@ def render_destination(doc: DestinationStatus, *, data_url: str, refresh_s: int)
         tbody_id="flow",
     )
     reasons = _table(
-        ("Excluded by reason", "Failed by reason"),
+        ("Excluded by reason", "Failed by reason", "Attributes not mapped"),
         [
             (
                 _reasons(m.totals.excluded_by_reason) or "—",
                 _reasons(m.totals.failed_by_reason) or "—",
+                _reasons(m.totals.unmapped_by_attribute) or "—",
             )
         ],
         tbody_id="reasons",
@@ -216,13 +220,14 @@ def render_destination(doc: DestinationStatus, *, data_url: str, refresh_s: int)
         f'<a href="?hours={h}"{" class=on" if h == hours else ""}>{label}</a>'
         for h, label in PICKER
     )
-    enabled = "enabled" if doc.enabled else "DISABLED"
+    enabled = _state(doc)
     body = (
         f'<header><a href="/status">All destinations</a><h1>{_e(doc.name)} '
         f"<small>{_e(doc.destination)} · {enabled}</small></h1>"
         f"<p class=live>As of <span id=updated>{_e(doc.generated_at)}</span> · "
         f"<span id=live>static</span> · window: {picker}</p></header>"
-        f"<main><div class=cards id=cards>{''.join(cards)}</div>{render_charts(doc)}"
+        f"<main>{_broken_note(doc)}"
+        f"<div class=cards id=cards>{''.join(cards)}</div>{render_charts(doc)}"
         f"<h2>Dataflow</h2>{flow}{reasons}"
         f"<h2>Audiences</h2>{audiences}"
         f"<h2>Recent failures <small>(newest {FAILURES_SHOWN}; values are never shown)</small></h2>"
@@ -234,6 +239,23 @@ def render_destination(doc: DestinationStatus, *, data_url: str, refresh_s: int)
         f"{doc.name} — outreach-sync status",
         body,
         data={"source": data_url, "refresh": str(refresh_s), "loaded": "false"},
+    )
+
+
+def _state(doc: DestinationStatus) -> str:
+    if doc.broken is not None:
+        return f"BROKEN: {doc.broken}"
+    return "enabled" if doc.enabled else "DISABLED"
+
+
+def _broken_note(doc: DestinationStatus) -> str:
+    if doc.broken is None:
+        return ""
+    return (
+        f"<p class=broken><strong>Its stored record cannot be read:</strong> {_e(doc.broken)}. "
+        "Its changes wait, nothing is lost. Replace it (<code>PUT /v1/admin/destinations/"
+        f"{_e(doc.destination)}</code>, <code>outreach-sync destinations update</code>) or "
+        "delete it.</p>"
     )
 
 
@@ -260,7 +282,7 @@ def render_index(docs: Iterable[DestinationStatus], *, hours: int) -> str:
         link = f'<a href="/status/{_e(d.destination)}">{_e(d.destination)}</a>'
         cells = [
             _e(d.name),
-            _e("enabled" if d.enabled else "DISABLED"),
+            _e(_state(d)),
             _e(c.state or "—"),
             _e(d.pending),
             _e(duration(d.lag_s)),
@@ -332,7 +354,7 @@ async def index(request: web.Request) -> web.Response:
         return ready
     sources, hours = ready
     docs = []
-    for dest in await sources.registry.destination_ids():
+    for dest in await sources.registry.all_destination_ids():
         doc = await sources.doc(dest, hours=hours)
         if doc is not None:
             docs.append(doc)

@@ -55,6 +55,7 @@ def _run(work: Callable[[aioredis.Redis, Settings], Awaitable[T]]) -> T:
 def _admin_call(call: Callable[[DestinationAdmin], Awaitable[T]]) -> T:
     from app.admin.destinations import Conflict, DestinationAdmin, Invalid, NotFound
     from app.api.jsonapi import pointer
+    from app.core.errors import UnreadableRecord
 
     async def work(client: aioredis.Redis, settings: Settings) -> T:
         return await call(DestinationAdmin(client, settings.keys))
@@ -68,6 +69,9 @@ def _admin_call(call: Callable[[DestinationAdmin], Awaitable[T]]) -> T:
         raise _Refused(str(exc)) from None
     except Conflict as exc:
         raise _Refused(str(exc), code=1) from None
+    except UnreadableRecord as exc:
+        hint = "replace it (destinations update ID FILE) or delete it (destinations delete ID)"
+        raise _Refused(f"{exc}; {hint}", code=1) from None
 
 
 def _read_document(name: str) -> Any:
@@ -101,10 +105,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
-    dests = _admin_call(lambda a: a.list())
+    dests, broken = _admin_call(lambda a: a.catalog())
     if ns.json:
-        print(json.dumps([d.model_dump(mode="json") for d in dests], indent=2))
-    elif not dests:
+        docs = [d.model_dump(mode="json") for d in dests]
+        docs += [{"id": b.id, "broken": b.reason} for b in broken]
+        print(json.dumps(docs, indent=2))
+    elif not dests and not broken:
         print("no destinations")
     else:
         rows = [
@@ -118,6 +124,7 @@ def cmd_list(ns: argparse.Namespace) -> int:
             ]
             for d in dests
         ]
+        rows += [[b.id, "BROKEN", "-", "-", "-", f"record unreadable: {b.reason}"] for b in broken]
         print(_table(["ID", "ENABLED", "CONNECTION", "AUDIENCES", "ATTRIBUTES", "NAME"], rows))
     return 0
 
@@ -201,10 +208,12 @@ def cmd_keys_create(ns: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(ns: argparse.Namespace) -> int:
-    keys = _run(lambda client, s: _key_store(client, s).list())
+    keys, broken = _run(lambda client, s: _key_store(client, s).catalog())
     if ns.json:
-        print(json.dumps([k.as_dict() for k in keys], indent=2))
-    elif not keys:
+        docs: list[dict[str, Any]] = [k.as_dict() for k in keys]
+        docs += [{"key_id": b.id, "broken": b.reason} for b in broken]
+        print(json.dumps(docs, indent=2))
+    elif not keys and not broken:
         print("no producer keys")
     else:
         rows = [
@@ -217,15 +226,28 @@ def cmd_keys_list(ns: argparse.Namespace) -> int:
             ]
             for k in keys
         ]
+        rows += [[b.id, f"BROKEN: record unreadable ({b.reason})", "-", "-", "-"] for b in broken]
         print(_table(["KEY ID", "NAME", "DESTINATIONS", "CREATED", "REVOKED"], rows))
     return 0
 
 
 def cmd_keys_revoke(ns: argparse.Namespace) -> int:
-    key = _run(lambda client, s: _key_store(client, s).revoke(ns.key_id))
+    from app.core.errors import UnreadableRecord
+
+    try:
+        key = _run(lambda client, s: _key_store(client, s).revoke(ns.key_id))
+    except UnreadableRecord as exc:
+        raise _Refused(f"{exc}; remove it with: outreach-sync keys delete {ns.key_id}") from None
     if key is None:
         raise _Refused(f"no producer key {ns.key_id!r} (see outreach-sync keys list)")
     print(f"key {key.key_id} ({key.name}) revoked at {key.revoked_at}")
+    return 0
+
+
+def cmd_keys_delete(ns: argparse.Namespace) -> int:
+    if not _run(lambda client, s: _key_store(client, s).delete(ns.key_id)):
+        raise _Refused(f"no producer key {ns.key_id!r} (see outreach-sync keys list)")
+    print(f"key {ns.key_id} deleted")
     return 0
 
 
@@ -291,3 +313,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     kr = ks_sub.add_parser("revoke", help="refuse a key from now on")
     kr.add_argument("key_id")
     kr.set_defaults(func=_guard(cmd_keys_revoke))
+    kd = ks_sub.add_parser(
+        "delete", help="remove a key's record (one that cannot be read, say); revoke keeps it"
+    )
+    kd.add_argument("key_id")
+    kd.set_defaults(func=_guard(cmd_keys_delete))

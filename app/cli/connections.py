@@ -22,6 +22,7 @@ from app.store.bulk_state import connection_uses_bulk
 
 if TYPE_CHECKING:
     from app.connections.records import ConnectionRecord, ConnectionStoreSync
+    from app.delivery.account_lines import CheckReport
 
 
 def _store() -> ConnectionStoreSync:
@@ -126,17 +127,27 @@ def _line(rec: ConnectionRecord) -> str:
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
-    records = _store().all()
+    store = _store()
+    records, broken = store.all(), store.broken()
     if ns.json:
-        print(json.dumps([r.public() for r in records], indent=2))
+        docs = [r.public() for r in records]
+        docs += [{"id": b.id, "broken": b.reason} for b in broken]
+        print(json.dumps(docs, indent=2))
     else:
-        print("\n".join(_line(r) for r in records) or "no connections")
+        lines = [_line(r) for r in records]
+        lines += [f"{b.id}: BROKEN: stored record unreadable ({b.reason})" for b in broken]
+        print("\n".join(lines) or "no connections")
     return 0
 
 
 def cmd_show(ns: argparse.Namespace) -> int:
+    from app.core.errors import UnreadableRecord
+
     store = _store()
-    rec = store.get(ns.id)
+    try:
+        rec = store.get(ns.id)
+    except UnreadableRecord as exc:
+        return _fail(f"{exc}; remove it, or add it again (connections add, config load)")
     if rec is None:
         return _fail(f"no connection {ns.id!r}")
     print(json.dumps({**rec.public(), "destinations": store.destinations(ns.id)}, indent=2))
@@ -145,7 +156,7 @@ def cmd_show(ns: argparse.Namespace) -> int:
 
 def cmd_remove(ns: argparse.Namespace) -> int:
     store = _store()
-    if store.get(ns.id) is None:
+    if not store.exists(ns.id):
         return _fail(f"no connection {ns.id!r}")
     dests = store.destinations(ns.id)
     if dests and not ns.force:
@@ -191,6 +202,48 @@ def cmd_authorize(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(ns: argparse.Namespace) -> int:
+    import aiohttp
+
+    from app.core.redis_client import async_client
+    from app.delivery.account_check import AccountCheck
+
+    if ns.write and ns.prospect is None:
+        return _fail("--write needs --prospect ID: the one prospect the bulk call may write")
+    s = get_settings()
+
+    async def run() -> CheckReport:
+        client = async_client(s)
+        try:
+            async with aiohttp.ClientSession() as session:
+                check = AccountCheck(client, session, s)
+                try:
+                    return await check.run(ns.id, prospect=ns.prospect if ns.write else None)
+                finally:
+                    await check.aclose()
+        finally:
+            await client.aclose()
+
+    report = asyncio.run(run())
+    if ns.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(_check_table(report))
+    return 1 if report.failed else 0
+
+
+def _check_table(report: CheckReport) -> str:
+    rows = [(x.status, x.check, x.detail, x.action) for x in report.lines]
+    width = max((len(r[1]) for r in rows), default=5)
+    out = [f"connection {report.connection}: {report.requests} request(s) to Outreach"]
+    for status, check, detail, action in rows:
+        out.append(f"{status:<4}  {check:<{width}}  {detail}")
+        if action:
+            out.append(f"{'':<4}  {'':<{width}}  -> {action}")
+    verdict = "FAILED: fix the lines marked fail" if report.failed else "passed"
+    return "\n".join([*out, verdict])
+
+
 def cmd_reencrypt(_: argparse.Namespace) -> int:
     print(f"re-encrypted {_store().reencrypt()} connection(s) with the first key")
     return 0
@@ -205,7 +258,9 @@ def cmd_new_key(_: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``connections`` command and its actions."""
-    p = sub.add_parser("connections", help="Outreach connections: add, list, authorize, remove")
+    p = sub.add_parser(
+        "connections", help="Outreach connections: add, list, authorize, check, remove"
+    )
     acts = p.add_subparsers(dest="action", required=True)
 
     add = acts.add_parser("add", help="store a connection from tokens (no browser)")
@@ -236,6 +291,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     auth.add_argument("id")
     auth.add_argument("--user", help="the Outreach user label (default: kept, else the id)")
     auth.set_defaults(func=cmd_authorize)
+    chk = acts.add_parser(
+        "check", help="confirm the token, scopes, quota headers and custom fields on Outreach"
+    )
+    chk.add_argument("id")
+    chk.add_argument("--json", action="store_true")
+    chk.add_argument(
+        "--write", action="store_true", help="also measure one bulk call (needs --prospect)"
+    )
+    chk.add_argument(
+        "--prospect", type=int, metavar="ID", help="the prospect the bulk call writes (unchanged)"
+    )
+    chk.set_defaults(func=cmd_check)
     re_ = acts.add_parser("reencrypt", help="rewrite every token with the first key")
     re_.set_defaults(func=cmd_reencrypt)
     key = acts.add_parser("new-key", help="print a new random TOKEN_ENCRYPTION_KEY")

@@ -37,8 +37,9 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 def cmd_ingest(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from app.ingest.batch import IngestReport, MalformedDocument, read_profiles
+    from app.ingest.batch import MalformedDocument, read_profiles
     from app.ingest.producer import Producer, UnknownDestination, send_patiently
+    from app.ingest.report import IngestReport
 
     def waiting(cause: BaseException, left_s: float) -> None:
         print(f"Redis unavailable ({cause}); retrying for {left_s:.0f} s more", file=sys.stderr)
@@ -400,6 +401,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     ns = parse(argv)
     from app.connections.crypto import EncryptionKeyError
+    from app.core.errors import UnreadableRecord
 
     try:
         from app.ops.logs import configure_logging
@@ -410,3 +412,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # EncryptionKeyError: TOKEN_ENCRYPTION_KEY missing outside development, or unusable.
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except UnreadableRecord as exc:
+        # A command about one destination whose record is broken: say so, and how to fix it.
+        print(
+            f"error: {exc}; replace or delete it (docs/admin.md, 'Broken records')", file=sys.stderr
+        )
+        sys.exit(1)

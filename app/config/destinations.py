@@ -148,7 +148,11 @@ def _identity_statuses() -> dict[Status, str | None]:
 
 class _Model(BaseModel):
     # hide_input_in_errors: a ValidationError's text must never carry a token.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, hide_input_in_errors=True)
+    # allow_inf_nan=False: JSON has no infinity (1e999 and Infinity parse to one, and
+    # pydantic would store it as null, which no reader accepts): refused, naming the field.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, hide_input_in_errors=True, allow_inf_nan=False
+    )
 
 
 class Connection(_Model):
@@ -369,6 +373,7 @@ _PLAIN = {
     "string_type": "must be a string",
     "int_type": "must be an integer",
     "bool_type": "must be true or false",
+    "finite_number": "must be a finite number (not infinity or NaN)",
 }
 
 

@@ -25,8 +25,10 @@ import redis
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from app.config.broken import Broken, broken, why_unreadable
 from app.config.destinations import Connection
 from app.connections.crypto import TokenCipher
+from app.core.errors import UnreadableRecord
 from app.core.keys import DEFAULT_RATE_LIMIT, Keys
 from app.core.operations import Commands, Eval, Op, Pipeline, run_async, run_sync
 from app.core.scripts import package_scripts
@@ -46,7 +48,7 @@ SCRIPTS = package_scripts("app.connections")
 class ConnectionRecord(BaseModel):
     """The stored form of a connection: never holds a token in clear."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     id: str
     user: str
@@ -239,11 +241,30 @@ def _destinations_of(raw: dict[bytes, bytes], conn_id: str) -> list[str]:
     out = []
     for dest_id, doc in raw.items():
         try:
-            if json.loads(doc).get("connection") == conn_id:
-                out.append(dest_id.decode())
+            parsed = json.loads(doc)
         except ValueError:
-            continue
+            continue  # a broken destination record: it is reported where destinations are read
+        if isinstance(parsed, dict) and parsed.get("connection") == conn_id:
+            out.append(dest_id.decode())
     return sorted(out)
+
+
+def _readable(conn_id: str, raw: bytes, cipher: TokenCipher) -> ConnectionRecord:
+    """``parse_record``, or ``UnreadableRecord`` naming what is wrong (never the record)."""
+    try:
+        return parse_record(raw, cipher)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UnreadableRecord("connection", conn_id, why_unreadable(exc)) from None
+
+
+def _stored_revision(raw: bytes) -> int:
+    """The revision ``conn_put.lua`` sees in a stored record (0 when it has none)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return 0
+    rev = doc.get("revision") if isinstance(doc, dict) else None
+    return rev if isinstance(rev, int) and not isinstance(rev, bool) else 0
 
 
 def _state(rec: ConnectionRecord) -> ConnectionState:
@@ -328,20 +349,50 @@ class _Operations:
     cipher: TokenCipher
 
     def _get(self, conn_id: str) -> Op[ConnectionRecord | None]:
+        """The record (None: absent); ``UnreadableRecord`` when it cannot be read."""
         [raw] = yield Commands(lambda pipe: pipe.hget(self.keys.connections(), conn_id))
-        return None if raw is None else parse_record(raw, self.cipher)
+        return None if raw is None else _readable(conn_id, raw, self.cipher)
+
+    def _scan(self) -> Op[tuple[list[ConnectionRecord], list[Broken]]]:
+        [raw] = yield Commands(lambda pipe: pipe.hgetall(self.keys.connections()))
+        good, bad = [], []
+        for key, doc in raw.items():
+            conn_id = key.decode(errors="replace")
+            try:
+                good.append(_readable(conn_id, doc, self.cipher))
+            except UnreadableRecord as exc:
+                bad.append(broken("connection", conn_id, exc))
+        return sorted(good, key=lambda r: r.id), sorted(bad, key=lambda b: b.id)
 
     def _all(self) -> Op[list[ConnectionRecord]]:
-        [raw] = yield Commands(lambda pipe: pipe.hgetall(self.keys.connections()))
-        return sorted((parse_record(v, self.cipher) for v in raw.values()), key=lambda r: r.id)
+        return (yield from self._scan())[0]
+
+    def _broken(self) -> Op[list[Broken]]:
+        return (yield from self._scan())[1]
+
+    def _exists(self, conn_id: str) -> Op[bool]:
+        [n] = yield Commands(lambda pipe: pipe.hexists(self.keys.connections(), conn_id))
+        return bool(n)
+
+    def _current(self, conn_id: str) -> Op[tuple[ConnectionRecord | None, int]]:
+        """The record to change and the revision to expect; a broken record is replaced
+        (the change sees None, as for a new connection)."""
+        [raw] = yield Commands(lambda pipe: pipe.hget(self.keys.connections(), conn_id))
+        if raw is None:
+            return None, -1
+        try:
+            old = _readable(conn_id, raw, self.cipher)
+        except UnreadableRecord:
+            return None, _stored_revision(raw)
+        return old, _expected(old)
 
     def _update(self, conn_id: str, change: Change) -> Op[ConnectionRecord | None]:
         for _ in range(CAS_ATTEMPTS):
-            old = yield from self._get(conn_id)
+            old, expected = yield from self._current(conn_id)
             new = change(old)
             if new is None:
                 return old
-            args = [conn_id, _expected(old), new.model_dump_json()]
+            args = [conn_id, expected, new.model_dump_json()]
             if (yield Eval(SCRIPTS, "conn_put", [self.keys.connections()], args)):
                 return new
         raise ConflictError(f"connection {conn_id} changed {CAS_ATTEMPTS} times during a write")
@@ -413,7 +464,15 @@ class ConnectionStoreSync(_Operations):
         return run_sync(self.redis, self._get(conn_id))
 
     def all(self) -> list[ConnectionRecord]:
+        """Every record that can be read (``broken`` lists the others)."""
         return run_sync(self.redis, self._all())
+
+    def broken(self) -> list[Broken]:
+        return run_sync(self.redis, self._broken())
+
+    def exists(self, conn_id: str) -> bool:
+        """Whether a record is stored (readable or not: a broken one can be removed)."""
+        return run_sync(self.redis, self._exists(conn_id))
 
     def update(self, conn_id: str, change: Change) -> ConnectionRecord | None:
         """Apply ``change`` to the current record (compare-and-set, retried on conflict);
@@ -481,6 +540,12 @@ class ConnectionStore(_Operations):
     async def all(self) -> list[ConnectionRecord]:
         return await run_async(self.redis, self._all())
 
+    async def broken(self) -> list[Broken]:
+        return await run_async(self.redis, self._broken())
+
+    async def exists(self, conn_id: str) -> bool:
+        return await run_async(self.redis, self._exists(conn_id))
+
     async def update(self, conn_id: str, change: Change) -> ConnectionRecord | None:
         return await run_async(self.redis, self._update(conn_id, change))
 
@@ -511,9 +576,16 @@ class ConnectionStore(_Operations):
 
 
 def connection_states_sync(client: redis.Redis, keys: Keys) -> list[ConnectionState]:
-    """Every connection's state (no decryption, no key needed): for alerts and status."""
+    """Every readable connection's state (no decryption, no key needed): for alerts and
+    status. A record that cannot be read is skipped."""
     raw = cast("dict[bytes, bytes]", client.hgetall(keys.connections()))
-    return [_state(_record_without_tokens(v)) for v in raw.values()]
+    states = []
+    for key, doc in raw.items():
+        try:
+            states.append(_state(_record_without_tokens(doc)))
+        except (ValueError, TypeError, AttributeError) as exc:
+            broken("connection", key.decode(errors="replace"), exc)
+    return states
 
 
 def stored_metadata(raw: bytes) -> Connection:

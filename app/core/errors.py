@@ -59,3 +59,15 @@ class Permanent(DeliveryError):
     error_id: str | None = None
     title: str | None = None
     pointers: tuple[str, ...] = field(default_factory=tuple)
+
+
+class UnreadableRecord(OutreachSyncError, ValueError):
+    """A stored record (a destination, a connection, a producer key) that cannot be read:
+    garbage, or a document this version's model refuses. It harms only itself: readers of
+    many records skip it and report it as broken with ``reason`` (which never quotes it)."""
+
+    def __init__(self, kind: str, record_id: str, reason: str) -> None:
+        super().__init__(f"{kind} {record_id!r}: stored record unreadable: {reason}")
+        self.kind = kind
+        self.record_id = record_id
+        self.reason = reason

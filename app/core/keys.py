@@ -1,7 +1,9 @@
 """Every Redis key, TTL and default of the service, each with why it is what it is.
 
 Keys of one destination carry the destination id in a hash tag (``{dest}``) so a Redis
-Cluster keeps them in one slot and the Lua scripts may touch them together.
+Cluster keeps them in one slot and the Lua scripts may touch them together. The shared keys
+(the catalog, connections, producer keys...) each live in a slot of their own and are never
+touched by a destination's script (docs/operations.md, "Redis Cluster").
 """
 
 from __future__ import annotations
@@ -96,6 +98,16 @@ class Keys:
     def drainers(self, dest: str) -> str:
         """Sorted set drain-slot id -> ms expiry: how many drain tasks are live."""
         return f"{self.prefix}:{{{dest}}}:drainers"
+
+    def drainer_seq(self, dest: str) -> str:
+        """Counter naming the next drain slot (``poll.lua``)."""
+        return f"{self.prefix}:{{{dest}}}:drainers:seq"
+
+    def retired(self, dest: str) -> str:
+        """Set while the destination is deleted: ``merge.lua`` refuses changes for it. The
+        catalog (``destinations``) lives in another cluster slot, so the deletion's check
+        of the backlog and the refusal of new changes meet here, in the destination's slot."""
+        return f"{self.prefix}:{{{dest}}}:retired"
 
     def hold(self, dest: str) -> str:
         """ms before which no drain starts: the quota gate granted nothing until then."""

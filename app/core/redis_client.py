@@ -1,5 +1,6 @@
 """The one way to reach Redis: sync and async clients, the ``limits`` storage URI and Celery's
-broker, from the settings — one Redis at ``REDIS_URL``, or the master a set of Sentinels names.
+broker, from the settings — one Redis at ``REDIS_URL``, the master a set of Sentinels names, or
+a Redis Cluster (``REDIS_CLUSTER=true``: ``REDIS_URL`` names any one of its nodes).
 
 With ``REDIS_SENTINELS=host:port,host:port`` (and ``REDIS_SENTINEL_MASTER``), the clients ask
 the Sentinels for the current master and follow a failover; ``REDIS_URL`` still supplies the
@@ -9,13 +10,15 @@ database number, user, password and TLS (``rediss://``) of the master.
 from __future__ import annotations
 
 from typing import Any, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
 from limits.aio.storage import Storage
 from limits.storage import storage_from_string
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.cluster import RedisCluster
 from redis.connection import parse_url
 from redis.sentinel import Sentinel
 
@@ -67,8 +70,13 @@ def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 def sync_client(settings: Settings) -> redis.Redis:
-    """A client of the deployment's Redis (the current master under Sentinel)."""
+    """A client of the deployment's Redis (the current master under Sentinel; under
+    ``REDIS_CLUSTER`` a cluster client, which routes each command to its key's node)."""
     hosts = sentinel_hosts(settings)
+    if settings.redis_cluster:
+        # Typed as the single-node client: every command the service sends is one key's, or
+        # one slot's (docs/operations.md, "Redis Cluster"), which RedisCluster routes alike.
+        return cast(redis.Redis, RedisCluster.from_url(str(settings.redis_url)))
     if not hosts:
         return redis.Redis.from_url(str(settings.redis_url))
     sentinel = Sentinel(hosts, sentinel_kwargs=_sentinel_kwargs(settings))  # type: ignore[no-untyped-call]
@@ -81,6 +89,8 @@ def sync_client(settings: Settings) -> redis.Redis:
 def async_client(settings: Settings) -> aioredis.Redis:
     """The asyncio twin of :func:`sync_client`."""
     hosts = sentinel_hosts(settings)
+    if settings.redis_cluster:
+        return cast(aioredis.Redis, AsyncRedisCluster.from_url(str(settings.redis_url)))
     if not hosts:
         return aioredis.from_url(str(settings.redis_url))
     sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
@@ -99,6 +109,9 @@ def async_client(settings: Settings) -> aioredis.Redis:
 def limits_storage_uri(settings: Settings) -> str:
     """The ``limits`` storage URI (async) of the deployment's Redis."""
     hosts = sentinel_hosts(settings)
+    if settings.redis_cluster:
+        url = urlsplit(str(settings.redis_url))
+        return f"async+redis+cluster://{url.hostname}:{url.port or 6379}"
     if not hosts:
         return "async+" + str(settings.redis_url)
     where = ",".join(f"{h}:{p}" for h, p in hosts)
@@ -113,16 +126,32 @@ def limits_storage(client: aioredis.Redis, *, key_prefix: str) -> Storage:
         "implementation": "redispy",
         "key_prefix": key_prefix,
         "wrap_exceptions": True,
-        "connection_pool": client.connection_pool,
     }
+    if isinstance(client, AsyncRedisCluster):
+        return _cluster_storage(client, options)
     # With the pool given, the URI only picks limits' asyncio Redis storage.
+    options["connection_pool"] = client.connection_pool
     return cast(Storage, storage_from_string("async+redis://", **options))
+
+
+def _cluster_storage(client: AsyncRedisCluster, options: dict[str, Any]) -> Storage:
+    """limits' cluster storage on ``client`` itself. limits takes no cluster client (only a
+    single node's pool), so the client it would build (lazily: it never connects) is swapped
+    for ours before any use: one set of connections, closed with ``client``."""
+    # The address only feeds the client that is swapped out.
+    storage = cast(Any, storage_from_string("async+redis+cluster://localhost:6379", **options))
+    storage.bridge.storage = client
+    storage.bridge.connection_getter = lambda _readonly: client
+    storage.bridge.register_scripts()
+    return cast(Storage, storage)
 
 
 def broker_url(settings: Settings) -> str:
     """Celery's broker: ``BROKER_URL``, else the deployment's Redis (kombu's ``sentinel://``
     transport under Sentinel)."""
     hosts = sentinel_hosts(settings)
+    # Under REDIS_CLUSTER the settings insist on a BROKER_URL of its own (kombu has no
+    # cluster transport).
     if settings.broker_url or not hosts:
         return settings.celery_broker_url
     opts = _master_options(settings)

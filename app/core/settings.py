@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -23,8 +24,9 @@ class SettingsError(Exception):
 
 class Settings(BaseSettings):
     # env_ignore_empty: `VAR=""` (a blank line in a Kubernetes secret, say) means unset.
+    # allow_inf_nan=False: "inf" or "nan" in a duration is a typo, not a setting.
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True, allow_inf_nan=False
     )
 
     redis_url: RedisDsn = Field(RedisDsn("redis://127.0.0.1:6379/0"))
@@ -118,6 +120,8 @@ class Settings(BaseSettings):
     redis_sentinels: str | None = Field(None, pattern=r"^[^\s:,]+:\d{1,5}(,[^\s:,]+:\d{1,5})*$")
     redis_sentinel_master: str = Field("mymaster", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     redis_sentinel_password: SecretStr | None = None  # the Sentinels' own password, if any
+    #: REDIS_URL names one node of a Redis Cluster (any: the clients learn the rest from it).
+    redis_cluster: bool = False
     #: Alerts are POSTed here as JSON (a secret: chat webhooks carry their token in the URL).
     alert_webhook_url: SecretStr | None = None
     alert_webhook_timeout_s: float = Field(5.0, gt=0, le=60)
@@ -155,6 +159,13 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _cluster_has_its_own_broker(self) -> Settings:
+        if self.redis_cluster:
+            for problem in cluster_problems(self):
+                raise ValueError(problem)
+        return self
+
     @property
     def celery_broker_url(self) -> str:
         return self.broker_url or str(self.redis_url)
@@ -162,6 +173,28 @@ class Settings(BaseSettings):
     @property
     def keys(self) -> keys.Keys:
         return keys.Keys(self.redis_key_prefix, self.metrics_retention_hours)
+
+
+def cluster_problems(settings: Settings) -> list[str]:
+    """Why ``REDIS_CLUSTER=true`` cannot work with these settings (empty: it can). Celery's
+    broker (kombu) does not speak Redis Cluster, so it needs a Redis of its own."""
+    url = urlsplit(str(settings.redis_url))
+    broker = urlsplit(settings.broker_url or "")
+    if settings.redis_sentinels:
+        return ["REDIS_CLUSTER=true and REDIS_SENTINELS: choose one (a cluster fails over itself)"]
+    if url.path.strip("/") not in ("", "0"):
+        return [f"REDIS_URL: a Redis Cluster has only database 0, not {url.path.strip('/')}"]
+    if not settings.broker_url:
+        return [
+            "BROKER_URL is required with REDIS_CLUSTER=true: Celery's broker (kombu) does not "
+            "speak Redis Cluster, so it needs a Redis (or RabbitMQ) of its own"
+        ]
+    if "cluster" in broker.scheme or (broker.hostname, broker.port) == (url.hostname, url.port):
+        return [
+            "BROKER_URL must not name the Redis Cluster (kombu does not speak Redis Cluster): "
+            "give Celery a single Redis (or RabbitMQ) of its own"
+        ]
+    return []
 
 
 def load_settings() -> Settings:

@@ -110,7 +110,11 @@ class Deliverer:
         access token; None (the destination held) when it is gone, disabled or cannot send."""
         dest = await self.registry.destination(dest_id)
         if dest is None:
-            return None  # deleted: its keys went with it
+            if await self.registry.broken_destination(dest_id) is not None:
+                # Its record cannot be read: its changes wait (nothing is lost) until an
+                # operator replaces or deletes it; the other destinations go on.
+                await self.outcomes.hold_blocked(dest_id, "record unreadable")
+            return None  # else deleted: its keys went with it
         if not dest.enabled:
             # Disabled: changes keep coalescing until it is enabled again (the admin API's
             # enable lifts the hold through the registry's publish).

@@ -11,8 +11,6 @@ if TYPE_CHECKING:
         DOCUMENT_TYPES,
         LINES_TYPES,
         THREAD_ABOVE_PROFILES,
-        Batch,
-        IngestReport,
         MalformedDocument,
         evaluate_batch,
         ingest_async,
@@ -33,13 +31,14 @@ if TYPE_CHECKING:
         evaluate_profile,
         parse_time,
     )
+    from app.ingest.report import Batch, IngestReport
 
 _EXPORTS = {
-    "Batch": "app.ingest.batch",
+    "Batch": "app.ingest.report",
     "DOCUMENT_TYPES": "app.ingest.batch",
     "FIRST_WAIT_S": "app.ingest.producer",
     "FieldChange": "app.ingest.profiles",
-    "IngestReport": "app.ingest.batch",
+    "IngestReport": "app.ingest.report",
     "LINES_TYPES": "app.ingest.batch",
     "MAX_FUTURE_SKEW_MS": "app.ingest.profiles",
     "MAX_WAIT_S": "app.ingest.producer",

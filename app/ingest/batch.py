@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -21,102 +20,9 @@ from app.core.keys import Keys
 from app.core.operations import Op, run_async, run_sync
 from app.ingest import mapping_ids
 from app.ingest.profiles import ProfileResult, evaluate_profile
-from app.store import counters as metrics
-from app.store.counters import audience_metric, count_op
-from app.store.prospects import Change, ProspectStore, effective_window_ms, encode, merge_op
-
-
-@dataclass
-class IngestReport:
-    accepted: int = 0
-    excluded: int = 0
-    rejected: int = 0
-    ignored_audiences: int = 0
-    fields_applied: int = 0
-    fields_stale: int = 0
-    excluded_reasons: Counter[str] = field(default_factory=Counter)
-    problems: list[ProfileResult] = field(default_factory=list)
-    #: Per-audience counts by metric name (``m7:received:realized``, app/store/counters.py).
-    audiences: Counter[str] = field(default_factory=Counter)
-    #: Profile index -> [(audience, reason)] left out of it (mapping IDs from the data).
-    audience_problems: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
-
-    @property
-    def received(self) -> int:
-        return self.accepted + self.excluded + self.rejected
-
-    def add(self, other: IngestReport) -> None:
-        for name in ("accepted", "excluded", "rejected", "ignored_audiences"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.fields_applied += other.fields_applied
-        self.fields_stale += other.fields_stale
-        self.excluded_reasons.update(other.excluded_reasons)
-        self.problems.extend(other.problems)
-        self.audiences.update(other.audiences)
-        self.audience_problems.update(other.audience_problems)
-
-    def as_dict(self, *, results: list[ProfileResult] | None = None) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "received": self.received,
-            "accepted": self.accepted,
-            "excluded": self.excluded,
-            "rejected": self.rejected,
-            "ignored_audiences": self.ignored_audiences,
-            "fields_applied": self.fields_applied,
-            "fields_stale": self.fields_stale,
-        }
-        if results is not None:
-            doc["profiles"] = [
-                {
-                    "index": r.index,
-                    "outcome": r.outcome,
-                    "reason": r.reason,
-                    "prospects": list(r.prospect_ids),
-                }
-                for r in results
-            ]
-            for entry in doc["profiles"]:
-                if left_out := self.audience_problems.get(entry["index"]):
-                    entry["audiences_rejected"] = [
-                        {"audience": a, "reason": reason} for a, reason in left_out
-                    ]
-        return doc
-
-    def counters(self) -> dict[str, int]:
-        out = {
-            metrics.PROFILES_RECEIVED: self.received,
-            metrics.PROFILES_ACCEPTED: self.accepted,
-            metrics.PROFILES_EXCLUDED: self.excluded,
-            metrics.PROFILES_REJECTED: self.rejected,
-            metrics.AUDIENCES_IGNORED: self.ignored_audiences,
-        }
-        for reason, n in self.excluded_reasons.items():
-            key = metrics.EXCLUDED_BY + _reason_key(reason)
-            out[key] = out.get(key, 0) + n
-        out.update(self.audiences)
-        return out
-
-
-def _reason_key(reason: str) -> str:
-    # "OutreachId 'abc' is not a positive integer" -> one counter, not one per bad value.
-    return "no_identity" if reason.startswith("no ") else "bad_identity"
-
-
-def _count_audiences(counts: Counter[str], res: ProfileResult) -> None:
-    """Per mapped audience a profile names: received by status, and excluded or rejected."""
-    for mapping_id, status in res.audiences:
-        counts[audience_metric(mapping_id, "received", status)] += 1
-        if res.outcome == "excluded":
-            counts[audience_metric(mapping_id, "excluded", _reason_key(res.reason or ""))] += 1
-        elif res.outcome == "rejected":
-            counts[audience_metric(mapping_id, "rejected")] += 1
-
-
-@dataclass
-class Batch:
-    report: IngestReport
-    results: list[ProfileResult]
-    changes: dict[int, list[Change]]
+from app.ingest.report import Batch, IngestReport, count_audiences
+from app.store.counters import count_op
+from app.store.prospects import ProspectStore, effective_window_ms, encode, merge_op
 
 
 def evaluate_batch(
@@ -132,8 +38,8 @@ def evaluate_batch(
         else:
             res = evaluate_profile(raw, destination, index=i, received_ms=received_ms)
         results.append(res)
-        report.ignored_audiences += res.ignored_audiences
-        _count_audiences(report.audiences, res)
+        report.count(res)
+        count_audiences(report.audiences, res)
         if res.outcome != "accepted":
             report.problems.append(res)
             if res.outcome == "excluded":

@@ -13,17 +13,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.config.destinations import Destination
 from app.core.keys import Keys
 from app.core.operations import Op
 from app.ingest.profiles import ProfileResult
+from app.ingest.report import Batch
 from app.outreach import fields as outreach_fields
 from app.store.audience_map import Learned, learn_op
-
-if TYPE_CHECKING:
-    from app.ingest.batch import Batch
 
 #: Destination-level counters (totals and hourly hashes, app/store/counters.py).
 MAPPING_IDS_INVALID = "mapping_ids_invalid"

@@ -7,11 +7,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import redis
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 
 from app.core.errors import StoreUnavailable, UnknownDestination
 from app.core.redis_client import sync_client
 from app.core.settings import Settings, get_settings
-from app.ingest.batch import Batch, ingest_sync
+from app.ingest.batch import ingest_sync
+from app.ingest.report import Batch
 from app.store.registry import destination_sync
 
 __all__ = ["Producer", "UnknownDestination", "send_patiently", "transient_cause"]
@@ -20,7 +22,15 @@ T = TypeVar("T")
 
 #: Redis failures worth waiting out: a restart or a Sentinel failover (connection refused or
 #: lost, no master elected yet, a demoted master refusing writes, a dataset still loading).
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+#: A Redis Cluster's failover shows as the cluster down, or a slot not (yet) served.
+TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
 #: First wait after a transient failure; it doubles up to ``MAX_WAIT_S``.
 FIRST_WAIT_S = 0.5
 MAX_WAIT_S = 5.0

@@ -56,6 +56,11 @@ class ProfileResult:
     #: status when it is named twice; read even from a profile excluded or rejected, so
     #: those count per audience too. Bookkeeping for the counts: not part of equality.
     audiences: tuple[tuple[int, Status], ...] = dataclasses.field(default=(), compare=False)
+    #: (attribute, reason) per attribute left out of the changes: a shape or a value that
+    #: cannot be written. The profile's other changes, its audiences first, go ahead.
+    attributes_rejected: tuple[tuple[str, str], ...] = ()
+    #: Attributes carrying a value that no mapping of the destination reads.
+    unmapped_attributes: tuple[str, ...] = ()
 
 
 def parse_time(value: object) -> int:
@@ -111,7 +116,9 @@ Time = Annotated[int | None, BeforeValidator(_optional_time)]
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", hide_input_in_errors=True)
+    model_config = ConfigDict(
+        strict=True, extra="ignore", hide_input_in_errors=True, allow_inf_nan=False
+    )
 
 
 class _Membership(_Lenient):
@@ -119,11 +126,27 @@ class _Membership(_Lenient):
     lastQualificationTime: Time = None
 
 
+#: The most memberships a producer may say it left out of one profile (``unmappedAudiences``).
+MAX_UNMAPPED_AUDIENCES = 1_000_000
+
+
+def _count(value: object) -> object:
+    if type(value) is not int or not 0 <= value <= MAX_UNMAPPED_AUDIENCES:
+        raise ValueError(f"must be an integer from 0 to {MAX_UNMAPPED_AUDIENCES}")
+    return value
+
+
+UnmappedCount = Annotated[int, BeforeValidator(_count)]
+
+
 class _Profile(_Lenient):
     identityMap: dict[str, Any] | None = None
     segmentMembership: dict[str, dict[str, _Membership]] | None = None
     attributes: dict[str, Any] | None = None
     timestamp: Time = None
+    #: Memberships the producer left out for want of a mapping ID (AEP's template counts
+    #: the audiences without an alias): counted as ignored, as if they had been sent.
+    unmappedAudiences: UnmappedCount | None = None
 
 
 class _Identity(_Lenient):
@@ -141,6 +164,7 @@ class _Parsed:
     memberships: list[tuple[str, Status, int | None]]
     attributes: dict[str, Any]
     timestamp: int | None
+    unmapped_audiences: int = 0
 
 
 #: A producer's clock may run this far ahead of ours. A time further ahead (a bug, a typo'd
@@ -174,15 +198,23 @@ def evaluate_profile(
     newest, ignored = _newest(parsed, destination, received_ms)
     changes = _audience_changes(newest, destination)
     event_ms = _event_ms(parsed, received_ms)
-    problems = _attribute_changes(parsed.attributes, destination, event_ms, changes)
-    if problems:
-        return _result(index, "rejected", _join(problems), newest)
+    left_out = tuple(_attribute_changes(parsed.attributes, destination, event_ms, changes))
+    unmapped = _unmapped_attributes(parsed.attributes, destination)
+    if left_out and not changes:  # nothing usable: a broken producer, not a partial profile
+        reason = _join([f"attributes.{name}: {why}" for name, why in left_out])
+        return _result(index, "rejected", reason, newest)
     ids, bad = _prospect_ids(parsed.ids)
     if not ids:
         reasons = [f"{namespace} {_short(v)} is not a positive 64-bit integer" for v in bad]
-        return _result(index, "excluded", _join(reasons or [f"no {namespace}"]), newest)
+        excluded = _result(index, "excluded", _join(reasons or [f"no {namespace}"]), newest)
+        return dataclasses.replace(
+            excluded, attributes_rejected=left_out, unmapped_attributes=unmapped
+        )
     statuses = _statuses(newest)
-    return ProfileResult(index, "accepted", None, ids, tuple(changes.values()), ignored, statuses)
+    ignored += parsed.unmapped_audiences
+    return ProfileResult(
+        index, "accepted", None, ids, tuple(changes.values()), ignored, statuses, left_out, unmapped
+    )
 
 
 #: Per mapped audience field: (mapping ID, status, version ms) of its newest evaluation.
@@ -240,7 +272,8 @@ def _full_parse(raw: dict[Any, Any], namespace: str) -> tuple[_Parsed | None, li
         for audience, m in audiences.items()
     ]
     ids = [identity.id for identity in identities]
-    return _Parsed(ids, memberships, profile.attributes or {}, profile.timestamp), []
+    unmapped = profile.unmappedAudiences or 0
+    return _Parsed(ids, memberships, profile.attributes or {}, profile.timestamp, unmapped), []
 
 
 def _fast_parse(raw: dict[Any, Any], namespace: str) -> _Parsed | None:
@@ -264,7 +297,11 @@ def _fast_parse(raw: dict[Any, Any], namespace: str) -> _Parsed | None:
         timestamp = _optional_time(raw.get("timestamp"))
     except ValueError:
         return None
-    return _Parsed([entry["id"] for entry in entries], memberships, attributes, timestamp)
+    unmapped = raw.get("unmappedAudiences", 0)
+    if type(unmapped) is not int or not 0 <= unmapped <= MAX_UNMAPPED_AUDIENCES:
+        return None
+    ids = [entry["id"] for entry in entries]
+    return _Parsed(ids, memberships, attributes, timestamp, unmapped)
 
 
 def _lenient_parse(raw: dict[Any, Any]) -> _Parsed:
@@ -323,25 +360,46 @@ def _attribute_changes(
     destination: Destination,
     event_ms: int,
     changes: dict[str, FieldChange],
-) -> list[str]:
-    problems: list[str] = []
+) -> list[tuple[str, str]]:
+    """Add the mapped attributes' changes; returns (attribute, reason) of each left out."""
+    left_out: list[tuple[str, str]] = []
     for source, target in destination.attributes.items():
-        leaf = _lookup(attributes, source)
-        if leaf is _ABSENT:
-            continue
-        if not isinstance(leaf, dict):
-            problems.append(f'attributes.{source}: must be an object like {{"value": ...}}')
-            continue
-        if "value" not in leaf:
-            continue  # {} carries no value: nothing to change
-        value = leaf["value"]
-        reason = outreach_fields.check_value(target, value)
+        value = _attribute_value(_lookup(attributes, source))
+        if value is _ABSENT:
+            continue  # absent, {} or null: nothing to change
+        reason = UNUSABLE if value is _UNUSABLE else outreach_fields.check_value(target, value)
         if reason is not None:
-            problems.append(f"attributes.{source}: {reason}")
+            left_out.append((source, reason))
         else:
             copied = list(value) if isinstance(value, list) else value
             changes[target] = FieldChange(target, copied, event_ms)
-    return problems
+    return left_out
+
+
+_UNUSABLE: Any = object()
+UNUSABLE = 'must be a value or an object like {"value": ...}'
+
+
+def _attribute_value(leaf: Any) -> Any:
+    """An attribute's value: AEP sends ``{"value": x}`` for freeform attributes and the
+    plain value for predefined ones; ``{}`` and null carry none."""
+    if isinstance(leaf, dict):
+        if "value" in leaf:
+            return leaf["value"]
+        return _UNUSABLE if leaf else _ABSENT
+    return _ABSENT if leaf is None else leaf
+
+
+def _unmapped_attributes(attributes: dict[str, Any], destination: Destination) -> tuple[str, ...]:
+    """Attributes carrying a value that no mapping reads (a path ``a.b`` reads ``a``)."""
+    sources = destination.attributes
+    return tuple(
+        name
+        for name, leaf in attributes.items()
+        if name not in sources
+        and not any(source.startswith(f"{name}.") for source in sources)
+        and _attribute_value(leaf) is not _ABSENT
+    )
 
 
 def _lookup(attributes: dict[str, Any], key: str) -> Any:

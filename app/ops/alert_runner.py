@@ -29,7 +29,14 @@ import redis.asyncio as aioredis
 from app.core.redis_client import async_client
 from app.core.scripts import package_scripts
 from app.core.settings import Settings
-from app.ops.alerts import WINDOW_COUNTERS, Condition, Window, conditions, snapshot_from_status
+from app.ops.alerts import (
+    WINDOW_COUNTERS,
+    Condition,
+    Window,
+    conditions,
+    snapshot_from_status,
+    unreadable,
+)
 from app.ops.status import destination_status
 from app.ratelimit.gate import gate_for
 from app.store.prospects import ProspectStore
@@ -228,8 +235,10 @@ class Evaluator:
             await self._release(key)
 
     async def _conditions(self, now: float) -> list[Condition]:
-        found: list[Condition] = []
-        for dest in await self._registry.destination_ids():
+        # A broken destination comes with its status below; a broken connection only here.
+        broken = await self._registry.broken()
+        found = [unreadable(b) for b in broken if b.kind != "destination"]
+        for dest in await self._registry.all_destination_ids():
             doc = await destination_status(
                 dest, store=self._store, registry=self._registry, gate=self._gate, hours=1
             )

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.config.broken import Broken
 from app.core.settings import Settings
 from app.ops import mapping_issues
 from app.ops.status_doc import BulkOff, DestinationStatus, MappingIssue
@@ -27,6 +28,7 @@ Kind = Literal[
     "mapping_conflict",
     "mapping_changed",
     "bulk_off",
+    "record_unreadable",
 ]
 
 # Counter names of the totals hash (``Keys.counters``) the rates are computed from.
@@ -55,6 +57,8 @@ class Snapshot:
     mapping_issues: tuple[MappingIssue, ...] = ()
     #: Why bulk delivery is off for the destination, when it is.
     bulk_off: BulkOff | None = None
+    #: Why the destination's stored record cannot be read, when it cannot.
+    broken: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,7 @@ def snapshot_from_status(doc: DestinationStatus) -> Snapshot:
         enabled=doc.enabled,
         mapping_issues=tuple(doc.mapping_issues),
         bulk_off=doc.bulk.off,
+        broken=doc.broken,
     )
 
 
@@ -116,6 +121,8 @@ def conditions(
         *_mapping_issues(snap, now_s),
         *_bulk(snap),
     ]
+    if snap.broken is not None:
+        found.append(unreadable(Broken("destination", snap.destination, snap.broken)))
     if snap.connection_state == "reauth_required":
         who = snap.connection or snap.user or snap.destination
         found.append(
@@ -233,3 +240,14 @@ def _bulk(snap: Snapshot) -> list[Condition]:
             {"destination": snap.destination, **off.model_dump()},
         )
     ]
+
+
+def unreadable(found: Broken) -> Condition:
+    """A stored record that cannot be read: it is skipped (the rest work) until replaced."""
+    return Condition(
+        f"record_unreadable:{found.kind}:{found.id}",
+        "record_unreadable",
+        f"{found.kind} {found.id}: stored record unreadable ({found.reason}); it is skipped "
+        "until it is replaced or deleted",
+        found.as_dict(),
+    )

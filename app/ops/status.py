@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -89,57 +90,36 @@ async def destination_status(
     and lag it read as the current hour's sample."""
     dest = await registry.destination(dest_id)
     if dest is None:
-        return None
+        found = await registry.broken_destination(dest_id)
+        if found is None:
+            return None
+        return await _broken_status(
+            dest_id, found.reason, store=store, hours=hours, failures=failures, now_s=now_s
+        )
     now = time.time() if now_s is None else now_s
     client, keys = store.redis, store.keys
     dest, issues = await learned_view(client, keys, dest)
     issue_notes = notes(issues)
     conn = await registry.connection(dest.connection)
-    pending, in_flight = await store.backlog(dest_id)
-    lag = await metrics.read_lag(client, keys, dest_id)
-    lag_s = lag.seconds(int(now * 1000))
-    await _sample(client, keys, dest_id, now, pending, in_flight, lag_s)
-    totals = await metrics.read_totals(client, keys, dest_id)
-    window = await metrics.read_window(client, keys, dest_id, hours=hours, now_s=now)
-    in_window = window.total()
-    invalid = sorted(await store.invalid_mappings(dest_id))
+    flows = await _flows(store, dest_id, hours=hours, now_s=now)
     connection = await _connection(client, keys, dest.connection, conn is not None)
     quota = None
     if conn is not None:
         connection = connection.model_copy(update={"user": conn.user})
         quota = await read_quota(gate, client, keys, conn.user, conn.rate_limit)
+    invalid = flows.invalid_mapping_ids
     return DestinationStatus(
         destination=dest_id,
         name=dest.name,
         enabled=dest.enabled,
-        generated_at=iso(now),
-        pending=pending,
-        in_flight=in_flight,
-        lag_s=lag_s,
-        oldest_pending_at=iso(None if lag.oldest_ms is None else lag.oldest_ms / 1000),
-        lag_exact=lag.exact,
-        counters=totals,
-        invalid_mapping_ids=invalid,
-        metrics=Metrics(
-            totals=Flow.of(totals),
-            window=WindowFlow(
-                hours=hours,
-                from_=iso(window.first_hour * metrics.HOUR_S),
-                to=iso(now),
-                **metrics.summary(in_window),
-            ),
-            hourly=[
-                _hour((window.first_hour + i) * metrics.HOUR_S, c)
-                for i, c in enumerate(window.hourly)
-            ],
-        ),
+        **flows.fields(),
         audiences=[
             AudienceRow(
                 **row,
                 invalid=row["mapping_id"] in invalid,
                 mapping_issue=issue_notes.get(row["mapping_id"]),
             )
-            for row in metrics.audience_rows(dest, totals, in_window)
+            for row in metrics.audience_rows(dest, flows.totals, flows.in_window)
         ],
         connection=connection,
         quota=quota,
@@ -159,6 +139,87 @@ async def destination_status(
             )
         ),
     )
+
+
+async def _broken_status(
+    dest_id: str,
+    reason: str,
+    *,
+    store: ProspectStore,
+    hours: int,
+    failures: int,
+    now_s: float | None,
+) -> DestinationStatus:
+    """The status of a destination whose stored record cannot be read: what Redis holds for
+    it (backlog, counts, failures) and why it is broken; nothing of its configuration."""
+    now = time.time() if now_s is None else now_s
+    client, keys = store.redis, store.keys
+    flows = await _flows(store, dest_id, hours=hours, now_s=now)
+    return DestinationStatus(
+        destination=dest_id,
+        name=dest_id,
+        enabled=False,
+        **flows.fields(),
+        audiences=[],
+        connection=ConnectionState(id="", known=False),
+        recent_failures=(
+            await recent_failures(client, keys, dest_id, limit=failures) if failures else None
+        ),
+        broken=reason,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Flows:
+    """What a status reads of a destination's keys alone: backlog, lag and counts."""
+
+    now_s: float
+    hours: int
+    pending: int
+    in_flight: int
+    lag: metrics.Lag
+    totals: dict[str, int]
+    window: metrics.Window
+    in_window: dict[str, int]
+    invalid_mapping_ids: list[int]
+
+    def fields(self) -> dict[str, Any]:
+        lag_s = self.lag.seconds(int(self.now_s * 1000))
+        oldest = self.lag.oldest_ms
+        return {
+            "generated_at": iso(self.now_s),
+            "pending": self.pending,
+            "in_flight": self.in_flight,
+            "lag_s": lag_s,
+            "oldest_pending_at": iso(None if oldest is None else oldest / 1000),
+            "lag_exact": self.lag.exact,
+            "counters": self.totals,
+            "invalid_mapping_ids": self.invalid_mapping_ids,
+            "metrics": Metrics(
+                totals=Flow.of(self.totals),
+                window=WindowFlow(
+                    hours=self.hours,
+                    from_=iso(self.window.first_hour * metrics.HOUR_S),
+                    to=iso(self.now_s),
+                    **metrics.summary(self.in_window),
+                ),
+                hourly=[
+                    _hour((self.window.first_hour + i) * metrics.HOUR_S, c)
+                    for i, c in enumerate(self.window.hourly)
+                ],
+            ),
+        }
+
+
+async def _flows(store: ProspectStore, dest_id: str, *, hours: int, now_s: float) -> _Flows:
+    client, keys = store.redis, store.keys
+    pending, in_flight = await store.backlog(dest_id)
+    lag = await metrics.read_lag(client, keys, dest_id)
+    await _sample(client, keys, dest_id, now_s, pending, in_flight, lag.seconds(int(now_s * 1000)))
+    totals = await metrics.read_totals(client, keys, dest_id)
+    window = await metrics.read_window(client, keys, dest_id, hours=hours, now_s=now_s)
+    invalid = sorted(await store.invalid_mappings(dest_id))
+    return _Flows(now_s, hours, pending, in_flight, lag, totals, window, window.total(), invalid)
 
 
 def _hour(start_s: int, counts: Mapping[str, int]) -> HourFlow:
@@ -338,7 +399,7 @@ async def collect_status(
         store = ProspectStore(client, settings.keys)
         registry = Registry(client, settings.keys)
         gate = gate_for(client, settings)
-        ids = [only] if only else await registry.destination_ids()
+        ids = [only] if only else await registry.all_destination_ids()
         docs = [
             await destination_status(
                 d, store=store, registry=registry, gate=gate, hours=hours, failures=failures

@@ -29,6 +29,9 @@ class Flow(_Doc):
     excluded_by_reason: dict[str, int] = Field(default_factory=dict)
     profiles_rejected: int = 0
     audiences_ignored: int = 0
+    attributes_rejected: int = 0
+    attributes_unmapped: int = 0
+    unmapped_by_attribute: dict[str, int] = Field(default_factory=dict)
     prospects_activated: int = 0
     fields_activated: int = 0
     attributes_activated: int = 0
@@ -226,13 +229,16 @@ class DestinationStatus(_Doc):
     mapping_ids: Literal["config", "data"] = "config"
     mapping_issues: list[MappingIssue] = Field(default_factory=list)
     bulk: BulkStatus = Field(default_factory=BulkStatus)
+    #: Why its stored record cannot be read (None: it can). A broken destination shows what
+    #: Redis holds for it (backlog, counts) and nothing of its configuration.
+    broken: str | None = None
 
     def as_json(self, *, counters: bool = True) -> dict[str, Any]:
         """The document as the JSON status API has always answered it: sections that do not
         apply (``quota`` without a connection record, ``recent_failures`` not asked for, a
         connection's ``user`` without its record) are left out rather than null."""
         out = self.model_dump(mode="json", by_alias=True)
-        for name in ("quota", "recent_failures"):
+        for name in ("quota", "recent_failures", "broken"):
             if out[name] is None:
                 del out[name]
         if out["connection"]["user"] is None:

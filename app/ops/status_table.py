@@ -60,6 +60,9 @@ def _flow(label: str, m: Flow) -> list[str]:
         f"  {label:<10}received {m.profiles_received}  accepted {m.profiles_accepted}  "
         f"excluded {m.profiles_excluded}{_reasons(m.excluded_by_reason)}  "
         f"rejected {m.profiles_rejected}",
+        f"  {'':<10}left out: audiences ignored {m.audiences_ignored}  attributes not mapped "
+        f"{m.attributes_unmapped}{_reasons(m.unmapped_by_attribute)}  attributes rejected "
+        f"{m.attributes_rejected}",
         f"  {'':<10}activated {m.prospects_activated} prospects / {m.fields_activated} "
         f"fields  no-op {m.prospects_skipped_noop}  failed {m.failed}"
         f"{_reasons(m.failed_by_reason)}  retried {m.retried}  429s {m.rate_limited}  "
@@ -122,6 +125,14 @@ def _audiences(rows: Sequence[AudienceRow]) -> list[str]:
 
 
 def destination_block(d: DestinationStatus) -> list[str]:
+    if d.broken is not None:
+        return [
+            f"{d.destination}  BROKEN: its stored record cannot be read ({d.broken})",
+            f"  {'':<10}replace it (outreach-sync destinations update {d.destination} FILE) "
+            "or delete it; its changes wait",
+            f"  {'backlog':<10}pending {d.pending}  in flight {d.in_flight}  "
+            f"lag {duration(d.lag_s)}",
+        ]
     conn = d.connection
     state = conn.state or ("unknown connection" if not conn.known else "-")
     head = (

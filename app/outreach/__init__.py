@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from app.core.exports import load
 
 if TYPE_CHECKING:
+    from app.outreach.account import CustomFieldType, parse_types, rate_headers
     from app.outreach.answers import Answer, classify, no_answer, parse_answer
     from app.outreach.bulk import (
         Batch,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
         parse_budget,
         parse_reset,
         parse_try_again_at,
+        reset_form,
         retry_after_at,
     )
 
@@ -36,6 +38,7 @@ _EXPORTS = {
     "BulkAnswer": "app.outreach.bulk",
     "BulkClient": "app.outreach.bulk",
     "BulkModification": "app.outreach.bulk",
+    "CustomFieldType": "app.outreach.account",
     "OutreachClient": "app.outreach.client",
     "ProspectIds": "app.outreach.bulk",
     "Response": "app.outreach.client",
@@ -49,6 +52,9 @@ _EXPORTS = {
     "parse_budget": "app.outreach.signals",
     "parse_reset": "app.outreach.signals",
     "parse_try_again_at": "app.outreach.signals",
+    "parse_types": "app.outreach.account",
+    "rate_headers": "app.outreach.account",
+    "reset_form": "app.outreach.signals",
     "retry_after_at": "app.outreach.signals",
 }
 
@@ -59,6 +65,7 @@ __all__ = [
     "BulkAnswer",
     "BulkClient",
     "BulkModification",
+    "CustomFieldType",
     "OutreachClient",
     "ProspectIds",
     "Response",
@@ -72,6 +79,9 @@ __all__ = [
     "parse_budget",
     "parse_reset",
     "parse_try_again_at",
+    "parse_types",
+    "rate_headers",
+    "reset_form",
     "retry_after_at",
 ]
 

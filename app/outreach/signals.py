@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Literal
 
 #: A reset below this cannot be an epoch (it would be before 2001): servers that send a
 #: delta in seconds instead of an epoch are read as "seconds from now".
@@ -20,6 +21,9 @@ DELTA_RESET_BELOW = 1_000_000_000
 #: A reset above this is an epoch in milliseconds (seconds would be after the year 33658).
 MS_RESET_ABOVE = 1_000_000_000_000
 
+ResetForm = Literal["delta s", "epoch s", "epoch ms", "ISO 8601", "HTTP date"]
+
+_ISO_START = re.compile(r"\d{4}-\d{2}-\d{2}[T ]")
 _TRY_AGAIN_AT = re.compile(
     r"try again at\s+"
     r"(?P<ts>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)",
@@ -46,7 +50,7 @@ def parse_reset(
 ) -> float | None:
     """Epoch second when sending may resume after a 429; None for any other status.
 
-    Sources in order: ``X-RateLimit-Reset`` (epoch, or a delta when small), ``Retry-After``
+    Sources in order: ``X-RateLimit-Reset`` (see `reset_form`), ``Retry-After``
     (seconds or an HTTP date), the body's "please try again at <ISO time>", else
     ``now_s + fallback_pause_s``. Never earlier than ``now_s``.
     """
@@ -114,15 +118,57 @@ def _count(raw: str | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _reset_epoch(raw: str | None, now_s: float) -> float | None:
-    value = _number(raw)
-    if value is None:
+def reset_form(raw: str | None) -> ResetForm | None:
+    """How a reset header writes its time (None: absent or unreadable): a number is a delta
+    in seconds when small, else an epoch in seconds or, when huge, milliseconds; text is an
+    ISO 8601 time (UTC if no zone) or an HTTP date."""
+    if raw is None:
         return None
-    if value < DELTA_RESET_BELOW:
+    value = _number(raw)
+    if value is not None:
+        if value < DELTA_RESET_BELOW:
+            return "delta s"
+        return "epoch ms" if value > MS_RESET_ABOVE else "epoch s"
+    if _iso_epoch(raw) is not None:
+        return "ISO 8601"
+    return "HTTP date" if _http_date_epoch(raw) is not None else None
+
+
+def _reset_epoch(raw: str | None, now_s: float) -> float | None:
+    form = reset_form(raw)
+    if raw is None or form is None:
+        return None
+    if form == "ISO 8601":
+        return _iso_epoch(raw)
+    if form == "HTTP date":
+        return _http_date_epoch(raw)
+    value = float(raw.strip())
+    if form == "delta s":
         return now_s + value
-    if value > MS_RESET_ABOVE:
-        return value / 1000.0
-    return value
+    return value / 1000.0 if form == "epoch ms" else value
+
+
+def _iso_epoch(raw: str) -> float | None:
+    text = raw.strip()
+    if not _ISO_START.match(text):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _http_date_epoch(raw: str) -> float | None:
+    try:
+        moment = parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def retry_after_at(raw: str | None, now_s: float) -> float | None:
@@ -132,10 +178,4 @@ def retry_after_at(raw: str | None, now_s: float) -> float | None:
     seconds = _number(raw)
     if seconds is not None:
         return now_s + seconds
-    try:
-        moment = parsedate_to_datetime(raw.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    return _http_date_epoch(raw)

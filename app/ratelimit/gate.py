@@ -186,7 +186,8 @@ class QuotaGate:
     async def aclose(self) -> None:
         """Close the ``limits`` storage's own client, if it has one (the given one stays open)."""
         client: Any = getattr(getattr(self._storage, "bridge", None), "storage", None)
-        if client is not None:
+        # On a cluster the storage uses the given client itself (redis_client.limits_storage).
+        if client is not None and client is not self._redis:
             await client.aclose()
 
     async def acquire(
@@ -444,9 +445,10 @@ class QuotaGate:
 
 def _window_storage(uri: str, prefix: str, redis: redis.asyncio.Redis) -> Storage:
     # The caller's client already names the database (and follows a Sentinel master): the
-    # storage shares its pool. limits prepends "<prefix>:", so the window key lands under
-    # quota(user).
-    if not uri.startswith(("async+redis://", "async+rediss://", "async+redis+sentinel://")):
+    # storage shares its pool (on a cluster, the client itself). limits prepends "<prefix>:",
+    # so the window key lands under quota(user).
+    schemes = ("async+redis://", "async+rediss://", "async+redis+sentinel://")
+    if not uri.startswith((*schemes, "async+redis+cluster://")):
         raise ValueError(f"the quota gate keeps its windows in Redis, not {uri!r}")
     return limits_storage(redis, key_prefix=prefix)
 

@@ -1,4 +1,5 @@
-"""One prospect: `PATCH` and `GET /api/v2/prospects/{id}`."""
+"""One prospect (`PATCH` and `GET /api/v2/prospects/{id}`) and the account's fields
+(`GET /api/v2/types`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from app.sandbox.attributes import custom_field_types
 from app.sandbox.errors import jsonapi_response, not_found
 from app.sandbox.pipeline import Call, serve
 from app.sandbox.validation import check_values, parse_patch, require_jsonapi
@@ -23,6 +25,11 @@ async def get_prospect(request: web.Request) -> web.StreamResponse:
     return await serve(request, _get, scope="prospects.read", prospect_id=_path_id(request))
 
 
+async def list_types(request: web.Request) -> web.StreamResponse:
+    """`GET /api/v2/types`: the account's custom prospect fields and their types."""
+    return await serve(request, _types)
+
+
 def _path_id(request: web.Request) -> int | None:
     raw_id = request.match_info["id"]
     return int(raw_id) if raw_id.isascii() and raw_id.isdigit() else None
@@ -35,7 +42,7 @@ def _patch(call: Call) -> web.Response:
         raise not_found(call.request.match_info["id"])
     attributes = parse_patch(call.document, call.prospect_id, sandbox.config.usable_custom_fields)
     prospect_id = _existing(call)
-    check_values(attributes)
+    check_values(attributes, dict(sandbox.config.custom_field_types))
     stored = sandbox.state.merge(prospect_id, attributes, now=sandbox.clock())
     return jsonapi_response(200, _resource(prospect_id, stored))
 
@@ -44,6 +51,12 @@ def _get(call: Call) -> web.Response:
     prospect_id = _existing(call)
     stored = call.sandbox.state.prospects.get(prospect_id, {})
     return jsonapi_response(200, _resource(prospect_id, stored))
+
+
+def _types(call: Call) -> web.Response:
+    config = call.sandbox.config
+    types = dict(config.custom_field_types)
+    return jsonapi_response(200, custom_field_types(config.usable_custom_fields, types))
 
 
 def _existing(call: Call) -> int:

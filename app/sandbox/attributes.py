@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from app.sandbox.config import MAX_CUSTOM_FIELDS
@@ -42,6 +43,8 @@ NUMBERS = frozenset({"score"})
 READ_ONLY = frozenset({"name"})
 
 _CUSTOM = re.compile(r"custom([1-9][0-9]{0,2})")
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def custom_index(name: str) -> int | None:
@@ -101,3 +104,36 @@ def _check_string(name: str, value: Any, max_chars: int) -> ApiError | None:
 
 def _is_string_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def check_typed(name: str, value: Any, types: Mapping[int, str]) -> ApiError | None:
+    """A 422 if a custom field the account typed "number" or "date" gets another value."""
+    index = custom_index(name)
+    kind = None if index is None else types.get(index, "text")
+    if value is None or kind in (None, "text"):
+        return None
+    text = str(value)
+    ok = _NUMBER.fullmatch(text) if kind == "number" else _DATE.fullmatch(text)
+    if ok:
+        return None
+    return validation_error(f"{name} must be a {kind}.", pointer(name))
+
+
+def custom_field_types(usable: int, types: Mapping[int, str]) -> dict[str, Any]:
+    """`GET /types`: the account's custom prospect fields with their validation types."""
+    rows = [
+        {
+            "type": "type",
+            "id": f"prospect.custom{n}",
+            "attributes": {
+                "resourceType": "prospect",
+                "fieldName": f"custom{n}",
+                "label": f"Custom {n}",
+                "validationType": types.get(n, "text"),
+                "maxLength": CUSTOM_MAX_CHARS,
+                "readOnly": False,
+            },
+        }
+        for n in range(1, usable + 1)
+    ]
+    return {"data": rows, "meta": {"count": len(rows)}}

@@ -20,6 +20,9 @@ class SandboxConfig(BaseModel):
     quota_window_s: Annotated[float, Field(gt=0)] = 3600.0
     quota_mode: Literal["fixed", "sliding"] = "fixed"
     usable_custom_fields: Annotated[int, Field(ge=0, le=MAX_CUSTOM_FIELDS)] = MAX_CUSTOM_FIELDS
+    #: Custom fields of another type than text (N -> "number", "date", ...), as `GET /types`
+    #: lists them; a PATCH of a value that is not of that type gets 422.
+    custom_field_types: dict[int, Literal["text", "number", "date"]] = Field(default_factory=dict)
     prospect_ids: tuple[int, int] = (1, 10_000_000)
     access_token_ttl_s: Annotated[int, Field(ge=0)] = 7200
     client_id: str = "sandbox-client"

@@ -26,7 +26,7 @@ def _create(call: Call) -> web.Response:
     sandbox = call.sandbox
     require_jsonapi(call.request)
     attributes = parse_create(call.document, sandbox.config.usable_custom_fields)
-    check_values(attributes)
+    check_values(attributes, dict(sandbox.config.custom_field_types))
     check_emails(sandbox.state, sandbox.config, attributes.get("emails") or [])
     call.prospect_id = sandbox.state.create(attributes, now=sandbox.clock())
     return jsonapi_response(201, {"data": prospect_resource(sandbox.state, call.prospect_id)})

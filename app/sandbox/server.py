@@ -36,6 +36,7 @@ def make_app(config: SandboxConfig, *, clock: Clock = time.time) -> web.Applicat
     app[SANDBOX_KEY] = Sandbox(config, clock)
     app.router.add_patch("/api/v2/prospects/{id}", api.patch_prospect)
     app.router.add_get("/api/v2/prospects/{id}", api.get_prospect)
+    app.router.add_get("/api/v2/types", api.list_types)
     app.router.add_post("/api/v2/batches/actions/prospectsBulkModify", bulk_api.bulk_modify)
     app.router.add_get("/api/v2/batches/{id}", bulk_api.get_batch)
     app.router.add_post("/api/v2/batches/{id}/actions/cancel", bulk_api.cancel_batch)

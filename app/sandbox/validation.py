@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from app.sandbox.attributes import check_name, check_value
+from app.sandbox.attributes import check_name, check_typed, check_value
 from app.sandbox.errors import JSONAPI, ApiError, bad_request, unsupported_media_type
 
 
@@ -71,9 +72,10 @@ def _attributes(attributes: Any, usable_custom_fields: int) -> dict[str, Any]:
     return attributes
 
 
-def check_values(attributes: dict[str, Any]) -> None:
-    """Raise a 422 ApiError for the first rejected value."""
+def check_values(attributes: dict[str, Any], types: Mapping[int, str] | None = None) -> None:
+    """Raise a 422 ApiError for the first rejected value (``types``: the account's custom
+    fields that are not text)."""
     for name, value in attributes.items():
-        error: ApiError | None = check_value(name, value)
+        error: ApiError | None = check_value(name, value) or check_typed(name, value, types or {})
         if error is not None:
             raise error

@@ -149,8 +149,14 @@ async def connection_uses_bulk(client: aioredis.Redis, keys: Keys, conn: str) ->
     """Whether any destination of ``conn`` has bulk delivery on (it then needs the
     ``batches.read`` and ``batches.write`` scopes)."""
     raw = await cast("Awaitable[dict[bytes, bytes]]", client.hgetall(keys.destinations()))
-    for doc in map(json.loads, raw.values()):
-        bulk = doc.get("bulk") or {}
-        if doc.get("connection") == conn and bulk.get("enabled"):
+    for value in raw.values():
+        try:
+            doc = json.loads(value)
+        except ValueError:
+            continue  # a broken record, reported where destinations are read
+        if not isinstance(doc, dict) or doc.get("connection") != conn:
+            continue
+        bulk = doc.get("bulk")
+        if isinstance(bulk, dict) and bulk.get("enabled"):
             return True
     return False

@@ -37,6 +37,9 @@ PROFILES_ACCEPTED = "profiles_accepted"
 PROFILES_EXCLUDED = "profiles_excluded"
 PROFILES_REJECTED = "profiles_rejected"
 AUDIENCES_IGNORED = "audiences_ignored"
+ATTRIBUTES_REJECTED = "attributes_rejected"
+ATTRIBUTES_UNMAPPED = "attributes_unmapped"
+UNMAPPED_BY = "unmapped:"  # + attribute (an Outreach attribute's name, else "other")
 EXCLUDED_BY = "excluded:"  # + reason
 PROSPECTS_ACTIVATED = "drain_delivered"
 FIELDS_ACTIVATED = "activated:fields"
@@ -155,6 +158,9 @@ def summary(flat: Mapping[str, int]) -> dict[str, Any]:
         "excluded_by_reason": _by_prefix(flat, EXCLUDED_BY),
         "profiles_rejected": get(PROFILES_REJECTED, 0),
         "audiences_ignored": get(AUDIENCES_IGNORED, 0),
+        "attributes_rejected": get(ATTRIBUTES_REJECTED, 0),
+        "attributes_unmapped": get(ATTRIBUTES_UNMAPPED, 0),
+        "unmapped_by_attribute": _by_prefix(flat, UNMAPPED_BY),
         "prospects_activated": get(PROSPECTS_ACTIVATED, 0),
         "fields_activated": get(FIELDS_ACTIVATED, 0),
         "attributes_activated": get(ATTRIBUTES_ACTIVATED, 0),

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from app.config.destinations import Destination
 from app.core.errors import StoreUnavailable, UnknownDestination
 from app.core.keys import RECENT_FAILURES_KEPT, Keys
-from app.core.operations import Eval, Op, run_async, run_sync
+from app.core.operations import Commands, Eval, Op, run_async, run_sync
 from app.core.scripts import package_scripts
 from app.core.wake import wake
 from app.store.counters import hour_of, write_async
@@ -29,6 +29,9 @@ Outcome = Literal["ok", "retry", "defer", "drop"]
 Change = tuple[str, str, int]
 #: Prospects per merge call: bounds how long one script holds Redis.
 MERGE_CHUNK = 500
+#: Reads of a claim's candidates before it reports nothing claimable: each look after the
+#: first follows another claim that took every candidate of the one before.
+CLAIM_LOOKS = 4
 
 
 def encode(value: object) -> str:
@@ -94,11 +97,24 @@ def poll_sync(
 ) -> Poll:
     """The dispatcher's look at a destination (see ``lua/poll.lua``)."""
     script = SCRIPTS.sync(client, "poll")
+    seq = keys.drainer_seq(dest)
     res = script(
-        keys=[keys.due(dest), keys.leases(dest), keys.drainers(dest), keys.hold(dest)],
+        keys=[keys.due(dest), keys.leases(dest), keys.drainers(dest), keys.hold(dest), seq],
         args=[now_ms, batch, max_drainers, slot_ttl_ms],
     )
     return parse_poll(res)
+
+
+def _parse_claimed(flat: Sequence[Any]) -> list[Claimed]:
+    out: list[Claimed] = []
+    i = 0
+    while i < len(flat):
+        pid, first, attempts, failing, n = (int(x) for x in flat[i : i + 5])
+        pairs = flat[i + 5 : i + 5 + 2 * n]
+        fields = {pairs[j].decode(): json.loads(pairs[j + 1]) for j in range(0, 2 * n, 2)}
+        out.append(Claimed(pid, first, attempts, fields, failing))
+        i += 5 + 2 * n
+    return out
 
 
 def _merge_call(
@@ -109,15 +125,16 @@ def _merge_call(
     window_ms: int,
 ) -> tuple[list[str], list[str | int]]:
     kk = [keys.due(dest), keys.leases(dest), keys.first_seen(dest), keys.counters(dest)]
-    kk.append(keys.destinations())
+    kk.append(keys.retired(dest))
+    for prospect, _ in chunk:
+        kk += [keys.pending(dest, prospect), keys.versions(dest, prospect)]
     # Ids and times as strings: Lua's cjson reads numbers as doubles (inexact past 2^53).
     doc = [
         [str(prospect), [[field, value, str(ts)] for field, value, ts in changes]]
         for prospect, changes in chunk
     ]
-    prefix = _prospect_prefix(keys, dest)
     payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
-    return kk, [now_ms, window_ms, dest, prefix, payload]
+    return kk, [now_ms, window_ms, dest, payload]
 
 
 def _chunks(
@@ -140,7 +157,14 @@ def merge_op(
     call) and wake the dispatchers when some prospect newly fell pending."""
     total = MergeResult()
     try:
-        for chunk in _chunks(changes):
+        # The catalog is another cluster slot than the destination's keys: asked first, and
+        # merge.lua refuses a destination deleted since (its retired marker).
+        chunks = list(_chunks(changes))
+        if chunks:
+            [known] = yield Commands(lambda pipe: pipe.hexists(keys.destinations(), dest))
+            if not known:
+                raise UnknownDestination(dest)
+        for chunk in chunks:
             kk, args = _merge_call(keys, dest, chunk, now_ms, window_ms)
             total += MergeResult(*(yield Eval(SCRIPTS, "merge", kk, args)))
         if total.newly_due:
@@ -161,12 +185,6 @@ def merge_sync(
 ) -> MergeResult:
     """``merge_op`` for a synchronous producer (CLI, Python API, Celery task, replay)."""
     return run_sync(client, merge_op(keys, dest, changes, now_ms=now_ms, window_ms=window_ms))
-
-
-def _prospect_prefix(keys: Keys, dest: str) -> str:
-    """The part of a destination's per-prospect key names before "pend:<id>" and the like,
-    from which the merge and claim scripts build those keys ("<prefix>:{dest}:")."""
-    return keys.pending(dest, 0)[: -len("pend:0")]
 
 
 def _merge_error(dest: str, exc: redis.RedisError) -> Exception:
@@ -205,21 +223,33 @@ class ProspectStore:
     async def claim(
         self, dest: str, *, now_ms: int, lease_ms: int, batch: int, token: str
     ) -> list[Claimed]:
-        prefix = _prospect_prefix(self.keys, dest)
+        """Claim up to ``batch`` due prospects (``lua/claim.lua``). The candidates are read
+        first so the script can declare their keys; when other claims took every one of them
+        meanwhile, it looks again (a few times) rather than report nothing due."""
         hour = self.keys.metrics_hour(dest, hour_of(now_ms / 1000))
-        flat = await SCRIPTS.aio(self.redis, "claim")(
-            keys=[*self._dest_keys(dest), hour],
-            args=[now_ms, lease_ms, batch, token, prefix, self.keys.metrics_ttl_s()],
-        )
-        out: list[Claimed] = []
-        i = 0
-        while i < len(flat):
-            pid, first, attempts, failing, n = (int(x) for x in flat[i : i + 5])
-            pairs = flat[i + 5 : i + 5 + 2 * n]
-            fields = {pairs[j].decode(): json.loads(pairs[j + 1]) for j in range(0, 2 * n, 2)}
-            out.append(Claimed(pid, first, attempts, fields, failing))
-            i += 5 + 2 * n
-        return out
+        for _ in range(CLAIM_LOOKS):
+            expired, due = await self._candidates(dest, now_ms=now_ms, batch=batch)
+            if not expired and not due:
+                return []
+            seen = set(expired)
+            candidates = [*expired, *(p for p in due if p not in seen)]
+            ttl_s = self.keys.metrics_ttl_s()
+            flat = await SCRIPTS.aio(self.redis, "claim")(
+                keys=[*self._dest_keys(dest), hour, *self._snapshot_keys(dest, candidates)],
+                args=[now_ms, lease_ms, batch, token, ttl_s, len(expired), *candidates],
+            )
+            claimed = _parse_claimed(flat[1:])
+            if claimed or not int(flat[0]):
+                return claimed
+        return []
+
+    async def _candidates(self, dest: str, *, now_ms: int, batch: int) -> tuple[list[int], ...]:
+        """Prospects whose lease expired, and prospects due, at ``now_ms`` (``batch`` each)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrangebyscore(self.keys.leases(dest), "-inf", now_ms, start=0, num=batch)
+        pipe.zrangebyscore(self.keys.due(dest), "-inf", now_ms, start=0, num=batch)
+        expired, due = await pipe.execute()
+        return [int(p) for p in expired], [int(p) for p in due]
 
     async def renew(self, dest: str, prospect: int, token: str, *, until_ms: int) -> bool:
         """Extend the claim on ``prospect`` to ``until_ms`` if it is still ``token``'s."""
@@ -243,10 +273,19 @@ class ProspectStore:
         batch's records), in one round trip; returns those settled (still ``token``'s)."""
         if not prospects:
             return set()
-        prefix = _prospect_prefix(self.keys, dest)
-        args: list[str | int] = [token, now_ms, window_ms, prefix, *prospects]
+        args: list[str | int] = [token, now_ms, window_ms, *prospects]
+        kk = [*self._dest_keys(dest), *self._snapshot_keys(dest, prospects)]
         settle_ok_many = SCRIPTS.aio(self.redis, "settle_ok_many")
-        return {int(p) for p in await settle_ok_many(keys=self._dest_keys(dest), args=args)}
+        return {int(p) for p in await settle_ok_many(keys=kk, args=args)}
+
+    def _snapshot_keys(self, dest: str, prospects: Iterable[int | bytes]) -> list[str]:
+        """Per prospect its in-flight, pending and delivered hashes, in that order."""
+        k = self.keys
+        out: list[str] = []
+        for p in prospects:
+            pid = int(p)
+            out += [k.inflight(dest, pid), k.pending(dest, pid), k.delivered(dest, pid)]
+        return out
 
     async def settle(
         self,

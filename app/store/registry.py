@@ -13,13 +13,14 @@ from typing import cast
 import redis
 import redis.asyncio as aioredis
 
+from app.config.broken import Broken, broken, why_unreadable
 from app.config.destinations import Config, Connection, Destination
 from app.connections.crypto import TokenCipher, default_cipher
 from app.connections.records import ConnectionStoreSync, stored_metadata
+from app.core.errors import UnreadableRecord
 from app.core.keys import Keys
-from app.core.operations import run_async
 from app.core.scripts import package_scripts
-from app.core.wake import queue_wake, wake
+from app.core.wake import queue_wake
 
 #: How long a reader trusts its copy: the delay before an edit reaches running workers.
 CACHE_TTL_S = 2.0
@@ -35,13 +36,14 @@ def publish_sync(
     """
     conns = ConnectionStoreSync(client, keys, cipher or default_cipher())
     unblocked = [conn.id for conn in config.connections if conns.publish(conn)]
-    pipe = client.pipeline()
+    # No transaction: the catalog and each destination's keys are different cluster slots.
+    pipe = client.pipeline(transaction=False)
     for dest in config.destinations:
         pipe.hset(keys.destinations(), dest.id, dest.model_dump_json())
         # A corrected configuration gets its mapping IDs tried again; as an admin edit does
         # (swap_destination), a hold set while it was disabled is lifted and it is woken.
-        pipe.delete(keys.invalid_mappings(dest.id))
-        pipe.delete(keys.hold(dest.id))
+        for key in (keys.invalid_mappings(dest.id), keys.hold(dest.id), keys.retired(dest.id)):
+            pipe.delete(key)  # one key per DEL: a cluster pipeline takes no more
     queue_wake(pipe, keys, *(dest.id for dest in config.destinations))
     pipe.execute()
     for conn_id in unblocked:
@@ -51,8 +53,18 @@ def publish_sync(
 
 
 def destination_sync(client: redis.Redis, keys: Keys, dest_id: str) -> Destination | None:
+    """The destination ``dest_id`` (None: absent); raises ``UnreadableRecord`` when its stored
+    record cannot be read."""
     raw = cast("bytes | None", client.hget(keys.destinations(), dest_id))
-    return None if raw is None else Destination.model_validate_json(raw)
+    return None if raw is None else read_destination(dest_id, raw)
+
+
+def read_destination(dest_id: str, raw: bytes) -> Destination:
+    """A stored destination; ``UnreadableRecord`` (naming what is wrong) when it cannot be read."""
+    try:
+        return Destination.model_validate_json(raw)
+    except ValueError as exc:
+        raise UnreadableRecord("destination", dest_id, why_unreadable(exc)) from None
 
 
 async def stored_destinations(client: aioredis.Redis, keys: Keys) -> dict[str, bytes]:
@@ -81,25 +93,52 @@ async def swap_destination(
     """Publish (``new``) or delete (None) one destination if its stored document is still
     ``expected`` (None: absent); clears its invalid-mapping marks. False: it had changed.
     A deletion ``only_if_idle`` raises ``DestinationBusy`` when anything is pending, in
-    flight or failed, checked in the same script as the deletion."""
-    doc = new.model_dump_json() if new else ""
-    args: list[str | bytes] = [dest_id, expected or b"", doc, "1" if only_if_idle else "0"]
-    keys_ = [keys.destinations(), keys.invalid_mappings(dest_id), keys.hold(dest_id)]
-    keys_ += [keys.due(dest_id), keys.leases(dest_id), keys.failures(dest_id)]
-    swap = package_scripts("app.store").aio(client, "swap_destination")
-    done = await swap(keys=keys_, args=args)
-    if done == -1:
+    flight or failed, checked in the same script that makes ``merge.lua`` refuse its changes.
+
+    The catalog and the destination's keys live in different cluster slots, so this takes
+    steps (docs/operations.md, "Redis Cluster"): a deletion retires the destination, then
+    removes it from the catalog; a publication writes the catalog, then lifts the marks."""
+    if new is None and not await _retire(client, keys, dest_id, expected, only_if_idle):
+        return False
+    cas: list[str | bytes] = [dest_id, expected or b"", new.model_dump_json() if new else ""]
+    swap = package_scripts("app.store").aio(client, "catalog_swap")
+    if not await swap(keys=[keys.destinations()], args=cas):
+        if new is None and await stored_destination(client, keys, dest_id) is not None:
+            await client.delete(keys.retired(dest_id))  # another edit won: it stays
+        return False
+    pipe = client.pipeline(transaction=False)
+    # A changed destination gets its mapping IDs tried again (as publish_sync does); an edit
+    # (enabling, say) lifts a hold set while it was disabled, and wakes its drains.
+    pipe.delete(keys.invalid_mappings(dest_id))
+    if new is not None:
+        pipe.delete(keys.retired(dest_id))
+        pipe.delete(keys.hold(dest_id))
+        queue_wake(pipe, keys, dest_id)
+    await pipe.execute()
+    return True
+
+
+async def _retire(
+    client: aioredis.Redis, keys: Keys, dest_id: str, expected: bytes | None, only_if_idle: bool
+) -> bool:
+    """Make ``merge.lua`` refuse the destination's changes, if it is still ``expected``
+    (False: it changed) and, ``only_if_idle``, nothing is pending, in flight or failed."""
+    if await stored_destination(client, keys, dest_id) != expected:
+        return False
+    kk = [keys.retired(dest_id), keys.due(dest_id), keys.leases(dest_id), keys.failures(dest_id)]
+    retire = package_scripts("app.store").aio(client, "retire_destination")
+    if await retire(keys=kk, args=[int(only_if_idle)]) == -1:
         raise DestinationBusy(dest_id)
-    if done and new is not None:
-        # An edit (enabling, say) lifted a hold set while it was disabled: start its drains.
-        await run_async(client, wake(keys, dest_id))
-    return bool(done)
+    return True
 
 
 class Registry:
     """Destinations and connections, cached for ``ttl_s``. Connections are metadata only
     (user, rate limit, reserve share): tokens are never decrypted here; senders get theirs
-    from ``app.connections.oauth.TokenManager``."""
+    from ``app.connections.oauth.TokenManager``.
+
+    A stored record that cannot be read is left out (as if absent) and listed by
+    ``broken()`` with its reason, logged once: it never keeps the others from being read."""
 
     def __init__(self, client: aioredis.Redis, keys: Keys, *, ttl_s: float = CACHE_TTL_S) -> None:
         self._redis = client
@@ -108,6 +147,7 @@ class Registry:
         self._loaded_at = float("-inf")
         self._destinations: dict[str, Destination] = {}
         self._connections: dict[str, Connection] = {}
+        self._broken: dict[tuple[str, str], Broken] = {}
 
     async def _refresh(self) -> None:
         if time.monotonic() - self._loaded_at < self._ttl_s:
@@ -116,10 +156,22 @@ class Registry:
         pipe.hgetall(self._keys.destinations())
         pipe.hgetall(self._keys.connections())
         dests, conns = await pipe.execute()
-        self._destinations = {
-            k.decode(): Destination.model_validate_json(v) for k, v in dests.items()
-        }
-        self._connections = {k.decode(): stored_metadata(v) for k, v in conns.items()}
+        found: dict[tuple[str, str], Broken] = {}
+        self._destinations = {}
+        for key, raw in dests.items():
+            dest_id = key.decode(errors="replace")
+            try:
+                self._destinations[dest_id] = read_destination(dest_id, raw)
+            except UnreadableRecord as exc:
+                found["destination", dest_id] = broken("destination", dest_id, exc)
+        self._connections = {}
+        for key, raw in conns.items():
+            conn_id = key.decode(errors="replace")
+            try:
+                self._connections[conn_id] = stored_metadata(raw)
+            except (ValueError, TypeError, AttributeError) as exc:
+                found["connection", conn_id] = broken("connection", conn_id, exc)
+        self._broken = found
         self._loaded_at = time.monotonic()
 
     async def destination(self, dest_id: str) -> Destination | None:
@@ -131,8 +183,25 @@ class Registry:
         return self._connections.get(conn_id)
 
     async def destination_ids(self) -> list[str]:
+        """The destinations that can be read (the broken ones are in ``broken()``)."""
         await self._refresh()
         return sorted(self._destinations)
+
+    async def all_destination_ids(self) -> list[str]:
+        """Every stored destination, the broken ones included (status lists show them)."""
+        await self._refresh()
+        bad = [dest_id for kind, dest_id in self._broken if kind == "destination"]
+        return sorted([*self._destinations, *bad])
+
+    async def broken(self) -> list[Broken]:
+        """Every destination and connection record that cannot be read, with the reason."""
+        await self._refresh()
+        return [self._broken[k] for k in sorted(self._broken)]
+
+    async def broken_destination(self, dest_id: str) -> Broken | None:
+        """Why ``dest_id``'s stored record cannot be read (None: it can, or it is absent)."""
+        await self._refresh()
+        return self._broken.get(("destination", dest_id))
 
     def forget(self) -> None:
         """Drop the cached copy: the next read loads again (after this process's own edit)."""

@@ -9,6 +9,9 @@ const FLOW_ROWS = [
   ["profiles_accepted", "Accepted"],
   ["profiles_excluded", "Excluded"],
   ["profiles_rejected", "Rejected"],
+  ["audiences_ignored", "Audiences ignored (no mapping ID)"],
+  ["attributes_unmapped", "Attributes left out (not mapped)"],
+  ["attributes_rejected", "Attributes rejected"],
   ["prospects_activated", "Identities activated (prospects updated)"],
   ["fields_activated", "Fields activated"],
   ["prospects_skipped_noop", "Skipped as no-op (prospects)"],
@@ -59,7 +62,8 @@ function render(doc) {
   const m = doc.metrics;
   fill("flow", FLOW_ROWS.map(([key, label]) => [label, m.window[key], m.totals[key]]));
   fill("reasons", [[reasons(m.totals.excluded_by_reason) || "—",
-    reasons(m.totals.failed_by_reason) || "—"]]);
+    reasons(m.totals.failed_by_reason) || "—",
+    reasons(m.totals.unmapped_by_attribute) || "—"]]);
   fill("audiences", doc.audiences.map(audienceCells));
   const failures = doc.recent_failures || [];
   fill("failures", failures.map(failureCells));

@@ -1,28 +1,27 @@
 -- Merge field changes into the pending state of many prospects of one destination, atomically.
 -- Per field the newer version wins (ties: the later arrival), so a late, older evaluation never
 -- overwrites a newer one, whether that one is pending, in flight or already delivered.
--- Nothing is merged for a destination that no longer exists: a producer (or an API process
--- whose cache still knows it) gets an error instead of changes no dispatcher would drain.
--- The check and the deletion (swap_destination.lua) are atomic with respect to each other.
+-- Nothing is merged for a destination being deleted: a producer (or an API process whose
+-- cache still knows it) gets an error instead of changes no dispatcher would drain. The check
+-- and the deletion's (retire_destination.lua) are atomic with respect to each other; whether
+-- the destination was ever published, the caller asks the catalog first (another slot).
 -- KEYS[1] due zset, KEYS[2] leases zset, KEYS[3] first-seen hash, KEYS[4] counters hash,
--- KEYS[5] destinations hash.
--- ARGV: now_ms, window_ms, destination id, key prefix of per-prospect keys ("<p>:{dest}:"),
--- then the changes as one JSON document: [[prospect id, [[field, json value, ts ms], ...]],
--- ...], ids and times as strings (exact beyond 2^53). One document rather than one argument
--- per item: packing hundreds of thousands of arguments was most of a producer's merge time.
--- The per-prospect keys (pending, versions hashes) carry the destination's hash tag like the
--- declared ones, as in claim.lua.
+-- KEYS[5] retired marker, then per prospect of the document, in its order, its pending and
+-- versions hashes (KEYS[4 + 2i], KEYS[5 + 2i]): every key declared, as Redis Cluster wants.
+-- ARGV: now_ms, window_ms, destination id, then the changes as one JSON document:
+-- [[prospect id, [[field, json value, ts ms], ...]], ...], ids and times as strings (exact
+-- beyond 2^53). One document rather than one argument per item: packing hundreds of
+-- thousands of arguments was most of a producer's merge time.
 -- Returns {newly_due, fields_applied, fields_stale}, or the error NODEST.
-if redis.call('HEXISTS', KEYS[5], ARGV[3]) == 0 then
+if redis.call('EXISTS', KEYS[5]) == 1 then
   return redis.error_reply('NODEST destination ' .. ARGV[3] .. ' does not exist')
 end
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local kp = ARGV[4]
 local newly, applied, stale = 0, 0, 0
-for _, prospect in ipairs(cjson.decode(ARGV[5])) do
+for i, prospect in ipairs(cjson.decode(ARGV[4])) do
   local pid, fields = prospect[1], prospect[2]
-  local pend, ver = kp .. 'pend:' .. pid, kp .. 'ver:' .. pid
+  local pend, ver = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
   local changed = false
   for _, change in ipairs(fields) do
     local field, value, ts = change[1], change[2], tonumber(change[3])

@@ -2,7 +2,8 @@
 -- start so that ceil(ready / batch) drainers run, at most max_drainers across all hosts.
 -- While the destination is on hold (its quota gate granted nothing), nothing starts and
 -- the dispatcher is told to come back when the hold ends.
--- KEYS[1] due, KEYS[2] leases, KEYS[3] drainers zset, KEYS[4] hold (ms).
+-- KEYS[1] due, KEYS[2] leases, KEYS[3] drainers zset, KEYS[4] hold (ms), KEYS[5] the
+-- drainers' id counter.
 -- ARGV: now_ms, batch, max_drainers, slot_ttl_ms.
 -- Returns {ready, next due time after now in ms or -1, new slot ids...}.
 local now, batch, maxd, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -20,7 +21,7 @@ local out = {ready, nxt}
 if ready > 0 then
   local want = math.min(math.ceil(ready / batch), maxd) - redis.call('ZCARD', KEYS[3])
   for _ = 1, want do
-    local id = redis.call('INCR', KEYS[3] .. ':seq')
+    local id = redis.call('INCR', KEYS[5])
     redis.call('ZADD', KEYS[3], now + ttl, id)
     out[#out + 1] = id
   end

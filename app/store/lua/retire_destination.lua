@@ -1,0 +1,12 @@
+-- Mark a destination being deleted as retired, so merge.lua refuses its changes from now on,
+-- unless (ARGV[1] '1') anything is pending, in flight or failed: changes that arrived after
+-- the caller counted them. The check and the mark are one step in the destination's slot,
+-- so no change can slip in between; the catalog entry goes next (catalog_swap.lua).
+-- KEYS[1] retired marker, KEYS[2] due zset, KEYS[3] leases zset, KEYS[4] failures hash.
+-- Returns 1 when retired, -1 when refused.
+if ARGV[1] == '1' and
+   redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) + redis.call('HLEN', KEYS[4]) > 0 then
+  return -1
+end
+redis.call('SET', KEYS[1], '1')
+return 1
