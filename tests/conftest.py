@@ -8,22 +8,29 @@ import os
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import redis
 import redis.asyncio as aioredis
+from aiohttp import web
 from redis.cluster import RedisCluster
 
 from app.core.keys import Keys
 from app.delivery.dispatcher import live_workers
+from app.sandbox import SandboxConfig, make_app
 from app.testing.cluster import LocalCluster, missing_binaries
 from app.testing.harness import forget_run, kill_groups, start_worker
 from tests.support import (
+    SANDBOX_TOKEN,
     TEST_REDIS_URL,
     Api,
+    LiveSandbox,
     LocalRedis,
+    ManualClock,
     Sandbox,
     start_api,
     wait_until,
@@ -59,6 +66,29 @@ def sandbox_factory() -> Iterator[Callable[..., Sandbox]]:
 @pytest.fixture
 def sandbox(sandbox_factory: Callable[..., Sandbox]) -> Sandbox:
     return sandbox_factory()
+
+
+@pytest.fixture
+async def live_sandbox() -> AsyncIterator[Callable[..., Awaitable[LiveSandbox]]]:
+    """Starts sandboxes in this process on ephemeral ports (config as keywords; the token
+    ``SANDBOX_TOKEN`` acts for user alice), each with a clock the test moves."""
+    runners: list[web.AppRunner] = []
+    session = aiohttp.ClientSession()
+
+    async def start(**config: Any) -> LiveSandbox:
+        config.setdefault("static_tokens", {SANDBOX_TOKEN: "alice"})
+        clock = ManualClock()
+        runner = web.AppRunner(make_app(SandboxConfig(**config), clock=clock), access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        return LiveSandbox(f"http://{host}:{port}", session, clock)
+
+    yield start
+    await session.close()
+    for runner in runners:
+        await runner.cleanup()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ the service; never another test module (an import-linter contract keeps it so)."
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -330,3 +331,81 @@ class CapturingTransport(Transport):
 
     def text(self) -> str:
         return "\n".join(e.serialize().decode("utf-8", "replace") for e in self.envelopes)
+
+
+# The sandbox in this process, over real HTTP, with a clock the test moves.
+
+SANDBOX_TOKEN = "tok-alice"
+JSONAPI = "application/vnd.api+json"
+
+
+class ManualClock:
+    """A clock that stands still until a test moves it."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Reply:
+    """An HTTP answer: status, headers, and the body as JSON (or text, or None when empty)."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+    @property
+    def error(self) -> dict[str, Any]:
+        """The only JSON:API error of the answer."""
+        errors = self.body["errors"]
+        assert len(errors) == 1, errors
+        first: dict[str, Any] = errors[0]
+        return first
+
+
+@dataclass
+class LiveSandbox:
+    """An in-process sandbox's URL, a session to call it and its clock."""
+
+    url: str
+    session: Any  # aiohttp.ClientSession; support stays importable without aiohttp types
+    clock: ManualClock
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        token: str | None = SANDBOX_TOKEN,
+        params: Any = None,
+    ) -> Reply:
+        """One API call with a bearer token and a JSON:API body."""
+        headers = {"Content-Type": JSONAPI}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = None if body is None else json.dumps(body)
+        url = path if path.startswith("http") else self.url + path
+        async with self.session.request(
+            method, url, data=data, headers=headers, params=params
+        ) as resp:
+            text = await resp.text()
+            try:
+                parsed: Any = json.loads(text) if text else None
+            except ValueError:
+                parsed = text
+            return Reply(resp.status, dict(resp.headers), parsed)
+
+    async def control(self, path: str, body: Any = None) -> Any:
+        """A control call (`/_sandbox/<path>`): GET without a body, POST with one."""
+        method = "GET" if body is None else "POST"
+        # A stream, not bytes: a seed of many prospects is a large body.
+        data = None if body is None else io.BytesIO(json.dumps(body).encode())
+        headers = {"Content-Type": "application/json"}
+        url = f"{self.url}/_sandbox/{path}"
+        async with self.session.request(method, url, data=data, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()

@@ -7,14 +7,20 @@ batch to what the clock says it has done, so a run replays the same whatever the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from app.sandbox.attributes import check_name, check_value
+from app.sandbox.timestamps import iso
 
 #: What the sandbox does with the batches created while it is set.
 BatchFault = Literal["none", "stick", "cancel"]
+MODIFY = "prospectsBulkModify"
+ADD_TO_SEQUENCE = "prospectsAddToSequence"
+#: Applies a batch's attributes to one prospect; the reason (Outreach's ``info``) on failure.
+Applier = Callable[[int, dict[str, Any]], str | None]
+_DONE_WORD = {MODIFY: "modified", ADD_TO_SEQUENCE: "added"}
 
 
 @dataclass(slots=True)
@@ -30,7 +36,8 @@ class Item:
 
 @dataclass(slots=True)
 class Batch:
-    """One bulk modification: the same attributes for every listed prospect."""
+    """One bulk action: the same attributes (modification, or sequence and mailbox) for
+    every listed prospect."""
 
     id: int
     attributes: dict[str, Any]
@@ -43,6 +50,7 @@ class Batch:
     canceled_at: float | None = None
     done: int = 0
     failures: int = 0
+    action: str = MODIFY
 
     @property
     def state(self) -> str:
@@ -62,18 +70,21 @@ class Batch:
             "type": "batch",
             "id": self.id,
             "attributes": {
-                "action": "prospectsBulkModify",
+                "action": self.action,
                 "state": self.state,
                 "total": total,
                 "pending": total - self.done,
                 "failures": self.failures,
-                "summary": f"{self.done - self.failures} modified, {self.failures} failed",
+                "summary": (
+                    f"{self.done - self.failures} {_DONE_WORD.get(self.action, 'done')}, "
+                    f"{self.failures} failed"
+                ),
                 "confirmCount": total,
                 "confirmedCountRequired": not self.confirmed,
-                "createdAt": _iso(self.created_at),
-                "startedAt": _iso(self.started_at),
-                "finishedAt": _iso(self.finished_at),
-                "canceledAt": _iso(self.canceled_at),
+                "createdAt": iso(self.created_at),
+                "startedAt": iso(self.started_at),
+                "finishedAt": iso(self.finished_at),
+                "canceledAt": iso(self.canceled_at),
             },
         }
 
@@ -108,11 +119,13 @@ class Batches:
         now: float,
         fault: BatchFault,
         confirmed: bool,
+        action: str = MODIFY,
     ) -> Batch:
         """A new batch over ``ids`` (validated by the caller: never empty)."""
         items = [Item(self.next_item + i, pid) for i, pid in enumerate(ids)]
         self.next_item += len(items)
         batch = Batch(len(self.batches) + 1, dict(attributes), items, now, fault, confirmed)
+        batch.action = action
         if confirmed:
             batch.started_at = now
         self.batches[batch.id] = batch
@@ -128,26 +141,24 @@ class Batches:
         if batch.finished_at is None and batch.canceled_at is None:
             batch.canceled_at = now
 
-    def advance(self, now: float, apply: Apply) -> None:
+    def advance(self, now: float, *, records_per_s: float, appliers: Mapping[str, Applier]) -> None:
         """Work every running batch through to where ``records_per_s`` says it is by now."""
         for batch in self.batches.values():
-            _advance(batch, now, apply)
+            _advance(batch, now, records_per_s, appliers[batch.action])
 
 
 class Apply:
-    """Writes one record: the sandbox's prospects, its speed and which prospects exist."""
+    """Writes one record of a bulk modification, if the prospect exists."""
 
     def __init__(
         self,
-        prospects: dict[int, dict[str, Any]],
+        write: Callable[[int, dict[str, Any]], object],
         *,
-        records_per_s: float,
-        prospect_ids: tuple[int, int],
+        exists: Callable[[int], bool],
         usable_custom_fields: int,
     ) -> None:
-        self.prospects = prospects
-        self.records_per_s = records_per_s
-        self.prospect_ids = prospect_ids
+        self.write = write
+        self.exists = exists
         self.usable_custom_fields = usable_custom_fields
         self.records = 0
 
@@ -157,15 +168,14 @@ class Apply:
             error = check_name(name, self.usable_custom_fields) or check_value(name, value)
             if error is not None:
                 return error.detail
-        low, high = self.prospect_ids
-        if not low <= prospect_id <= high:
+        if not self.exists(prospect_id):
             return f"Could not find 'prospect' with ID '{prospect_id}'."
-        self.prospects.setdefault(prospect_id, {}).update(attributes)
+        self.write(prospect_id, attributes)
         self.records += 1
         return None
 
 
-def _advance(batch: Batch, now: float, apply: Apply) -> None:
+def _advance(batch: Batch, now: float, records_per_s: float, apply: Applier) -> None:
     if batch.started_at is None or batch.finished_at or batch.canceled_at:
         return
     if batch.fault == "cancel":
@@ -173,7 +183,7 @@ def _advance(batch: Batch, now: float, apply: Apply) -> None:
         return
     if batch.fault == "stick":
         return
-    target = min(len(batch.items), int((now - batch.started_at) * apply.records_per_s))
+    target = min(len(batch.items), int((now - batch.started_at) * records_per_s))
     for item in batch.items[batch.done : target]:
         info = apply(item.prospect_id, batch.attributes)
         item.state, item.failed, item.info = (
@@ -183,9 +193,3 @@ def _advance(batch: Batch, now: float, apply: Apply) -> None:
     batch.done = max(batch.done, target)
     if batch.done == len(batch.items):
         batch.finished_at = now
-
-
-def _iso(epoch_s: float | None) -> str | None:
-    if epoch_s is None:
-        return None
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

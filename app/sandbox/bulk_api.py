@@ -1,20 +1,15 @@
-"""The Bulk API: `prospectsBulkModify`, batches and their items, with auth, quota and faults."""
+"""The Bulk API: `prospectsBulkModify`, batches and their items."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from app.sandbox.batches import Batch
-from app.sandbox.context import SANDBOX_KEY, Sandbox
-from app.sandbox.errors import ApiError, bad_request, jsonapi_response, unauthorized
-from app.sandbox.ratelimit import rate_limit_exceeded, ratelimit_headers
-from app.sandbox.state import DROPPED, RequestRecord
-from app.sandbox.validation import decode_body
+from app.sandbox.batches import Batch, BatchFault
+from app.sandbox.config import SandboxConfig
+from app.sandbox.errors import ApiError, bad_request, jsonapi_response
+from app.sandbox.pipeline import Action, Call, serve
 
 FILTER_IDS = "actionParams[filter][id]"
 SKIP_CONFIRMATION = "actionParams[skipConfirmation]"
@@ -22,131 +17,86 @@ DEFAULT_PAGE_SIZE = 50
 _SINGLE_FORMS = (("fieldName", "fieldValue"), ("field", "value"))
 
 
-@dataclass(slots=True)
-class _Call:
-    sandbox: Sandbox
-    request: web.Request
-    user: str | None
-    body: bytes
-
-
-_Action = Callable[[_Call], web.Response]
-_Cost = Callable[[_Call], int]
-
-
-def _one(_: _Call) -> int:
-    return 1
-
-
 async def bulk_modify(request: web.Request) -> web.StreamResponse:
     """`POST /batches/actions/prospectsBulkModify`: the same attributes on the listed ids."""
-    return await _serve(request, _create, _create_cost)
+    return await serve(request, bulk_action(_create), cost=create_cost)
 
 
 async def get_batch(request: web.Request) -> web.StreamResponse:
     """`GET /batches/{id}`: the batch and its progress."""
-    return await _serve(request, lambda call: _batch_response(_batch(call)))
+    return await serve(request, bulk_action(lambda call: batch_response(_batch(call))))
 
 
 async def cancel_batch(request: web.Request) -> web.StreamResponse:
     """`POST /batches/{id}/actions/cancel`: stop a batch; what is done stays done."""
-    return await _serve(request, _cancel)
+    return await serve(request, bulk_action(_cancel))
 
 
 async def confirm_batch(request: web.Request) -> web.StreamResponse:
     """`POST /batches/{id}/actions/confirm`: start a batch created without skipConfirmation."""
-    return await _serve(request, _confirm)
+    return await serve(request, bulk_action(_confirm))
 
 
 async def batch_items(request: web.Request) -> web.StreamResponse:
     """`GET /batchItems?filter[batch][id]=N`: one page of a batch's items."""
-    return await _serve(request, _items)
+    return await serve(request, bulk_action(_items))
 
 
-async def _serve(request: web.Request, action: _Action, cost: _Cost = _one) -> web.StreamResponse:
-    sandbox = request.app[SANDBOX_KEY]
-    config = sandbox.config
-    if sandbox.faults.drop(config):
-        if request.transport is not None:
-            request.transport.close()
-        _log(sandbox, request, None, DROPPED)
-        return web.Response(status=204)
-    delay = sandbox.faults.latency_s(config)
-    if delay > 0:
-        await asyncio.sleep(delay)
-    call = _Call(sandbox, request, sandbox.tokens.user_for(_bearer(request)), await request.read())
-    response = _answer(call, action, cost)
-    _log(sandbox, request, call.user, response.status)
-    return response
+def bulk_action(action: Action) -> Action:
+    """`action` under the configured `bulk_fault` (403, 404 or an unexpected answer)."""
 
-
-def _answer(call: _Call, action: _Action, cost: _Cost) -> web.Response:
-    sandbox = call.sandbox
-    if call.user is None:
-        return unauthorized().response()
-    sandbox.advance()
-    refused: ApiError | None = None
-    try:
-        units = cost(call)
-    except ApiError as error:
-        refused, units = error, 1
-    decision = sandbox.quota.hit(call.user, units)
-    now = sandbox.clock()
-    if not decision.allowed:
-        response = rate_limit_exceeded(decision.status).response()
-    elif refused is not None:
-        response = refused.response()
-    else:
-        response = sandbox.faults.server_error(sandbox.config, now) or _act(call, action)
-    response.headers.update(
-        ratelimit_headers(sandbox.config, decision.status, now, not decision.allowed)
-    )
-    return response
-
-
-def _act(call: _Call, action: _Action) -> web.Response:
-    fault = call.sandbox.config.bulk_fault
-    if fault == "forbidden":
-        detail = "The access token lacks the scopes batches.read and batches.write."
-        return ApiError(403, "forbidden", "Forbidden", detail).response()
-    if fault == "not_found":
-        return ApiError(404, "resourceNotFound", "Not Found", "Unknown action.").response()
-    try:
+    def faulty(call: Call) -> web.Response:
+        fault = call.sandbox.config.bulk_fault
+        if fault == "forbidden":
+            detail = "The access token lacks the scopes batches.read and batches.write."
+            raise ApiError(403, "forbidden", "Forbidden", detail)
+        if fault == "not_found":
+            raise ApiError(404, "resourceNotFound", "Not Found", "Unknown action.")
         response = action(call)
-    except ApiError as error:
-        return error.response()
-    if fault == "malformed":
-        return jsonapi_response(200, {"meta": {"note": "not what the documentation says"}})
-    return response
+        if fault == "malformed":
+            return jsonapi_response(200, {"meta": {"note": "not what the documentation says"}})
+        return response
+
+    return faulty
 
 
-def _create_cost(call: _Call) -> int:
+def batch_fault(config: SandboxConfig) -> BatchFault:
+    """What becomes of a batch created now."""
+    fault = config.bulk_fault
+    return fault if fault in ("stick", "cancel") else "none"
+
+
+def skips_confirmation(call: Call) -> bool:
+    """Whether the call asked to start the batch at once."""
+    return str(call.query.get(SKIP_CONFIRMATION, "")).lower() == "true"
+
+
+def create_cost(call: Call) -> int:
+    """What creating a batch charges: one request, or one per id (`bulk_cost`)."""
     config = call.sandbox.config
-    ids = parse_ids(call.request.query, decode_body(call.body), config.bulk_max_ids)
+    ids = parse_ids(call.query, call.document, config.bulk_max_ids)
     return len(ids) if config.bulk_cost == "record" else 1
 
 
-def _create(call: _Call) -> web.Response:
+def _create(call: Call) -> web.Response:
     sandbox = call.sandbox
-    document = decode_body(call.body)
-    ids = parse_ids(call.request.query, document, sandbox.config.bulk_max_ids)
-    attributes = parse_modification(document)
-    fault = sandbox.config.bulk_fault
+    document = call.document
+    ids = parse_ids(call.query, document, sandbox.config.bulk_max_ids)
     batch = sandbox.batches.create(
-        attributes,
+        parse_modification(document),
         ids,
         now=sandbox.clock(),
-        fault=fault if fault in ("stick", "cancel") else "none",
-        confirmed=call.request.query.get(SKIP_CONFIRMATION, "").lower() == "true",
+        fault=batch_fault(sandbox.config),
+        confirmed=skips_confirmation(call),
     )
-    return _batch_response(batch)
+    return batch_response(batch)
 
 
 def parse_ids(query: Any, document: Any, max_ids: int) -> list[int]:
     """The ids a bulk call names, in the body's ``ids`` or the filter; never none at all
     (Outreach would modify every prospect), never more than ``max_ids``."""
     raw_filter = query.get(FILTER_IDS)
-    attributes = _attributes(document)
+    attributes = bulk_attributes(document)
     in_body = attributes.get("ids") if attributes is not None else None
     if raw_filter is not None and in_body is not None:
         raise bad_request(
@@ -188,7 +138,7 @@ def _body_ids(raw: Any) -> list[int]:
 def parse_modification(document: Any) -> dict[str, Any]:
     """The attributes to set: ``{field: value, ...}``, or one ``fieldName``/``fieldValue``
     (older copy: ``field``/``value``) pair."""
-    attributes = _attributes(document)
+    attributes = bulk_attributes(document)
     if attributes is None:
         raise bad_request("The document must contain data.attributes.", "/data/attributes")
     rest = {k: v for k, v in attributes.items() if k != "ids"}
@@ -203,13 +153,14 @@ def parse_modification(document: Any) -> dict[str, Any]:
     return rest
 
 
-def _attributes(document: Any) -> dict[str, Any] | None:
+def bulk_attributes(document: Any) -> dict[str, Any] | None:
+    """`data.attributes` of a bulk call, if it is an object."""
     data = document.get("data") if isinstance(document, dict) else None
     attributes = data.get("attributes") if isinstance(data, dict) else None
     return attributes if isinstance(attributes, dict) else None
 
 
-def _batch(call: _Call) -> Batch:
+def _batch(call: Call) -> Batch:
     raw = call.request.match_info["id"]
     batch = call.sandbox.batches.batches.get(int(raw)) if raw.isascii() and raw.isdigit() else None
     if batch is None:
@@ -218,19 +169,19 @@ def _batch(call: _Call) -> Batch:
     return batch
 
 
-def _cancel(call: _Call) -> web.Response:
+def _cancel(call: Call) -> web.Response:
     batch = _batch(call)
     call.sandbox.batches.cancel(batch, call.sandbox.clock())
-    return _batch_response(batch)
+    return batch_response(batch)
 
 
-def _confirm(call: _Call) -> web.Response:
+def _confirm(call: Call) -> web.Response:
     batch = _batch(call)
     call.sandbox.batches.confirm(batch, call.sandbox.clock())
-    return _batch_response(batch)
+    return batch_response(batch)
 
 
-def _items(call: _Call) -> web.Response:
+def _items(call: Call) -> web.Response:
     query = call.request.query
     raw = query.get("filter[batch][id]", "")
     batch = call.sandbox.batches.batches.get(int(raw)) if raw.isdigit() else None
@@ -262,16 +213,6 @@ def _int_param(query: Any, name: str, default: int) -> int:
     return int(raw)
 
 
-def _batch_response(batch: Batch) -> web.Response:
+def batch_response(batch: Batch) -> web.Response:
+    """The Batch resource as an answer."""
     return jsonapi_response(200, {"data": batch.to_json()})
-
-
-def _bearer(request: web.Request) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def _log(sandbox: Sandbox, request: web.Request, user: str | None, status: int) -> None:
-    sandbox.state.record(
-        RequestRecord(sandbox.clock(), request.method, request.path, user, status, None, ())
-    )

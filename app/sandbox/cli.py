@@ -27,6 +27,10 @@ _CONFIG_OPTIONS = (
     "bulk_max_ids",
     "bulk_records_per_s",
     "bulk_fault",
+    "page_size_max",
+    "lookup_max_values",
+    "disabled_sequence",
+    "enroll_without_mailbox",
 )
 
 
@@ -55,6 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bulk-fault", choices=("none", "stick", "cancel", "forbidden", "not_found", "malformed")
     )
+    parser.add_argument("--page-size-max", type=int, help="largest page[size] of lists")
+    parser.add_argument("--lookup-max-values", type=int, help="most emails per filter")
+    parser.add_argument("--lookup-case-sensitive", action="store_true")
+    parser.add_argument("--no-lookup-lists", action="store_true", help="400 on email lists")
+    parser.add_argument("--purposeful-duplicates", action="store_true")
+    parser.add_argument("--excluded-email-domain", action="append", default=[], metavar="DOMAIN")
+    parser.add_argument("--disabled-sequence", choices=("refuse", "pending"))
+    parser.add_argument("--enroll-without-mailbox", choices=("refuse", "default"))
     parser.add_argument("--no-ratelimit-headers", action="store_true")
     parser.add_argument("--no-retry-after", action="store_true")
     parser.add_argument("--no-field-pointers", action="store_true")
@@ -73,6 +85,10 @@ def config_from_args(ns: argparse.Namespace) -> SandboxConfig:
     values["send_ratelimit_headers"] = not ns.no_ratelimit_headers
     values["send_retry_after"] = not ns.no_retry_after
     values["field_pointers"] = not ns.no_field_pointers
+    values["lookup_case_sensitive"] = ns.lookup_case_sensitive
+    values["lookup_lists"] = not ns.no_lookup_lists
+    values["purposeful_duplicates"] = ns.purposeful_duplicates
+    values["excluded_email_domains"] = tuple(ns.excluded_email_domain)
     return SandboxConfig.model_validate(values)
 
 

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.sandbox.scopes import ALL_SCOPES
+
 MAX_CUSTOM_FIELDS = 150
 
 
@@ -45,6 +47,28 @@ class SandboxConfig(BaseModel):
     bulk_records_per_s: Annotated[float, Field(gt=0)] = 1000.0
     bulk_fault: Literal["none", "stick", "cancel", "forbidden", "not_found", "malformed"] = "none"
     bulk_page_size_max: Annotated[int, Field(ge=1)] = 1000
+    #: The scopes of static and control-registered tokens (OAuth grants hold what was asked).
+    static_token_scope: str = ALL_SCOPES
+    #: Cursor-paged lists (prospects, sequence states, mailboxes): the largest `page[size]`
+    #: (1000 is unconfirmed) and whether a larger one is clamped or refused with a 400.
+    page_size_max: Annotated[int, Field(ge=1)] = 1000
+    page_size_over_max: Literal["clamp", "refuse"] = "clamp"
+    #: Lookup by email, where Outreach's behaviour is unconfirmed: case-sensitive matching,
+    #: several values per filter (off: 400 on a list), the most values per filter, and
+    #: whether the repeated `filter[emails][]` form needs `newFilterSyntax=true`.
+    lookup_case_sensitive: bool = False
+    lookup_lists: bool = True
+    lookup_max_values: Annotated[int, Field(ge=1)] | None = None
+    lookup_brackets_need_new_syntax: bool = True
+    #: Creating prospects: several prospects per email ("Purposeful Duplicates"), whether
+    #: the email dedupe tells case apart, and domains whose addresses are excluded.
+    purposeful_duplicates: bool = False
+    dedupe_case_sensitive: bool = False
+    excluded_email_domains: tuple[str, ...] = ()
+    #: Sequences (unconfirmed): a disabled sequence refuses enrolments or takes them as
+    #: `pending`; an enrolment without a mailbox is refused or uses the user's default.
+    disabled_sequence: Literal["refuse", "pending"] = "refuse"
+    enroll_without_mailbox: Literal["refuse", "default"] = "refuse"
 
     @model_validator(mode="after")
     def _check_ranges(self) -> SandboxConfig:

@@ -7,10 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
-from app.sandbox.batches import Apply, Batches
+from app.sandbox.batches import ADD_TO_SEQUENCE, MODIFY, Applier, Apply, Batches
 from app.sandbox.config import SandboxConfig
+from app.sandbox.enrolment import enroll
+from app.sandbox.errors import ApiError
 from app.sandbox.faults import Faults
 from app.sandbox.quota import Clock, Quota
+from app.sandbox.sequences import Sequencing
 from app.sandbox.state import SandboxState
 from app.sandbox.tokens import TokenStore
 
@@ -23,23 +26,53 @@ class Sandbox:
         self.config = config
         self.quota = Quota(config.quota_limit, config.quota_window_s, config.quota_mode, clock)
         self.tokens = TokenStore(config.access_token_ttl_s, clock)
-        self.tokens.set_static(config.static_tokens)
+        self.tokens.set_static(config.static_tokens, config.static_token_scope)
         self.state = SandboxState()
         self.faults = Faults(config.fault_seed)
         self.batches = Batches()
         self.bulk_records = 0
+        self.sequences = Sequencing()
+
+    def prospect_exists(self, prospect_id: int) -> bool:
+        """Ids in the configured range exist; so does every prospect created or seeded."""
+        low, high = self.config.prospect_ids
+        return low <= prospect_id <= high or prospect_id in self.state.prospects
+
+    def prospect(self, prospect_id: int) -> dict[str, Any] | None:
+        """A prospect's stored attributes (none yet for an unwritten id in the range), or
+        None if it does not exist."""
+        stored = self.state.prospects.get(prospect_id)
+        if stored is None and self.prospect_exists(prospect_id):
+            return {}
+        return stored
 
     def advance(self) -> None:
         """Work the bulk batches through to what the clock says they have done by now."""
-        config = self.config
+        config, now = self.config, self.clock()
         apply = Apply(
-            self.state.prospects,
-            records_per_s=config.bulk_records_per_s,
-            prospect_ids=config.prospect_ids,
+            lambda pid, attributes: self.state.merge(pid, attributes, now=now),
+            exists=self.prospect_exists,
             usable_custom_fields=config.usable_custom_fields,
         )
-        self.batches.advance(self.clock(), apply)
+        appliers: dict[str, Applier] = {MODIFY: apply, ADD_TO_SEQUENCE: self._enroll_record}
+        self.batches.advance(now, records_per_s=config.bulk_records_per_s, appliers=appliers)
         self.bulk_records += apply.records
+
+    def _enroll_record(self, prospect_id: int, attributes: dict[str, Any]) -> str | None:
+        try:
+            enroll(
+                self.sequences,
+                prospect=self.prospect(prospect_id),
+                prospect_id=prospect_id,
+                sequence_id=attributes["sequenceId"],
+                mailbox_id=attributes["mailboxId"],
+                user="",
+                config=self.config,
+                now=self.clock(),
+            )
+        except ApiError as error:
+            return error.detail
+        return None
 
     def update_config(self, changes: dict[str, Any]) -> SandboxConfig:
         """Apply a partial config update (validated; raises pydantic.ValidationError)."""
@@ -53,6 +86,8 @@ class Sandbox:
         self.state.clear()
         self.batches = Batches()
         self.bulk_records = 0
+        self.sequences = Sequencing()
+        self.faults.rules.clear()
         return self.config
 
     def take_token_429(self) -> bool:
@@ -67,7 +102,7 @@ class Sandbox:
         self.config = config
         self.quota.configure(config.quota_limit, config.quota_window_s, config.quota_mode)
         self.tokens.access_ttl_s = config.access_token_ttl_s
-        self.tokens.set_static(config.static_tokens)
+        self.tokens.set_static(config.static_tokens, config.static_token_scope)
         if reseed:
             self.faults.reseed(config.fault_seed)
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.sandbox.config import SandboxConfig
 from app.sandbox.context import SANDBOX_KEY, Sandbox
 from app.sandbox.quota import QuotaStatus
+from app.sandbox.scopes import ALL_SCOPES
 
 _Body = TypeVar("_Body", bound=BaseModel)
 
@@ -33,6 +34,7 @@ class _Token(_Strict):
     user: str = Field(min_length=1)
     expires_in: int | None = None
     refresh_token: str | None = None
+    scope: str = ALL_SCOPES
 
 
 class _Revoke(_Strict):
@@ -123,7 +125,7 @@ async def reset(request: web.Request) -> web.Response:
     try:
         config = SandboxConfig.model_validate(body) if body else None
     except ValidationError as exc:
-        return _error(_describe(exc))
+        return _error(describe(exc))
     new = request.app[SANDBOX_KEY].reset(config)
     return web.json_response({"ok": True, "config": new.to_json()})
 
@@ -139,7 +141,7 @@ async def update_config(request: web.Request) -> web.Response:
     try:
         new = request.app[SANDBOX_KEY].update_config(body)
     except ValidationError as exc:
-        return _error(_describe(exc))
+        return _error(describe(exc))
     return web.json_response(new.to_json())
 
 
@@ -151,14 +153,14 @@ async def quota(request: web.Request) -> web.Response:
 
 async def spend(request: web.Request) -> web.Response:
     """`POST /_sandbox/quota/{user}/spend` `{"n": int}`: another integration spends quota."""
-    body = await _parse(request, _Spend)
+    body = await parse_body(request, _Spend)
     user = request.match_info["user"]
     return _status_response(user, request.app[SANDBOX_KEY].quota.spend(user, body.n))
 
 
 async def pause(request: web.Request) -> web.Response:
     """`POST /_sandbox/quota/{user}/pause` `{"reset_in_s": float}`: 429 until then."""
-    body = await _parse(request, _Pause)
+    body = await parse_body(request, _Pause)
     sandbox, user = request.app[SANDBOX_KEY], request.match_info["user"]
     status = sandbox.quota.force_429(user, sandbox.clock() + body.reset_in_s)
     return _status_response(user, status)
@@ -166,15 +168,18 @@ async def pause(request: web.Request) -> web.Response:
 
 async def register_token(request: web.Request) -> web.Response:
     """`POST /_sandbox/tokens`: install an access (and optional refresh) token."""
-    body = await _parse(request, _Token)
+    body = await parse_body(request, _Token)
     tokens = request.app[SANDBOX_KEY].tokens
-    expires_at = tokens.register(body.access_token, body.user, body.expires_in, body.refresh_token)
-    return web.json_response({**body.model_dump(exclude={"expires_in"}), "expires_at": expires_at})
+    expires_at = tokens.register(
+        body.access_token, body.user, body.expires_in, body.refresh_token, body.scope
+    )
+    answer = body.model_dump(exclude={"expires_in", "scope"})
+    return web.json_response({**answer, "expires_at": expires_at})
 
 
 async def revoke_tokens(request: web.Request) -> web.Response:
     """`POST /_sandbox/tokens/revoke` `{"refresh_token"}` or `{"user"}`."""
-    body = await _parse(request, _Revoke)
+    body = await parse_body(request, _Revoke)
     tokens = request.app[SANDBOX_KEY].tokens
     revoked = 0
     if body.refresh_token is not None:
@@ -210,11 +215,12 @@ def _status_response(user: str, status: QuotaStatus) -> web.Response:
     )
 
 
-async def _parse(request: web.Request, model: type[_Body]) -> _Body:
+async def parse_body(request: web.Request, model: type[_Body]) -> _Body:
+    """The JSON body validated by `model`; a 400 naming the bad fields otherwise."""
     try:
         return model.model_validate(await _json_object(request))
     except ValidationError as exc:
-        raise _bad(_describe(exc)) from exc
+        raise _bad(describe(exc)) from exc
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -228,7 +234,8 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError) -> str:
+    """Every problem pydantic found, `field.path: message`, on one line."""
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 

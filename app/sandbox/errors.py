@@ -15,7 +15,14 @@ class ApiError(Exception):
     """An error answer of the prospects API."""
 
     def __init__(
-        self, status: int, error_id: str, title: str, detail: str, pointer: str | None = None
+        self,
+        status: int,
+        error_id: str,
+        title: str,
+        detail: str,
+        pointer: str | None = None,
+        *,
+        code: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -23,10 +30,14 @@ class ApiError(Exception):
         self.title = title
         self.detail = detail
         self.pointer = pointer
+        #: Outreach's sequence-state refusals carry a `code` clients match on.
+        self.code = code
 
     def body(self) -> dict[str, Any]:
         """The JSON:API error document."""
         error: dict[str, Any] = {"id": self.error_id, "title": self.title, "detail": self.detail}
+        if self.code is not None:
+            error["code"] = self.code
         if self.pointer is not None:
             error["source"] = {"pointer": self.pointer}
         return {"errors": [error]}
@@ -62,10 +73,16 @@ def unauthorized() -> ApiError:
     return ApiError(401, "unauthorized", "Unauthorized", detail)
 
 
-def not_found(raw_id: str) -> ApiError:
-    """404: the prospect does not exist."""
-    detail = f"Could not find 'prospect' with ID '{raw_id}'."
+def not_found(raw_id: str, kind: str = "prospect") -> ApiError:
+    """404: the resource (a prospect unless `kind` says otherwise) does not exist."""
+    detail = f"Could not find '{kind}' with ID '{raw_id}'."
     return ApiError(404, "resourceNotFound", "Resource Not Found", detail)
+
+
+def missing_scope(needed: str) -> ApiError:
+    """403: the access token was not granted a scope this route needs."""
+    detail = f"The access token lacks the OAuth scope this request needs: {needed}."
+    return ApiError(403, "unauthorizedOauthScope", "Unauthorized OAuth Scope", detail)
 
 
 def unsupported_media_type(got: str) -> ApiError:

@@ -9,7 +9,19 @@ import time
 
 from aiohttp import web
 
-from app.sandbox import api, bulk_api, control, oauth
+from app.sandbox import (
+    api,
+    bulk_api,
+    bulk_sequences,
+    control,
+    control_faults,
+    control_prospects,
+    control_sequences,
+    creation,
+    lookup,
+    oauth,
+    sequences_api,
+)
 from app.sandbox.config import SandboxConfig
 from app.sandbox.context import SANDBOX_KEY, Sandbox
 from app.sandbox.quota import Clock
@@ -33,7 +45,32 @@ def make_app(config: SandboxConfig, *, clock: Clock = time.time) -> web.Applicat
     app.router.add_get("/oauth/authorize", oauth.authorize)
     app.router.add_post("/oauth/token", oauth.token)
     _add_control_routes(app.router)
+    _add_identity_and_sequence_routes(app.router)
     return app
+
+
+def _add_identity_and_sequence_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/api/v2/prospects", lookup.find_prospects)
+    router.add_post("/api/v2/prospects", creation.create_prospect)
+    router.add_get("/api/v2/sequences/{id}", sequences_api.get_sequence)
+    router.add_get("/api/v2/mailboxes", sequences_api.list_mailboxes)
+    router.add_get("/api/v2/users/{id}", sequences_api.get_user)
+    router.add_post("/api/v2/sequenceStates", sequences_api.create_state)
+    router.add_get("/api/v2/sequenceStates", sequences_api.list_states)
+    router.add_post("/api/v2/sequenceStates/{id}/actions/{action}", sequences_api.state_action)
+    router.add_delete("/api/v2/sequenceStates/{id}", sequences_api.delete_state)
+    router.add_post(
+        "/api/v2/batches/actions/prospectsAddToSequence", bulk_sequences.add_to_sequence
+    )
+    router.add_post("/_sandbox/prospects", control_prospects.seed)
+    router.add_get("/_sandbox/emails", control_prospects.emails)
+    router.add_post("/_sandbox/sequences", control_sequences.define_sequences)
+    router.add_post("/_sandbox/mailboxes", control_sequences.define_mailboxes)
+    router.add_post("/_sandbox/opted-out", control_sequences.opt_out)
+    router.add_get("/_sandbox/sequence-states", control_sequences.sequence_states)
+    router.add_get("/_sandbox/faults", control_faults.armed)
+    router.add_post("/_sandbox/faults", control_faults.arm)
+    router.add_post("/_sandbox/faults/clear", control_faults.disarm)
 
 
 def _add_control_routes(router: web.UrlDispatcher) -> None:

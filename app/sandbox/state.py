@@ -6,6 +6,8 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
+from app.sandbox.directory import Directory
+
 LOG_CAPACITY = 200_000
 DROPPED = 0
 
@@ -44,6 +46,7 @@ class SandboxState:
     def clear(self) -> None:
         """Forget prospects, log and counters."""
         self.prospects: dict[int, dict[str, Any]] = {}
+        self.directory = Directory()
         self.log: deque[RequestRecord] = deque(maxlen=LOG_CAPACITY)
         self.by_status: Counter[int] = Counter()
         self.by_user: Counter[str] = Counter()
@@ -66,11 +69,25 @@ class SandboxState:
             self.patches_ok += 1
             self.patch_count_by_prospect[entry.prospect_id] += 1
 
-    def merge(self, prospect_id: int, attributes: dict[str, Any]) -> dict[str, Any]:
+    def merge(
+        self,
+        prospect_id: int,
+        attributes: dict[str, Any],
+        *,
+        now: float,
+        created_at: float | None = None,
+    ) -> dict[str, Any]:
         """Merge written attributes into a prospect and return all of its attributes."""
         stored = self.prospects.setdefault(prospect_id, {})
         stored.update(attributes)
+        self.directory.written(prospect_id, attributes, now=now, created_at=created_at)
         return stored
+
+    def create(self, attributes: dict[str, Any], *, now: float) -> int:
+        """Store a new prospect under the next free id and return the id."""
+        prospect_id = self.directory.next_id
+        self.merge(prospect_id, attributes, now=now)
+        return prospect_id
 
     def requests_since(self, since: float) -> list[RequestRecord]:
         """Log entries strictly after `since` (epoch seconds)."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.sandbox.quota import Clock
+from app.sandbox.scopes import ALL_SCOPES
 
 CODE_TTL_S = 600.0
 
@@ -69,12 +70,12 @@ class TokenStore:
         self._refresh: dict[str, Grant] = {}
         self._static: dict[str, Grant] = {}
 
-    def set_static(self, tokens: dict[str, str]) -> None:
+    def set_static(self, tokens: dict[str, str], scope: str = ALL_SCOPES) -> None:
         """Never-expiring access tokens (token -> user); unchanged ones keep their state."""
-        kept = {t: g for t, g in self._static.items() if tokens.get(t) == g.user}
-        self._static = {
-            t: kept.get(t) or Grant(user, "prospects.all") for t, user in tokens.items()
+        kept = {
+            t: g for t, g in self._static.items() if (tokens.get(t), scope) == (g.user, g.scope)
         }
+        self._static = {t: kept.get(t) or Grant(user, scope) for t, user in tokens.items()}
 
     def issue_code(self, client_id: str, redirect_uri: str, user: str, scope: str) -> str:
         """A single-use authorization code."""
@@ -100,10 +101,15 @@ class TokenStore:
         return self._issue(grant)
 
     def register(
-        self, access_token: str, user: str, expires_in: int | None, refresh_token: str | None
+        self,
+        access_token: str,
+        user: str,
+        expires_in: int | None,
+        refresh_token: str | None,
+        scope: str = ALL_SCOPES,
     ) -> float | None:
         """Install tokens directly; returns the access token's expiry epoch (None: never)."""
-        grant = Grant(user, "prospects.all")
+        grant = Grant(user, scope)
         expires_at = None if expires_in is None else self._clock() + expires_in
         self._access[access_token] = _Access(grant, expires_at)
         if refresh_token is not None:
@@ -112,18 +118,23 @@ class TokenStore:
 
     def user_for(self, access_token: str | None) -> str | None:
         """The user an access token acts for, or None if unknown, expired or revoked."""
+        grant = self.grant_for(access_token)
+        return None if grant is None else grant.user
+
+    def grant_for(self, access_token: str | None) -> Grant | None:
+        """The live grant behind an access token, or None if unknown, expired or revoked."""
         if access_token is None:
             return None
         static = self._static.get(access_token)
         if static is not None:
-            return None if static.revoked else static.user
+            return None if static.revoked else static
         found = self._access.get(access_token)
         if found is None or found.grant.revoked:
             return None
         if found.expires_at is not None and found.expires_at <= self._clock():
             del self._access[access_token]
             return None
-        return found.grant.user
+        return found.grant
 
     def revoke_refresh(self, refresh_token: str) -> int:
         """Revoke the grant behind a refresh token; returns how many grants were revoked."""

@@ -1,4 +1,4 @@
-"""Parsing and validating a prospect PATCH document."""
+"""Parsing and validating a prospect document (PATCH or POST)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,16 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from aiohttp import web
+
 from app.sandbox.attributes import check_name, check_typed, check_value
-from app.sandbox.errors import ApiError, bad_request
+from app.sandbox.errors import JSONAPI, ApiError, bad_request, unsupported_media_type
+
+
+def require_jsonapi(request: web.Request) -> None:
+    """A 415 unless the body is declared JSON:API."""
+    if request.content_type.lower() != JSONAPI:
+        raise unsupported_media_type(request.headers.get("Content-Type", ""))
 
 
 def decode_body(raw: bytes) -> Any:
@@ -27,6 +35,23 @@ def attribute_names(document: Any) -> tuple[str, ...]:
 
 def parse_patch(document: Any, path_id: int, usable_custom_fields: int) -> dict[str, Any]:
     """The attributes to write; raises a 400 ApiError for a malformed document or name."""
+    data = _data(document)
+    doc_id = data.get("id")
+    if isinstance(doc_id, bool) or not isinstance(doc_id, int) or doc_id != path_id:
+        detail = f"The resource id must be the integer {path_id} given in the URL."
+        raise bad_request(detail, "/data/id")
+    return _attributes(data.get("attributes"), usable_custom_fields)
+
+
+def parse_create(document: Any, usable_custom_fields: int) -> dict[str, Any]:
+    """The attributes of a new prospect (none required); a 400 as for a PATCH."""
+    data = _data(document)
+    if "id" in data:
+        raise bad_request("A new resource must not carry an id.", "/data/id")
+    return _attributes(data.get("attributes", {}), usable_custom_fields)
+
+
+def _data(document: Any) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise bad_request("The request body must be a JSON object.", "")
     data = document.get("data")
@@ -34,11 +59,10 @@ def parse_patch(document: Any, path_id: int, usable_custom_fields: int) -> dict[
         raise bad_request("The document must contain a 'data' object.", "/data")
     if data.get("type") != "prospect":
         raise bad_request("The resource type must be 'prospect'.", "/data/type")
-    doc_id = data.get("id")
-    if isinstance(doc_id, bool) or not isinstance(doc_id, int) or doc_id != path_id:
-        detail = f"The resource id must be the integer {path_id} given in the URL."
-        raise bad_request(detail, "/data/id")
-    attributes = data.get("attributes")
+    return data
+
+
+def _attributes(attributes: Any, usable_custom_fields: int) -> dict[str, Any]:
     if not isinstance(attributes, dict):
         raise bad_request("The resource must contain an 'attributes' object.", "/data/attributes")
     for name in attributes:

@@ -122,6 +122,21 @@ class Sandbox:
         log = self.get("/_sandbox/requests?since=0")["requests"]
         return [r for r in log if r["method"] == "PATCH"]
 
+    def seed(self, prospects: list[dict[str, Any]]) -> list[int]:
+        """Store prospects (``emails``, ``attributes``, ``updated_at``…) in one call."""
+        ids: list[int] = self.post("/_sandbox/prospects", {"prospects": prospects})["ids"]
+        return ids
+
+    def emails(self, *, duplicates: bool = False) -> dict[str, list[int]]:
+        """Lower-cased email -> prospect ids; only shared emails with ``duplicates``."""
+        query = "?duplicates=true" if duplicates else ""
+        found: dict[str, list[int]] = self.get(f"/_sandbox/emails{query}")["emails"]
+        return found
+
+    def arm_fault(self, route: str, kind: str, **options: Any) -> None:
+        """Arm a fault rule (``rate``, ``count``, ``status``); see docs/sandbox.md."""
+        self.post("/_sandbox/faults", {"route": route, "kind": kind, **options})
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
