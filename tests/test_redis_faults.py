@@ -269,9 +269,10 @@ async def test_a_drain_gives_up_its_claims_when_redis_hangs_and_they_come_back(
 
     aclient = async_client(settings)
     try:
-        deliverer, store = await warm_deliverer(aclient, settings, FakeOutreach(lambda p, f: ok()))
+        outreach = FakeOutreach(lambda p, f: ok())
+        deliverer, store = await warm_deliverer(aclient, settings, outreach)
         await pending(store, {p: {"custom1": "realized"} for p in (1, 2, 3)})
-        deliverer.client = FakeOutreach(hang_redis)  # type: ignore[assignment]
+        outreach.answer = hang_redis
         try:
             stats = await asyncio.wait_for(deliverer.drain(D), timeout=15)
         finally:
@@ -280,8 +281,8 @@ async def test_a_drain_gives_up_its_claims_when_redis_hangs_and_they_come_back(
         assert "drain of d stopped: Redis unavailable" in caplog.text
         # Back once the lease ends: sent by the next drain.
         await asyncio.sleep(1.2)
-        outreach = FakeOutreach(lambda p, f: ok())
-        deliverer.client = outreach  # type: ignore[assignment]
+        outreach.answer = lambda p, f: ok()
+        outreach.calls.clear()
         await deliverer.drain(D)
         assert sorted(p for p, _ in outreach.calls) == [1, 2, 3]
     finally:
