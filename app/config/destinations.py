@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from app.config.sequencing import Sequencing
 from app.core.keys import DEFAULT_RATE_LIMIT
 from app.outreach import fields as outreach_fields
 
@@ -220,6 +221,8 @@ class Destination(_Model):
     #: destinations sharing an Outreach user cannot starve one another.
     quota_share: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     bulk: Bulk = Field(default_factory=Bulk)
+    #: Sequence enrollment per audience (app/config/sequencing.py); off by default.
+    sequencing: Sequencing = Field(default_factory=Sequencing)
 
     @field_validator("status_values", mode="after")
     @classmethod
@@ -235,6 +238,12 @@ class Destination(_Model):
                 'audiences must be empty when mapping_ids is "data": the mapping IDs come '
                 "with the data"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _entry_and_exit_told_apart(self) -> Destination:
+        if self.sequencing.enabled:
+            _raise_conflicts(sequencing_conflicts(self.status_values))
         return self
 
     @model_validator(mode="after")
@@ -319,6 +328,16 @@ def destination_conflicts(audiences: object, attributes: object) -> list[tuple[L
     return problems
 
 
+def sequencing_conflicts(status_values: object) -> list[tuple[Loc, str]]:
+    """Enrollment reads entry and exit from the value delivered: they must differ."""
+    values = {**_identity_statuses(), **(status_values if isinstance(status_values, dict) else {})}
+    exited = values.get("exited")
+    if exited in (values.get("realized"), values.get("existing")):
+        msg = "exited must be written differently from realized and existing when sequencing"
+        return [(("status_values", "exited"), msg)]
+    return []
+
+
 def config_conflicts(data: Mapping[str, object]) -> list[tuple[Loc, str]]:
     """Duplicate ids, fields written twice, and destinations naming an unknown connection."""
     conns = [c if isinstance(c, dict) else {} for c in _list(data.get("connections"))]
@@ -339,6 +358,9 @@ def config_conflicts(data: Mapping[str, object]) -> list[tuple[Loc, str]]:
             msg = f"unknown connection {conn!r} (configured: {', '.join(known) or 'none'})"
             problems.append((("destinations", i, "connection"), msg))
         conflicts = destination_conflicts(dest.get("audiences"), dest.get("attributes"))
+        sequencing = dest.get("sequencing")
+        if isinstance(sequencing, dict) and sequencing.get("sequences"):
+            conflicts += sequencing_conflicts(dest.get("status_values"))
         problems += [(("destinations", i, *loc), msg) for loc, msg in conflicts]
     return problems
 

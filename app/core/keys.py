@@ -58,6 +58,12 @@ BULK_RETRY_CAP_S = 8.0
 BULK_PER_RECORD_SHARE = 0.5
 BULK_PER_RECORD_OFF_S = 86_400.0
 
+#: A user's default mailbox is looked up again after this long (it rarely changes).
+ENROLL_MAILBOX_TTL_S = 3600
+#: Backoff of an enrollment whose outcome is unknown or refused for now: base * 2**n, capped.
+ENROLL_RETRY_BASE_S = 2.0
+ENROLL_RETRY_CAP_S = 600.0
+
 #: Wake signals kept while no dispatcher listens: one is enough to wake one.
 WAKE_KEEP = 16
 
@@ -189,6 +195,30 @@ class Keys:
         """Hash: why and until when bulk is off for every destination of a connection (a
         403 for missing scopes; Outreach charging per record)."""
         return f"{self.prefix}:bulkconn:{{{conn}}}"
+
+    def enroll_states(self, dest: str) -> str:
+        """Hash ``prospect:sequence`` -> JSON: each enrollment's state machine (pending,
+        sending under a lease, then enrolled, already, refused, failed; exits likewise)."""
+        return f"{self.prefix}:{{{dest}}}:enr"
+
+    def enroll_due(self, dest: str) -> str:
+        """Sorted set ``prospect:sequence`` by when it is due (a sending one: its lease end,
+        so a killed worker's enrollment comes back to be looked up)."""
+        return f"{self.prefix}:{{{dest}}}:enrdue"
+
+    def enroll_counts(self, dest: str) -> str:
+        """Hash ``audience|outcome`` -> count: enrollment's figures for the status."""
+        return f"{self.prefix}:{{{dest}}}:enrcount"
+
+    def enroll_pause(self, dest: str) -> str:
+        """Hash ``until_ms``, ``reason``: enrollment paused (a scope missing, a mailbox that
+        cannot send) while field updates go on."""
+        return f"{self.prefix}:{{{dest}}}:enrpause"
+
+    def mailbox_cache(self, conn: str) -> str:
+        """Hash user -> default mailbox id of a connection's Outreach users (``ENROLL_
+        MAILBOX_TTL_S``): a mailbox is looked up once, not per enrollment."""
+        return f"{self.prefix}:mailboxes:{{{conn}}}"
 
     # Shared ---------------------------------------------------------------------------
     def wake(self) -> str:

@@ -368,6 +368,7 @@ class BulkSender:
                 return out
 
     async def _delivered(self, lot: Lot, delivered: list[Claimed], stats: Counter[str]) -> None:
+        await self.outcomes.note_delivered(lot, delivered)
         settled = await self.store.settle_delivered(
             lot.dest.id,
             [c.prospect for c in delivered],

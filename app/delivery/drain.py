@@ -21,8 +21,10 @@ from app.delivery.lots import Lots
 from app.delivery.outcomes import Outcomes, failure_reason, failure_record
 from app.delivery.patch import PatchSender
 from app.delivery.permits import Permits
+from app.enroll import Caller, Enrollment, EnrollStore, Mailboxes, Sending
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import QuotaGate, QuotaUnavailable
+from app.store.audience_map import learned_table
 from app.store.counters import drain_metrics
 from app.store.prospects import Claimed, ProspectStore
 from app.store.registry import Registry
@@ -62,7 +64,17 @@ class Deliverer:
             margin_s=settings.token_refresh_margin_s,
             wait_s=settings.token_refresh_wait_s,
         )
-        self.outcomes = Outcomes(store=store, refresher=refresher, settings=settings)
+        self.enrollment = Enrollment(
+            store=EnrollStore(store.redis, store.keys),
+            caller=Caller(client, gate, fallback_pause_s=settings.rate_limit_fallback_pause_s),
+            mailboxes=Mailboxes(store.redis, store.keys),
+            failures=store,
+            learned=lambda dest: learned_table(store.redis, store.keys, dest),
+            settings=settings,
+        )
+        self.outcomes = Outcomes(
+            store=store, refresher=refresher, settings=settings, note=self.enrollment.note
+        )
         self.lots = Lots(
             store=store, registry=registry, refresher=refresher, outcomes=self.outcomes
         )
@@ -96,6 +108,7 @@ class Deliverer:
         deadline = time.monotonic() + self.settings.drain_budget_s
         token = uuid.uuid4().hex
         held = 0  # prospects claimed by the batch under way
+        lot: Lot | None = None
         try:
             while time.monotonic() < deadline:
                 lot = await self.lots.open(dest_id, token)
@@ -121,6 +134,8 @@ class Deliverer:
                 held = 0
                 if not more:
                     break
+            if lot is not None:
+                await self.enroll(lot, stats)
         except Exception as exc:
             if not store_outage(exc):
                 raise
@@ -140,6 +155,13 @@ class Deliverer:
             if slot is not None:
                 await self.store.release_slot(dest_id, slot)
         return stats
+
+    async def enroll(self, lot: Lot, stats: Counter[str]) -> None:
+        """The enrollment stage, with the drain's last lot: after the senders, so an
+        enrollment noted by this drain's deliveries goes out in the same drain, after its
+        prospect's fields."""
+        sending = Sending(lot.dest, lot.conn, lot.access_token, lot.token)
+        await self.enrollment.run(sending, stats)
 
     async def route(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool:
         """One claimed batch's way through the senders; False when the quota ran out (the

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from app.config.destinations import Destination
 from app.connections.oauth import RefreshOutcome
 from app.core.errors import DeliveryError, Permanent, RateLimited, Retryable, Unauthorized
 from app.core.settings import Settings
@@ -30,6 +31,11 @@ ATTRIBUTE_POINTER = "/data/attributes/"
 
 #: Sends halves of a PATCH refused without naming a field (`app.delivery.bisection`).
 Bisect = Callable[[Lot, Claimed, Counter[str]], Awaitable[None]]
+#: Notes what delivered fields call for before their claims are settled (sequence
+#: enrollment, `app.enroll.Enrollment.note`): destination, claim token, (prospect, fields).
+NoteDelivered = Callable[
+    [Destination, str, Sequence[tuple[int, Mapping[str, Any]]]], Awaitable[int]
+]
 
 
 class OutcomeStore(Protocol):
@@ -166,8 +172,10 @@ class Outcomes:
         settings: Settings,
         policy: RetryPolicy | None = None,
         clock_ms: Callable[[], int] = now_ms,
+        note: NoteDelivered | None = None,
     ) -> None:
         self.store = store
+        self.note = note
         self.refresher = refresher
         self.settings = settings
         self.policy = policy or RetryPolicy.from_settings(settings)
@@ -186,6 +194,7 @@ class Outcomes:
         refusal of several fields as a bad request that names none goes to ``bisect``."""
         if err is None:
             stats["delivered"] += 1
+            await self.note_delivered(lot, [c])
             if not await self.settle(lot, c, "ok", fields=tuple(c.fields)):
                 stats["duplicates"] += 1
             return
@@ -205,6 +214,13 @@ class Outcomes:
             return
         else:
             await self.retry(lot, c, err)
+
+    async def note_delivered(self, lot: Lot, delivered: Sequence[Claimed]) -> None:
+        """Before settling delivered claims: what their fields call for beyond the prospect
+        (an enrollment when an audience field says the prospect entered), noted only while
+        the claims are still ours, so it follows the order the fields were delivered in."""
+        if self.note is not None and lot.dest.sequencing.enabled:
+            await self.note(lot.dest, lot.token, [(c.prospect, c.fields) for c in delivered])
 
     async def hold_blocked(self, dest_id: str, why: str) -> int:
         """Start no drain of ``dest_id`` for a while: it is disabled, or its connection cannot

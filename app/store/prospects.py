@@ -99,7 +99,15 @@ def poll_sync(
     script = SCRIPTS.sync(client, "poll")
     seq = keys.drainer_seq(dest)
     res = script(
-        keys=[keys.due(dest), keys.leases(dest), keys.drainers(dest), keys.hold(dest), seq],
+        keys=[
+            keys.due(dest),
+            keys.leases(dest),
+            keys.drainers(dest),
+            keys.hold(dest),
+            seq,
+            keys.enroll_due(dest),
+            keys.enroll_pause(dest),
+        ],
         args=[now_ms, batch, max_drainers, slot_ttl_ms],
     )
     return parse_poll(res)
