@@ -162,9 +162,12 @@ class EnrollStore:
             "Awaitable[int]", self.redis.hset(key, mapping={"until_ms": until_ms, "reason": reason})
         )
 
-    async def resume(self, dest: str) -> None:
-        """Lift a pause now (an operator fixed the scope or the mailbox)."""
-        await cast("Awaitable[int]", self.redis.delete(self.keys.enroll_pause(dest)))
+    async def resume(self, dest: str, *, now_ms: int) -> int:
+        """Lift a pause now (an operator fixed the scope or the mailbox): what waited for
+        it is due at once. Returns how many."""
+        k = self.keys
+        kk = [k.enroll_pause(dest), k.enroll_due(dest), k.enroll_states(dest)]
+        return int(await SCRIPTS.aio(self.redis, "resume")(keys=kk, args=[now_ms]))
 
     async def state(self, dest: str, prospect: int, sequence: int) -> dict[str, Any] | None:
         """One enrollment's record (tests, the CLI)."""

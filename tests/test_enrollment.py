@@ -1,0 +1,376 @@
+"""Sequence enrollment, in process: the real drain on real Redis against the sandbox over
+HTTP. Each test drains until nothing is pending, in flight or due for enrollment, then
+checks the sandbox's sequence states (exactly one per prospect and sequence) and its log."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from app.config.destinations import parse_config
+from app.connections.oauth import AccessToken, RefreshOutcome
+from app.core.keys import Keys
+from app.delivery.drain import Deliverer
+from app.enroll import EnrollStore
+from app.outreach.client import OutreachClient
+from app.ratelimit.gate import gate_for
+from app.sandbox.scopes import ALL_SCOPES
+from app.store.failures import list_failures
+from app.store.prospects import ProspectStore, encode
+from app.store.registry import Registry, publish_sync
+from tests.support import TEST_REDIS_URL, Sandbox, make_settings, settings_env
+
+D = "d"
+SEQ = 7
+MAILBOX = 45
+USER = "test-user"
+FIELD = "custom5"
+
+
+class Tokens:
+    async def current(self, conn_id: str) -> AccessToken | None:
+        return AccessToken(conn_id, "test-token", 1)
+
+    async def after_unauthorized(self, conn_id: str, generation: int) -> RefreshOutcome:
+        return RefreshOutcome.REFRESHED
+
+
+@dataclass
+class Rig:
+    deliverer: Deliverer
+    store: ProspectStore
+    enroll: EnrollStore
+    sandbox: Sandbox
+    rclient: redis.Redis
+    keys: Keys
+
+    async def member(self, prospect: int, status: str) -> None:
+        now = int(time.time() * 1000)
+        changes = {prospect: [(FIELD, encode(status), now)]}
+        await self.store.merge(D, changes, now_ms=now - 10, window_ms=0)
+
+    async def settle_all(self, timeout_s: float = 10.0) -> Counter[str]:
+        """Drain until nothing is pending, in flight or due for enrollment."""
+        stats: Counter[str] = Counter()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            await self.deliverer.drain(D, stats=stats)
+            due, flying = await self.store.backlog(D)
+            figures = await self.enroll.figures(D)
+            paused = figures.paused_until_ms > time.time() * 1000
+            if not due and not flying and (not figures.waiting or paused):
+                return stats
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"not settled: {await self.enroll.figures(D)}")
+
+    def states(self, prospect: int | None = None) -> list[dict[str, Any]]:
+        query = "" if prospect is None else f"?prospect_id={prospect}"
+        found: list[dict[str, Any]] = self.sandbox.get(f"/_sandbox/sequence-states{query}")[
+            "states"
+        ]
+        return found
+
+    def log(self) -> list[tuple[str, str, int]]:
+        reqs = self.sandbox.get("/_sandbox/requests?since=0")["requests"]
+        return [(r["method"], r["path"], r["status"]) for r in reqs]
+
+    def enroll_calls(self) -> list[tuple[str, str, int]]:
+        return [x for x in self.log() if "sequenceStates" in x[1]]
+
+    async def figures(self) -> dict[str, int]:
+        return (await self.enroll.figures(D)).by_audience.get("aud", {})
+
+
+@pytest.fixture(scope="module")
+def shared_sandbox() -> Iterator[Sandbox]:
+    sandbox = Sandbox()
+    yield sandbox
+    sandbox.stop()
+
+
+@pytest.fixture
+async def rig(
+    prefix: str, rclient: redis.Redis, shared_sandbox: Sandbox
+) -> AsyncIterator[Callable[..., Any]]:
+    made: list[tuple[aioredis.Redis, aiohttp.ClientSession]] = []
+    sandbox = shared_sandbox
+
+    async def make(*, opted_out: tuple[int, ...] = (), **sequencing: Any) -> Rig:
+        sandbox.post("/_sandbox/reset")
+        sandbox.post("/_sandbox/config", {"static_token_scope": ALL_SCOPES})
+        sandbox.post(
+            "/_sandbox/sequences",
+            {"sequences": [{"id": SEQ, "name": "s", "enabled": True}]},
+        )
+        mailbox = {"id": MAILBOX, "user": USER, "email": "u@x.com", "default": True}
+        sandbox.post("/_sandbox/mailboxes", {"mailboxes": [mailbox]})
+        if opted_out:
+            sandbox.post("/_sandbox/opted-out", {"prospect_ids": list(opted_out)})
+        env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0")
+        settings = make_settings(env)
+        rule = {"sequence": SEQ, "mailbox": MAILBOX, **sequencing.pop("rule", {})}
+        config = {
+            "connections": [{"id": "c", "user": USER, "access_token": "test-token"}],
+            "destinations": [
+                {
+                    "id": D,
+                    "name": D,
+                    "connection": "c",
+                    "audiences": {"aud": 5},
+                    "sequencing": {"sequences": {"aud": rule}, "retry_base_s": 0.02, **sequencing},
+                }
+            ],
+        }
+        publish_sync(rclient, Keys(prefix), parse_config(config))
+        aclient = aioredis.from_url(TEST_REDIS_URL)
+        session = aiohttp.ClientSession()
+        made.append((aclient, session))
+        store = ProspectStore(aclient, settings.keys)
+        deliverer = Deliverer(
+            store=store,
+            registry=Registry(aclient, settings.keys),
+            client=OutreachClient(session, api_url=settings.outreach_api_url, timeout_s=5),
+            gate=gate_for(aclient, settings),
+            settings=settings,
+            refresher=Tokens(),
+        )
+        enroll = EnrollStore(aclient, settings.keys)
+        return Rig(deliverer, store, enroll, sandbox, rclient, settings.keys)
+
+    yield make
+    for aclient, session in made:
+        await session.close()
+        await aclient.aclose()
+
+
+async def test_entering_enrolls_once_after_the_fields_are_delivered(rig: Any) -> None:
+    r: Rig = await rig()
+    await r.member(1, "realized")
+    await r.settle_all()
+    [state] = r.states(1)
+    assert (state["sequence_id"], state["mailbox_id"], state["state"]) == (SEQ, MAILBOX, "active")
+    paths = [(m, p) for m, p, _ in r.log()]
+    assert paths.index(("PATCH", "/api/v2/prospects/1")) < paths.index(
+        ("POST", "/api/v2/sequenceStates")
+    )
+    # One call per enrollment: no lookup without an unknown outcome.
+    assert r.enroll_calls() == [("POST", "/api/v2/sequenceStates", 201)]
+    assert (await r.figures())["enrolled"] == 1
+    record = await r.enroll.state(D, 1, SEQ)
+    assert record is not None and record["st"] == "enrolled" and record["id"] == state["id"]
+
+
+@pytest.mark.parametrize(("on_exit", "final"), [("finish", "finished"), ("pause", "paused")])
+async def test_exiting_finishes_or_pauses_the_state(rig: Any, on_exit: str, final: str) -> None:
+    r: Rig = await rig(rule={"on_exit": on_exit})
+    await r.member(1, "realized")
+    await r.settle_all()
+    await r.member(1, "exited")
+    await r.settle_all()
+    [state] = r.states(1)
+    assert state["state"] == final
+    assert (await r.figures())[final] == 1
+
+
+async def test_exit_on_none_leaves_the_state_alone(rig: Any) -> None:
+    r: Rig = await rig()
+    await r.member(1, "realized")
+    await r.settle_all()
+    await r.member(1, "exited")
+    await r.settle_all()
+    assert [s["state"] for s in r.states(1)] == ["active"]
+    assert len(r.enroll_calls()) == 1
+
+
+async def test_an_exit_before_the_enrollment_is_sent_cancels_it(rig: Any) -> None:
+    r: Rig = await rig()
+    # Enrollment paused: the entry is noted but not sent; then the prospect leaves.
+    await r.enroll.pause(D, until_ms=int(time.time() * 1000) + 60_000, reason="test")
+    await r.member(1, "realized")
+    await r.settle_all()
+    await r.member(1, "exited")
+    await r.settle_all()
+    await r.enroll.resume(D, now_ms=int(time.time() * 1000))
+    await r.settle_all()
+    assert r.states(1) == []
+    assert r.enroll_calls() == []
+    assert (await r.figures())["cancelled"] == 1
+
+
+async def test_already_in_the_sequence_is_settled_not_failed(rig: Any) -> None:
+    r: Rig = await rig()
+    await r.member(1, "realized")
+    await r.settle_all()
+    await r.enroll.reset(D, 1, SEQ)  # as if enrolled by someone else
+    await r.member(1, "existing")
+    await r.settle_all()
+    assert len(r.states(1)) == 1
+    assert (await r.enroll.state(D, 1, SEQ) or {})["st"] == "already"
+    assert (await r.figures())["already"] == 1
+    assert list_failures(r.rclient, r.keys, destination=D) == []
+
+
+async def test_reentry_without_reenroll_is_skipped(rig: Any) -> None:
+    r: Rig = await rig(rule={"on_exit": "finish"})
+    for status in ("realized", "exited", "realized"):
+        await r.member(1, status)
+        await r.settle_all()
+    assert [s["state"] for s in r.states(1)] == ["finished"]
+    assert (await r.figures())["reentry_skipped"] == 1
+
+
+async def test_reentry_with_reenroll_enrolls_again(rig: Any) -> None:
+    r: Rig = await rig(rule={"on_exit": "finish", "reenroll": True})
+    r.sandbox.post(
+        "/_sandbox/sequences",
+        {"sequences": [{"id": SEQ, "name": "s", "permit_duplicate_prospects": "allow"}]},
+    )
+    for status in ("realized", "exited", "realized"):
+        await r.member(1, status)
+        await r.settle_all()
+    assert sorted(s["state"] for s in r.states(1)) == ["active", "finished"]
+    assert (await r.figures())["enrolled"] == 2
+
+
+async def test_reentry_refused_by_the_ruleset_is_reported_as_already(rig: Any) -> None:
+    r: Rig = await rig(rule={"on_exit": "finish", "reenroll": True})
+    for status in ("realized", "exited", "realized"):
+        await r.member(1, status)
+        await r.settle_all()
+    assert [s["state"] for s in r.states(1)] == ["finished"]
+    assert (await r.figures())["already"] == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        ("opted_out", "opted_out"),
+        ("exclusive", "exclusive_sequence"),
+        ("disabled", "sequence_disabled"),
+    ],
+)
+async def test_a_refusal_is_a_failure_with_outreachs_reason(
+    rig: Any, setup: str, reason: str
+) -> None:
+    r: Rig = await rig(opted_out=(1,) if setup == "opted_out" else ())
+    if setup == "exclusive":
+        r.sandbox.post(
+            "/_sandbox/sequences",
+            {
+                "sequences": [
+                    {"id": SEQ, "name": "s", "exclusive": True},
+                    {"id": 8, "name": "other", "exclusive": True},
+                ]
+            },
+        )
+        await _enroll_directly(r, 1, 8)
+    if setup == "disabled":
+        disabled = {"id": SEQ, "name": "s", "enabled": False}
+        r.sandbox.post("/_sandbox/sequences", {"sequences": [disabled]})
+    await r.member(1, "realized")
+    await r.member(2, "realized")
+    if setup != "opted_out":
+        await r.member(2, "exited")  # only prospect 1 in this test
+    await r.settle_all()
+    assert (await r.enroll.state(D, 1, SEQ) or {})["st"] == "refused"
+    assert (await r.figures())[f"refused:{reason}"] == 1
+    [failure] = [f for f in list_failures(r.rclient, r.keys, destination=D) if f["prospect"] == 1]
+    assert failure["reason"] == f"enroll_{reason}" and failure["enrollment"]["sequence"] == SEQ
+    assert failure["detail"]
+
+
+async def _enroll_directly(r: Rig, prospect: int, sequence: int) -> None:
+    body = (
+        '{"data": {"type": "sequenceState", "relationships": {"prospect": {"data": {"type": '
+        f'"prospect", "id": {prospect}}}}}, "sequence": {{"data": {{"type": "sequence", "id": '
+        f'{sequence}}}}}, "mailbox": {{"data": {{"type": "mailbox", "id": {MAILBOX}}}}}}}}}}}'
+    )
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(
+            f"{r.sandbox.api_url}/sequenceStates",
+            data=body,
+            headers={
+                "Authorization": "Bearer test-token",
+                "Content-Type": "application/vnd.api+json",
+            },
+        )
+        assert resp.status == 201, await resp.text()
+
+
+async def test_a_mailbox_that_cannot_send_pauses_enrollment_and_fields_flow(rig: Any) -> None:
+    r: Rig = await rig()
+    mailbox = {"id": MAILBOX, "user": USER, "email": "u@x.com", "default": True, "can_send": False}
+    r.sandbox.post("/_sandbox/mailboxes", {"mailboxes": [mailbox]})
+    await r.member(1, "realized")
+    await r.settle_all()
+    figures = await r.enroll.figures(D)
+    assert figures.paused_until_ms > time.time() * 1000
+    assert figures.paused_reason.startswith("mailbox_cannot_send")
+    assert figures.waiting == 1 and r.states() == []
+    await r.member(2, "realized")  # fields keep flowing while enrollment waits
+    await r.settle_all()
+    assert r.sandbox.prospects()[2][FIELD] == "realized"
+    # Fixed and resumed: the waiting enrollments go out, once each.
+    r.sandbox.post("/_sandbox/mailboxes", {"mailboxes": [{**mailbox, "can_send": True}]})
+    await r.enroll.resume(D, now_ms=int(time.time() * 1000))
+    await r.settle_all()
+    assert sorted(s["prospect_id"] for s in r.states()) == [1, 2]
+
+
+async def test_a_missing_scope_pauses_enrollment(rig: Any) -> None:
+    r: Rig = await rig()
+    r.sandbox.post("/_sandbox/config", {"static_token_scope": "prospects.all"})
+    await r.member(1, "realized")
+    await r.settle_all()
+    figures = await r.enroll.figures(D)
+    assert figures.paused_reason.startswith("scope_missing")
+    assert r.sandbox.prospects()[1][FIELD] == "realized"
+    assert (await r.enroll.state(D, 1, SEQ) or {})["st"] == "pending"
+
+
+async def test_dry_run_calls_nothing_and_counts_what_it_would_do(rig: Any) -> None:
+    r: Rig = await rig(dry_run=True)
+    await r.member(1, "realized")
+    await r.settle_all()
+    assert r.enroll_calls() == [] and r.states() == []
+    assert (await r.figures())["would_enroll"] == 1
+
+
+@pytest.mark.parametrize("kind", ["drop_after_write", "5xx_after_write"])
+async def test_an_unknown_outcome_is_looked_up_not_sent_again(rig: Any, kind: str) -> None:
+    r: Rig = await rig()
+    r.sandbox.arm_fault("POST /api/v2/sequenceStates", kind, count=1, status=502)
+    await r.member(1, "realized")
+    await r.settle_all()
+    assert len(r.states(1)) == 1
+    calls = r.enroll_calls()
+    assert [c[:2] for c in calls] == [
+        ("POST", "/api/v2/sequenceStates"),
+        ("GET", "/api/v2/sequenceStates"),
+    ]
+    assert (await r.enroll.state(D, 1, SEQ) or {})["st"] == "enrolled"
+
+
+async def test_a_worker_killed_between_answer_and_record_is_looked_up(rig: Any) -> None:
+    r: Rig = await rig()
+    await r.enroll.pause(D, until_ms=int(time.time() * 1000) + 60_000, reason="test")
+    await r.member(1, "realized")
+    await r.settle_all()
+    await r.enroll.resume(D, now_ms=int(time.time() * 1000))
+    # The dead worker: claimed under a short lease, enrolled, died before recording it.
+    [job] = await r.enroll.claim(D, "dead", now_ms=int(time.time() * 1000), lease_ms=1, most=5)
+    await _enroll_directly(r, job.prospect, job.sequence)
+    await asyncio.sleep(0.01)
+    await r.settle_all()
+    assert len(r.states(1)) == 1
+    assert [c[0] for c in r.enroll_calls()] == ["POST", "GET"]
+    assert (await r.figures())["found_after_unknown"] == 1
