@@ -21,6 +21,8 @@ from app.connections.oauth import AccessToken, RefreshOutcome
 from app.core.keys import Keys
 from app.delivery.drain import Deliverer
 from app.enroll import EnrollStore
+from app.api.prometheus import exposition
+from app.ops.status import destination_status
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import gate_for
 from app.sandbox.scopes import ALL_SCOPES
@@ -82,6 +84,10 @@ class Rig:
     def log(self) -> list[tuple[str, str, int]]:
         reqs = self.sandbox.get("/_sandbox/requests?since=0")["requests"]
         return [(r["method"], r["path"], r["status"]) for r in reqs]
+
+    async def status(self) -> Any:
+        d = self.deliverer
+        return await destination_status(D, store=d.store, registry=d.registry, gate=d.gate)
 
     def enroll_calls(self) -> list[tuple[str, str, int]]:
         return [x for x in self.log() if "sequenceStates" in x[1]]
@@ -374,3 +380,33 @@ async def test_a_worker_killed_between_answer_and_record_is_looked_up(rig: Any) 
     assert len(r.states(1)) == 1
     assert [c[0] for c in r.enroll_calls()] == ["POST", "GET"]
     assert (await r.figures())["found_after_unknown"] == 1
+
+
+async def test_the_connection_users_default_mailbox_is_looked_up_once(rig: Any) -> None:
+    r: Rig = await rig(rule={"mailbox": "connection-user"})
+    other = {"id": 46, "user": USER, "email": "v@x.com", "default": False}
+    r.sandbox.post("/_sandbox/mailboxes", {"mailboxes": [other]})
+    for prospect in (1, 2):
+        await r.member(prospect, "realized")
+    await r.settle_all()
+    assert {s["mailbox_id"] for s in r.states()} == {MAILBOX}
+    users = [x for x in r.log() if x[1].startswith("/api/v2/users/")]
+    assert users == [("GET", f"/api/v2/users/{USER}", 200)]
+
+
+async def test_status_and_metrics_show_enrollments_by_audience_and_reason(rig: Any) -> None:
+    r: Rig = await rig(opted_out=(2,))
+    for prospect in (1, 2):
+        await r.member(prospect, "realized")
+    await r.settle_all()
+    doc = await r.status()
+    [row] = doc.enrollment.audiences
+    assert (row.audience, row.sequence) == ("aud", SEQ)
+    assert row.counts == {"enrolled": 1, "refused:opted_out": 1}
+    assert doc.enrollment.enabled and doc.enrollment.waiting == 0
+    text = exposition([doc]).decode()
+    assert (
+        'outreach_sync_enrollments_total{audience="aud",destination="d",outcome="refused",'
+        'reason="opted_out",sequence="7"} 1.0'
+    ) in text
+    assert 'outreach_sync_enrollment_paused{destination="d",reason=""} 0.0' in text

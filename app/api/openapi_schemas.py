@@ -130,6 +130,7 @@ def schemas() -> Doc:
                 },
                 "additionalProperties": False,
             },
+            "sequencing": _sequencing(),
         },
     }
     membership = {
@@ -307,3 +308,41 @@ def responses() -> Doc:
 def components() -> Doc:
     """``schemas`` and ``responses`` of the document's ``components``."""
     return {"schemas": schemas(), "responses": responses()}
+
+
+def _sequencing() -> dict[str, Any]:
+    """Sequence enrollment of a destination (app/config/sequencing.py; docs/admin.md)."""
+    rule = {
+        "type": "object",
+        "required": ["sequence"],
+        "additionalProperties": False,
+        "properties": {
+            "sequence": {"type": "integer", "minimum": 1},
+            "mailbox": {
+                "oneOf": [
+                    {"type": "integer", "minimum": 1},
+                    {"type": "string", "enum": ["owner", "connection-user"]},
+                ],
+                "default": "connection-user",
+            },
+            "on_exit": {"type": "string", "enum": ["none", "finish", "pause"], "default": "none"},
+            "reenroll": {"type": "boolean", "default": False},
+        },
+    }
+    return {
+        "type": "object",
+        "description": "Audience -> Outreach sequence its entering prospects are enrolled in "
+        "(off unless sequences names one; docs/admin.md)",
+        "additionalProperties": False,
+        "properties": {
+            "sequences": {"type": "object", "additionalProperties": rule},
+            "dry_run": {"type": "boolean", "default": False},
+            "quota_share": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "per_drain": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+            "pause_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86_400},
+            "already_texts": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            "retry_base_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+            "retry_cap_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86_400},
+        },
+    }

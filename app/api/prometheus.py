@@ -212,6 +212,38 @@ class DataflowCollector(Collector):
             c = d.connection
             conn.add_metric([dest, c.id, c.state or "unknown"], 1.0)
         yield from (backlog, lag, enabled, invalid, conn)
+        yield from _enrollment(self.docs)
+
+
+def _enrollment(docs: Iterable[DestinationStatus]) -> Iterator[Metric]:
+    """Sequence enrollment: outcomes per audience (``refused:opted_out`` becomes outcome
+    ``refused`` with reason ``opted_out``), how many wait, and whether it is paused."""
+    outcomes = CounterMetricFamily(
+        f"{NS}_enrollments",
+        "Sequence enrollments and exits by outcome (enrolled, already, finished, refused...)",
+        labels=(*D, "audience", "sequence", "outcome", "reason"),
+    )
+    waiting = GaugeMetricFamily(
+        f"{NS}_enrollments_waiting", "Enrollments and exits not yet sent", labels=D
+    )
+    paused = GaugeMetricFamily(
+        f"{NS}_enrollment_paused",
+        "1 while enrollment is paused (a missing scope, a mailbox that cannot send)",
+        labels=(*D, "reason"),
+    )
+    for d in docs:
+        e = d.enrollment
+        if not e.enabled and not e.audiences:
+            continue
+        waiting.add_metric([d.destination], e.waiting)
+        reason = (e.paused_reason or "").partition(":")[0]
+        paused.add_metric([d.destination, reason], 1.0 if e.paused_until_ms else 0.0)
+        for row in e.audiences:
+            seq = "" if row.sequence is None else str(row.sequence)
+            for name, n in row.counts.items():
+                outcome, _, why = name.partition(":")
+                outcomes.add_metric([d.destination, row.audience, seq, outcome, why], n)
+    yield from (outcomes, waiting, paused)
 
 
 #: (metric name, help, Quota attribute) per Outreach user; a figure not known is left out.

@@ -19,15 +19,19 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from limits import parse as parse_limit
 
+from app.config.destinations import Destination
 from app.core.keys import Keys
 from app.core.redaction import redact_text
 from app.core.settings import Settings
+from app.enroll import EnrollStore
 from app.ops.mapping_issues import learned_view, notes
 from app.ops.status_doc import (
     AudienceRow,
     BulkStatus,
     ConnectionState,
     DestinationStatus,
+    EnrollmentRow,
+    EnrollmentStatus,
     Failure,
     Flow,
     HourFlow,
@@ -138,6 +142,35 @@ async def destination_status(
                 now_ms=int(now * 1000),
             )
         ),
+        enrollment=await enrollment_status(EnrollStore(client, keys), dest, now_ms=int(now * 1000)),
+    )
+
+
+async def enrollment_status(
+    store: EnrollStore, dest: Destination, *, now_ms: int
+) -> EnrollmentStatus:
+    """Sequence enrollment's figures of ``dest``: per configured (or counted) audience."""
+    figures = await store.figures(dest.id)
+    rules = dest.sequencing
+    rows = []
+    for audience in sorted(set(rules.sequences) | set(figures.by_audience)):
+        rule = rules.sequences.get(audience)
+        rows.append(
+            EnrollmentRow(
+                audience=audience,
+                sequence=None if rule is None else rule.sequence,
+                on_exit=None if rule is None else rule.on_exit,
+                counts=figures.by_audience.get(audience, {}),
+            )
+        )
+    paused = figures.paused_until_ms > now_ms
+    return EnrollmentStatus(
+        enabled=rules.enabled,
+        dry_run=rules.dry_run,
+        waiting=figures.waiting,
+        paused_until_ms=figures.paused_until_ms if paused else None,
+        paused_reason=figures.paused_reason if paused else None,
+        audiences=rows,
     )
 
 

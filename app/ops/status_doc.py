@@ -205,6 +205,28 @@ class BulkStatus(_Doc):
     cost_per_record: float | None = None
 
 
+class EnrollmentRow(_Doc):
+    """One audience's sequence enrollment: its sequence and counts by outcome (enrolled,
+    already, finished, paused, left, cancelled, reentry_skipped, refused:<reason>,
+    paused:<reason>, failed, unknown, would_<action> in a dry run...)."""
+
+    audience: str
+    sequence: int | None
+    on_exit: str | None
+    counts: dict[str, int] = Field(default_factory=dict)
+
+
+class EnrollmentStatus(_Doc):
+    """Sequence enrollment of a destination: per audience, how many wait, any pause."""
+
+    enabled: bool = False
+    dry_run: bool = False
+    waiting: int = 0
+    paused_until_ms: int | None = None
+    paused_reason: str | None = None
+    audiences: list[EnrollmentRow] = Field(default_factory=list)
+
+
 class DestinationStatus(_Doc):
     """One destination's status document."""
 
@@ -229,6 +251,7 @@ class DestinationStatus(_Doc):
     mapping_ids: Literal["config", "data"] = "config"
     mapping_issues: list[MappingIssue] = Field(default_factory=list)
     bulk: BulkStatus = Field(default_factory=BulkStatus)
+    enrollment: EnrollmentStatus = Field(default_factory=EnrollmentStatus)
     #: Why its stored record cannot be read (None: it can). A broken destination shows what
     #: Redis holds for it (backlog, counts) and nothing of its configuration.
     broken: str | None = None
