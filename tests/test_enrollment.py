@@ -16,12 +16,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from app.api.prometheus import exposition
 from app.config.destinations import parse_config
 from app.connections.oauth import AccessToken, RefreshOutcome
 from app.core.keys import Keys
 from app.delivery.drain import Deliverer
 from app.enroll import EnrollStore
-from app.api.prometheus import exposition
 from app.ops.status import destination_status
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import gate_for
