@@ -22,6 +22,7 @@ from app.connections.oauth import AccessToken, RefreshOutcome
 from app.core.keys import Keys
 from app.delivery.drain import Deliverer
 from app.enroll import EnrollStore
+from app.ops.alerts import Window, conditions, snapshot_from_status
 from app.ops.status import destination_status
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import gate_for
@@ -339,6 +340,10 @@ async def test_a_missing_scope_pauses_enrollment(rig: Any) -> None:
     await r.settle_all()
     figures = await r.enroll.figures(D)
     assert figures.paused_reason.startswith("scope_missing")
+    snap = snapshot_from_status(await r.status())
+    window = Window()
+    found = conditions(snap, window, r.deliverer.settings, pause_since_s=None, now_s=time.time())
+    assert [c.kind for c in found] == ["enrollment_paused"]
     assert r.sandbox.prospects()[1][FIELD] == "realized"
     assert (await r.enroll.state(D, 1, SEQ) or {})["st"] == "pending"
 

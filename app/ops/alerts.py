@@ -28,6 +28,7 @@ Kind = Literal[
     "mapping_conflict",
     "mapping_changed",
     "bulk_off",
+    "enrollment_paused",
     "record_unreadable",
 ]
 
@@ -59,6 +60,8 @@ class Snapshot:
     bulk_off: BulkOff | None = None
     #: Why the destination's stored record cannot be read, when it cannot.
     broken: str | None = None
+    #: Why sequence enrollment is paused (a missing scope, a mailbox that cannot send).
+    enrollment_paused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,7 @@ def snapshot_from_status(doc: DestinationStatus) -> Snapshot:
         mapping_issues=tuple(doc.mapping_issues),
         bulk_off=doc.bulk.off,
         broken=doc.broken,
+        enrollment_paused=doc.enrollment.paused_reason,
     )
 
 
@@ -120,6 +124,7 @@ def conditions(
         *_invalid_mappings(snap),
         *_mapping_issues(snap, now_s),
         *_bulk(snap),
+        *_enrollment(snap),
     ]
     if snap.broken is not None:
         found.append(unreadable(Broken("destination", snap.destination, snap.broken)))
@@ -238,6 +243,21 @@ def _bulk(snap: Snapshot) -> list[Condition]:
             f"{snap.destination}: bulk delivery off for its {off.scope} ({off.reason}); "
             "delivery continues by PATCH",
             {"destination": snap.destination, **off.model_dump()},
+        )
+    ]
+
+
+def _enrollment(snap: Snapshot) -> list[Condition]:
+    """Enrollment paused: every enrollment would be refused alike until an operator acts."""
+    if snap.enrollment_paused is None:
+        return []
+    return [
+        Condition(
+            f"enrollment_paused:{snap.destination}",
+            "enrollment_paused",
+            f"{snap.destination}: sequence enrollment paused ({snap.enrollment_paused}); "
+            "field updates continue, enrollments wait",
+            {"destination": snap.destination, "reason": snap.enrollment_paused},
         )
     ]
 
