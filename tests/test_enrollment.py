@@ -5,6 +5,10 @@ checks the sandbox's sequence states (exactly one per prospect and sequence) and
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,7 +34,7 @@ from app.sandbox.scopes import ALL_SCOPES
 from app.store.failures import list_failures
 from app.store.prospects import ProspectStore, encode
 from app.store.registry import Registry, publish_sync
-from tests.support import TEST_REDIS_URL, Sandbox, make_settings, settings_env
+from tests.support import ROOT, TEST_REDIS_URL, Sandbox, make_settings, settings_env
 
 D = "d"
 SEQ = 7
@@ -415,3 +419,39 @@ async def test_status_and_metrics_show_enrollments_by_audience_and_reason(rig: A
         'reason="opted_out",sequence="7"} 1.0'
     ) in text
     assert 'outreach_sync_enrollment_paused{destination="d",reason=""} 0.0' in text
+
+
+def cli(prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **settings_env(prefix, None)},
+        timeout=60,
+    )
+
+
+async def test_cli_shows_figures_resumes_and_replays_a_refusal(rig: Any, prefix: str) -> None:
+    r: Rig = await rig(opted_out=(1,))
+    await r.member(1, "realized")
+    await r.settle_all()
+    shown = cli(prefix, "enrollment", "status", D, "--json")
+    assert shown.returncode == 0, shown.stderr
+    [doc] = json.loads(shown.stdout)
+    assert doc["audiences"][0]["counts"] == {"refused:opted_out": 1}
+    # The prospect opted back in: replaying the failure enrolls them, once.
+    r.sandbox.post("/_sandbox/reset")
+    r.sandbox.post("/_sandbox/sequences", {"sequences": [{"id": SEQ, "name": "s"}]})
+    mailbox = {"id": MAILBOX, "user": USER, "email": "u@x.com", "default": True}
+    r.sandbox.post("/_sandbox/mailboxes", {"mailboxes": [mailbox]})
+    replayed = cli(prefix, "failures", "replay", "-d", D, "--reason", "enroll_opted_out")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1 failure" in replayed.stdout
+    await r.settle_all()
+    assert [s["state"] for s in r.states(1)] == ["active"]
+    assert list_failures(r.rclient, r.keys, destination=D) == []
+    await r.enroll.pause(D, until_ms=int(time.time() * 1000) + 60_000, reason="mailbox_x: y")
+    assert "PAUSED" in cli(prefix, "enrollment", "status").stdout
+    resumed = cli(prefix, "enrollment", "resume", D)
+    assert resumed.returncode == 0 and not (await r.enroll.figures(D)).paused_until_ms

@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -227,12 +228,14 @@ def _open_destination(
 
 def cmd_failures_replay(ns: argparse.Namespace) -> int:
 
+    from app.enroll.store import requeue_sync
     from app.store import failures
 
     opened = _open_destination(ns.destination)
     if opened is None:
         return 2
     client, s, dest, window = opened
+    now = int(time.time() * 1000)
     res = failures.replay(
         client,
         s.keys,
@@ -241,6 +244,8 @@ def cmd_failures_replay(ns: argparse.Namespace) -> int:
         reason=ns.reason,
         mapping_id=ns.mapping_id,
         window_ms=window,
+        now_ms=now,
+        requeue=lambda rec: requeue_sync(client, s.keys, dest.id, rec, now_ms=now),
     )
     for fid in res.missing:
         print(f"error: no failure {fid!r} in destination {dest.id!r}", file=sys.stderr)
@@ -380,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli import connections as cli_connections
 
     cli_connections.add_parsers(sub)
+    from app.cli import enrollment as cli_enrollment
+
+    cli_enrollment.add_parsers(sub)
     from app.cli import aep as cli_aep
 
     cli_aep.add_parsers(sub)

@@ -5,10 +5,11 @@ answer (``lua/``: every script touches one destination's keys, all declared)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+import redis
 import redis.asyncio as aioredis
 
 from app.core.keys import Keys
@@ -203,3 +204,14 @@ class EnrollStore:
             paused_until_ms=int(pause.get("until_ms", 0)),
             paused_reason=pause.get("reason", ""),
         )
+
+
+def requeue_sync(
+    client: redis.Redis, keys: Keys, dest: str, record: Mapping[str, Any], *, now_ms: int
+) -> bool:
+    """Send a refused or failed enrollment again (its failure record replayed)."""
+    enrollment = record["enrollment"]
+    member = f"{int(record['prospect'])}:{int(enrollment['sequence'])}"
+    kk = [keys.enroll_states(dest), keys.enroll_due(dest)]
+    script = SCRIPTS.sync(client, "requeue")
+    return bool(script(keys=kk, args=[member, str(enrollment["audience"]), now_ms]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -152,18 +152,24 @@ def replay(
     mapping_id: int | None = None,
     window_ms: int,
     now_ms: int | None = None,
+    requeue: Callable[[dict[str, Any]], bool] | None = None,
 ) -> ReplayResult:
     """Merge the selected records' fields back as pending changes, then delete the records.
 
     ``failure_ids=None`` selects every record matching the filters. The delivered values are
     left alone: a failed value was never delivered, so no-op skipping lets it through unless
     Outreach already holds that very value, in which case sending it again would be waste.
+    A record of a refused enrollment (``enrollment``) goes to ``requeue`` (app.enroll's
+    ``requeue_sync``), which makes it pending again.
     """
     now = int(time.time() * 1000) if now_ms is None else now_ms
     batches, missing = _select(client, keys, destination, failure_ids, _Filter(reason, mapping_id))
     replayed = applied = stale = 0
     for batch in batches:
         changes, superseded = _changes(batch)
+        for rec in batch:
+            if requeue is not None and isinstance(rec.get("enrollment"), dict):
+                applied += requeue(rec)
         res = merge_sync(client, keys, destination, changes, now_ms=now, window_ms=window_ms)
         # Deleted only after the merge: a crash in between replays again, never loses.
         _delete(client, keys, destination, [str(r["id"]) for r in batch])
