@@ -30,7 +30,14 @@ BULK_SCOPES = "prospects.all batches.read batches.write"
 JSONAPI = "application/vnd.api+json"
 
 
-def setup(rclient: redis.Redis, prefix: str, *, scope: str | None, bulk: bool = False) -> None:
+def setup(
+    rclient: redis.Redis,
+    prefix: str,
+    *,
+    scope: str | None,
+    bulk: bool = False,
+    sequencing: dict[str, Any] | None = None,
+) -> None:
     """Connection ``conn`` (the sandbox's static token) and destination ``d`` writing
     custom4, custom9 (audiences) and custom12 (an attribute)."""
     config = parse_config(
@@ -44,6 +51,7 @@ def setup(rclient: redis.Redis, prefix: str, *, scope: str | None, bulk: bool = 
                     "audiences": {"aud-a": 4, "aud-b": 9},
                     "attributes": {"segment": "custom12", "firstName": "firstName"},
                     "bulk": {"enabled": bulk},
+                    "sequencing": sequencing or {},
                 }
             ],
         }
@@ -165,6 +173,20 @@ def test_a_missing_field_a_number_field_and_a_missing_scope_fail_saying_what_to_
         "not sent: it needs the scopes above",
     )
     assert sandbox.get("/_sandbox/batches") == [] and sandbox.prospects() == {}
+
+
+def test_a_destination_that_enrolls_needs_the_sequence_scopes(
+    prefix: str, rclient: redis.Redis, sandbox: Sandbox
+) -> None:
+    sequencing = {"sequences": {"aud-a": {"sequence": 7}}}
+    setup(rclient, prefix, scope="prospects.all users.all", sequencing=sequencing)
+    code, report = check(prefix, sandbox)
+    status, detail, _ = lines(report)["scopes"]
+    assert code == 1 and status == "fail" and "(sequence enrollment is on)" in detail
+    assert "sequenceStates.all" in detail and "users.read" not in detail
+    granted = "prospects.all sequences.read sequenceStates.all mailboxes.read users.read"
+    setup(rclient, prefix, scope=granted, sequencing=sequencing)
+    assert lines(check(prefix, sandbox)[1])["scopes"][0] == "ok"
 
 
 def test_scopes_unknown_for_hand_added_tokens_warn_but_do_not_fail(

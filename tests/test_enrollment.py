@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import aiohttp
 import pytest
@@ -22,10 +23,11 @@ import redis.asyncio as aioredis
 
 from app.api.prometheus import exposition
 from app.config.destinations import parse_config
-from app.connections.oauth import AccessToken, RefreshOutcome
+from app.connections.oauth import AccessToken, RefreshOutcome, authorize_url
 from app.core.keys import Keys
 from app.delivery.drain import Deliverer
 from app.enroll import EnrollStore
+from app.enroll.store import connection_enrolls
 from app.ops.alerts import Window, conditions, snapshot_from_status
 from app.ops.status import destination_status
 from app.outreach.client import OutreachClient
@@ -455,3 +457,21 @@ async def test_cli_shows_figures_resumes_and_replays_a_refusal(rig: Any, prefix:
     assert "PAUSED" in cli(prefix, "enrollment", "status").stdout
     resumed = cli(prefix, "enrollment", "resume", D)
     assert resumed.returncode == 0 and not (await r.enroll.figures(D)).paused_until_ms
+
+
+async def test_connecting_asks_for_sequence_scopes_only_when_a_destination_enrolls(
+    rig: Any,
+) -> None:
+    r: Rig = await rig()
+    settings = r.deliverer.settings
+    asked = parse_qs(urlparse(authorize_url(settings, "s", sequences=True)).query)["scope"][0]
+    assert asked.split() == [
+        "prospects.all",
+        "sequences.read",
+        "sequenceStates.all",
+        "mailboxes.read",
+        "users.read",
+    ]
+    assert "sequenceStates" not in authorize_url(settings, "s")
+    assert await connection_enrolls(r.store.redis, r.keys, "c")
+    assert not await connection_enrolls(r.store.redis, r.keys, "other")

@@ -41,6 +41,7 @@ from app.connections.oauth import (
 from app.connections.records import ConflictError, ConnectionRecord, ConnectionStore
 from app.core.errors import UnreadableRecord
 from app.core.settings import Settings
+from app.enroll.store import connection_enrolls
 from app.store.bulk_state import connection_uses_bulk
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ class OAuthWeb:
             ttl_s=self.settings.oauth_state_ttl_s,
         )
         bulk = await connection_uses_bulk(self.redis, self.settings.keys, conn_id)
-        return authorize_url(self.settings, state, bulk=bulk)
+        enrolls = await connection_enrolls(self.redis, self.settings.keys, conn_id)
+        return authorize_url(self.settings, state, bulk=bulk, sequences=enrolls)
 
 
 OAUTH = web.AppKey("oauth_web", OAuthWeb)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from app.core.settings import get_settings
+from app.enroll.store import connection_enrolls
 from app.store.bulk_state import connection_uses_bulk
 
 if TYPE_CHECKING:
@@ -189,9 +190,10 @@ def cmd_authorize(ns: argparse.Namespace) -> int:
                 client, s.keys, connection=ns.id, user=ns.user, ttl_s=s.oauth_state_ttl_s
             )
             bulk = await connection_uses_bulk(client, s.keys, ns.id)
+            enrolls = await connection_enrolls(client, s.keys, ns.id)
         finally:
             await client.aclose()
-        return authorize_url(s, state, bulk=bulk)
+        return authorize_url(s, state, bulk=bulk, sequences=enrolls)
 
     print(asyncio.run(make()))
     print(

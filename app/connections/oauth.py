@@ -91,22 +91,30 @@ def redirect_uri(settings: Settings) -> str:
 BATCH_SCOPES = ("batches.read", "batches.write")
 
 
-def scopes(settings: Settings, *, bulk: bool = False) -> str:
-    """The scopes to ask for: the configured ones, and the batch scopes when a destination
-    of the connection uses bulk delivery (never otherwise: least privilege)."""
+#: What sequence enrollment needs: enroll and find states, read a user's default mailbox.
+SEQUENCE_SCOPES = ("sequences.read", "sequenceStates.all", "mailboxes.read", "users.read")
+
+
+def scopes(settings: Settings, *, bulk: bool = False, sequences: bool = False) -> str:
+    """The scopes to ask for: the configured ones, the batch scopes when a destination of
+    the connection uses bulk delivery, the sequence scopes when one enrolls prospects into
+    sequences (never otherwise: least privilege)."""
     asked = settings.outreach_scopes.split()
-    if bulk:
-        asked += [s for s in BATCH_SCOPES if s not in asked]
+    for extra, wanted in ((BATCH_SCOPES, bulk), (SEQUENCE_SCOPES, sequences)):
+        if wanted:
+            asked += [s for s in extra if s not in asked]
     return " ".join(asked)
 
 
-def authorize_url(settings: Settings, state: str, *, bulk: bool = False) -> str:
+def authorize_url(
+    settings: Settings, state: str, *, bulk: bool = False, sequences: bool = False
+) -> str:
     """Outreach's authorize page for one authorization attempt."""
     query = {
         "client_id": settings.outreach_client_id or "",
         "redirect_uri": redirect_uri(settings),
         "response_type": "code",
-        "scope": scopes(settings, bulk=bulk),
+        "scope": scopes(settings, bulk=bulk, sequences=sequences),
         "state": state,
     }
     return f"{settings.outreach_authorize_url}?{urlencode(query)}"

@@ -154,7 +154,8 @@ class AccountCheck:
         dests = await self._destinations(conn_id, report)
         bulk_on = [d for d in dests if d.bulk.enabled]
         write = prospect is not None and bool(bulk_on)
-        scopes_ok = scope_line(report, rec, bulk=bool(bulk_on), write=write)
+        enrolls = any(d.sequencing.enabled for d in dests)
+        scopes_ok = scope_line(report, rec, bulk=bool(bulk_on), write=write, sequences=enrolls)
         budget = MAX_REQUESTS_WRITE if write else MAX_REQUESTS
         sender = _Sender(
             rec.metadata(),

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from app.config.destinations import Connection
-from app.connections.oauth import BATCH_SCOPES
+from app.connections.oauth import BATCH_SCOPES, SEQUENCE_SCOPES
 from app.connections.records import ConnectionRecord
 from app.outreach.account import CustomFieldType, rate_headers
 from app.outreach.answers import Answer
@@ -64,7 +64,9 @@ class CheckReport:
         return {"connection": self.connection, "ok": ok, "requests": self.requests, "lines": lines}
 
 
-def scope_line(report: CheckReport, rec: ConnectionRecord, *, bulk: bool, write: bool) -> bool:
+def scope_line(
+    report: CheckReport, rec: ConnectionRecord, *, bulk: bool, write: bool, sequences: bool = False
+) -> bool:
     """The scopes Outreach granted (as its token endpoint named them) against those needed;
     False when one is surely missing."""
     reauth = f"authorize again: outreach-sync connections authorize {rec.id}"
@@ -79,9 +81,12 @@ def scope_line(report: CheckReport, rec: ConnectionRecord, *, bulk: bool, write:
     granted = set(rec.scope.split())
     needs: list[tuple[str, ...]] = [WRITE_SCOPES, *([READ_SCOPES] if write else [])]
     needs += [(s,) for s in BATCH_SCOPES] if bulk else []
+    needs += [_any_of(s) for s in SEQUENCE_SCOPES] if sequences else []
     missing = [" or ".join(any_of) for any_of in needs if not granted & set(any_of)]
     if missing:
-        why = " (bulk delivery is on)" if bulk else ""
+        uses = (("bulk delivery", bulk), ("sequence enrollment", sequences))
+        on = [what for what, used in uses if used]
+        why = f" ({' and '.join(on)} {'is' if len(on) == 1 else 'are'} on)" if on else ""
         report.add(
             "scopes",
             "fail",
@@ -91,6 +96,12 @@ def scope_line(report: CheckReport, rec: ConnectionRecord, *, bulk: bool, write:
         return False
     report.add("scopes", "ok", f"granted {rec.scope!r}")
     return True
+
+
+def _any_of(scope: str) -> tuple[str, ...]:
+    """``users.read`` is granted by itself or by ``users.all``."""
+    resource, _, _ = scope.partition(".")
+    return tuple(dict.fromkeys((scope, f"{resource}.all")))
 
 
 def token_line(report: CheckReport, rec: ConnectionRecord, status: int, answer: Answer) -> None:

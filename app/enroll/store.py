@@ -215,3 +215,20 @@ def requeue_sync(
     kk = [keys.enroll_states(dest), keys.enroll_due(dest)]
     script = SCRIPTS.sync(client, "requeue")
     return bool(script(keys=kk, args=[member, str(enrollment["audience"]), now_ms]))
+
+
+async def connection_enrolls(client: aioredis.Redis, keys: Keys, conn: str) -> bool:
+    """Whether any destination of ``conn`` enrolls into sequences (the connection then needs
+    the sequence scopes, ``app.connections.oauth.SEQUENCE_SCOPES``)."""
+    raw = await cast("Awaitable[dict[bytes, bytes]]", client.hgetall(keys.destinations()))
+    for value in raw.values():
+        try:
+            doc = json.loads(value)
+        except ValueError:
+            continue  # a broken record, reported where destinations are read
+        if not isinstance(doc, dict) or doc.get("connection") != conn:
+            continue
+        sequencing = doc.get("sequencing")
+        if isinstance(sequencing, dict) and sequencing.get("sequences"):
+            return True
+    return False
