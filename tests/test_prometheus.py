@@ -220,7 +220,11 @@ def _rich_status() -> Any:
                      "hourly": []},
          "audiences": [{"audience": "a", "mapping_id": 1, "field": "custom1",
                         "totals": figures}],
-         "connection": {"id": "c", "known": True, "state": "active"}, "quota": quota}
+         "connection": {"id": "c", "known": True, "state": "active"}, "quota": quota,
+         "enrollment": {"enabled": True, "waiting": 1, "paused_until_ms": 1,
+                        "paused_reason": "scope_missing: x",
+                        "audiences": [{"audience": "a", "sequence": 7, "on_exit": "finish",
+                                       "counts": {"enrolled": 1, "refused:opted_out": 1}}]}}
     )  # fmt: skip
 
 
