@@ -3,6 +3,7 @@ mailbox or the connection user's; a user's default is looked up once and cached 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -32,6 +33,9 @@ class Mailboxes:
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
+        # One lookup per user at a time in this process: enrollments sent side by side
+        # wait for the first one's answer instead of each asking Outreach.
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def resolve(
         self, rule: SequenceRule, *, conn_id: str, conn_user: str, prospect: int, get: Get
@@ -49,6 +53,10 @@ class Mailboxes:
         return await self._default(conn_id, user, get)
 
     async def _default(self, conn_id: str, user: str, get: Get) -> int:
+        async with self._locks.setdefault((conn_id, user), asyncio.Lock()):
+            return await self._cached_default(conn_id, user, get)
+
+    async def _cached_default(self, conn_id: str, user: str, get: Get) -> int:
         key = self.keys.mailbox_cache(conn_id)
         cached = await cast("Awaitable[bytes | None]", self.redis.hget(key, user))
         if cached is not None:

@@ -10,6 +10,7 @@ found settles it as enrolled.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -124,18 +125,28 @@ class Enrollment:
             lease_ms=self.settings.lease_ms,
             most=s.rules.per_drain,
         )
-        stop: Outcome | None = None
-        for job in jobs:
-            if stop is not None:
-                # The pass ended (no permit, paused): the rest waits as it was.
-                await self._settle(s, job, _same(job, stop), stats)
-                continue
-            try:
-                outcome = await self._one(s, job, stats)
-            except _Halt as halt:
-                outcome = halt.outcome
-                stop = halt.outcome if halt.stop else None
-            await self._settle(s, job, outcome, stats)
+        # Jobs go out side by side (HTTP_CONCURRENCY), each one's steps in order; a job that
+        # ends the pass (no permit, paused) stops those not yet started: they wait as they were.
+        gate = asyncio.Semaphore(self.settings.http_concurrency)
+        stop: list[Outcome] = []
+
+        async def one(job: Job) -> None:
+            async with gate:
+                if stop:
+                    outcome = _same(job, stop[0])
+                else:
+                    try:
+                        outcome = await self._one(s, job, stats)
+                    except _Halt as halt:
+                        outcome = halt.outcome
+                        if halt.stop:
+                            stop.append(halt.outcome)
+                await self._settle(s, job, outcome, stats)
+
+        results = await asyncio.gather(*(one(j) for j in jobs), return_exceptions=True)
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
 
     async def _settle(self, s: Sending, job: Job, outcome: Outcome, stats: Counter[str]) -> None:
         if outcome.state in ("refused", "failed"):

@@ -13,11 +13,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local ready = redis.call('ZCOUNT', KEYS[1], '-inf', now) + redis.call('ZCOUNT', KEYS[2], '-inf', now)
 -- Enrollments due (unless paused) start a drain too: its enrollment stage sends them.
 local enroll_paused = tonumber(redis.call('HGET', KEYS[7], 'until_ms') or 0) > now
-local enroll_ready = 0
-if not enroll_paused then
-  enroll_ready = redis.call('ZCOUNT', KEYS[6], '-inf', now)
-  if enroll_ready > 0 and ready == 0 then ready = 1 end
-end
+if not enroll_paused then ready = ready + redis.call('ZCOUNT', KEYS[6], '-inf', now) end
 -- The next moment after now when something falls due (what is due now, drains take).
 local nxt = -1
 local d = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
