@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bulk_backfill, efficiency, ingest_bench, latency_cost
+from bench import bulk_backfill, efficiency, enrollment, ingest_bench, latency_cost
 from bench.rate_adherence import Quota, Run, run_celery_rate_limit, run_ours
 from bench.table import Row, render
 
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no document written")
     parser.add_argument(
         "--only",
-        choices=("bulk", "bulk-faults"),
+        choices=("bulk", "bulk-faults", "enrollment"),
         help="one section only (printed, no document written)",
     )
     parser.add_argument(
@@ -85,6 +85,9 @@ def main() -> None:
         "--bulk-fault-prospects",
         type=int,
         help="size of the bulk backfill under faults (default 20,000)",
+    )
+    parser.add_argument(
+        "--enroll-prospects", type=int, help="size of the enrollment run (default 2,000)"
     )
     ns = parser.parse_args()
     started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.monotonic()
@@ -106,6 +109,10 @@ def main() -> None:
         )
         rows += faults
         detail += ["", *bulk_backfill.fault_detail(fault_runs)]
+    if ns.only in (None, "enrollment"):
+        enrolled, enroll_runs = enrollment.run(smoke=ns.smoke, prospects=ns.enroll_prospects)
+        rows += enrolled
+        detail += ["", *enrollment.detail(enroll_runs)]
     table = render(rows)
     print("\n".join(table))
     print()
@@ -168,6 +175,11 @@ How each is measured:
   flight (a second worker starts at that moment in both runs). Both use a 10 s batch deadline
   and a 5 s lease, so the killed worker's batches are cancelled and their claims back within
   seconds. `python -m bench --only bulk-faults --bulk-fault-prospects N` runs it alone.
+- **enrollment** (`bench/enrollment.py`): N prospects entering an audience whose sequence
+  enrolls them, twice: without faults, and with 5% of the enrollments' answers lost after
+  Outreach created the state (2.5% dropped connections, 2.5% 502s) and 5% of lookups
+  answered 503. Calls per enrollment count every `POST` and `GET /sequenceStates`.
+  `python -m bench --only enrollment --enroll-prospects N` runs it alone.
 """
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(text)
