@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from app.config.destinations import Connection, Destination
 from app.config.sequencing import SequenceRule, Sequencing
-from app.core.errors import DeliveryError, Permanent, RateLimited
+from app.core.errors import DeliveryError, Permanent, RateLimited, Retryable
 from app.core.settings import Settings
 from app.enroll.calls import (
     LIVE_STATES,
@@ -257,11 +257,11 @@ class Enrollment:
         if not grant.granted:
             due = now_ms() + int(max(grant.wait_s, 0.05) * 1000)
             raise _Halt(Outcome("retry", due_ms=due, tries=0, unknown=job.unknown), stop=True)
-        stats["enroll_requests"] += 1
         if s.access_token is None:
-            raise _Halt(
-                Outcome("retry", due_ms=now_ms() + 1000, tries=0, unknown=job.unknown), stop=True
-            )
+            await self.caller.gate.refund(s.conn.user, grant.id, 1)
+            later = Outcome("retry", due_ms=now_ms() + 1000, tries=0, unknown=job.unknown)
+            raise _Halt(later, stop=True)
+        stats["enroll_requests"] += 1
         reply = await self.caller.send(
             s.conn, s.access_token, grant, method, path, params=params, body=body
         )
@@ -273,15 +273,18 @@ class Enrollment:
 
     def _again(self, s: Sending, job: Job, err: DeliveryError | None, *, write: bool) -> Outcome:
         """A send without a usable answer: again after a backoff, its outcome unknown when it
-        was a write that Outreach may have applied; failed after ``max_attempts``."""
-        unknown = job.unknown or (write and not isinstance(err, RateLimited))
+        was a write that Outreach may have applied (no answer, or a 5xx); failed after
+        ``max_attempts``. A 401 or 429 says it did nothing."""
+        applied_maybe = isinstance(err, Retryable) and (err.status is None or err.status >= 500)
+        unknown = job.unknown or (write and applied_maybe)
         if isinstance(err, RateLimited):
             return Outcome("retry", due_ms=int(err.reset_s * 1000), tries=0, unknown=unknown)
         if job.attempts + 1 >= s.rules.max_attempts and not unknown:
             return Outcome("failed", count="failed", why=str(err))
         # An unknown outcome is never given up: it is looked up until Outreach answers.
         due = now_ms() + backoff_ms(s.rules, job.attempts)
-        return Outcome("retry", count="unknown" if write else None, due_ms=due, unknown=unknown)
+        figure = "unknown" if write and applied_maybe else None
+        return Outcome("retry", count=figure, due_ms=due, unknown=unknown)
 
     async def _record(self, s: Sending, job: Job, outcome: Outcome) -> None:
         at = now_ms()
