@@ -117,7 +117,9 @@ async def rig(
     made: list[tuple[aioredis.Redis, aiohttp.ClientSession]] = []
     sandbox = shared_sandbox
 
-    async def make(*, opted_out: tuple[int, ...] = (), **sequencing: Any) -> Rig:
+    async def make(
+        *, opted_out: tuple[int, ...] = (), bulk: dict[str, Any] | None = None, **sequencing: Any
+    ) -> Rig:
         sandbox.post("/_sandbox/reset")
         sandbox.post("/_sandbox/config", {"static_token_scope": ALL_SCOPES})
         sandbox.post(
@@ -140,6 +142,7 @@ async def rig(
                     "connection": "c",
                     "audiences": {"aud": 5},
                     "sequencing": {"sequences": {"aud": rule}, "retry_base_s": 0.02, **sequencing},
+                    "bulk": bulk or {},
                 }
             ],
         }
@@ -475,3 +478,21 @@ async def test_connecting_asks_for_sequence_scopes_only_when_a_destination_enrol
     assert "sequenceStates" not in authorize_url(settings, "s")
     assert await connection_enrolls(r.store.redis, r.keys, "c")
     assert not await connection_enrolls(r.store.redis, r.keys, "other")
+
+
+async def test_prospects_delivered_by_bulk_are_enrolled_after_their_batch(rig: Any) -> None:
+    fast = {"poll_first_s": 0.05, "poll_max_s": 0.2, "timeout_s": 3.0}
+    r: Rig = await rig(bulk={"enabled": True, "min_group": 3, "ids_per_call": 50, **fast})
+    await r.member(100, "existing")  # warms the gate (bulk waits for Outreach's figure)
+    await r.settle_all()
+    for prospect in range(1, 9):
+        await r.member(prospect, "realized")
+    deadline = time.monotonic() + 10
+    while len(r.states()) < 9 and time.monotonic() < deadline:
+        await r.settle_all()
+        await r.deliverer.wait_idle()
+    assert sorted(s["prospect_id"] for s in r.states()) == [*range(1, 9), 100]
+    paths = [(m, p) for m, p, _ in r.log()]
+    batch = paths.index(("POST", "/api/v2/batches/actions/prospectsBulkModify"))
+    first_enrollment = [i for i, x in enumerate(paths) if x[1] == "/api/v2/sequenceStates"][1]
+    assert batch < first_enrollment
