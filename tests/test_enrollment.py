@@ -22,6 +22,7 @@ import redis
 import redis.asyncio as aioredis
 
 from app.api.prometheus import exposition
+from app.api.status_page import render_destination
 from app.config.destinations import parse_config
 from app.connections.oauth import AccessToken, RefreshOutcome, authorize_url
 from app.core.keys import Keys
@@ -424,6 +425,8 @@ async def test_status_and_metrics_show_enrollments_by_audience_and_reason(rig: A
         'reason="opted_out",sequence="7"} 1.0'
     ) in text
     assert 'outreach_sync_enrollment_paused{destination="d",reason=""} 0.0' in text
+    page = render_destination(doc, data_url="/status/d/data", refresh_s=5)
+    assert "Sequence enrollment" in page and "refused:opted_out 1" in page
 
 
 def cli(prefix: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -229,7 +229,7 @@ def render_destination(doc: DestinationStatus, *, data_url: str, refresh_s: int)
         f"<main>{_broken_note(doc)}"
         f"<div class=cards id=cards>{''.join(cards)}</div>{render_charts(doc)}"
         f"<h2>Dataflow</h2>{flow}{reasons}"
-        f"<h2>Audiences</h2>{audiences}"
+        f"<h2>Audiences</h2>{audiences}{_enrollment(doc)}"
         f"<h2>Recent failures <small>(newest {FAILURES_SHOWN}; values are never shown)</small></h2>"
         f"<p id=no-failures{' hidden' if failures else ''}>No failures recorded.</p>"
         f"<div id=failure-table{'' if failures else ' hidden'}>{fail_table}</div>"
@@ -240,6 +240,22 @@ def render_destination(doc: DestinationStatus, *, data_url: str, refresh_s: int)
         body,
         data={"source": data_url, "refresh": str(refresh_s), "loaded": "false"},
     )
+
+
+def _enrollment(doc: DestinationStatus) -> str:
+    """Sequence enrollment per audience (as of the page's load), when the destination has any."""
+    e = doc.enrollment
+    if not e.enabled and not e.audiences:
+        return ""
+    notes = [f"{e.waiting} waiting"] + (["dry run"] if e.dry_run else [])
+    if e.paused_until_ms:
+        notes.append(f"PAUSED until {_clock(e.paused_until_ms / 1000)}: {e.paused_reason}")
+    rows = (
+        (r.audience, _or_dash(r.sequence), _or_dash(r.on_exit), _reasons(r.counts) or "—")
+        for r in e.audiences
+    )
+    table = _table(("Audience", "Sequence", "On exit", "Outcomes"), rows)
+    return f"<h2>Sequence enrollment <small>({_e(' · '.join(notes))})</small></h2>{table}"
 
 
 def _state(doc: DestinationStatus) -> str:
