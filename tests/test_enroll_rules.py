@@ -121,3 +121,14 @@ async def test_a_late_settle_after_the_lease_was_taken_over_changes_nothing(
     assert again.unknown  # the first send's outcome is unknown: look it up first
     assert not await store.settle(D, "dead", job, Outcome("enrolled"), now_ms=21)
     assert (await store.state(D, 1, 7) or {})["st"] == "sending"
+
+
+async def test_a_write_is_renewed_only_while_the_claim_is_ours(
+    store: EnrollStore, rclient: object
+) -> None:
+    await _claimed(store, 1, "t")
+    await store.note(D, "t", [Intent(1, 7, "a", "in")], now_ms=1)
+    [job] = await store.claim(D, "slow", now_ms=2, lease_ms=10, most=5)
+    assert await store.renew(D, "slow", job, until_ms=11)
+    await store.claim(D, "taker", now_ms=12, lease_ms=10, most=5)
+    assert not await store.renew(D, "slow", job, until_ms=30)  # the slow one sends nothing

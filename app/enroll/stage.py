@@ -257,6 +257,11 @@ class Enrollment:
         if not grant.granted:
             due = now_ms() + int(max(grant.wait_s, 0.05) * 1000)
             raise _Halt(Outcome("retry", due_ms=due, tries=0, unknown=job.unknown), stop=True)
+        until = now_ms() + self.settings.lease_ms
+        if write and not await self.store.renew(s.dest.id, s.token, job, until_ms=until):
+            # Taken over by another drain (this one waited past the lease): it decides.
+            await self.caller.gate.refund(s.conn.user, grant.id, 1)
+            raise _Halt(Outcome("retry", due_ms=until, tries=0, unknown=job.unknown))
         if s.access_token is None:
             await self.caller.gate.refund(s.conn.user, grant.id, 1)
             later = Outcome("retry", due_ms=now_ms() + 1000, tries=0, unknown=job.unknown)

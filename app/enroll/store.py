@@ -156,6 +156,12 @@ class EnrollStore:
         args: list[str | int] = [token, now_ms, job.member, outcome.encode()]
         return bool(await script(keys=kk, args=args))
 
+    async def renew(self, dest: str, token: str, job: Job, *, until_ms: int) -> bool:
+        """Extend ``job``'s lease to ``until_ms``; False when its claim was taken over."""
+        kk = [self.keys.enroll_states(dest), self.keys.enroll_due(dest)]
+        renew = SCRIPTS.aio(self.redis, "renew")
+        return bool(await renew(keys=kk, args=[job.member, token, until_ms]))
+
     async def pause(self, dest: str, *, until_ms: int, reason: str) -> None:
         """Send no enrollment of ``dest`` before ``until_ms`` (fields go on)."""
         key = self.keys.enroll_pause(dest)
