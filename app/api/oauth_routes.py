@@ -12,7 +12,6 @@ URL for an operator to open.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import re
@@ -28,6 +27,7 @@ from redis.exceptions import RedisError
 from app.api.adminauth import admin_refusal
 from app.api.bodies import BodyRefused, body_text, read_body
 from app.api.jsonapi import error_response, unsupported_media_type
+from app.api.pages import page
 from app.config.destinations import Connection
 from app.connections.crypto import cipher_for
 from app.connections.oauth import (
@@ -108,19 +108,6 @@ def add_routes(app: web.Application, *, client: aioredis.Redis, settings: Settin
         await app[OAUTH].close()
 
     app.on_cleanup.append(close)
-
-
-def page(
-    status: int, title: str, message: str, *, headers: dict[str, str] | None = None
-) -> web.Response:
-    """A small HTML page; ``message`` is escaped."""
-    body = (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p></body></html>"
-    )
-    headers = {"Cache-Control": "no-store", **(headers or {})}
-    return web.Response(status=status, text=body, content_type="text/html", headers=headers)
 
 
 # OAuth dance ------------------------------------------------------------------------------
