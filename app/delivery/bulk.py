@@ -44,9 +44,9 @@ from app.delivery.outcomes import Outcomes
 from app.delivery.permits import Permits
 from app.outreach.answers import no_answer
 from app.outreach.bulk import (
-    Batch,
     BatchItem,
     BulkAnswer,
+    BulkBatch,
     BulkClient,
     BulkModification,
     ProspectIds,
@@ -267,7 +267,7 @@ class BulkSender:
 
     async def _follow(
         self, lot: Lot, batch_id: int, deadline: int, stats: Counter[str]
-    ) -> tuple[Batch | None, Lot, bool]:
+    ) -> tuple[BulkBatch | None, Lot, bool]:
         """Poll until the batch ends (None: stuck past its deadline, or unreadable; it is
         cancelled then). The flag says whether the quota, a pause or an expired token kept
         a poll from being answered: not finishing then is no fault of the batch."""
@@ -309,7 +309,7 @@ class BulkSender:
         self,
         lot: Lot,
         batch_id: int,
-        batch: Batch | None,
+        batch: BulkBatch | None,
         members: list[Claimed],
         stats: Counter[str],
         *,

@@ -26,7 +26,7 @@ from app.ops.mapping_issues import learned_view, notes
 from app.ops.status_doc import (
     AudienceRow,
     BulkStatus,
-    ConnectionState,
+    ConnectionDoc,
     DestinationStatus,
     Failure,
     Flow,
@@ -37,8 +37,18 @@ from app.ops.status_doc import (
     governing,
 )
 from app.ratelimit.gate import QuotaGate, gate_for
-from app.store import counters as metrics
 from app.store.bulk_state import bulk_status
+from app.store.counters import (
+    HOUR_S,
+    Lag,
+    Window,
+    audience_rows,
+    hour_of,
+    read_lag,
+    read_totals,
+    read_window,
+    summary,
+)
 from app.store.prospects import ProspectStore
 from app.store.registry import Registry
 
@@ -119,7 +129,7 @@ async def destination_status(
                 invalid=row["mapping_id"] in invalid,
                 mapping_issue=issue_notes.get(row["mapping_id"]),
             )
-            for row in metrics.audience_rows(dest, flows.totals, flows.in_window)
+            for row in audience_rows(dest, flows.totals, flows.in_window)
         ],
         connection=connection,
         quota=quota,
@@ -161,7 +171,7 @@ async def _broken_status(
         enabled=False,
         **flows.fields(),
         audiences=[],
-        connection=ConnectionState(id="", known=False),
+        connection=ConnectionDoc(id="", known=False),
         recent_failures=(
             await recent_failures(client, keys, dest_id, limit=failures) if failures else None
         ),
@@ -177,9 +187,9 @@ class _Flows:
     hours: int
     pending: int
     in_flight: int
-    lag: metrics.Lag
+    lag: Lag
     totals: dict[str, int]
-    window: metrics.Window
+    window: Window
     in_window: dict[str, int]
     invalid_mapping_ids: list[int]
 
@@ -199,12 +209,12 @@ class _Flows:
                 totals=Flow.of(self.totals),
                 window=WindowFlow(
                     hours=self.hours,
-                    from_=iso(self.window.first_hour * metrics.HOUR_S),
+                    from_=iso(self.window.first_hour * HOUR_S),
                     to=iso(self.now_s),
-                    **metrics.summary(self.in_window),
+                    **summary(self.in_window),
                 ),
                 hourly=[
-                    _hour((self.window.first_hour + i) * metrics.HOUR_S, c)
+                    _hour((self.window.first_hour + i) * HOUR_S, c)
                     for i, c in enumerate(self.window.hourly)
                 ],
             ),
@@ -214,10 +224,10 @@ class _Flows:
 async def _flows(store: ProspectStore, dest_id: str, *, hours: int, now_s: float) -> _Flows:
     client, keys = store.redis, store.keys
     pending, in_flight = await store.backlog(dest_id)
-    lag = await metrics.read_lag(client, keys, dest_id)
+    lag = await read_lag(client, keys, dest_id)
     await _sample(client, keys, dest_id, now_s, pending, in_flight, lag.seconds(int(now_s * 1000)))
-    totals = await metrics.read_totals(client, keys, dest_id)
-    window = await metrics.read_window(client, keys, dest_id, hours=hours, now_s=now_s)
+    totals = await read_totals(client, keys, dest_id)
+    window = await read_window(client, keys, dest_id, hours=hours, now_s=now_s)
     invalid = sorted(await store.invalid_mappings(dest_id))
     return _Flows(now_s, hours, pending, in_flight, lag, totals, window, window.total(), invalid)
 
@@ -228,7 +238,7 @@ def _hour(start_s: int, counts: Mapping[str, int]) -> HourFlow:
         pending=counts.get(SAMPLE_PENDING),
         in_flight=counts.get(SAMPLE_IN_FLIGHT),
         lag_s=counts.get(SAMPLE_LAG_S),
-        **metrics.summary(counts),
+        **summary(counts),
     )
 
 
@@ -243,7 +253,7 @@ async def _sample(
 ) -> None:
     """The backlog and lag as last seen this hour, beside the hour's counts (same retention);
     one pipelined write per status read."""
-    hour = keys.metrics_hour(dest, metrics.hour_of(now_s))
+    hour = keys.metrics_hour(dest, hour_of(now_s))
     sample = {SAMPLE_PENDING: pending, SAMPLE_IN_FLIGHT: in_flight, SAMPLE_LAG_S: round(lag_s or 0)}
     pipe = client.pipeline(transaction=False)
     pipe.hset(hour, mapping=sample)
@@ -283,7 +293,7 @@ async def read_quota(
 
 async def _connection(
     client: aioredis.Redis, keys: Keys, conn_id: str, known: bool
-) -> ConnectionState:
+) -> ConnectionDoc:
     """The connection's id and state (``active`` / ``reauth_required``, when the stored
     record carries one); read from the raw record, so no token is ever decrypted here."""
     raw = await cast("Any", client.hget(keys.connections(), conn_id))
@@ -294,7 +304,7 @@ async def _connection(
     found: dict[str, str] = {}
     if isinstance(rec, dict):
         found = {k: rec[k] for k in ("state", "reason") if isinstance(rec.get(k), str)}
-    return ConnectionState(id=conn_id, known=known, **found)
+    return ConnectionDoc(id=conn_id, known=known, **found)
 
 
 def _values(value: Any) -> list[str]:

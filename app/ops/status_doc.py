@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.ratelimit.governing import QuotaLimits
-from app.store import counters as metrics
+from app.store.counters import summary
 
 
 class _Doc(BaseModel):
@@ -45,7 +45,7 @@ class Flow(_Doc):
 
     @classmethod
     def of(cls, flat: Mapping[str, int]) -> Flow:
-        return cls(**metrics.summary(flat))
+        return cls(**summary(flat))
 
 
 class WindowFlow(Flow):
@@ -100,7 +100,7 @@ class AudienceRow(_Doc):
     mapping_issue: str | None = None
 
 
-class ConnectionState(_Doc):
+class ConnectionDoc(_Doc):
     """The connection's id and state as stored; ``user`` when its record exists."""
 
     id: str
@@ -183,7 +183,7 @@ class MappingIssue(_Doc):
     at_ms: int
 
 
-class BulkOff(_Doc):
+class BulkOffDoc(_Doc):
     """Why bulk delivery is off (for the destination or its whole connection), until when."""
 
     scope: Literal["destination", "connection"]
@@ -196,7 +196,7 @@ class BulkStatus(_Doc):
     per prospect it delivered; PATCH costs 1)."""
 
     enabled: bool = False
-    off: BulkOff | None = None
+    off: BulkOffDoc | None = None
     calls: int = 0
     records: int = 0
     delivered: int = 0
@@ -222,7 +222,7 @@ class DestinationStatus(_Doc):
     invalid_mapping_ids: list[int]
     metrics: Metrics
     audiences: list[AudienceRow]
-    connection: ConnectionState
+    connection: ConnectionDoc
     quota: Quota | None = None
     recent_failures: list[Failure] | None = None
     #: Where mapping IDs come from (``config`` or ``data``), and the learned ones' issues.
