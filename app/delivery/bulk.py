@@ -27,7 +27,8 @@ from functools import partial
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from app.core.errors import Permanent, RateLimited, Retryable, Unauthorized
-from app.core.keys import (
+from app.core.settings import Settings
+from app.delivery.bulk_tuning import (
     BULK_CALL_ATTEMPTS,
     BULK_ITEMS_PAGE,
     BULK_MAX_BATCH_FAILURES,
@@ -36,7 +37,6 @@ from app.core.keys import (
     BULK_RETRY_BASE_S,
     BULK_RETRY_CAP_S,
 )
-from app.core.settings import Settings
 from app.delivery.grouping import group, mostly_one_group
 from app.delivery.lot import Lot, now_ms
 from app.delivery.lots import Lots
