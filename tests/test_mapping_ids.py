@@ -11,11 +11,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from app.cli import status_table
 from app.config.destinations import ConfigError, Destination, parse_config
 from app.core.keys import Keys
 from app.ingest.batch import ingest_sync
 from app.ingest.report import Batch
-from app.ops import status_table
 from app.ops.alerts import Window, conditions, snapshot_from_status
 from app.ops.status import destination_status
 from app.ratelimit.gate import gate_for

@@ -265,3 +265,15 @@ def governing(limits: QuotaLimits) -> Governing:
     else:
         why = "Outreach reports the configured limit: spending follows Outreach's count"
     return Governing(limit=limits.governing, source=limits.source, why=why)
+
+
+def duration(seconds: float | None) -> str:
+    """A span of seconds as people read it (``4.2s``, ``3m05s``, ``2h10m``); ``-`` for none."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 120:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
