@@ -38,6 +38,11 @@ BAD_REQUEST = json.dumps(
 )
 
 
+#: Seconds an idle keep-alive connection stays open (aiohttp's own default is an hour). Longer
+#: than the usual load balancer's idle timeout (60 s), so that the balancer closes first.
+KEEPALIVE_S = 75.0
+
+
 class _ServerLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server logger; a request it could not parse is an INFO line, no traceback
     and nothing of the request (the parser's message quotes the raw bytes)."""
@@ -140,7 +145,12 @@ def serve(
     """Serve ``app`` until SIGINT or SIGTERM (as ``web.run_app`` does)."""
 
     async def run() -> None:
-        runner = ApiRunner(app, handle_signals=True, header_timeout_s=header_timeout_s)
+        runner = ApiRunner(
+            app,
+            handle_signals=True,
+            header_timeout_s=header_timeout_s,
+            keepalive_timeout=KEEPALIVE_S,
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
