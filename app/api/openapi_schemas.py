@@ -172,7 +172,8 @@ def schemas() -> Doc:
             },
             "timestamp": {
                 "type": ["string", "integer", "null"],
-                "description": "When the event was made: as lastQualificationTime",
+                "description": "When the event was made, as lastQualificationTime: ISO 8601 "
+                "or epoch milliseconds, 1970 to 9999 (else the profile is rejected)",
             },
         },
     }
