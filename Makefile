@@ -61,7 +61,7 @@ bench: install redis
 
 # Not part of `make test`: minutes long by design. FUZZ_MINUTES and FUZZ_SEED change the run.
 fuzz: install redis
-	$(PY) -m bench.fuzz
+	$(PY) -m bench.fuzz $(if $(FUZZ_MINUTES),--minutes $(FUZZ_MINUTES)) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 flower: install redis
 	$(PY) -m workers.flower --port=5555

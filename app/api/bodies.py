@@ -42,7 +42,7 @@ BODY_TIMEOUT_S = web.AppKey("body_timeout_s", float)
 
 
 class BodyRefused(Exception):
-    """The body cannot be used; ``response`` says why (400, 413, 415)."""
+    """The body cannot be used; ``response`` says why (400, 408, 413, 415)."""
 
     def __init__(self, response: web.Response) -> None:
         super().__init__(response.reason)
