@@ -155,7 +155,7 @@ def st_run(
             *extra,
         ]
         print(f"== {label}: st run, {max_s} s", flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=False)
+        subprocess.run(cmd, cwd=out, check=False)  # its cache (.schemathesis/) goes there too
         return figures(events)
 
 
