@@ -120,13 +120,15 @@ async def test_an_authorization_another_site_sends_is_refused_and_stores_no_stat
 
 
 @asynccontextmanager
-async def _raw(port: int, data: bytes) -> AsyncIterator[asyncio.StreamReader]:
-    """A connection that sends ``data`` and nothing more; closed on leaving."""
+async def _raw(
+    port: int, data: bytes
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A connection that has sent ``data``; closed on leaving."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
-        yield reader
+        yield reader, writer
     finally:
         writer.close()
         with suppress(ConnectionError):
@@ -147,18 +149,29 @@ async def test_stalled_headers_and_bodies_are_let_go_and_a_declared_excess_refus
     _, port = await start(header_timeout_s=0.5, API_BODY_TIMEOUT_S="1")
     began = time.monotonic()
     half_headers = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    async with _raw(port, half_headers) as reader:
+    async with _raw(port, half_headers) as (reader, _):
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, no answer
     assert time.monotonic() - began < 3
-    async with _raw(port, b"") as reader:  # nothing at all: let go the same way
+    async with _raw(port, b"") as (reader, _):  # nothing at all: let go the same way
         assert await asyncio.wait_for(reader.read(), 5) == b""
+    # The deadline is per request: a kept-alive connection idle past it still serves the next.
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    async with _raw(port, request) as (reader, writer):
+        for again in (True, False):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            if again:
+                await asyncio.sleep(0.8)
+                writer.write(request)
     began = time.monotonic()
-    async with _raw(port, _post("/v1/admin/destinations", 100, b"{")) as reader:
+    async with _raw(port, _post("/v1/admin/destinations", 100, b"{")) as (reader, _):
         status_line = await asyncio.wait_for(reader.readline(), 5)
     assert status_line.startswith(b"HTTP/1.1 408"), status_line
     assert time.monotonic() - began < 4
     began = time.monotonic()
-    async with _raw(port, _post("/v1/admin/destinations", 50 * MAX_BODY)) as reader:
+    async with _raw(port, _post("/v1/admin/destinations", 50 * MAX_BODY)) as (reader, _):
         status_line = await asyncio.wait_for(reader.readline(), 5)
     assert status_line.startswith(b"HTTP/1.1 413"), status_line
     assert time.monotonic() - began < 1

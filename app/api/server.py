@@ -64,6 +64,7 @@ server_log = _ServerLog(logging.getLogger("aiohttp.server"))
 
 class _QuietHandler(RequestHandler):
     header_timeout_s: float | None = None  # set by the server before the connection opens
+    _deadline_set_at = -1  # the count of requests parsed when the last deadline was set
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -78,7 +79,9 @@ class _QuietHandler(RequestHandler):
             self._header_deadline(parsed)
 
     def _header_deadline(self, parsed: int = 0) -> None:
-        if self.header_timeout_s is not None:
+        # One deadline per request, however many pieces its headers come in.
+        if self.header_timeout_s is not None and parsed != self._deadline_set_at:
+            self._deadline_set_at = parsed
             self._loop.call_later(self.header_timeout_s, self._headers_late, parsed)
 
     def _headers_late(self, parsed: int) -> None:
