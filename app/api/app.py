@@ -14,7 +14,7 @@ from limits.errors import StorageError
 from app.api import admin_routes as admin_api
 from app.api import guide, openapi, status_page
 from app.api import prometheus as prom
-from app.api.bodies import MAX_BODY, BodyRefused, body_text, read_body
+from app.api.bodies import BODY_TIMEOUT_S, MAX_BODY, BodyRefused, body_text, read_body
 from app.api.jsonapi import STORE_RETRY_AFTER_S
 from app.api.jsonapi import error_response as error
 from app.api.producer_auth import GUARD as PRODUCER_GUARD
@@ -179,6 +179,7 @@ def make_app(settings: Settings) -> web.Application:
     client = async_client(settings)
     app[THROTTLE] = AuthThrottle(client, settings)
     app[MAX_BODY] = settings.max_body_bytes
+    app[BODY_TIMEOUT_S] = settings.api_body_timeout_s
     app[SETTINGS] = settings
     app[STORE] = ProspectStore(client, settings.keys)
     app[REGISTRY] = Registry(client, settings.keys)
