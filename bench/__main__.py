@@ -70,13 +70,18 @@ def run_table(runs: list[Run]) -> list[str]:
     return out
 
 
+#: The sections ``--only`` may name, in the order a whole run makes them.
+SECTIONS = ("ingestion", "efficiency", "rate", "latency", "bulk", "bulk-faults")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no document written")
     parser.add_argument(
         "--only",
-        choices=("bulk", "bulk-faults"),
-        help="one section only (printed, no document written)",
+        action="append",
+        choices=SECTIONS,
+        help="this section only (repeat for several; printed, no document written)",
     )
     parser.add_argument(
         "--bulk-prospects", type=int, help="size of the bulk backfill (default 50,000)"
@@ -89,18 +94,22 @@ def main() -> None:
     ns = parser.parse_args()
     started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.monotonic()
     rows, detail = [], []
-    if ns.only is None:
+    only = set(ns.only or SECTIONS)
+    if "ingestion" in only:
         rows += ingest_bench.run(smoke=ns.smoke)
+    if "efficiency" in only:
         rows += efficiency.run(smoke=ns.smoke)
+    if "rate" in only:
         rate, runs = rate_rows(smoke=ns.smoke)
         rows += rate
-        rows += latency_cost.run(smoke=ns.smoke)
         detail = run_table(runs)
-    if ns.only in (None, "bulk"):
+    if "latency" in only:
+        rows += latency_cost.run(smoke=ns.smoke)
+    if "bulk" in only:
         bulk, bulk_runs = bulk_backfill.run(smoke=ns.smoke, prospects=ns.bulk_prospects)
         rows += bulk
         detail += ["", *bulk_backfill.detail(bulk_runs)]
-    if ns.only in (None, "bulk-faults"):
+    if "bulk-faults" in only:
         faults, fault_runs = bulk_backfill.run_faults(
             smoke=ns.smoke, prospects=ns.bulk_fault_prospects
         )
