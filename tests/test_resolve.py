@@ -1,0 +1,321 @@
+"""Identity resolution, in process: profiles known by email reach their prospects through
+the real drain on real Redis against the sandbox over HTTP (its request log counts lookups,
+creates and PATCHes; its control API tells how many prospects each email has)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from app.config.destinations import ConfigError, Destination, parse_config
+from app.connections.oauth import AccessToken, RefreshOutcome
+from app.core.keys import Keys
+from app.delivery.drain import Deliverer
+from app.ingest.batch import Batch, ingest_async
+from app.outreach.client import OutreachClient
+from app.ratelimit.gate import gate_for
+from app.resolve import EmailStore
+from app.store.failures import list_failures, replay
+from app.store.prospects import ProspectStore
+from app.store.registry import Registry, publish_sync
+from tests.support import TEST_REDIS_URL, Sandbox, make_settings, settings_env
+
+D = "d"
+AUDIENCE = "aud-1"  # mapped to custom1
+
+
+class Tokens:
+    async def current(self, conn_id: str) -> AccessToken | None:
+        return AccessToken(conn_id, "test-token", 1)
+
+    async def after_unauthorized(self, conn_id: str, generation: int) -> RefreshOutcome:
+        return RefreshOutcome.REFRESHED
+
+
+def profile(
+    *,
+    email: str | None = None,
+    pid: int | None = None,
+    status: str = "realized",
+    at: str = "2026-11-20T10:00:00Z",
+    **attributes: Any,
+) -> dict[str, Any]:
+    ids: dict[str, Any] = {}
+    if email is not None:
+        ids["Email"] = [{"id": email}]
+    if pid is not None:
+        ids["OutreachId"] = [{"id": str(pid)}]
+    return {
+        "identityMap": ids,
+        "segmentMembership": {"ups": {AUDIENCE: {"status": status, "lastQualificationTime": at}}},
+        "attributes": {k: {"value": v} for k, v in attributes.items()},
+    }
+
+
+@dataclass
+class Rig:
+    sandbox: Sandbox
+    store: ProspectStore
+    emails: EmailStore
+    keys: Keys
+    rclient: redis.Redis
+    deliverers: list[Deliverer]
+    registry: Registry
+
+    async def ingest(self, profiles: list[dict[str, Any]]) -> Batch:
+        dest = await self.registry.destination(D)
+        assert dest is not None
+        return await ingest_async(self.store, dest, profiles, window_ms=0)
+
+    async def settle(self, *, drains: int = 1, timeout_s: float = 20.0) -> Counter[str]:
+        """Drain (``drains`` at once) until nothing waits: no email, no prospect."""
+        stats: Counter[str] = Counter()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            await asyncio.gather(*(d.drain(D, stats=stats) for d in self.deliverers[:drains]))
+            if await self.store.backlog(D) == (0, 0) and await self.emails.waiting(D) == (0, 0):
+                return stats
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"not settled: {await self.emails.waiting(D)}")
+
+    def requests(self, method: str, path_part: str) -> list[dict[str, Any]]:
+        log = self.sandbox.get("/_sandbox/requests?since=0")["requests"]
+        return [r for r in log if r["method"] == method and path_part in r["path"]]
+
+    def lookups(self) -> int:
+        return sum(r["path"].endswith("/prospects") for r in self.requests("GET", "/prospects"))
+
+    def creates(self) -> int:
+        return sum(r["path"].endswith("/prospects") for r in self.requests("POST", "/prospects"))
+
+    def patched(self) -> Counter[int]:
+        return Counter(r["prospect_id"] for r in self.requests("PATCH", "/prospects/"))
+
+    def by_email(self) -> dict[str, list[int]]:
+        return self.sandbox.emails()
+
+
+Factory = Callable[..., Any]
+
+
+@pytest.fixture
+async def rig(
+    prefix: str, rclient: redis.Redis, sandbox_factory: Callable[..., Sandbox]
+) -> AsyncIterator[Factory]:
+    made: list[tuple[aioredis.Redis, aiohttp.ClientSession]] = []
+
+    async def make(*sandbox_args: str, drains: int = 1, **identity: Any) -> Rig:
+        sandbox = sandbox_factory(*sandbox_args)
+        env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0", RETRY_BACKOFF_BASE_S="0.05")
+        settings = make_settings(env)
+        config = {
+            "connections": [{"id": "c", "user": "test-user", "access_token": "test-token"}],
+            "destinations": [
+                {
+                    "id": D,
+                    "name": D,
+                    "connection": "c",
+                    "audiences": {AUDIENCE: 1},
+                    "attributes": {"firstName": "firstName"},
+                    "identity": {"match": ["OutreachId", "Email"], **identity},
+                }
+            ],
+        }
+        publish_sync(rclient, Keys(prefix), parse_config(config))
+        aclient = aioredis.from_url(TEST_REDIS_URL)
+        session = aiohttp.ClientSession()
+        made.append((aclient, session))
+        store = ProspectStore(aclient, settings.keys)
+        registry = Registry(aclient, settings.keys)
+        client = OutreachClient(session, api_url=settings.outreach_api_url, timeout_s=2)
+        deliverers = [
+            Deliverer(
+                store=store,
+                registry=registry,
+                client=client,
+                gate=gate_for(aclient, settings),
+                settings=settings,
+                refresher=Tokens(),
+            )
+            for _ in range(drains)
+        ]
+        return Rig(
+            sandbox,
+            store,
+            EmailStore(aclient, settings.keys),
+            settings.keys,
+            rclient,
+            deliverers,
+            registry,
+        )
+
+    yield make
+    for aclient, session in made:
+        await session.close()
+        await aclient.aclose()
+
+
+async def test_a_profile_with_an_outreach_id_goes_as_today_without_a_lookup(rig: Factory) -> None:
+    r = await rig()
+    [pid] = r.sandbox.seed([{"emails": ["ada@example.com"]}])
+    batch = await r.ingest([profile(email="ada@example.com", pid=pid, firstName="Ada")])
+    assert batch.report.accepted == 1
+    await r.settle()
+    assert r.lookups() == 0
+    assert r.patched() == Counter({pid: 1})
+    assert r.sandbox.prospects()[pid]["custom1"] == "realized"
+
+
+async def test_email_only_profiles_are_looked_up_in_batches_then_from_the_cache(
+    rig: Factory,
+) -> None:
+    r = await rig()
+    emails = [f"p{i}@example.com" for i in range(120)]
+    ids = r.sandbox.seed([{"emails": [e]} for e in emails])
+    # Sent in mixed case with spaces: normalised before lookup and coalescing.
+    batch = await r.ingest(
+        [profile(email=f" {e.upper()} ", firstName=f"N{i}") for i, e in enumerate(emails)]
+    )
+    assert batch.report.accepted == 120 and batch.report.excluded == 0
+    stats = await r.settle()
+    assert r.lookups() == 3  # 50 + 50 + 20
+    assert stats["resolve_lookups"] == 3
+    held = r.sandbox.prospects()
+    assert all(held[p]["custom1"] == "realized" for p in ids)
+    assert [held[p]["firstName"] for p in ids] == [f"N{i}" for i in range(120)]
+    assert r.patched() == Counter({p: 1 for p in ids})
+    # A second activation: every email is remembered, so no lookup is spent.
+    await r.ingest([profile(email=e, status="exited", at="2026-11-21T10:00:00Z") for e in emails])
+    stats = await r.settle()
+    assert r.lookups() == 3 and stats["resolve_cache_hits"] == 120
+    assert all(r.sandbox.prospects()[p]["custom1"] == "exited" for p in ids)
+    counters = await r.store.counters(D)
+    assert counters["drain_resolve_lookups"] == 3
+    assert counters["drain_resolve_cache_hits"] == 120
+
+
+async def test_a_newer_change_made_while_the_email_was_resolved_wins(rig: Factory) -> None:
+    r = await rig()
+    [pid] = r.sandbox.seed([{"emails": ["ada@example.com"]}])
+    await r.ingest([profile(email="ada@example.com", at="2026-11-20T10:00:00Z")])
+    claimed = await r.emails.claim(
+        D, now_ms=int(time.time() * 1000), lease_ms=60_000, batch=50, token="t1"
+    )
+    [w] = claimed
+    # Meanwhile: a newer change by email, and an older one by id, each in its own store.
+    await r.ingest([profile(email="ada@example.com", status="exited", at="2026-11-20T12:00:00Z")])
+    await r.ingest(
+        [profile(pid=pid, status="existing", at="2026-11-20T09:00:00Z", firstName="Old")]
+    )
+    assert await r.emails.adopt(D, w, [pid], "t1", now_ms=int(time.time() * 1000)) == 1
+    await r.settle()
+    held = r.sandbox.prospects()[pid]
+    assert held["custom1"] == "exited"  # the newest evaluation, whichever way it came
+    assert held["firstName"] == "Old"  # nothing lost either
+    assert sum(r.patched().values()) == 1
+
+
+async def test_missing_prospects_are_created_once_even_with_two_drains_racing(
+    rig: Factory,
+) -> None:
+    r = await rig(drains=2, on_missing="create")
+    emails = [f"new{i}@example.com" for i in range(30)]
+    await r.ingest([profile(email=e, firstName=f"N{i}") for i, e in enumerate(emails)])
+    await r.settle(drains=2)
+    found = r.by_email()
+    assert all(len(found[e]) == 1 for e in emails)
+    assert r.creates() == 30
+    assert not r.patched()  # the create carried every field: no PATCH after it
+    held = r.sandbox.prospects()
+    assert {held[found[e][0]]["firstName"] for e in emails} == {f"N{i}" for i in range(30)}
+    assert all(held[found[e][0]]["custom1"] == "realized" for e in emails)
+
+
+@pytest.mark.parametrize("fault", ["drop_after_write", "5xx_after_write"])
+async def test_a_create_whose_answer_is_lost_is_settled_by_a_lookup(
+    rig: Factory, fault: str
+) -> None:
+    r = await rig(on_missing="create")
+    r.sandbox.arm_fault("POST /api/v2/prospects", fault, count=1, status=503)
+    await r.ingest([profile(email="lost@example.com", firstName="Lost")])
+    await r.settle()
+    [pid] = r.by_email()["lost@example.com"]
+    assert r.creates() == 1  # looked up after the unknown outcome: never created twice
+    assert r.sandbox.prospects()[pid]["firstName"] == "Lost"
+
+
+async def test_a_create_refused_as_already_taken_looks_up_and_patches(rig: Factory) -> None:
+    r = await rig(on_missing="create")
+    # The cache still says "no prospect" while someone created it meanwhile.
+    await r.emails.remember(D, {"late@example.com": []}, found_s=60, missing_s=60)
+    [pid] = r.sandbox.seed([{"emails": ["late@example.com"]}])
+    await r.ingest([profile(email="late@example.com", firstName="Late")])
+    await r.settle()
+    assert r.by_email()["late@example.com"] == [pid]
+    assert r.sandbox.prospects()[pid]["firstName"] == "Late"
+    assert r.patched() == Counter({pid: 1})
+
+
+@pytest.mark.parametrize("mode", ["skip", "all", "newest"])
+async def test_an_email_several_prospects_share(rig: Factory, mode: str) -> None:
+    r = await rig("--purposeful-duplicates", on_ambiguous=mode)
+    old, new = r.sandbox.seed(
+        [
+            {"emails": ["twin@example.com"], "updated_at": "2026-01-01T00:00:00Z"},
+            {"emails": ["twin@example.com"], "updated_at": "2026-06-01T00:00:00Z"},
+        ]
+    )
+    await r.ingest([profile(email="twin@example.com", firstName="Twin")])
+    await r.settle()
+    expected = {"skip": set(), "all": {old, new}, "newest": {new}}[mode]
+    assert set(r.patched()) == expected
+    if mode == "skip":
+        [failure] = list_failures(r.rclient, r.keys, destination=D)
+        assert str(old) in failure["detail"] and str(new) in failure["detail"]
+
+
+async def test_a_hashed_email_is_rejected_with_the_reason(rig: Factory) -> None:
+    r = await rig()
+    hashed = "a" * 64
+    batch = await r.ingest([profile(email=hashed)])
+    [problem] = batch.report.problems
+    assert problem.outcome == "rejected" and "hash" in (problem.reason or "")
+    config = {
+        "connections": [{"id": "c", "access_token": "x"}],
+        "destinations": [
+            {"id": "x", "name": "x", "connection": "c", "identity": {"match": ["Email_LC_SHA256"]}}
+        ],
+    }
+    with pytest.raises(ConfigError, match="hash"):
+        parse_config(config)
+
+
+async def test_no_prospect_is_a_failure_that_replay_delivers_once_it_exists(
+    rig: Factory,
+) -> None:
+    r = await rig()
+    await r.ingest([profile(email="later@example.com", firstName="Later")])
+    await r.settle()
+    [failure] = list_failures(r.rclient, r.keys, destination=D)
+    assert failure["reason"] == "no prospect with this email"
+    assert failure["email"] == "later@example.com"
+    [pid] = r.sandbox.seed([{"emails": ["later@example.com"]}])
+    result = replay(r.rclient, r.keys, destination=D, window_ms=0)
+    assert result.replayed == 1
+    await r.settle()
+    assert r.sandbox.prospects()[pid]["firstName"] == "Later"
+    assert not list_failures(r.rclient, r.keys, destination=D)
+
+
+def test_the_default_match_is_the_outreach_id() -> None:
+    dest = Destination(id="x", name="x", connection="c")
+    assert dest.match == ("OutreachId",)
