@@ -113,9 +113,12 @@ async def rig(
 ) -> AsyncIterator[Factory]:
     made: list[tuple[aioredis.Redis, aiohttp.ClientSession]] = []
 
-    async def make(*sandbox_args: str, drains: int = 1, **identity: Any) -> Rig:
+    async def make(
+        *sandbox_args: str, drains: int = 1, env: dict[str, str] | None = None, **identity: Any
+    ) -> Rig:
         sandbox = sandbox_factory(*sandbox_args)
-        env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="0", RETRY_BACKOFF_BASE_S="0.05")
+        extra = {"COALESCE_WINDOW_MS": "0", "RETRY_BACKOFF_BASE_S": "0.05", **(env or {})}
+        env = settings_env(prefix, sandbox, **extra)
         settings = make_settings(env)
         config = {
             "connections": [{"id": "c", "user": "test-user", "access_token": "test-token"}],
@@ -227,7 +230,8 @@ async def test_a_newer_change_made_while_the_email_was_resolved_wins(rig: Factor
 async def test_missing_prospects_are_created_once_even_with_two_drains_racing(
     rig: Factory,
 ) -> None:
-    r = await rig(drains=2, on_missing="create")
+    # Small batches, so both drains resolve at once.
+    r = await rig(drains=2, on_missing="create", env={"RESOLVE_BATCH": "4"})
     emails = [f"new{i}@example.com" for i in range(30)]
     await r.ingest([profile(email=e, firstName=f"N{i}") for i, e in enumerate(emails)])
     await r.settle(drains=2)
@@ -249,6 +253,8 @@ async def test_a_create_whose_answer_is_lost_is_settled_by_a_lookup(
     await r.ingest([profile(email="lost@example.com", firstName="Lost")])
     await r.settle()
     [pid] = r.by_email()["lost@example.com"]
+    [rule] = r.sandbox.get("/_sandbox/faults")["rules"]
+    assert rule["fired"] == 1
     assert r.creates() == 1  # looked up after the unknown outcome: never created twice
     assert r.sandbox.prospects()[pid]["firstName"] == "Lost"
 
@@ -319,3 +325,38 @@ async def test_no_prospect_is_a_failure_that_replay_delivers_once_it_exists(
 def test_the_default_match_is_the_outreach_id() -> None:
     dest = Destination(id="x", name="x", connection="c")
     assert dest.match == ("OutreachId",)
+
+
+async def test_a_remembered_prospect_that_is_gone_is_forgotten_and_resolved_again(
+    rig: Factory,
+) -> None:
+    r = await rig()
+    [pid] = r.sandbox.seed([{"emails": ["moved@example.com"]}])
+    gone = 50_000_000  # beyond the sandbox's range of existing ids
+    await r.emails.remember(D, {"moved@example.com": [(gone, "")]}, found_s=60, missing_s=60)
+    await r.ingest([profile(email="moved@example.com", firstName="Moved")])
+    stats = await r.settle()
+    assert stats["resolve_cache_hits"] == 1 and stats["resolve_gone"] == 1
+    assert r.lookups() == 1  # the 404 forgot the cached id: looked up once
+    assert r.sandbox.prospects()[pid]["firstName"] == "Moved"
+    assert r.patched() == Counter({gone: 1, pid: 1})
+    assert not list_failures(r.rclient, r.keys, destination=D)
+
+
+async def test_a_worker_killed_after_its_create_leaves_an_intent_settled_by_a_lookup(
+    rig: Factory,
+) -> None:
+    r = await rig(on_missing="create", env={"LEASE_MS": "3000", "OUTREACH_TIMEOUT_S": "1"})
+    await r.ingest([profile(email="killed@example.com", firstName="K")])
+    now = int(time.time() * 1000)
+    [w] = await r.emails.claim(D, now_ms=now, lease_ms=50, batch=5, token="dead")
+    # The dead worker had looked it up (not found), recorded its intent, and Outreach made
+    # the prospect; the worker died before it recorded the answer.
+    await r.emails.remember(D, {w.email: []}, found_s=600, missing_s=600)
+    assert await r.emails.intend(D, w.email, "dead", now_ms=now - 5000, lease_ms=50) == "go"
+    [pid] = r.sandbox.seed([{"emails": ["killed@example.com"]}])
+    await asyncio.sleep(0.1)  # its lease ends
+    await r.settle()
+    assert r.by_email()["killed@example.com"] == [pid]
+    assert r.creates() == 0 and r.lookups() == 1
+    assert r.sandbox.prospects()[pid]["firstName"] == "K"

@@ -83,6 +83,22 @@ def schemas() -> Doc:
                 "description": "identityMap namespace whose ids are Outreach prospect ids "
                 "(the OutreachId identity mapping, required)",
             },
+            "identity": {
+                "type": ["object", "null"],
+                "description": "Which identities reach a prospect: the first namespace of "
+                "match a profile carries wins; Email is looked up (docs/aep.md)",
+                "properties": {
+                    "match": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "string", "minLength": 1},
+                        "default": ["OutreachId"],
+                    },
+                    "on_missing": {"type": "string", "enum": ["skip", "create"]},
+                    "on_ambiguous": {"type": "string", "enum": ["skip", "all", "newest"]},
+                },
+                "additionalProperties": False,
+            },
             "audiences": {
                 "type": "object",
                 "description": "Audience id -> mapping ID N (prospect field customN); unique",

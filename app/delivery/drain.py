@@ -23,7 +23,7 @@ from app.delivery.patch import PatchSender
 from app.delivery.permits import Permits
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import QuotaGate, QuotaUnavailable
-from app.resolve import Calls, Resolver
+from app.resolve import Calls, EmailStore, Resolver
 from app.store.counters import drain_metrics
 from app.store.prospects import Claimed, ProspectStore
 from app.store.registry import Registry
@@ -63,7 +63,12 @@ class Deliverer:
             margin_s=settings.token_refresh_margin_s,
             wait_s=settings.token_refresh_wait_s,
         )
-        self.outcomes = Outcomes(store=store, refresher=refresher, settings=settings)
+        self.outcomes = Outcomes(
+            store=store,
+            refresher=refresher,
+            settings=settings,
+            emails=EmailStore(store.redis, store.keys),
+        )
         self.lots = Lots(
             store=store, registry=registry, refresher=refresher, outcomes=self.outcomes
         )

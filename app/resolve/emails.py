@@ -5,14 +5,16 @@ the create intents. Every key carries the destination's hash tag (one cluster sl
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
 
 from app.core.keys import Keys
+from app.core.operations import run_async
 from app.core.scripts import package_scripts
+from app.store.prospects import encode, merge_op
 
 SCRIPTS = package_scripts("app.resolve")
 #: What Outreach answered for an email: (prospect id, updatedAt) per prospect having it.
@@ -161,6 +163,20 @@ class EmailStore:
             "Awaitable[bytes | None]", self.redis.hget(self.keys.email_of(dest), str(prospect))
         )
         return None if raw is None else _text(raw)
+
+    async def wait_again(
+        self,
+        dest: str,
+        email: str,
+        fields: Mapping[str, Any],
+        versions: Mapping[str, int],
+        *,
+        now_ms: int,
+    ) -> None:
+        """Put ``fields`` back under ``email`` by version (newer wins), due at once."""
+        changes = {email: [(f, encode(v), versions.get(f, 0)) for f, v in fields.items()]}
+        op = merge_op(self.keys.for_emails(), dest, changes, now_ms=now_ms, window_ms=0)
+        await run_async(self.redis, op)
 
     async def unlink(self, dest: str, prospect: int, email: str) -> None:
         """``prospect`` is gone (a 404): forget it and what ``email`` was resolved to."""
