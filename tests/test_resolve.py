@@ -21,13 +21,22 @@ from app.connections.oauth import AccessToken, RefreshOutcome
 from app.core.keys import Keys
 from app.delivery.drain import Deliverer
 from app.ingest.batch import Batch, ingest_async
+from app.ingest.producer import Producer
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import gate_for
 from app.resolve import EmailStore
 from app.store.failures import list_failures, replay
 from app.store.prospects import ProspectStore
 from app.store.registry import Registry, publish_sync
-from tests.support import TEST_REDIS_URL, Sandbox, make_settings, settings_env
+from tests.support import (
+    AUDIENCES,
+    TEST_REDIS_URL,
+    Sandbox,
+    e2e_config,
+    make_settings,
+    settings_env,
+    wait_until,
+)
 
 D = "d"
 AUDIENCE = "aud-1"  # mapped to custom1
@@ -360,3 +369,42 @@ async def test_a_worker_killed_after_its_create_leaves_an_intent_settled_by_a_lo
     assert r.by_email()["killed@example.com"] == [pid]
     assert r.creates() == 0 and r.lookups() == 1
     assert r.sandbox.prospects()[pid]["firstName"] == "K"
+
+
+@pytest.mark.integration
+def test_real_workers_deliver_profiles_known_only_by_email(
+    prefix: str,
+    rclient: redis.Redis,
+    sandbox: Sandbox,
+    worker_factory: Callable[..., Any],
+) -> None:
+    """The dispatcher starts drains for emails due (nothing else is due), the drain resolves
+    and creates them, and the senders deliver: with real worker processes."""
+    env = settings_env(prefix, sandbox, COALESCE_WINDOW_MS="200")
+    identity = {"match": ["OutreachId", "Email"], "on_missing": "create"}
+    publish_sync(rclient, Keys(prefix), e2e_config(identity=identity))
+    worker_factory(env, name="a")
+    existing = [f"known{i}@example.com" for i in range(40)]
+    ids = sandbox.seed([{"emails": [e]} for e in existing])
+    fresh = [f"fresh{i}@example.com" for i in range(10)]
+    audience = next(iter(AUDIENCES))
+    profiles = [
+        {
+            "identityMap": {"Email": [{"id": e}]},
+            "segmentMembership": {"ups": {audience: {"status": "realized"}}},
+            "attributes": {"firstName": {"value": e.split("@")[0]}},
+        }
+        for e in existing + fresh
+    ]
+    report = Producer(make_settings(env)).send("e2e", profiles).report
+    assert report.accepted == 50
+
+    def landed() -> bool:
+        found, held = sandbox.emails(), sandbox.prospects()
+        return all(
+            len(found.get(e, [])) == 1 and held[found[e][0]].get("firstName") == e.split("@")[0]
+            for e in existing + fresh
+        )
+
+    wait_until(landed, timeout_s=30, what="every email's prospect to be updated", every_s=0.2)
+    assert sorted(sandbox.emails()[e][0] for e in existing) == sorted(ids)
