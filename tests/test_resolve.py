@@ -21,7 +21,10 @@ from app.connections.oauth import AccessToken, RefreshOutcome
 from app.core.keys import Keys
 from app.delivery.drain import Deliverer
 from app.ingest.batch import Batch, ingest_async
+from app.api.prometheus import exposition
 from app.ingest.producer import Producer
+from app.ops.status import destination_status
+from app.ops.status_table import render_table
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import gate_for
 from app.resolve import EmailStore
@@ -210,15 +213,22 @@ async def test_email_only_profiles_are_looked_up_in_batches_then_from_the_cache(
     stats = await r.settle()
     assert r.lookups() == 3 and stats["resolve_cache_hits"] == 120
     assert all(r.sandbox.prospects()[p]["custom1"] == "exited" for p in ids)
-    counters = await r.store.counters(D)
-    assert counters["drain_resolve_lookups"] == 3
-    assert counters["drain_resolve_cache_hits"] == 120
+    doc = await destination_status(D, store=r.store, registry=r.registry, gate=r.deliverers[0].gate)
+    assert doc is not None
+    shown = doc.resolve
+    assert (shown.by_lookup, shown.lookups, shown.from_cache) == (120, 3, 120)
+    assert (shown.waiting, shown.not_found, shown.created) == (0, 0, 0)
+    assert "by lookup 120 (3 lookups)" in render_table([doc])
+    assert b'outreach_sync_resolve_lookups_total{destination="d"} 3.0' in exposition([doc])
 
 
 async def test_a_newer_change_made_while_the_email_was_resolved_wins(rig: Factory) -> None:
     r = await rig()
     [pid] = r.sandbox.seed([{"emails": ["ada@example.com"]}])
     await r.ingest([profile(email="ada@example.com", at="2026-11-20T10:00:00Z")])
+    doc = await destination_status(D, store=r.store, registry=r.registry, gate=r.deliverers[0].gate)
+    assert doc is not None and doc.resolve.waiting == 1
+    assert doc.resolve.oldest_waiting_s is not None
     claimed = await r.emails.claim(
         D, now_ms=int(time.time() * 1000), lease_ms=60_000, batch=50, token="t1"
     )

@@ -33,10 +33,12 @@ from app.ops.status_doc import (
     HourFlow,
     Metrics,
     Quota,
+    ResolveStatus,
     WindowFlow,
     governing,
 )
 from app.ratelimit.gate import QuotaGate, gate_for
+from app.resolve import resolve_status
 from app.store import counters as metrics
 from app.store.bulk_state import bulk_status
 from app.store.prospects import ProspectStore
@@ -128,6 +130,9 @@ async def destination_status(
         ),
         mapping_ids=dest.mapping_ids,
         mapping_issues=issues,
+        resolve=ResolveStatus.model_validate(
+            await resolve_status(client, keys, dest, flows.totals, now_ms=int(now * 1000))
+        ),
         bulk=BulkStatus.model_validate(
             await bulk_status(
                 client,

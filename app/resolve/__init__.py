@@ -5,5 +5,15 @@ from app.resolve.calls import Calls
 from app.resolve.decide import AMBIGUOUS, NOT_FOUND, Decision, decide
 from app.resolve.emails import EmailStore
 from app.resolve.resolver import Resolver
+from app.resolve.status import resolve_status
 
-__all__ = ["AMBIGUOUS", "NOT_FOUND", "Calls", "Decision", "EmailStore", "Resolver", "decide"]
+__all__ = [
+    "AMBIGUOUS",
+    "NOT_FOUND",
+    "Calls",
+    "Decision",
+    "EmailStore",
+    "Resolver",
+    "decide",
+    "resolve_status",
+]
