@@ -314,6 +314,11 @@ async def test_a_hashed_email_is_rejected_with_the_reason(rig: Factory) -> None:
     batch = await r.ingest([profile(email=hashed)])
     [problem] = batch.report.problems
     assert problem.outcome == "rejected" and "hash" in (problem.reason or "")
+    only_hashed = profile()
+    only_hashed["identityMap"] = {"Email_LC_SHA256": [{"id": hashed}]}
+    [problem] = (await r.ingest([only_hashed])).report.problems
+    assert problem.outcome == "rejected"
+    assert "Email_LC_SHA256: hashed emails cannot be looked up" in (problem.reason or "")
     config = {
         "connections": [{"id": "c", "access_token": "x"}],
         "destinations": [

@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, Valida
 
 from app.config.destinations import (
     EMAIL_NAMESPACES,
+    HASHED_EMAIL_NAMESPACES,
     STATUSES,
     Destination,
     Status,
@@ -199,6 +200,11 @@ def evaluate_profile(
     if not isinstance(raw, dict):
         return _result(index, "rejected", f"a profile must be an object, not {_json_type(raw)}")
     namespace = _namespace(raw, destination.match)
+    hashed = _hashed_only(raw, namespace, destination.match)
+    if hashed is not None:
+        return _result(
+            index, "rejected", hashed, _newest(_lenient_parse(raw), destination, received_ms)[0]
+        )
     parsed = _fast_parse(raw, namespace)
     if parsed is None:
         parsed, problems = _full_parse(raw, namespace)
@@ -489,6 +495,22 @@ def _email_problem(namespace: str, value: object) -> str:
             "a hash; send the plain address"
         )
     return f"{namespace} {_short(value)} is not an email address"
+
+
+def _hashed_only(raw: dict[Any, Any], namespace: str, match: tuple[str, ...]) -> str | None:
+    """Why a profile that reaches its prospect only by a hashed email is rejected."""
+    identity_map = raw.get("identityMap")
+    if not isinstance(identity_map, dict) or identity_map.get(namespace):
+        return None
+    if not any(n in EMAIL_NAMESPACES for n in match):
+        return None
+    for name in identity_map:
+        if name in HASHED_EMAIL_NAMESPACES and identity_map[name]:
+            return (
+                f"identityMap.{name}: hashed emails cannot be looked up in Outreach; map the "
+                "Email namespace (plain addresses) instead"
+            )
+    return None
 
 
 def _namespace(raw: dict[Any, Any], match: tuple[str, ...]) -> str:
