@@ -423,3 +423,17 @@ def test_real_workers_deliver_profiles_known_only_by_email(
 
     wait_until(landed, timeout_s=30, what="every email's prospect to be updated", every_s=0.2)
     assert sorted(sandbox.emails()[e][0] for e in existing) == sorted(ids)
+
+
+async def test_a_create_refused_as_taken_that_no_lookup_finds_fails_rather_than_loops(
+    rig: Factory,
+) -> None:
+    # Outreach's filter matches case-sensitively here, and the prospect's stored email has
+    # capitals: the lookup misses, the create is refused as taken.
+    r = await rig("--lookup-case-sensitive", on_missing="create")
+    r.sandbox.seed([{"emails": ["Case@Example.com"]}])
+    await r.ingest([profile(email="case@example.com", firstName="C")])
+    await r.settle()
+    [failure] = list_failures(r.rclient, r.keys, destination=D)
+    assert failure["reason"] == "create_taken_not_found"
+    assert r.creates() == 1 and len(r.by_email()["case@example.com"]) == 1

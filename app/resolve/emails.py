@@ -20,7 +20,7 @@ from app.store.prospects import encode, merge_op
 SCRIPTS = package_scripts("app.resolve")
 #: What Outreach answered for an email: (prospect id, updatedAt) per prospect having it.
 Matches = list[tuple[int, str]]
-IntentState = Literal["sending", "unknown"]
+IntentState = Literal["sending", "unknown", "taken"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,9 +205,12 @@ class EmailStore:
         )
         return _text(res)
 
-    async def unknown(self, dest: str, email: str, token: str, *, now_ms: int) -> None:
-        """The create's outcome is unknown: the next attempt looks the email up first."""
-        doc = json.dumps({"token": token, "ms": str(now_ms), "state": "unknown"})
+    async def unknown(
+        self, dest: str, email: str, token: str, *, now_ms: int, state: IntentState = "unknown"
+    ) -> None:
+        """The create's outcome is unknown (or it was refused as already taken): the next
+        attempt looks the email up first."""
+        doc = json.dumps({"token": token, "ms": str(now_ms), "state": state})
         await cast("Awaitable[int]", self.redis.hset(self.keys.email_creates(dest), email, doc))
 
     async def no_intent(self, dest: str, email: str) -> None:

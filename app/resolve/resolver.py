@@ -22,7 +22,7 @@ from app.core.settings import Settings
 from app.outreach.payload import prospect_create_bytes
 from app.resolve.calls import Calls, Lot, NoPermit, Sent
 from app.resolve.decide import Decision, decide
-from app.resolve.emails import EmailStore, Waiting
+from app.resolve.emails import EmailStore, IntentState, Waiting
 from app.resolve.lookup import look_up
 from app.store.counters import count_delivered, count_failed, mapping_id_of
 from app.store.prospects import ProspectStore
@@ -119,6 +119,11 @@ class Resolver:
         dest, token = lot.dest.id, lot.token
         lease = self.settings.lease_ms
         verdict = await self.emails.intend(dest, w.email, token, now_ms=now_ms(), lease_ms=lease)
+        if verdict == "taken":
+            await self.emails.no_intent(dest, w.email)
+            detail = "Outreach refused a create as already taken, yet no lookup finds the email"
+            await self._fail(lot, w, "create_taken_not_found", detail, stats)
+            return
         if verdict != "go":
             if verdict == "busy":  # another drain's create of it may still be under way
                 await self.emails.release(dest, w, token, due_ms=now_ms() + lease)
@@ -156,7 +161,8 @@ class Resolver:
             return
         if taken or not 400 <= status < 500:
             # It exists (422 taken), or it may (no answer, 5xx): look it up, not the cache.
-            await self.emails.unknown(dest, w.email, token, now_ms=now_ms())
+            state: IntentState = "taken" if taken else "unknown"
+            await self.emails.unknown(dest, w.email, token, now_ms=now_ms(), state=state)
             await self.emails.forget(dest, [w.email])
             stats["resolve_create_unknown"] += not taken
         back = answer.resume_s or answer.retry_at_s
