@@ -20,6 +20,7 @@ SECTIONS = (
     "cost",
     "bulk backfill",
     "bulk faults",
+    "identity resolution",
 )
 
 
