@@ -16,12 +16,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from app.api.prometheus import exposition
 from app.config.destinations import ConfigError, Destination, parse_config
 from app.connections.oauth import AccessToken, RefreshOutcome
 from app.core.keys import Keys
 from app.delivery.drain import Deliverer
 from app.ingest.batch import Batch, ingest_async
-from app.api.prometheus import exposition
 from app.ingest.producer import Producer
 from app.ops.status import destination_status
 from app.ops.status_table import render_table
