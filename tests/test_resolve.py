@@ -16,6 +16,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from app.admin.destinations import Conflict, DestinationAdmin
 from app.api.prometheus import exposition
 from app.config.destinations import ConfigError, Destination, parse_config
 from app.connections.oauth import AccessToken, RefreshOutcome
@@ -30,7 +31,13 @@ from app.ratelimit.gate import gate_for
 from app.resolve import EmailStore
 from app.store.failures import list_failures, replay
 from app.store.prospects import ProspectStore
-from app.store.registry import Registry, publish_sync
+from app.store.registry import (
+    DestinationBusy,
+    Registry,
+    publish_sync,
+    stored_destination,
+    swap_destination,
+)
 from tests.support import (
     AUDIENCES,
     TEST_REDIS_URL,
@@ -437,3 +444,18 @@ async def test_a_create_refused_as_taken_that_no_lookup_finds_fails_rather_than_
     [failure] = list_failures(r.rclient, r.keys, destination=D)
     assert failure["reason"] == "create_taken_not_found"
     assert r.creates() == 1 and len(r.by_email()["case@example.com"]) == 1
+
+
+async def test_deleting_a_destination_is_refused_while_changes_wait_for_resolution(
+    rig: Factory,
+) -> None:
+    r = await rig()
+    await r.ingest([profile(email="waiting@example.com")])
+    admin = DestinationAdmin(r.store.redis, r.keys)
+    with pytest.raises(Conflict, match="1 prospect"):
+        await admin.delete(D)
+    # And the deletion's own atomic check (a change may arrive between count and delete).
+    raw = await stored_destination(r.store.redis, r.keys, D)
+    with pytest.raises(DestinationBusy):
+        await swap_destination(r.store.redis, r.keys, D, expected=raw, new=None, only_if_idle=True)
+    assert await r.emails.waiting(D) == (1, 0)

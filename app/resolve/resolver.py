@@ -43,6 +43,7 @@ class Resolver:
         self.settings = settings
         #: Connections whose Outreach answered 400 to a list of emails (one per request).
         self.no_lists: set[str] = set()
+        self._http = asyncio.Semaphore(settings.http_concurrency)
 
     async def run(self, lot: Lot, stats: Counter[str]) -> bool:
         """One batch of due emails; True when some were claimed (their prospects may be due
@@ -129,7 +130,8 @@ class Resolver:
                 await self.emails.release(dest, w, token, due_ms=now_ms() + lease)
             return
         body = prospect_create_bytes(w.email, w.fields)
-        sent = await self.calls.send(lot, "POST", f"{self.calls.api_url}/prospects", body=body)
+        async with self._http:
+            sent = await self.calls.send(lot, "POST", f"{self.calls.api_url}/prospects", body=body)
         if isinstance(sent, NoPermit):
             await self.emails.no_intent(dest, w.email)
             await self.emails.release(dest, w, token, due_ms=now_ms() + int(sent.wait_s * 1000))
