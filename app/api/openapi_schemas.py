@@ -271,6 +271,12 @@ def schemas() -> Doc:
             "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
             "invalid_mapping_ids": {"type": "array", "items": {"type": "integer"}},
             "quota": {"type": "object"},
+            "resolve": {
+                "type": "object",
+                "description": "Identity resolution (profiles known by email): emails "
+                "waiting and the oldest's age, resolved from cache or by lookup, lookups "
+                "spent, not found, ambiguous, created",
+            },
             "broken": {
                 "type": "string",
                 "description": "Present when the destination's stored record cannot be read: "
