@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from app.admin.destinations import Conflict, DestinationAdmin
 from app.api.prometheus import exposition
+from app.cli.status_table import render_table
 from app.config.destinations import ConfigError, Destination, parse_config
 from app.connections.oauth import AccessToken, RefreshOutcome
 from app.core.keys import Keys
@@ -25,10 +26,9 @@ from app.delivery.drain import Deliverer
 from app.ingest.batch import Batch, ingest_async
 from app.ingest.producer import Producer
 from app.ops.status import destination_status
-from app.ops.status_table import render_table
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import gate_for
-from app.resolve import EmailStore
+from app.resolve.emails import EmailStore
 from app.store.failures import list_failures, replay
 from app.store.prospects import ProspectStore
 from app.store.registry import (

@@ -16,11 +16,15 @@ Doc = dict[str, Any]
 ERROR_TITLES = {
     400: "The request is malformed (body, parameter)",
     401: "No valid key (see WWW-Authenticate)",
-    403: "The key is valid but not for this destination",
+    403: "Refused: the key is not for this destination, or a browser marked the request as "
+    "sent from another site (Sec-Fetch-Site, Origin)",
     404: "No such resource",
+    408: "The body did not arrive within API_BODY_TIMEOUT_S",
     409: "Conflicts with the stored state",
     413: "The body is larger than MAX_BODY_BYTES",
     415: "The body is not declared JSON (Content-Type: application/json)",
+    421: "Development without ADMIN_API_KEY: the Host is neither a loopback name nor in "
+    "API_ALLOWED_HOSTS",
     422: "The body is well-formed but invalid; each error names its member",
     429: "Too many requests for this key; see Retry-After",
     503: "Not available now (Redis unreachable, OAuth not configured, or the destination's "
@@ -189,7 +193,8 @@ def schemas() -> Doc:
             },
             "timestamp": {
                 "type": ["string", "integer", "null"],
-                "description": "When the event was made: as lastQualificationTime",
+                "description": "When the event was made, as lastQualificationTime: ISO 8601 "
+                "or epoch milliseconds, 1970 to 9999 (else the profile is rejected)",
             },
             "unmappedAudiences": {
                 "type": "integer",

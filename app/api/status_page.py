@@ -20,8 +20,14 @@ from app.api.jsonapi import error_response
 from app.api.status_charts import render_charts
 from app.core.settings import Settings
 from app.ops.status import BadQuery, destination_status, parse_hours
-from app.ops.status_doc import AudienceRow, DestinationStatus, Failure, Quota, ResolveStatus
-from app.ops.status_table import duration
+from app.ops.status_doc import (
+    AudienceRow,
+    DestinationStatus,
+    Failure,
+    Quota,
+    ResolveStatus,
+    duration,
+)
 from app.ratelimit.gate import QuotaGate
 from app.store.prospects import ProspectStore
 from app.store.registry import Registry

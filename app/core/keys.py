@@ -1,4 +1,6 @@
-"""Every Redis key, TTL and default of the service, each with why it is what it is.
+"""Every Redis key and TTL, and the defaults of the settings (app/core/settings.py), each with
+why it is what it is. A part's own tuning that no setting exposes lives with that part
+(bulk delivery's in ``app/delivery/bulk_tuning.py``, the audience-id cap in ingest).
 
 Keys of one destination carry the destination id in a hash tag (``{dest}``) so a Redis
 Cluster keeps them in one slot and the Lua scripts may touch them together. The shared keys
@@ -32,10 +34,6 @@ REDIS_HEALTH_CHECK_INTERVAL_S = 30
 REDIS_KEEPALIVE_IDLE_S = 60
 REDIS_KEEPALIVE_INTERVAL_S = 10
 REDIS_KEEPALIVE_COUNT = 3
-#: Longest audience id learned from the data (AEP's are 36-character UUIDs): each learned id
-#: is kept in Redis and named in every status and /metrics answer, so one runaway id must
-#: not grow them by megabytes.
-MAX_AUDIENCE_ID_CHARS = 256
 #: Outreach's documented quota: 10,000 requests per hour per user.
 DEFAULT_RATE_LIMIT = "10000/hour"
 #: Hourly dataflow metrics are kept this long (8 days: this week against the last).
@@ -43,21 +41,6 @@ METRICS_RETENTION_HOURS = 192
 #: Failure ids the "recent failures" index keeps (the status page shows the newest 20; the
 #: rest leaves room for ids replayed or purged since).
 RECENT_FAILURES_KEPT = 200
-#: Batch items read per request (Outreach's largest page).
-BULK_ITEMS_PAGE = 1000
-#: Consecutive failed batches (cancelled, stuck, unreadable) that turn bulk off for a while.
-BULK_MAX_BATCH_FAILURES = 3
-#: A bulk call, batch-item read or cancel answered transiently (5xx, timeout, dropped
-#: connection) is sent up to this many times in all, with backoff from base to cap: a resent
-#: bulk call is harmless (the same ids and values), one PATCH per member is not.
-BULK_CALL_ATTEMPTS = 5
-BULK_RETRY_BASE_S = 0.5
-BULK_RETRY_CAP_S = 8.0
-#: Outreach charging a bulk call at least this share of its records per record: bulk saves
-#: nothing, so it is turned off for the connection (for a day) and PATCH goes on.
-BULK_PER_RECORD_SHARE = 0.5
-BULK_PER_RECORD_OFF_S = 86_400.0
-
 #: Emails per lookup (``GET /prospects?filter[emails]=a,b,...``): Outreach documents no limit
 #: on a list's length or the URL's, so a few dozen keep both modest.
 RESOLVE_BATCH = 50

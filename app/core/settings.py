@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     http_concurrency: int = Field(16, ge=1, le=512)
     drain_budget_s: float = Field(keys.DRAIN_BUDGET_S, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    #: Seconds from a connection's (or a request's) first byte to the end of its headers,
+    #: and from there to the end of its body: a stalled client is let go, not waited for.
+    api_header_timeout_s: float = Field(10.0, gt=0, le=600)
+    api_body_timeout_s: float = Field(60.0, gt=0, le=3600)
     max_retry_age_s: float = Field(24 * 3600, gt=0)
     #: A transient failure is retried after base * 2^attempts seconds (capped), jittered.
     retry_backoff_base_s: float = Field(1.0, gt=0, le=60)
@@ -63,6 +67,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
+    #: Host names the open (development, no ADMIN_API_KEY) API answers besides loopback ones,
+    #: comma-separated: any other Host header may be a DNS-rebinding page.
+    api_allowed_hosts: str = Field("", pattern=r"^[A-Za-z0-9.:\[\], _-]*$")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     sentry_dsn: str | None = None
 
@@ -174,6 +181,12 @@ class Settings(BaseSettings):
             for problem in cluster_problems(self):
                 raise ValueError(problem)
         return self
+
+    @property
+    def allowed_hosts(self) -> frozenset[str]:
+        """``API_ALLOWED_HOSTS`` as host names (lower case, no brackets)."""
+        names = (h.strip().strip("[]").lower() for h in self.api_allowed_hosts.split(","))
+        return frozenset(n for n in names if n)
 
     @property
     def celery_broker_url(self) -> str:

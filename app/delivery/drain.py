@@ -23,7 +23,9 @@ from app.delivery.patch import PatchSender
 from app.delivery.permits import Permits
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import QuotaGate, QuotaUnavailable
-from app.resolve import Calls, EmailStore, Resolver
+from app.resolve.calls import Calls
+from app.resolve.emails import EmailStore
+from app.resolve.resolver import Resolver
 from app.store.counters import drain_metrics
 from app.store.prospects import Claimed, ProspectStore
 from app.store.registry import Registry

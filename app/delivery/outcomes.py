@@ -13,7 +13,7 @@ from app.connections.oauth import RefreshOutcome
 from app.core.errors import DeliveryError, Permanent, RateLimited, Retryable, Unauthorized
 from app.core.settings import Settings
 from app.delivery.lot import LeaseLost, Lot, TokenRefresher, now_ms, subset
-from app.resolve import EmailStore
+from app.resolve.emails import EmailStore
 from app.store.counters import count_failed, mapping_id_of
 from app.store.prospects import Claimed, Outcome, effective_window_ms
 

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from app.core.keys import Keys
 from app.core.operations import run_async
 from app.core.scripts import package_scripts
-from app.store.counters import LAG_EXACT_UP_TO
+from app.store import by_email
 from app.store.prospects import encode, merge_op
 
 SCRIPTS = package_scripts("app.resolve")
@@ -217,16 +217,6 @@ class EmailStore:
         """The create certainly made nothing (refused, 429): no lookup is owed."""
         await cast("Awaitable[int]", self.redis.hdel(self.keys.email_creates(dest), email))
 
-    async def oldest_ms(self, dest: str) -> int | None:
-        """When the oldest change waiting for resolution arrived (the store's lag script)."""
-        script = package_scripts("app.store").aio(self.redis, "oldest")
-        res = await script(keys=[self.keys.email_first_seen(dest)], args=[LAG_EXACT_UP_TO])
-        return None if int(res[0]) < 0 else int(res[0])
-
     async def waiting(self, dest: str) -> tuple[int, int]:
-        """(emails waiting for resolution, of which claimed now)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zcard(self.keys.email_due(dest))
-        pipe.zcard(self.keys.email_leases(dest))
-        due, flying = await pipe.execute()
-        return int(due), int(flying)
+        """(emails waiting for resolution, of which being resolved now)."""
+        return await by_email.waiting(self.redis, self.keys, dest)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from app.ops.status_doc import AudienceRow, DestinationStatus, Flow, Quota, ResolveStatus
+from app.ops.status_doc import (
+    AudienceRow,
+    DestinationStatus,
+    Flow,
+    Quota,
+    ResolveStatus,
+    duration,
+)
 
 AUDIENCE_HEAD = (
     "AUDIENCE",
@@ -34,17 +41,6 @@ def table(rows: Sequence[Sequence[str]], *, numeric_from: int = _NUMERIC_FROM) -
         ]
         out.append("  ".join(cells).rstrip())
     return out
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 120:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _clock(epoch_s: float | None) -> str:
