@@ -459,3 +459,26 @@ async def test_deleting_a_destination_is_refused_while_changes_wait_for_resoluti
     with pytest.raises(DestinationBusy):
         await swap_destination(r.store.redis, r.keys, D, expected=raw, new=None, only_if_idle=True)
     assert await r.emails.waiting(D) == (1, 0)
+
+
+async def test_lookups_follow_every_page_of_an_answer(rig: Factory) -> None:
+    r = await rig("--page-size-max", "10")
+    emails = [f"paged{i}@example.com" for i in range(25)]
+    ids = r.sandbox.seed([{"emails": [e]} for e in emails])
+    await r.ingest([profile(email=e) for e in emails])
+    stats = await r.settle()
+    assert r.lookups() == 3 and stats["resolve_looked_up"] == 25  # pages of 10, 10, 5
+    assert r.patched() == Counter({p: 1 for p in ids})
+
+
+async def test_an_outreach_refusing_email_lists_is_asked_one_email_at_a_time(rig: Factory) -> None:
+    r = await rig("--no-lookup-lists")
+    emails = [f"single{i}@example.com" for i in range(5)]
+    ids = r.sandbox.seed([{"emails": [e]} for e in emails])
+    await r.ingest([profile(email=e) for e in emails])
+    await r.settle()
+    assert r.lookups() == 1 + 5  # the refused list, then one per email
+    assert r.patched() == Counter({p: 1 for p in ids})
+    await r.ingest([profile(email=f"later{i}@example.com") for i in range(2)])
+    await r.settle()
+    assert r.lookups() == 6 + 2  # no list is tried again on that connection
