@@ -20,6 +20,7 @@ GROUPS = {
     "latency": ("latency", "cost"),
     "bulk": ("bulk backfill",),
     "bulk-faults": ("bulk faults",),
+    "resolve": ("identity resolution",),
 }
 
 

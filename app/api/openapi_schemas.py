@@ -87,6 +87,22 @@ def schemas() -> Doc:
                 "description": "identityMap namespace whose ids are Outreach prospect ids "
                 "(the OutreachId identity mapping, required)",
             },
+            "identity": {
+                "type": ["object", "null"],
+                "description": "Which identities reach a prospect: the first namespace of "
+                "match a profile carries wins; Email is looked up (docs/aep.md)",
+                "properties": {
+                    "match": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "string", "minLength": 1},
+                        "default": ["OutreachId"],
+                    },
+                    "on_missing": {"type": "string", "enum": ["skip", "create"]},
+                    "on_ambiguous": {"type": "string", "enum": ["skip", "all", "newest"]},
+                },
+                "additionalProperties": False,
+            },
             "audiences": {
                 "type": "object",
                 "description": "Audience id -> mapping ID N (prospect field customN); unique",
@@ -260,6 +276,12 @@ def schemas() -> Doc:
             "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
             "invalid_mapping_ids": {"type": "array", "items": {"type": "integer"}},
             "quota": {"type": "object"},
+            "resolve": {
+                "type": "object",
+                "description": "Identity resolution (profiles known by email): emails "
+                "waiting and the oldest's age, resolved from cache or by lookup, lookups "
+                "spent, not found, ambiguous, created",
+            },
             "broken": {
                 "type": "string",
                 "description": "Present when the destination's stored record cannot be read: "

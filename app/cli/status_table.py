@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from app.ops.status_doc import AudienceRow, DestinationStatus, Flow, Quota, duration
+from app.ops.status_doc import (
+    AudienceRow,
+    DestinationStatus,
+    Flow,
+    Quota,
+    ResolveStatus,
+    duration,
+)
 
 AUDIENCE_HEAD = (
     "AUDIENCE",
@@ -113,6 +120,20 @@ def _audiences(rows: Sequence[AudienceRow]) -> list[str]:
     return ["  " + line for line in table(lines)]
 
 
+def resolve_lines(r: ResolveStatus) -> list[str]:
+    """Identity resolution, for a destination that reaches prospects by email."""
+    if not r.by_email and not r.waiting:
+        return []
+    return [
+        f"  {'by email':<10}waiting {r.waiting} (resolving {r.resolving}, oldest "
+        f"{duration(r.oldest_waiting_s)})  missing: {r.on_missing}  "
+        f"ambiguous: {r.on_ambiguous}",
+        f"  {'':<10}from cache {r.from_cache}  by lookup {r.by_lookup} ({r.lookups} "
+        f"lookups)  not found {r.not_found}  ambiguous {r.ambiguous}  created {r.created}"
+        f"  gone {r.gone}",
+    ]
+
+
 def destination_block(d: DestinationStatus) -> list[str]:
     if d.broken is not None:
         return [
@@ -137,6 +158,7 @@ def destination_block(d: DestinationStatus) -> list[str]:
     ]
     if d.quota is not None:
         lines += quota_lines(d.quota)
+    lines += resolve_lines(d.resolve)
     m = d.metrics
     lines += _flow(f"last {m.window.hours}h", m.window)
     lines += _flow("total", m.totals)

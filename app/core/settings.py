@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     retry_backoff_base_s: float = Field(1.0, gt=0, le=60)
     retry_backoff_cap_s: float = Field(600.0, gt=0)
     rate_limit_fallback_pause_s: float = Field(60.0, gt=0)
+    #: Emails per lookup request, and how long a lookup's answer is remembered (app/resolve).
+    resolve_batch: int = Field(keys.RESOLVE_BATCH, ge=1, le=500)
+    resolve_cache_found_s: int = Field(keys.RESOLVE_CACHE_FOUND_S, ge=1)
+    resolve_cache_missing_s: int = Field(keys.RESOLVE_CACHE_MISSING_S, ge=1)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)

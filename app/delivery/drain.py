@@ -23,6 +23,9 @@ from app.delivery.patch import PatchSender
 from app.delivery.permits import Permits
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import QuotaGate, QuotaUnavailable
+from app.resolve.calls import Calls
+from app.resolve.emails import EmailStore
+from app.resolve.resolver import Resolver
 from app.store.counters import drain_metrics
 from app.store.prospects import Claimed, ProspectStore
 from app.store.registry import Registry
@@ -62,7 +65,12 @@ class Deliverer:
             margin_s=settings.token_refresh_margin_s,
             wait_s=settings.token_refresh_wait_s,
         )
-        self.outcomes = Outcomes(store=store, refresher=refresher, settings=settings)
+        self.outcomes = Outcomes(
+            store=store,
+            refresher=refresher,
+            settings=settings,
+            emails=EmailStore(store.redis, store.keys),
+        )
         self.lots = Lots(
             store=store, registry=registry, refresher=refresher, outcomes=self.outcomes
         )
@@ -75,6 +83,8 @@ class Deliverer:
             outcomes=self.outcomes,
             settings=settings,
         )
+        calls = Calls(client=client, gate=gate, permits=permits, settings=settings)
+        self.resolver = Resolver(store=store, calls=calls, settings=settings)
         self.bulk = BulkSender(
             store=store,
             client=client,
@@ -101,6 +111,7 @@ class Deliverer:
                 lot = await self.lots.open(dest_id, token)
                 if lot is None:
                     break
+                resolved = await self.resolve(lot, stats)
                 claimed = await self.store.claim(
                     dest_id,
                     now_ms=now_ms(),
@@ -109,6 +120,8 @@ class Deliverer:
                     token=token,
                 )
                 if not claimed:
+                    if resolved:
+                        continue  # more emails may be due
                     break
                 held = len(claimed)
                 # Each batch's counts reach the metrics in one round trip when it is done.
@@ -140,6 +153,16 @@ class Deliverer:
             if slot is not None:
                 await self.store.release_slot(dest_id, slot)
         return stats
+
+    async def resolve(self, lot: Lot, stats: Counter[str]) -> bool:
+        """The stage before the senders: emails due for resolution become their prospects'
+        pending changes (``app.resolve``); True when some were claimed."""
+        tally: Counter[str] = Counter()
+        try:
+            return await self.resolver.run(lot, tally)
+        finally:
+            stats.update(tally)
+            await self.store.count(lot.dest.id, **drain_metrics(tally))
 
     async def route(self, lot: Lot, claimed: list[Claimed], stats: Counter[str]) -> bool:
         """One claimed batch's way through the senders; False when the quota ran out (the

@@ -150,3 +150,5 @@ class Batch:
     report: IngestReport
     results: list[ProfileResult]
     changes: dict[int, list[Change]]
+    #: Changes of profiles known by email only, per normalised email (resolved later).
+    email_changes: dict[str, list[Change]] = field(default_factory=dict)

@@ -19,6 +19,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from limits import parse as parse_limit
 
+from app.config.destinations import Destination
 from app.core.keys import Keys
 from app.core.redaction import redact_text
 from app.core.settings import Settings
@@ -33,10 +34,12 @@ from app.ops.status_doc import (
     HourFlow,
     Metrics,
     Quota,
+    ResolveStatus,
     WindowFlow,
     governing,
 )
 from app.ratelimit.gate import QuotaGate, gate_for
+from app.store import by_email
 from app.store.bulk_state import bulk_status
 from app.store.counters import (
     HOUR_S,
@@ -141,6 +144,7 @@ async def destination_status(
         ),
         mapping_ids=dest.mapping_ids,
         mapping_issues=issues,
+        resolve=await resolve_status(client, keys, dest, flows.totals, now_ms=int(now * 1000)),
         bulk=BulkStatus.model_validate(
             await bulk_status(
                 client,
@@ -151,6 +155,37 @@ async def destination_status(
                 now_ms=int(now * 1000),
             )
         ),
+    )
+
+
+#: The resolve section's counts: status field -> the drain's tally (``drain_`` + name).
+RESOLVE_COUNTS = {
+    "from_cache": "resolve_cache_hits",
+    "by_lookup": "resolve_looked_up",
+    "lookups": "resolve_lookups",
+    "not_found": "resolve_not_found",
+    "ambiguous": "resolve_ambiguous",
+    "created": "resolve_created",
+    "create_requests": "resolve_create_requests",
+    "gone": "resolve_gone",
+}
+
+
+async def resolve_status(
+    client: aioredis.Redis, keys: Keys, dest: Destination, totals: Mapping[str, int], *, now_ms: int
+) -> ResolveStatus:
+    """Identity resolution of a destination (profiles known by email, ``app/resolve``)."""
+    waiting, resolving = await by_email.waiting(client, keys, dest.id)
+    oldest = await by_email.oldest_ms(client, keys, dest.id)
+    identity = dest.identity
+    return ResolveStatus(
+        by_email=identity is not None and identity.by_email,
+        on_missing=identity.on_missing if identity else "skip",
+        on_ambiguous=identity.on_ambiguous if identity else "skip",
+        waiting=waiting,
+        resolving=resolving,
+        oldest_waiting_s=None if oldest is None else max(0, now_ms - oldest) / 1000,
+        **{name: int(totals.get(f"drain_{tally}", 0)) for name, tally in RESOLVE_COUNTS.items()},
     )
 
 

@@ -205,6 +205,29 @@ class BulkStatus(_Doc):
     cost_per_record: float | None = None
 
 
+class ResolveStatus(_Doc):
+    """Identity resolution (profiles known by email): its rules, what waits, what it cost."""
+
+    by_email: bool = False
+    on_missing: str = "skip"
+    on_ambiguous: str = "skip"
+    #: Emails whose changes wait for their prospect(s), of which being resolved now.
+    waiting: int = 0
+    resolving: int = 0
+    #: Age of the oldest change waiting for resolution.
+    oldest_waiting_s: float | None = None
+    from_cache: int = 0
+    by_lookup: int = 0
+    #: Lookup requests spent (each one permit of the quota).
+    lookups: int = 0
+    not_found: int = 0
+    ambiguous: int = 0
+    created: int = 0
+    create_requests: int = 0
+    #: Prospects a PATCH found gone (404): their email resolved again.
+    gone: int = 0
+
+
 class DestinationStatus(_Doc):
     """One destination's status document."""
 
@@ -229,6 +252,7 @@ class DestinationStatus(_Doc):
     mapping_ids: Literal["config", "data"] = "config"
     mapping_issues: list[MappingIssue] = Field(default_factory=list)
     bulk: BulkStatus = Field(default_factory=BulkStatus)
+    resolve: ResolveStatus = Field(default_factory=ResolveStatus)
     #: Why its stored record cannot be read (None: it can). A broken destination shows what
     #: Redis holds for it (backlog, counts) and nothing of its configuration.
     broken: str | None = None
