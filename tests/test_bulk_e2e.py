@@ -99,7 +99,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_its_batch_cannot_overwrite(
     assert sandbox.prospects() == expected
     # Its prospects went back to bulk groups: only a claim's leftovers smaller than
     # min_group (fewer than 10 of one value in a claim of up to 50) cost a PATCH each; by
-    # PATCH, the 300 would have cost 300 (as every orphan did before issue 19).
+    # PATCH, the 300 would have cost 300.
     patched = {r["prospect_id"] for r in sandbox.patches() if r["status"] == 200}
     assert 9000 in patched and len(patched - {9000}) <= 60, sorted(patched)
 
