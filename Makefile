@@ -9,7 +9,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 # spent waiting (quota windows, worker start-up, retries), not computing. TEST_PROCS=0 is serial.
 TEST_PROCS ?= 4
 
-.PHONY: help install redis redis-cluster-tools chromium run test coverage check lint format bench flower worker api sandbox clean
+.PHONY: help install redis redis-cluster-tools chromium run test coverage check lint format bench fuzz flower worker api sandbox clean
 
 help:
 	@echo "make run     - sandbox + API + worker + sample traffic, with a summary (Ctrl-C stops)"
@@ -17,6 +17,7 @@ help:
 	@echo "make coverage - the suite with line coverage of app/ and workers/"
 	@echo "make check   - ruff + mypy strict"
 	@echo "make bench   - benchmarks, writes docs/benchmarks.md"
+	@echo "make fuzz    - schemathesis over the whole API, about FUZZ_MINUTES (10) minutes"
 	@echo "make flower  - Flower dashboard on http://127.0.0.1:5555"
 
 $(STAMP): pyproject.toml
@@ -61,6 +62,10 @@ format: install
 
 bench: install redis
 	$(PY) -m bench
+
+# Not part of `make test`: minutes long by design. FUZZ_MINUTES and FUZZ_SEED change the run.
+fuzz: install redis
+	$(PY) -m bench.fuzz $(if $(FUZZ_MINUTES),--minutes $(FUZZ_MINUTES)) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 flower: install redis
 	$(PY) -m workers.flower --port=5555

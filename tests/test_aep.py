@@ -178,7 +178,7 @@ def test_template_renders_every_documented_profile_shape_as_our_format(objects: 
     body = render(PROFILES, objects)
     assert len(body["profiles"]) == len(PROFILES)
     first = body["profiles"][0]
-    assert first["identityMap"] == {"OutreachId": [{"id": "1001"}, {"id": "1002"}]}
+    assert first["identityMap"] == {"OutreachId": [{"id": "1001"}, {"id": "1002"}], "Email": []}
     ups = first["segmentMembership"]["ups"]
     assert {a: m["mappingId"] for a, m in ups.items()} == {
         "788d8874-8007-4253-92b7-ee6b6c20c6f3": "7",
@@ -190,9 +190,22 @@ def test_template_renders_every_documented_profile_shape_as_our_format(objects: 
     upload = first["segmentMembership"]["CustomerAudienceUpload"]
     assert upload["c1f1a7f0-1111-4111-8111-111111111111"]["mappingId"] == "10"
     assert first["attributes"]["title"] == {}
-    assert body["profiles"][1]["identityMap"] == {"OutreachId": []}
+    assert body["profiles"][1]["identityMap"] == {"OutreachId": [], "Email": []}
     assert body["profiles"][3]["attributes"] == {}  # no attributes at all
     assert body["profiles"][5]["segmentMembership"] == {}
+
+
+@pytest.mark.parametrize("objects", ["java", "json"])
+def test_template_sends_a_profiles_emails_beside_its_outreach_ids(objects: Objects) -> None:
+    known = {**PROFILES[1], "identityMap": {"Email": [{"id": "Ada@Example.com"}]}}
+    [sent] = render([known], objects)["profiles"]
+    assert sent["identityMap"] == {"OutreachId": [], "Email": [{"id": "Ada@Example.com"}]}
+
+
+def test_the_package_offers_email_beside_outreach_id() -> None:
+    namespaces = package.destination()["identityNamespaces"]
+    assert set(namespaces) == {"OutreachId", "Email"}
+    assert "transformation" not in namespaces["Email"]["acceptedGlobalNamespaces"]["Email"]
 
 
 @pytest.mark.parametrize("objects", ["java", "json"])

@@ -19,7 +19,7 @@ from app.config.destinations import parse_config
 from app.core.keys import Keys
 from app.core.settings import Settings
 from app.ops.alert_runner import AlertLoop, Evaluator, Lease, Webhook
-from app.ops.alerts import Snapshot, Window, conditions, snapshot_from_status
+from app.ops.alerts import LastHour, Snapshot, conditions, snapshot_from_status
 from app.ops.status_doc import DestinationStatus
 from app.store.prospects import ProspectStore
 from app.store.registry import publish_sync
@@ -113,22 +113,22 @@ async def evaluators(aclient: aioredis.Redis) -> AsyncIterator[Callable[..., Eva
 def test_rates_need_the_minimum_volume_and_a_rate_above_the_threshold(prefix: str) -> None:
     s = _settings(prefix, ALERT_FAILURE_RATE="0.1", ALERT_EXCLUSION_RATE="0.5")
     snap = Snapshot("d1")
-    assert conditions(snap, Window(delivered=5, failed=4), s, pause_since_s=None, now_s=0) == []
-    assert conditions(snap, Window(delivered=90, failed=10), s, pause_since_s=None, now_s=0) == []
-    (c,) = conditions(snap, Window(delivered=89, failed=11), s, pause_since_s=None, now_s=0)
+    assert conditions(snap, LastHour(delivered=5, failed=4), s, pause_since_s=None, now_s=0) == []
+    assert conditions(snap, LastHour(delivered=90, failed=10), s, pause_since_s=None, now_s=0) == []
+    (c,) = conditions(snap, LastHour(delivered=89, failed=11), s, pause_since_s=None, now_s=0)
     assert (c.key, c.details["rate"]) == ("failure_rate:d1", 0.11)
-    (c,) = conditions(snap, Window(received=20, excluded=11), s, pause_since_s=None, now_s=0)
+    (c,) = conditions(snap, LastHour(received=20, excluded=11), s, pause_since_s=None, now_s=0)
     assert c.key == "exclusion_rate:d1" and "11 of 20 excluded" in c.summary
 
 
 def test_pause_alerts_only_when_longer_than_the_threshold(prefix: str) -> None:
     s = _settings(prefix, ALERT_PAUSED_S="600")
     snap = Snapshot("d1", user="u1", paused_until_s=1000.0)
-    assert conditions(snap, Window(), s, pause_since_s=500, now_s=900) == []
-    (c,) = conditions(snap, Window(), s, pause_since_s=300, now_s=900)
+    assert conditions(snap, LastHour(), s, pause_since_s=500, now_s=900) == []
+    (c,) = conditions(snap, LastHour(), s, pause_since_s=300, now_s=900)
     assert c.key == "rate_limit_pause:u1"
     # A pause that has ended is no incident, however long it was.
-    assert conditions(snap, Window(), s, pause_since_s=0, now_s=1001) == []
+    assert conditions(snap, LastHour(), s, pause_since_s=0, now_s=1001) == []
 
 
 def _doc(**fields: Any) -> DestinationStatus:
@@ -194,12 +194,12 @@ def test_status_document_gives_the_rules_what_they_need(prefix: str) -> None:
         True,
     )
     keys = {
-        c.key for c in conditions(snap, Window(), _settings(prefix), pause_since_s=None, now_s=0)
+        c.key for c in conditions(snap, LastHour(), _settings(prefix), pause_since_s=None, now_s=0)
     }
     assert keys == {"invalid_mapping:d1:7", "reauth_required:conn", "lag:d1"}
     idle = snapshot_from_status(_doc(destination="d2"))
     assert idle == Snapshot("d2", connection="conn", enabled=True)
-    assert conditions(idle, Window(), _settings(prefix), pause_since_s=None, now_s=0) == []
+    assert conditions(idle, LastHour(), _settings(prefix), pause_since_s=None, now_s=0) == []
 
 
 def test_a_status_document_with_a_misspelt_field_is_refused() -> None:
@@ -378,8 +378,8 @@ def test_lag_does_not_alert_for_a_disabled_destination(prefix: str) -> None:
     s = _settings(prefix)
     late = s.alert_lag_s + 60
     on, off = Snapshot("d1", lag_s=late, enabled=True), Snapshot("d1", lag_s=late, enabled=False)
-    assert [c.key for c in conditions(on, Window(), s, pause_since_s=None, now_s=0)] == ["lag:d1"]
-    assert conditions(off, Window(), s, pause_since_s=None, now_s=0) == []
+    assert [c.key for c in conditions(on, LastHour(), s, pause_since_s=None, now_s=0)] == ["lag:d1"]
+    assert conditions(off, LastHour(), s, pause_since_s=None, now_s=0) == []
     assert snapshot_from_status(_doc(enabled=False)).enabled is False
 
 

@@ -25,7 +25,7 @@ from app.connections.oauth import AccessToken, RefreshOutcome
 from app.core.keys import Keys
 from app.delivery.drain import Deliverer
 from app.delivery.grouping import group, mostly_one_group
-from app.ops.alerts import Window, conditions, snapshot_from_status
+from app.ops.alerts import LastHour, conditions, snapshot_from_status
 from app.ops.status import destination_status
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import gate_for
@@ -327,7 +327,7 @@ async def test_a_refusal_turns_bulk_off_and_patch_goes_on(
     )
     assert doc is not None and doc.bulk.off is not None and doc.bulk.off.scope == scope
     found = conditions(
-        snapshot_from_status(doc), Window(), r.deliverer.settings, pause_since_s=None, now_s=0
+        snapshot_from_status(doc), LastHour(), r.deliverer.settings, pause_since_s=None, now_s=0
     )
     assert [c.kind for c in found] == ["bulk_off"]
     await r.pending({p: {"custom1": "exited"} for p in range(1, 11)})

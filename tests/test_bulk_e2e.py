@@ -97,9 +97,11 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_its_batch_cannot_overwrite(
     assert "canceled" in {b["attributes"]["state"] for b in batches}
     # Nothing the dead worker's batches still held can land after the newer values.
     assert sandbox.prospects() == expected
-    # Its prospects went back to bulk groups: none of them cost a PATCH of its own.
+    # Its prospects went back to bulk groups: only a claim's leftovers smaller than
+    # min_group (fewer than 10 of one value in a claim of up to 50) cost a PATCH each; by
+    # PATCH, the 300 would have cost 300.
     patched = {r["prospect_id"] for r in sandbox.patches() if r["status"] == 200}
-    assert patched == {9000}
+    assert 9000 in patched and len(patched - {9000}) <= 60, sorted(patched)
 
 
 @pytest.mark.timeout(120)

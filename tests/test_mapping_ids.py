@@ -11,12 +11,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from app.cli import status_table
 from app.config.destinations import ConfigError, Destination, parse_config
 from app.core.keys import Keys
 from app.ingest.batch import ingest_sync
 from app.ingest.report import Batch
-from app.ops import status_table
-from app.ops.alerts import Window, conditions, snapshot_from_status
+from app.ops.alerts import LastHour, conditions, snapshot_from_status
 from app.ops.status import destination_status
 from app.ratelimit.gate import gate_for
 from app.store.audience_map import forget_sync, learned_sync
@@ -204,10 +204,10 @@ async def test_status_shows_learned_audiences_and_issues_and_they_alert_for_an_h
     assert doc.as_json()["mapping_issues"][0]["audience"] in ("aud-b", "aud-c")
     snap = snapshot_from_status(doc)
     now_s = time.time()
-    found = conditions(snap, Window(), settings, pause_since_s=None, now_s=now_s)
+    found = conditions(snap, LastHour(), settings, pause_since_s=None, now_s=now_s)
     assert sorted(c.key for c in found) == [
         f"mapping_changed:{D}:aud-c:4",
         f"mapping_conflict:{D}:aud-b:7",
     ]
-    later = conditions(snap, Window(), settings, pause_since_s=None, now_s=now_s + 3601)
+    later = conditions(snap, LastHour(), settings, pause_since_s=None, now_s=now_s + 3601)
     assert later == []

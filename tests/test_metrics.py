@@ -13,11 +13,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from app.cli.status_table import render_table
 from app.core.keys import Keys
 from app.ingest.batch import ingest_sync
 from app.ops.status import BadQuery, collect_status, destination_status, parse_hours
 from app.ops.status_doc import DestinationStatus, governing
-from app.ops.status_table import render_table
 from app.outreach.answers import parse_answer
 from app.ratelimit.gate import gate_for
 from app.ratelimit.governing import quota_limits

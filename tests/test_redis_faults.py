@@ -25,8 +25,9 @@ from limits.errors import StorageError
 
 from app.api.app import make_app
 from app.core.errors import StoreFault, StoreUnavailable, store_error, unreachable
-from app.core.keys import MAX_AUDIENCE_ID_CHARS, Keys
+from app.core.keys import Keys
 from app.core.redis_client import async_client
+from app.ingest.audience_ids import MAX_AUDIENCE_ID_CHARS
 from app.ops.sentry import init_sentry
 from app.outreach.client import Response
 from app.store.audience_map import learned_sync

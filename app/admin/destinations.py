@@ -20,6 +20,7 @@ from app.config.broken import Broken, broken
 from app.config.destinations import Destination, Loc, describe_error, destination_conflicts
 from app.core.errors import UnreadableRecord
 from app.core.keys import Keys
+from app.store import by_email
 from app.store.prospects import ProspectStore
 from app.store.registry import (
     DestinationBusy,
@@ -188,8 +189,10 @@ class DestinationAdmin:
 
     async def _leftovers(self, dest_id: str) -> tuple[int, int, int]:
         pending, in_flight = await self._store.backlog(dest_id)
+        # Changes of profiles known by email, waiting for resolution, count as pending.
+        waiting, resolving = await by_email.waiting(self._redis, self._keys, dest_id)
         failures = await cast("Awaitable[int]", self._redis.hlen(self._keys.failures(dest_id)))
-        return pending, in_flight, failures
+        return pending + waiting - resolving, in_flight + resolving, failures
 
     @staticmethod
     def _busy(dest_id: str, pending: int, in_flight: int, failures: int) -> Conflict:

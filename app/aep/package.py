@@ -20,6 +20,8 @@ Choices (docs/aep.md says more):
   prospect, so a larger batch would buy nothing but latency. Best effort also retries our
   429 and 503.
 - ``splitUserById`` off: one profile's OutreachIds travel together; we update each.
+- Two target identities: ``OutreachId`` (a prospect id, the cheapest) and ``Email`` (plain
+  addresses, looked up in batches or created: ``identity`` rules of the destination).
 - Historical backfill on: the first export carries everyone already in the audiences.
 """
 
@@ -132,7 +134,13 @@ def destination(docs_url: str = f"{EXAMPLE_URL}{DOCS_PATH}") -> dict[str, Any]:
             "frequency": "Streaming",
         },
         "identityNamespaces": {
-            "OutreachId": {"acceptsAttributes": True, "acceptsCustomNamespaces": True}
+            "OutreachId": {"acceptsAttributes": True, "acceptsCustomNamespaces": True},
+            # Plain addresses: a hashed email cannot be looked up in Outreach.
+            "Email": {
+                "acceptsAttributes": True,
+                "acceptsCustomNamespaces": True,
+                "acceptedGlobalNamespaces": {"Email": {}},
+            },
         },
         "schemaConfig": {
             "profileFields": _profile_fields(),

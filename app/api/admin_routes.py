@@ -8,7 +8,6 @@ each naming the bad member with ``source.pointer``, a JSON Pointer into the requ
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,14 +16,8 @@ from aiohttp import web
 
 from app.admin.destinations import Conflict, DestinationAdmin, Invalid, NotFound
 from app.api.adminauth import admin_refusal
-from app.api.bodies import BodyRefused, body_text, read_body
-from app.api.jsonapi import (
-    error_object,
-    error_response,
-    errors_response,
-    pointer,
-    unsupported_media_type,
-)
+from app.api.bodies import BodyRefused, read_json
+from app.api.jsonapi import error_object, error_response, errors_response, pointer
 from app.config.destinations import Destination
 from app.core.errors import UnreadableRecord
 from app.core.settings import Settings
@@ -49,7 +42,7 @@ class DestinationsApi:
         return web.json_response(doc)
 
     async def create(self, request: web.Request) -> web.Response:
-        dest = await self._admin.create(await _body(request))
+        dest = await self._admin.create(await read_json(request))
         headers = {"Location": f"{BASE}/{dest.id}"}
         return _one(dest, status=201, headers=headers)
 
@@ -57,10 +50,10 @@ class DestinationsApi:
         return _one(await self._admin.get(_id(request)))
 
     async def replace(self, request: web.Request) -> web.Response:
-        return _one(await self._admin.replace(_id(request), await _body(request)))
+        return _one(await self._admin.replace(_id(request), await read_json(request)))
 
     async def patch(self, request: web.Request) -> web.Response:
-        return _one(await self._admin.patch(_id(request), await _body(request)))
+        return _one(await self._admin.patch(_id(request), await read_json(request)))
 
     async def delete(self, request: web.Request) -> web.Response:
         force = request.query.get("force", "false").lower()
@@ -83,10 +76,8 @@ class DestinationsApi:
                 return refusal
             try:
                 return await handler(request)
-            except _Refused as exc:
+            except BodyRefused as exc:
                 return exc.response
-            except _BadBody as exc:
-                return error_response(400, "Bad request body", str(exc))
             except Invalid as exc:
                 errs = [_invalid(loc, msg) for loc, msg in exc.problems]
                 return errors_response(422, errs)
@@ -107,18 +98,6 @@ def _one(
     return web.json_response({"data": dest.model_dump(mode="json")}, status=status, headers=headers)
 
 
-class _BadBody(ValueError):
-    pass
-
-
-class _Refused(Exception):
-    """The request is answered with ``response`` before its body is read (415)."""
-
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.reason)
-        self.response = response
-
-
 def _invalid(loc: tuple[int | str, ...], msg: str) -> dict[str, Any]:
     where = pointer(loc)
     detail = f"{where.lstrip('/') or 'body'}: {msg}"
@@ -128,22 +107,6 @@ def _invalid(loc: tuple[int | str, ...], msg: str) -> dict[str, Any]:
 
 def _id(request: web.Request) -> str:
     return request.match_info["destination_id"]
-
-
-async def _body(request: web.Request) -> Any:
-    refused = unsupported_media_type(request)
-    if refused is not None:
-        raise _Refused(refused)
-    try:
-        text = body_text(request, await read_body(request))
-    except BodyRefused as exc:
-        raise _Refused(exc.response) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _BadBody(
-            f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
 
 
 def add_routes(

@@ -2,7 +2,9 @@
 
 One operator secret, ``ADMIN_API_KEY``, sent as ``Authorization: Bearer <key>`` or as the
 password of HTTP Basic auth (so a browser can open the OAuth start URL and the status page).
-In development mode without a key the admin surface is open, and the service says so at start.
+In development mode without a key the admin surface is open, and the service says so at start;
+it then answers only loopback Host names (and ``API_ALLOWED_HOSTS``), against DNS rebinding.
+Every admin write that a browser marks as cross-site is refused, whatever its credentials.
 Producer keys are a separate matter (app/api/producer_auth.py).
 """
 
@@ -15,9 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
+from app.api.browsers import cross_site_refusal, foreign_host_refusal
 from app.core.settings import Settings
 
 REALM = 'Basic realm="outreach-sync admin", charset="UTF-8"'
+#: Methods that change nothing: a browser sends them cross-site, but cannot read the answer.
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def presented_secret(request: web.Request) -> str | None:
@@ -59,10 +64,16 @@ def _basic_password(encoded: str) -> str | None:
 
 
 def admin_refusal(request: web.Request, settings: Settings) -> web.Response | None:
-    """None when the request may use the admin surface, else the 401 answer to send."""
+    """None when the request may use the admin surface, else the answer to send: 403 for a
+    write a browser marks as cross-site, 421 for a foreign Host while the surface is open,
+    401 without the admin key."""
+    if request.method not in READS:
+        refused = cross_site_refusal(request)
+        if refused is not None:
+            return refused
     expected = settings.admin_api_key
-    if expected is None:
-        return None  # development mode only: startup refuses production without a key
+    if expected is None:  # development mode only: startup refuses production without a key
+        return foreign_host_refusal(request, settings.allowed_hosts)
     given = presented_secret(request)
     if given is not None and hmac.compare_digest(
         secret_bytes(given), secret_bytes(expected.get_secret_value())

@@ -14,14 +14,15 @@ from limits.errors import StorageError
 from app.api import admin_routes as admin_api
 from app.api import guide, openapi, status_page
 from app.api import prometheus as prom
-from app.api.bodies import MAX_BODY, BodyRefused, body_text, read_body
-from app.api.jsonapi import STORE_RETRY_AFTER_S, store_unavailable
+from app.api.bodies import BODY_TIMEOUT_S, MAX_BODY, BodyRefused, body_text, read_body
+from app.api.jsonapi import STORE_RETRY_AFTER_S
 from app.api.jsonapi import error_response as error
 from app.api.producer_auth import GUARD as PRODUCER_GUARD
 from app.api.producer_auth import ProducerGuard, guarded
 from app.api.server import server_log
+from app.api.store_answers import store_failed
 from app.api.throttle import THROTTLE, AuthThrottle, throttle_failed_auth
-from app.core.errors import StoreFault, StoreUnavailable, UnknownDestination, unreachable
+from app.core.errors import StoreFault, StoreUnavailable, UnknownDestination
 from app.core.redis_client import async_client
 from app.core.settings import Settings
 from app.ingest.batch import (
@@ -162,62 +163,6 @@ def _no_route(request: web.Request, exc: web.HTTPException) -> web.Response:
     return error(404, "Not found", f"no route {request.path[:200]!r}; see /openapi.json")
 
 
-#: Route prefixes answered with a page (a browser opens them), not JSON.
-PAGE_ROUTES = ("/oauth/", "/status")
-
-
-def store_failed(request: web.Request, exc: Exception) -> web.Response:
-    """The answer to a Redis failure: 503 for an outage (``app.core.errors.unreachable``);
-    for an error Redis answered with (a script's, say), a 500 reported as a bug: it is not
-    an outage, and sending the same again would fail the same way."""
-    if unreachable(exc):
-        log.error("%s %s: Redis unavailable: %s", request.method, request.path, exc)
-        return redis_down(request)
-    # ERROR with the traceback: Sentry's logging integration reports it.
-    log.exception("%s %s: Redis refused a command (a bug)", request.method, request.path)
-    return _internal_error(request)
-
-
-def _internal_error(request: web.Request) -> web.Response:
-    from app.api.oauth_routes import page
-
-    message = (
-        "The service's store refused this request: a bug, logged for the operators. Sending "
-        "the same again will fail the same way."
-    )
-    if request.path.startswith(PAGE_ROUTES) and not request.path.endswith(".json"):
-        return page(500, "Internal error", message)
-    return error(500, "Internal error", message)
-
-
-def redis_down(request: web.Request) -> web.Response:
-    """The 503 that fits the route when Redis cannot be reached."""
-    from app.api.oauth_routes import page
-
-    path, method = request.path, request.method
-    if path.startswith(PAGE_ROUTES) and not path.endswith(".json"):
-        return page(
-            503,
-            "Temporarily unavailable",
-            "The service's store (Redis) cannot be reached. Nothing was changed; "
-            "try again in a moment.",
-            headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
-        )
-    if method == "POST" and path.endswith("/profiles") and path.startswith("/v1/destinations/"):
-        detail = (
-            "Redis cannot be reached, so this request may not have been recorded: send it "
-            "again (a repeat is harmless: changes merge by version)"
-        )
-    elif method in ("GET", "HEAD"):
-        detail = "Redis cannot be reached, so this cannot be read now: try again shortly"
-    else:
-        detail = (
-            "Redis cannot be reached, so this change may not have been made: once the "
-            "service answers, read the resource back and repeat the change if it is missing"
-        )
-    return store_unavailable(detail)
-
-
 def make_app(settings: Settings) -> web.Application:
     from app.api import oauth_routes as oauth_web
     from app.ops.startup import check_startup
@@ -234,6 +179,7 @@ def make_app(settings: Settings) -> web.Application:
     client = async_client(settings)
     app[THROTTLE] = AuthThrottle(client, settings)
     app[MAX_BODY] = settings.max_body_bytes
+    app[BODY_TIMEOUT_S] = settings.api_body_timeout_s
     app[SETTINGS] = settings
     app[STORE] = ProspectStore(client, settings.keys)
     app[REGISTRY] = Registry(client, settings.keys)

@@ -12,8 +12,6 @@ URL for an operator to open.
 
 from __future__ import annotations
 
-import html
-import json
 import logging
 import re
 import time
@@ -26,8 +24,9 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from app.api.adminauth import admin_refusal
-from app.api.bodies import BodyRefused, body_text, read_body
-from app.api.jsonapi import error_response, unsupported_media_type
+from app.api.bodies import BodyRefused, read_json
+from app.api.jsonapi import error_response
+from app.api.pages import page
 from app.config.destinations import Connection
 from app.connections.crypto import cipher_for
 from app.connections.oauth import (
@@ -112,19 +111,6 @@ def add_routes(app: web.Application, *, client: aioredis.Redis, settings: Settin
     app.on_cleanup.append(close)
 
 
-def page(
-    status: int, title: str, message: str, *, headers: dict[str, str] | None = None
-) -> web.Response:
-    """A small HTML page; ``message`` is escaped."""
-    body = (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p></body></html>"
-    )
-    headers = {"Cache-Control": "no-store", **(headers or {})}
-    return web.Response(status=status, text=body, content_type="text/html", headers=headers)
-
-
 # OAuth dance ------------------------------------------------------------------------------
 
 
@@ -147,7 +133,9 @@ async def start(request: web.Request) -> web.StreamResponse:
     refusal = admin_refusal(request, web_.settings)
     if refusal is not None:
         return refusal
-    conn_id, user = request.query.get("connection", ""), request.query.get("user") or None
+    conn_id, user = request.query.get("connection", ""), request.query.get("user")
+    if user == "":
+        return page(400, "Cannot start authorization", "user must not be empty (leave it out)")
     checked = connection_metadata(conn_id, user)
     if isinstance(checked, str):
         return page(400, "Cannot start authorization", checked)
@@ -333,21 +321,11 @@ _ABSENT = object()
 
 async def _body(request: web.Request) -> dict[str, Any] | web.Response:
     try:
-        text = body_text(request, await read_body(request))
+        doc = await read_json(request, default={})
     except BodyRefused as exc:
         return exc.response
-    if not text.strip():
-        return {}
-    # A body must be declared JSON (as on every admin write): no cross-site form post.
-    refused = unsupported_media_type(request)
-    if refused is not None:
-        return refused
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return error_response(400, "Bad JSON", "the body is not valid JSON")
     if not isinstance(doc, dict):
-        return error_response(400, "Bad JSON", "the body must be a JSON object")
+        return error_response(400, "Bad request body", "the body must be a JSON object")
     return doc
 
 

@@ -506,6 +506,25 @@ def _operator_paths(max_hours: int) -> Doc:
     }
 
 
+def _guard_errors(paths: Doc) -> Doc:
+    """``paths`` with the answers of the guards every route of a kind passes: 403 for an admin
+    write a browser marks cross-site, 421 for a foreign Host while the admin surface is open,
+    408 for a body that stalls."""
+    writes = ("post", "put", "patch", "delete")
+    for item in paths.values():
+        for method, op in item.items():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            responses: Doc = op["responses"]
+            extra: list[int] = [408] if "requestBody" in op else []
+            if op.get("security") == ADMIN:
+                extra += [421, 403] if method in writes else [421]
+            for code in extra:
+                responses.setdefault(str(code), _errors(code)[str(code)])
+            op["responses"] = dict(sorted(responses.items()))
+    return paths
+
+
 @cache
 def document(max_hours: int = METRICS_RETENTION_HOURS) -> Doc:
     """The whole OpenAPI 3.1 document (``hours`` bounded by ``max_hours``)."""
@@ -519,12 +538,14 @@ def document(max_hours: int = METRICS_RETENTION_HOURS) -> Doc:
             'admin key. Errors are JSON:API-style: {"errors": [{status, title, detail, '
             "source.pointer}]}.",
         },
-        "paths": {
-            **_producer_paths(max_hours),
-            **_admin_destination_paths(),
-            **_connection_paths(),
-            **_operator_paths(max_hours),
-        },
+        "paths": _guard_errors(
+            {
+                **_producer_paths(max_hours),
+                **_admin_destination_paths(),
+                **_connection_paths(),
+                **_operator_paths(max_hours),
+            }
+        ),
         "components": {
             **components(),
             "securitySchemes": {

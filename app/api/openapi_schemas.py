@@ -16,11 +16,15 @@ Doc = dict[str, Any]
 ERROR_TITLES = {
     400: "The request is malformed (body, parameter)",
     401: "No valid key (see WWW-Authenticate)",
-    403: "The key is valid but not for this destination",
+    403: "Refused: the key is not for this destination, or a browser marked the request as "
+    "sent from another site (Sec-Fetch-Site, Origin)",
     404: "No such resource",
+    408: "The body did not arrive within API_BODY_TIMEOUT_S",
     409: "Conflicts with the stored state",
     413: "The body is larger than MAX_BODY_BYTES",
     415: "The body is not declared JSON (Content-Type: application/json)",
+    421: "Development without ADMIN_API_KEY: the Host is neither a loopback name nor in "
+    "API_ALLOWED_HOSTS",
     422: "The body is well-formed but invalid; each error names its member",
     429: "Too many requests for this key; see Retry-After",
     503: "Not available now (Redis unreachable, OAuth not configured, or the destination's "
@@ -82,6 +86,22 @@ def schemas() -> Doc:
                 "default": "OutreachId",
                 "description": "identityMap namespace whose ids are Outreach prospect ids "
                 "(the OutreachId identity mapping, required)",
+            },
+            "identity": {
+                "type": ["object", "null"],
+                "description": "Which identities reach a prospect: the first namespace of "
+                "match a profile carries wins; Email is looked up (docs/aep.md)",
+                "properties": {
+                    "match": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "string", "minLength": 1},
+                        "default": ["OutreachId"],
+                    },
+                    "on_missing": {"type": "string", "enum": ["skip", "create"]},
+                    "on_ambiguous": {"type": "string", "enum": ["skip", "all", "newest"]},
+                },
+                "additionalProperties": False,
             },
             "audiences": {
                 "type": "object",
@@ -174,7 +194,8 @@ def schemas() -> Doc:
             },
             "timestamp": {
                 "type": ["string", "integer", "null"],
-                "description": "When the event was made: as lastQualificationTime",
+                "description": "When the event was made, as lastQualificationTime: ISO 8601 "
+                "or epoch milliseconds, 1970 to 9999 (else the profile is rejected)",
             },
             "unmappedAudiences": {
                 "type": "integer",
@@ -256,6 +277,12 @@ def schemas() -> Doc:
             "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
             "invalid_mapping_ids": {"type": "array", "items": {"type": "integer"}},
             "quota": {"type": "object"},
+            "resolve": {
+                "type": "object",
+                "description": "Identity resolution (profiles known by email): emails "
+                "waiting and the oldest's age, resolved from cache or by lookup, lookups "
+                "spent, not found, ambiguous, created",
+            },
             "broken": {
                 "type": "string",
                 "description": "Present when the destination's stored record cannot be read: "

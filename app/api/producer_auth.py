@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from app.admin.producer_keys import KeyRefused, ProducerKey, ProducerKeys
 from app.api.adminauth import bearer_token, secret_bytes
+from app.api.browsers import cross_site_refusal
 from app.api.jsonapi import error_response, store_unavailable
 from app.core.errors import store_error, unreachable
 from app.core.redis_client import limits_storage
@@ -132,29 +133,6 @@ def guarded(handler: Handler) -> Handler:
         return await handler(request)
 
     return check
-
-
-#: What browsers say (``Sec-Fetch-Site``) of a request from our own origin or typed by hand.
-SAME_SITE_FETCHES = frozenset({"same-origin", "none"})
-
-
-def cross_site_refusal(request: web.Request) -> web.Response | None:
-    """None unless a browser says the request comes from another site; then the 403."""
-    site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
-    origin = request.headers.get("Origin")
-    foreign = bool(site) and site not in SAME_SITE_FETCHES
-    if origin is not None and not foreign:
-        _, _, host = origin.strip().partition("://")
-        # Only the host is compared: behind a TLS proxy the scheme we see may differ.
-        foreign = not host or host.lower() != request.host.lower()
-    if not foreign:
-        return None
-    return error_response(
-        403,
-        "Cross-site request refused",
-        "a browser marked this request as sent from another site (Sec-Fetch-Site or "
-        "Origin); producers send from servers, not from web pages",
-    )
 
 
 def _unauthorized(exc: KeyRefused) -> web.Response:

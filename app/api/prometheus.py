@@ -213,6 +213,7 @@ class DataflowCollector(Collector):
             conn.add_metric([dest, c.id, c.state or "unknown"], 1.0)
         yield from (backlog, lag, enabled, invalid, conn)
         yield from _enrollment(self.docs)
+        yield from _resolve(self.docs)
 
 
 def _enrollment(docs: Iterable[DestinationStatus]) -> Iterator[Metric]:
@@ -271,6 +272,40 @@ _QUOTA = (
     ),
     ("quota_window_seconds", "Length of the quota window", "window_s"),
 )
+
+
+#: Identity resolution's counters: (status field, metric help).
+_RESOLVE = (
+    ("from_cache", "Emails resolved from the cache"),
+    ("by_lookup", "Emails resolved by a lookup"),
+    ("lookups", "Lookup requests spent (GET /prospects by email)"),
+    ("not_found", "Emails no prospect has"),
+    ("ambiguous", "Emails several prospects share"),
+    ("created", "Prospects created for emails"),
+    ("gone", "Resolved prospects a PATCH found gone (404), resolved again"),
+)
+
+
+def _resolve(docs: Iterable[DestinationStatus]) -> Iterator[Metric]:
+    """Identity resolution per destination (profiles known by email)."""
+    docs = list(docs)
+    for name, text in _RESOLVE:
+        fam = CounterMetricFamily(f"{NS}_resolve_{name}", text, labels=D)
+        for d in docs:
+            fam.add_metric([d.destination], getattr(d.resolve, name))
+        yield fam
+    waiting = GaugeMetricFamily(
+        f"{NS}_resolve_waiting_emails", "Emails whose changes wait for resolution", labels=D
+    )
+    age = GaugeMetricFamily(
+        f"{NS}_resolve_oldest_waiting_seconds",
+        "Age of the oldest change waiting for resolution",
+        labels=D,
+    )
+    for d in docs:
+        waiting.add_metric([d.destination], d.resolve.waiting)
+        age.add_metric([d.destination], d.resolve.oldest_waiting_s or 0.0)
+    yield from (waiting, age)
 
 
 def _quotas(docs: Iterable[DestinationStatus]) -> Iterator[Metric]:

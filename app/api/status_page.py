@@ -20,8 +20,14 @@ from app.api.jsonapi import error_response
 from app.api.status_charts import render_charts
 from app.core.settings import Settings
 from app.ops.status import BadQuery, destination_status, parse_hours
-from app.ops.status_doc import AudienceRow, DestinationStatus, Failure, Quota
-from app.ops.status_table import duration
+from app.ops.status_doc import (
+    AudienceRow,
+    DestinationStatus,
+    Failure,
+    Quota,
+    ResolveStatus,
+    duration,
+)
 from app.ratelimit.gate import QuotaGate
 from app.store.prospects import ProspectStore
 from app.store.registry import Registry
@@ -170,6 +176,20 @@ def quota_items(q: Quota | None) -> list[tuple[str, object, str]]:
     ]
 
 
+def resolve_items(r: ResolveStatus) -> list[tuple[str, object, str]]:
+    """The resolution card: what waits for its prospect, and what finding them cost."""
+    return [
+        ("waiting (resolving now)", f"{r.waiting} ({r.resolving})", "resolve.waiting"),
+        ("oldest waiting", duration(r.oldest_waiting_s), "resolve.oldest"),
+        ("resolved from cache", r.from_cache, "resolve.from_cache"),
+        ("resolved by lookup", f"{r.by_lookup} ({r.lookups} lookups)", "resolve.by_lookup"),
+        ("not found", r.not_found, "resolve.not_found"),
+        ("ambiguous", r.ambiguous, "resolve.ambiguous"),
+        ("created", r.created, "resolve.created"),
+        ("rules", f"missing: {r.on_missing}, ambiguous: {r.on_ambiguous}", "resolve.rules"),
+    ]
+
+
 def render_destination(doc: DestinationStatus, *, data_url: str, refresh_s: int) -> str:
     """A destination's page (the JS keeps it fresh from ``data_url``)."""
     conn, q = doc.connection, doc.quota
@@ -197,6 +217,8 @@ def render_destination(doc: DestinationStatus, *, data_url: str, refresh_s: int)
             ],
         ),
     ]
+    if doc.resolve.by_email or doc.resolve.waiting:
+        cards.append(_card("Identity resolution (by email)", resolve_items(doc.resolve)))
     flow = _table(
         ("", f"Last {hours} h", "Total"),
         ((label, getattr(m.window, key), getattr(m.totals, key)) for key, label in FLOW_ROWS),

@@ -22,6 +22,7 @@ from limits.errors import StorageError
 from redis.exceptions import RedisError
 
 from app.api.jsonapi import error_response
+from app.api.store_answers import store_failed
 from app.core.redis_client import limits_storage
 from app.core.settings import Settings
 
@@ -97,8 +98,6 @@ async def throttle_failed_auth(request: web.Request, handler: Handler) -> web.St
     except (RedisError, StorageError, OSError) as exc:
         # Every route that authenticates needs Redis: answered now, not after another wait
         # for a Redis that does not answer.
-        from app.api.app import store_failed
-
         return store_failed(request, exc)
     if wait_s is not None:
         return error_response(

@@ -134,7 +134,8 @@ def cmd_api(ns: argparse.Namespace) -> int:
     if problems:
         print("error: refusing to start:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
-    serve(app, host=host, port=ns.port or s.api_port, say=print)
+    port = ns.port or s.api_port
+    serve(app, host=host, port=port, header_timeout_s=s.api_header_timeout_s, say=print)
     return 0
 
 

@@ -14,9 +14,9 @@ if TYPE_CHECKING:
 def cmd_status(ns: argparse.Namespace) -> int:
     import asyncio
 
+    from app.cli.status_table import render_table
     from app.core.settings import get_settings
     from app.ops.status import BadQuery, collect_status, parse_hours
-    from app.ops.status_table import render_table
 
     settings = get_settings()
     try:

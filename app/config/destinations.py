@@ -200,6 +200,49 @@ class Bulk(_Model):
     off_s: Annotated[float, Field(gt=0)] = 3600.0
 
 
+#: Identity namespaces whose values are prospect emails (AEP's ``Email``).
+EMAIL_NAMESPACES = frozenset({"Email"})
+#: Namespaces of hashed emails: Outreach cannot be searched by a hash.
+HASHED_EMAIL_NAMESPACES = frozenset({"Email_LC_SHA256", "Email_SHA256"})
+
+
+def _matchable(value: str) -> str:
+    if value in HASHED_EMAIL_NAMESPACES or "sha256" in value.lower():
+        raise ValueError(
+            f"{value!r} holds hashed emails: Outreach cannot look a prospect up by a hash "
+            "(send the Email namespace instead)"
+        )
+    return value
+
+
+Namespace = Annotated[str, StringConstraints(min_length=1), AfterValidator(_matchable)]
+
+
+class Identity(_Model):
+    """How a profile reaches its prospect(s): the first namespace of ``match`` it carries
+    wins. ``Email`` is looked up (``app/resolve``); other namespaces carry prospect ids."""
+
+    match: Annotated[list[Namespace], Field(min_length=1)] = Field(
+        default_factory=lambda: ["OutreachId"]
+    )
+    #: No prospect has the email: leave the changes as a failure, or create the prospect.
+    on_missing: Literal["skip", "create"] = "skip"
+    #: Several prospects share the email: fail, update them all, or the newest (updatedAt).
+    on_ambiguous: Literal["skip", "all", "newest"] = "skip"
+
+    @field_validator("match", mode="after")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a namespace twice")
+        return value
+
+    @property
+    def by_email(self) -> bool:
+        """Whether some profiles are known by email (resolution runs for the destination)."""
+        return any(n in EMAIL_NAMESPACES for n in self.match)
+
+
 class Destination(_Model):
     """One dataflow: which audiences and attributes go to which prospect fields."""
 
@@ -223,6 +266,13 @@ class Destination(_Model):
     bulk: Bulk = Field(default_factory=Bulk)
     #: Sequence enrollment per audience (app/config/sequencing.py); off by default.
     sequencing: Sequencing = Field(default_factory=Sequencing)
+    #: Which identities reach a prospect (default: ``identity_namespace``, ids only).
+    identity: Identity | None = None
+
+    @property
+    def match(self) -> tuple[str, ...]:
+        """The identity namespaces a profile is matched by, in order of preference."""
+        return tuple(self.identity.match) if self.identity else (self.identity_namespace,)
 
     @field_validator("status_values", mode="after")
     @classmethod

@@ -1,4 +1,6 @@
-"""Every Redis key, TTL and default of the service, each with why it is what it is.
+"""Every Redis key and TTL, and the defaults of the settings (app/core/settings.py), each with
+why it is what it is. A part's own tuning that no setting exposes lives with that part
+(bulk delivery's in ``app/delivery/bulk_tuning.py``, the audience-id cap in ingest).
 
 Keys of one destination carry the destination id in a hash tag (``{dest}``) so a Redis
 Cluster keeps them in one slot and the Lua scripts may touch them together. The shared keys
@@ -32,10 +34,6 @@ REDIS_HEALTH_CHECK_INTERVAL_S = 30
 REDIS_KEEPALIVE_IDLE_S = 60
 REDIS_KEEPALIVE_INTERVAL_S = 10
 REDIS_KEEPALIVE_COUNT = 3
-#: Longest audience id learned from the data (AEP's are 36-character UUIDs): each learned id
-#: is kept in Redis and named in every status and /metrics answer, so one runaway id must
-#: not grow them by megabytes.
-MAX_AUDIENCE_ID_CHARS = 256
 #: Outreach's documented quota: 10,000 requests per hour per user.
 DEFAULT_RATE_LIMIT = "10000/hour"
 #: Hourly dataflow metrics are kept this long (8 days: this week against the last).
@@ -43,20 +41,14 @@ METRICS_RETENTION_HOURS = 192
 #: Failure ids the "recent failures" index keeps (the status page shows the newest 20; the
 #: rest leaves room for ids replayed or purged since).
 RECENT_FAILURES_KEPT = 200
-#: Batch items read per request (Outreach's largest page).
-BULK_ITEMS_PAGE = 1000
-#: Consecutive failed batches (cancelled, stuck, unreadable) that turn bulk off for a while.
-BULK_MAX_BATCH_FAILURES = 3
-#: A bulk call, batch-item read or cancel answered transiently (5xx, timeout, dropped
-#: connection) is sent up to this many times in all, with backoff from base to cap: a resent
-#: bulk call is harmless (the same ids and values), one PATCH per member is not.
-BULK_CALL_ATTEMPTS = 5
-BULK_RETRY_BASE_S = 0.5
-BULK_RETRY_CAP_S = 8.0
-#: Outreach charging a bulk call at least this share of its records per record: bulk saves
-#: nothing, so it is turned off for the connection (for a day) and PATCH goes on.
-BULK_PER_RECORD_SHARE = 0.5
-BULK_PER_RECORD_OFF_S = 86_400.0
+#: Emails per lookup (``GET /prospects?filter[emails]=a,b,...``): Outreach documents no limit
+#: on a list's length or the URL's, so a few dozen keep both modest.
+RESOLVE_BATCH = 50
+#: An email found is remembered this long (prospects rarely change email; a PATCH answering
+#: 404 for a remembered id forgets it at once).
+RESOLVE_CACHE_FOUND_S = 30 * 86_400
+#: An email not found is remembered this short: someone may create its prospect meanwhile.
+RESOLVE_CACHE_MISSING_S = 600
 
 #: A user's default mailbox is looked up again after this long (it rarely changes).
 ENROLL_MAILBOX_TTL_S = 3600
@@ -77,11 +69,11 @@ class Keys:
     metrics_retention_hours: int = METRICS_RETENTION_HOURS
 
     # One destination ----------------------------------------------------------------
-    def pending(self, dest: str, prospect: int) -> str:
+    def pending(self, dest: str, prospect: int | str) -> str:
         """Hash field -> JSON value: what is waiting to be sent."""
         return f"{self.prefix}:{{{dest}}}:pend:{prospect}"
 
-    def versions(self, dest: str, prospect: int) -> str:
+    def versions(self, dest: str, prospect: int | str) -> str:
         """Hash field -> ms timestamp of the newest accepted value (newer-wins high mark)."""
         return f"{self.prefix}:{{{dest}}}:ver:{prospect}"
 
@@ -220,6 +212,50 @@ class Keys:
         MAILBOX_TTL_S``): a mailbox is looked up once, not per enrollment."""
         return f"{self.prefix}:mailboxes:{{{conn}}}"
 
+    # Identity resolution (app/resolve): profiles known by email only -----------------
+    def email_pending(self, dest: str, email: str) -> str:
+        """Hash field -> JSON value waiting for ``email``'s prospect(s) to be known."""
+        return f"{self.prefix}:{{{dest}}}:epend:{email}"
+
+    def email_versions(self, dest: str, email: str) -> str:
+        """Hash field -> ms version of ``email``'s pending value (newer wins, as per prospect)."""
+        return f"{self.prefix}:{{{dest}}}:ever:{email}"
+
+    def email_due(self, dest: str) -> str:
+        """Sorted set email -> ms when it may be resolved."""
+        return f"{self.prefix}:{{{dest}}}:edue"
+
+    def email_leases(self, dest: str) -> str:
+        """Sorted set email -> ms when its resolution's claim expires (a killed worker)."""
+        return f"{self.prefix}:{{{dest}}}:elease"
+
+    def email_lease_tokens(self, dest: str) -> str:
+        """Hash email -> claim token of the resolution under way."""
+        return f"{self.prefix}:{{{dest}}}:eltok"
+
+    def email_first_seen(self, dest: str) -> str:
+        """Hash email -> ms of its oldest change waiting for resolution (its age)."""
+        return f"{self.prefix}:{{{dest}}}:efirst"
+
+    def email_cache(self, dest: str, email: str) -> str:
+        """JSON [[prospect id, updatedAt], ...] Outreach answered for ``email`` ([]: none),
+        with a TTL (``RESOLVE_CACHE_FOUND_S`` / ``RESOLVE_CACHE_MISSING_S``)."""
+        return f"{self.prefix}:{{{dest}}}:ecache:{email}"
+
+    def email_of(self, dest: str) -> str:
+        """Hash prospect id -> the email it was resolved from (a 404 forgets that email)."""
+        return f"{self.prefix}:{{{dest}}}:eof"
+
+    def email_creates(self, dest: str) -> str:
+        """Hash email -> JSON create intent (token, ms, state): at most one prospect is
+        created per email; an intent left unsettled is settled by looking the email up."""
+        return f"{self.prefix}:{{{dest}}}:ecreate"
+
+    def for_emails(self) -> EmailKeys:
+        """These keys with the pending state of emails in place of prospects', so the
+        coalescing store's merge keeps email-keyed changes as it keeps prospects'."""
+        return EmailKeys(self.prefix, self.metrics_retention_hours)
+
     # Shared ---------------------------------------------------------------------------
     def wake(self) -> str:
         """List the dispatchers block on: pushed when a prospect becomes pending."""
@@ -281,3 +317,23 @@ class Keys:
     def auth_failures(self) -> str:
         """Prefix of the failed-authentication windows (``limits`` adds the client address)."""
         return f"{self.prefix}:auth-failures"
+
+
+@dataclass(frozen=True, slots=True)
+class EmailKeys(Keys):
+    """``Keys`` whose per-"prospect" pending state is the email namespace's (``for_emails``)."""
+
+    def pending(self, dest: str, prospect: int | str) -> str:
+        return self.email_pending(dest, str(prospect))
+
+    def versions(self, dest: str, prospect: int | str) -> str:
+        return self.email_versions(dest, str(prospect))
+
+    def due(self, dest: str) -> str:
+        return self.email_due(dest)
+
+    def leases(self, dest: str) -> str:
+        return self.email_leases(dest)
+
+    def first_seen(self, dest: str) -> str:
+        return self.email_first_seen(dest)

@@ -51,14 +51,25 @@ class Settings(BaseSettings):
     http_concurrency: int = Field(16, ge=1, le=512)
     drain_budget_s: float = Field(keys.DRAIN_BUDGET_S, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    #: Seconds from a connection's (or a request's) first byte to the end of its headers,
+    #: and from there to the end of its body: a stalled client is let go, not waited for.
+    api_header_timeout_s: float = Field(10.0, gt=0, le=600)
+    api_body_timeout_s: float = Field(60.0, gt=0, le=3600)
     max_retry_age_s: float = Field(24 * 3600, gt=0)
     #: A transient failure is retried after base * 2^attempts seconds (capped), jittered.
     retry_backoff_base_s: float = Field(1.0, gt=0, le=60)
     retry_backoff_cap_s: float = Field(600.0, gt=0)
     rate_limit_fallback_pause_s: float = Field(60.0, gt=0)
+    #: Emails per lookup request, and how long a lookup's answer is remembered (app/resolve).
+    resolve_batch: int = Field(keys.RESOLVE_BATCH, ge=1, le=500)
+    resolve_cache_found_s: int = Field(keys.RESOLVE_CACHE_FOUND_S, ge=1)
+    resolve_cache_missing_s: int = Field(keys.RESOLVE_CACHE_MISSING_S, ge=1)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
+    #: Host names the open (development, no ADMIN_API_KEY) API answers besides loopback ones,
+    #: comma-separated: any other Host header may be a DNS-rebinding page.
+    api_allowed_hosts: str = Field("", pattern=r"^[A-Za-z0-9.:\[\], _-]*$")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     sentry_dsn: str | None = None
 
@@ -170,6 +181,12 @@ class Settings(BaseSettings):
             for problem in cluster_problems(self):
                 raise ValueError(problem)
         return self
+
+    @property
+    def allowed_hosts(self) -> frozenset[str]:
+        """``API_ALLOWED_HOSTS`` as host names (lower case, no brackets)."""
+        names = (h.strip().strip("[]").lower() for h in self.api_allowed_hosts.split(","))
+        return frozenset(n for n in names if n)
 
     @property
     def celery_broker_url(self) -> str:

@@ -40,7 +40,7 @@ from app.delivery.account_lines import (
 from app.outreach.account import TYPES, CustomFieldType, custom_fields_of, parse_types
 from app.outreach.account import prospect_values as parse_prospect
 from app.outreach.answers import Answer, no_answer, parse_answer
-from app.outreach.bulk import Batch, BulkAnswer, BulkClient, BulkModification, ProspectIds
+from app.outreach.bulk import BulkAnswer, BulkBatch, BulkClient, BulkModification, ProspectIds
 from app.outreach.client import OutreachClient, Response
 from app.ratelimit.gate import QuotaGate, gate_for
 from app.store.audience_map import learned_table
@@ -263,7 +263,7 @@ class AccountCheck:
         value = held.get(name)
         before = None if answer.budget is None else answer.budget.remaining
         mod = BulkModification(ProspectIds([prospect]), {name: value})
-        call: list[BulkAnswer[Batch]] = []
+        call: list[BulkAnswer[BulkBatch]] = []
         resp, answer = await sender.send(lambda t: _kept(call, self.bulk.modify(t, mod)))
         batch = call[-1].value if call else None
         if batch is None:
@@ -305,7 +305,7 @@ class AccountCheck:
                 "nothing to do: bulk.timeout_s bounds how long a batch may take",
             )
 
-    async def _follow(self, sender: _Sender, batch: Batch) -> Batch:
+    async def _follow(self, sender: _Sender, batch: BulkBatch) -> BulkBatch:
         wait_s = BATCH_POLL_FIRST_S
         for _ in range(BATCH_POLLS):
             if batch.finished or batch.canceled:
@@ -315,8 +315,8 @@ class AccountCheck:
             batch = await self._poll(sender, batch)
         return batch
 
-    async def _poll(self, sender: _Sender, batch: Batch) -> Batch:
-        got: list[BulkAnswer[Batch]] = []
+    async def _poll(self, sender: _Sender, batch: BulkBatch) -> BulkBatch:
+        got: list[BulkAnswer[BulkBatch]] = []
         await sender.send(lambda t: _kept(got, self.bulk.batch(t, batch.id)))
         return got[-1].value if got and got[-1].value is not None else batch
 
@@ -369,7 +369,9 @@ class AccountCheck:
         return users, learning
 
 
-async def _kept(into: list[BulkAnswer[Batch]], pending: Awaitable[BulkAnswer[Batch]]) -> Response:
+async def _kept(
+    into: list[BulkAnswer[BulkBatch]], pending: Awaitable[BulkAnswer[BulkBatch]]
+) -> Response:
     """Run a bulk call, keep its parsed answer, hand the raw one to the sender."""
     answer = await pending
     into.append(answer)

@@ -27,7 +27,8 @@ from functools import partial
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from app.core.errors import Permanent, RateLimited, Retryable, Unauthorized
-from app.core.keys import (
+from app.core.settings import Settings
+from app.delivery.bulk_tuning import (
     BULK_CALL_ATTEMPTS,
     BULK_ITEMS_PAGE,
     BULK_MAX_BATCH_FAILURES,
@@ -36,7 +37,6 @@ from app.core.keys import (
     BULK_RETRY_BASE_S,
     BULK_RETRY_CAP_S,
 )
-from app.core.settings import Settings
 from app.delivery.grouping import group, mostly_one_group
 from app.delivery.lot import Lot, now_ms
 from app.delivery.lots import Lots
@@ -44,9 +44,9 @@ from app.delivery.outcomes import Outcomes
 from app.delivery.permits import Permits
 from app.outreach.answers import no_answer
 from app.outreach.bulk import (
-    Batch,
     BatchItem,
     BulkAnswer,
+    BulkBatch,
     BulkClient,
     BulkModification,
     ProspectIds,
@@ -267,7 +267,7 @@ class BulkSender:
 
     async def _follow(
         self, lot: Lot, batch_id: int, deadline: int, stats: Counter[str]
-    ) -> tuple[Batch | None, Lot, bool]:
+    ) -> tuple[BulkBatch | None, Lot, bool]:
         """Poll until the batch ends (None: stuck past its deadline, or unreadable; it is
         cancelled then). The flag says whether the quota, a pause or an expired token kept
         a poll from being answered: not finishing then is no fault of the batch."""
@@ -309,7 +309,7 @@ class BulkSender:
         self,
         lot: Lot,
         batch_id: int,
-        batch: Batch | None,
+        batch: BulkBatch | None,
         members: list[Claimed],
         stats: Counter[str],
         *,

@@ -24,6 +24,9 @@ from app.delivery.permits import Permits
 from app.enroll import Caller, Enrollment, EnrollStore, Mailboxes, Sending
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import QuotaGate, QuotaUnavailable
+from app.resolve.calls import Calls
+from app.resolve.emails import EmailStore
+from app.resolve.resolver import Resolver
 from app.store.audience_map import learned_table
 from app.store.counters import drain_metrics
 from app.store.prospects import Claimed, ProspectStore
@@ -73,7 +76,11 @@ class Deliverer:
             settings=settings,
         )
         self.outcomes = Outcomes(
-            store=store, refresher=refresher, settings=settings, note=self.enrollment.note
+            store=store,
+            refresher=refresher,
+            settings=settings,
+            emails=EmailStore(store.redis, store.keys),
+            note=self.enrollment.note,
         )
         self.lots = Lots(
             store=store, registry=registry, refresher=refresher, outcomes=self.outcomes
@@ -87,6 +94,8 @@ class Deliverer:
             outcomes=self.outcomes,
             settings=settings,
         )
+        calls = Calls(client=client, gate=gate, permits=permits, settings=settings)
+        self.resolver = Resolver(store=store, calls=calls, settings=settings)
         self.bulk = BulkSender(
             store=store,
             client=client,
@@ -114,6 +123,7 @@ class Deliverer:
                 lot = await self.lots.open(dest_id, token)
                 if lot is None:
                     break
+                resolved = await self.resolve(lot, stats)
                 claimed = await self.store.claim(
                     dest_id,
                     now_ms=now_ms(),
@@ -122,6 +132,8 @@ class Deliverer:
                     token=token,
                 )
                 if not claimed:
+                    if resolved:
+                        continue  # more emails may be due
                     break
                 held = len(claimed)
                 # Each batch's counts reach the metrics in one round trip when it is done.
@@ -155,6 +167,16 @@ class Deliverer:
             if slot is not None:
                 await self.store.release_slot(dest_id, slot)
         return stats
+
+    async def resolve(self, lot: Lot, stats: Counter[str]) -> bool:
+        """The stage before the senders: emails due for resolution become their prospects'
+        pending changes (``app.resolve``); True when some were claimed."""
+        tally: Counter[str] = Counter()
+        try:
+            return await self.resolver.run(lot, tally)
+        finally:
+            stats.update(tally)
+            await self.store.count(lot.dest.id, **drain_metrics(tally))
 
     async def enroll(self, lot: Lot, stats: Counter[str]) -> None:
         """The enrollment stage, with the drain's last lot: after the senders, so an

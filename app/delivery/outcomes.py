@@ -14,6 +14,7 @@ from app.connections.oauth import RefreshOutcome
 from app.core.errors import DeliveryError, Permanent, RateLimited, Retryable, Unauthorized
 from app.core.settings import Settings
 from app.delivery.lot import LeaseLost, Lot, TokenRefresher, now_ms, subset
+from app.resolve.emails import EmailStore
 from app.store.counters import count_failed, mapping_id_of
 from app.store.prospects import Claimed, Outcome, effective_window_ms
 
@@ -172,9 +173,12 @@ class Outcomes:
         settings: Settings,
         policy: RetryPolicy | None = None,
         clock_ms: Callable[[], int] = now_ms,
+        emails: EmailStore | None = None,
         note: NoteDelivered | None = None,
     ) -> None:
         self.store = store
+        #: Where a prospect resolved from an email is found to be gone (404) resolves again.
+        self.emails = emails
         self.note = note
         self.refresher = refresher
         self.settings = settings
@@ -269,6 +273,8 @@ class Outcomes:
 
     async def permanent(self, lot: Lot, c: Claimed, err: Permanent, stats: Counter[str]) -> None:
         """Fail what Outreach refused; when it named the bad fields, only those."""
+        if err.status == 404 and await self.resolve_again(lot, c, stats):
+            return
         bad = named_fields(err) & set(c.fields)
         await self.note_invalid(lot, bad, err)
         if not bad or bad == set(c.fields):
@@ -278,6 +284,23 @@ class Outcomes:
         await self.record(lot, subset(c, bad), err, failure_reason(err))
         # The other fields go back to pending and are sent again at once.
         await self.settle(lot, c, "defer", due_ms=self.clock_ms(), fields=tuple(bad))
+
+    async def resolve_again(self, lot: Lot, c: Claimed, stats: Counter[str]) -> bool:
+        """A prospect resolved from an email is gone (404): forget what the email was
+        resolved to and put the fields back under the email, to be resolved once more.
+        False when the prospect was not resolved from an email (a plain failure)."""
+        if self.emails is None:
+            return False
+        email = await self.emails.email_of(lot.dest.id, c.prospect)
+        if email is None:
+            return False
+        # Unlinked first: should the email resolve to this id again, its 404 is a failure.
+        await self.emails.unlink(lot.dest.id, c.prospect, email)
+        versions = await self.store.failed_versions(lot.dest.id, c.prospect, list(c.fields))
+        await self.emails.wait_again(lot.dest.id, email, c.fields, versions, now_ms=self.clock_ms())
+        await self.settle(lot, c, "drop")
+        stats["resolve_gone"] += 1
+        return True
 
     async def note_invalid(self, lot: Lot, bad: set[str], err: Permanent) -> None:
         """A 400 on a custom field: its mapping ID is unusable for the account."""

@@ -8,8 +8,10 @@ out of its profile with the reason, the profile's other audiences go ahead.
 
 from __future__ import annotations
 
-from app.core.keys import MAX_AUDIENCE_ID_CHARS
-
+#: Longest audience id learned from the data (AEP's are 36-character UUIDs): each learned id
+#: is kept in Redis and named in every status and /metrics answer, so one runaway id must
+#: not grow them by megabytes.
+MAX_AUDIENCE_ID_CHARS = 256
 #: Destination-level counter (app/store/counters.py) of the audiences refused here.
 AUDIENCE_IDS_INVALID = "audience_ids_invalid"
 

@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -22,7 +22,9 @@ from app.ingest import mapping_ids
 from app.ingest.profiles import ProfileResult, evaluate_profile
 from app.ingest.report import Batch, IngestReport, count_audiences
 from app.store.counters import count_op
-from app.store.prospects import ProspectStore, effective_window_ms, encode, merge_op
+from app.store.prospects import Change, ProspectStore, effective_window_ms, encode, merge_op
+
+_K = TypeVar("_K", int, str)
 
 
 def evaluate_batch(
@@ -32,6 +34,7 @@ def evaluate_batch(
     report = IngestReport()
     results: list[ProfileResult] = []
     latest: dict[int, dict[str, tuple[int, str]]] = {}
+    by_email: dict[str, dict[str, tuple[int, str]]] = {}
     for i, raw in enumerate(profiles, start):
         if isinstance(raw, InvalidJSON):
             res = ProfileResult(i, "rejected", raw.reason, (), (), 0)
@@ -50,15 +53,23 @@ def evaluate_batch(
             continue
         report.accepted += 1
         for pid in res.prospect_ids:
-            fields = latest.setdefault(pid, {})
-            for ch in res.changes:
-                seen = fields.get(ch.field)
-                if seen is None or ch.ts_ms >= seen[0]:
-                    fields[ch.field] = (ch.ts_ms, encode(ch.value))
-    changes = {
-        pid: [(f, value, ts) for f, (ts, value) in fields.items()] for pid, fields in latest.items()
+            _coalesce(latest.setdefault(pid, {}), res)
+        for email in res.emails:
+            _coalesce(by_email.setdefault(email, {}), res)
+    return Batch(report, results, _flat(latest), _flat(by_email))
+
+
+def _coalesce(fields: dict[str, tuple[int, str]], res: ProfileResult) -> None:
+    for ch in res.changes:
+        seen = fields.get(ch.field)
+        if seen is None or ch.ts_ms >= seen[0]:
+            fields[ch.field] = (ch.ts_ms, encode(ch.value))
+
+
+def _flat(latest: dict[_K, dict[str, tuple[int, str]]]) -> dict[_K, list[Change]]:
+    return {
+        k: [(f, value, ts) for f, (ts, value) in fields.items()] for k, fields in latest.items()
     }
-    return Batch(report, results, changes)
 
 
 def store_op(
@@ -78,6 +89,11 @@ def store_op(
     merge = yield from merge_op(
         keys, destination.id, batch.changes, now_ms=now_ms, window_ms=window
     )
+    if batch.email_changes:
+        # Known by email only: kept, coalesced and versioned under the email until resolved.
+        merge += yield from merge_op(
+            keys.for_emails(), destination.id, batch.email_changes, now_ms=now_ms, window_ms=window
+        )
     batch.report.fields_applied = merge.applied
     batch.report.fields_stale = merge.stale
     yield from count_op(keys, destination.id, batch.report.counters())

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -14,7 +15,15 @@ from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 
-from app.config.destinations import STATUSES, Destination, Status, describe_error, format_loc
+from app.config.destinations import (
+    EMAIL_NAMESPACES,
+    HASHED_EMAIL_NAMESPACES,
+    STATUSES,
+    Destination,
+    Status,
+    describe_error,
+    format_loc,
+)
 from app.outreach import fields as outreach_fields
 
 JSONValue = str | int | float | bool | None | list[str]
@@ -61,6 +70,9 @@ class ProfileResult:
     attributes_rejected: tuple[tuple[str, str], ...] = ()
     #: Attributes carrying a value that no mapping of the destination reads.
     unmapped_attributes: tuple[str, ...] = ()
+    #: Normalised emails (trimmed, lower-cased) of a profile known by email only: its
+    #: changes wait under them until resolution finds (or creates) their prospects.
+    emails: tuple[str, ...] = ()
 
 
 def parse_time(value: object) -> int:
@@ -187,7 +199,12 @@ def evaluate_profile(
     """
     if not isinstance(raw, dict):
         return _result(index, "rejected", f"a profile must be an object, not {_json_type(raw)}")
-    namespace = destination.identity_namespace
+    namespace = _namespace(raw, destination.match)
+    hashed = _hashed_only(raw, namespace, destination.match)
+    if hashed is not None:
+        return _result(
+            index, "rejected", hashed, _newest(_lenient_parse(raw), destination, received_ms)[0]
+        )
     parsed = _fast_parse(raw, namespace)
     if parsed is None:
         parsed, problems = _full_parse(raw, namespace)
@@ -203,6 +220,23 @@ def evaluate_profile(
     if left_out and not changes:  # nothing usable: a broken producer, not a partial profile
         reason = _join([f"attributes.{name}: {why}" for name, why in left_out])
         return _result(index, "rejected", reason, newest)
+    if namespace in EMAIL_NAMESPACES:
+        emails, bad_emails = _emails(parsed.ids)
+        if bad_emails and any(_HASHED.fullmatch(str(v).strip()) for v in bad_emails):
+            reason = _join([_email_problem(namespace, v) for v in bad_emails])
+            return _result(index, "rejected", reason, newest)
+        if not emails:
+            reasons = [_email_problem(namespace, v) for v in bad_emails]
+            excluded = _result(index, "excluded", _join(reasons or [f"no {namespace}"]), newest)
+            return dataclasses.replace(
+                excluded, attributes_rejected=left_out, unmapped_attributes=unmapped
+            )
+        statuses = _statuses(newest)
+        ignored += parsed.unmapped_audiences
+        changes_t = tuple(changes.values())
+        return ProfileResult(
+            index, "accepted", None, (), changes_t, ignored, statuses, left_out, unmapped, emails
+        )
     ids, bad = _prospect_ids(parsed.ids)
     if not ids:
         reasons = [f"{namespace} {_short(v)} is not a positive 64-bit integer" for v in bad]
@@ -426,6 +460,67 @@ def _prospect_ids(values: list[object]) -> tuple[tuple[int, ...], list[object]]:
         else:
             good[prospect] = None
     return tuple(good), bad
+
+
+_EMAIL = re.compile(r"[^@\s,;<>\"]+@[^@\s,;<>\"]+\.[^@\s,;<>\"]+")
+_HASHED = re.compile(r"[0-9a-fA-F]{64}")
+_MAX_EMAIL_CHARS = 254  # RFC 5321's longest path
+
+
+def normalise_email(value: object) -> str | None:
+    """``value`` trimmed and lower-cased when it is an email Outreach can be searched by."""
+    if not isinstance(value, str):
+        return None
+    email = value.strip().lower()
+    ok = len(email) <= _MAX_EMAIL_CHARS and _EMAIL.fullmatch(email) is not None
+    return email if ok else None
+
+
+def _emails(values: list[object]) -> tuple[tuple[str, ...], list[object]]:
+    good: dict[str, None] = {}
+    bad: list[object] = []
+    for value in values:
+        email = normalise_email(value)
+        if email is None:
+            bad.append(value)
+        else:
+            good[email] = None
+    return tuple(good), bad
+
+
+def _email_problem(namespace: str, value: object) -> str:
+    if isinstance(value, str) and _HASHED.fullmatch(value.strip()):
+        return (
+            f"{namespace} is a hashed email (SHA-256): Outreach cannot look a prospect up by "
+            "a hash; send the plain address"
+        )
+    return f"{namespace} {_short(value)} is not an email address"
+
+
+def _hashed_only(raw: dict[Any, Any], namespace: str, match: tuple[str, ...]) -> str | None:
+    """Why a profile that reaches its prospect only by a hashed email is rejected."""
+    identity_map = raw.get("identityMap")
+    if not isinstance(identity_map, dict) or identity_map.get(namespace):
+        return None
+    if not any(n in EMAIL_NAMESPACES for n in match):
+        return None
+    for name in identity_map:
+        if name in HASHED_EMAIL_NAMESPACES and identity_map[name]:
+            return (
+                f"identityMap.{name}: hashed emails cannot be looked up in Outreach; map the "
+                "Email namespace (plain addresses) instead"
+            )
+    return None
+
+
+def _namespace(raw: dict[Any, Any], match: tuple[str, ...]) -> str:
+    """The first namespace of ``match`` the profile carries (else the first: excluded)."""
+    identity_map = raw.get("identityMap")
+    if len(match) > 1 and isinstance(identity_map, dict):
+        for namespace in match:
+            if identity_map.get(namespace):
+                return namespace
+    return match[0]
 
 
 def _positive_int(value: object) -> int | None:

@@ -10,8 +10,18 @@ from typing import Any
 
 from app.ingest.profiles import ProfileResult
 from app.outreach import fields as outreach_fields
-from app.store import counters as metrics
-from app.store.counters import audience_metric
+from app.store.counters import (
+    ATTRIBUTES_REJECTED,
+    ATTRIBUTES_UNMAPPED,
+    AUDIENCES_IGNORED,
+    EXCLUDED_BY,
+    PROFILES_ACCEPTED,
+    PROFILES_EXCLUDED,
+    PROFILES_RECEIVED,
+    PROFILES_REJECTED,
+    UNMAPPED_BY,
+    audience_metric,
+)
 from app.store.prospects import Change
 
 
@@ -96,19 +106,19 @@ class IngestReport:
 
     def counters(self) -> dict[str, int]:
         out = {
-            metrics.PROFILES_RECEIVED: self.received,
-            metrics.PROFILES_ACCEPTED: self.accepted,
-            metrics.PROFILES_EXCLUDED: self.excluded,
-            metrics.PROFILES_REJECTED: self.rejected,
-            metrics.AUDIENCES_IGNORED: self.ignored_audiences,
-            metrics.ATTRIBUTES_REJECTED: self.attributes_rejected,
-            metrics.ATTRIBUTES_UNMAPPED: self.unmapped_attributes.total(),
+            PROFILES_RECEIVED: self.received,
+            PROFILES_ACCEPTED: self.accepted,
+            PROFILES_EXCLUDED: self.excluded,
+            PROFILES_REJECTED: self.rejected,
+            AUDIENCES_IGNORED: self.ignored_audiences,
+            ATTRIBUTES_REJECTED: self.attributes_rejected,
+            ATTRIBUTES_UNMAPPED: self.unmapped_attributes.total(),
         }
         for name, n in self.unmapped_attributes.items():
-            key = metrics.UNMAPPED_BY + _attribute_key(name)
+            key = UNMAPPED_BY + _attribute_key(name)
             out[key] = out.get(key, 0) + n
         for reason, n in self.excluded_reasons.items():
-            key = metrics.EXCLUDED_BY + _reason_key(reason)
+            key = EXCLUDED_BY + _reason_key(reason)
             out[key] = out.get(key, 0) + n
         out.update(self.audiences)
         return out
@@ -140,3 +150,5 @@ class Batch:
     report: IngestReport
     results: list[ProfileResult]
     changes: dict[int, list[Change]]
+    #: Changes of profiles known by email only, per normalised email (resolved later).
+    email_changes: dict[str, list[Change]] = field(default_factory=dict)

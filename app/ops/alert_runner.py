@@ -32,7 +32,7 @@ from app.core.settings import Settings
 from app.ops.alerts import (
     WINDOW_COUNTERS,
     Condition,
-    Window,
+    LastHour,
     conditions,
     snapshot_from_status,
     unreadable,
@@ -250,7 +250,7 @@ class Evaluator:
             found += conditions(snap, window, self._settings, pause_since_s=since, now_s=now)
         return found
 
-    async def _window(self, dest: str, counters: Mapping[str, int], now: float) -> Window:
+    async def _window(self, dest: str, counters: Mapping[str, int], now: float) -> LastHour:
         key = self._keys.alerts_samples(dest)
         sample = {name: counters.get(name, 0) for name in WINDOW_COUNTERS}
         pipe = self._redis.pipeline(transaction=False)
@@ -259,7 +259,7 @@ class Evaluator:
         pipe.zrange(key, 0, 0)
         pipe.expire(key, WINDOW_S * 2)
         _, _, oldest, _ = await pipe.execute()
-        return Window.between(json.loads(oldest[0]) if oldest else sample, sample)
+        return LastHour.between(json.loads(oldest[0]) if oldest else sample, sample)
 
     async def _pause_since(self, user: str | None, until: float | None, now: float) -> float | None:
         if user is None:

@@ -2,7 +2,7 @@
 
 The runner (``app/ops/alert_runner.py``) builds a :class:`Snapshot` per destination from its
 status document (:func:`snapshot_from_status`), adds the last hour's counter deltas
-(:class:`Window`) and asks :func:`conditions` what holds. Each :class:`Condition` has a stable
+(:class:`LastHour`) and asks :func:`conditions` what holds. Each :class:`Condition` has a stable
 ``key``: one incident per key, alerted once, recovered once.
 """
 
@@ -15,8 +15,8 @@ from typing import Any, Literal
 from app.config.broken import Broken
 from app.core.settings import Settings
 from app.ops import mapping_issues
-from app.ops.status_doc import BulkOff, DestinationStatus, MappingIssue
-from app.store import counters as metrics
+from app.ops.status_doc import BulkOffDoc, DestinationStatus, MappingIssue
+from app.store.counters import FAILED, PROFILES_EXCLUDED, PROFILES_RECEIVED, PROSPECTS_ACTIVATED
 
 Kind = Literal[
     "failure_rate",
@@ -33,10 +33,10 @@ Kind = Literal[
 ]
 
 # Counter names of the totals hash (``Keys.counters``) the rates are computed from.
-RECEIVED = metrics.PROFILES_RECEIVED
-EXCLUDED = metrics.PROFILES_EXCLUDED
-DELIVERED = metrics.PROSPECTS_ACTIVATED
-FAILED = metrics.FAILED
+RECEIVED = PROFILES_RECEIVED
+EXCLUDED = PROFILES_EXCLUDED
+DELIVERED = PROSPECTS_ACTIVATED
+FAILED = FAILED
 WINDOW_COUNTERS = (RECEIVED, EXCLUDED, DELIVERED, FAILED)
 
 
@@ -57,7 +57,7 @@ class Snapshot:
     #: Latest mapping ID change or conflict per audience (mapping IDs from the data).
     mapping_issues: tuple[MappingIssue, ...] = ()
     #: Why bulk delivery is off for the destination, when it is.
-    bulk_off: BulkOff | None = None
+    bulk_off: BulkOffDoc | None = None
     #: Why the destination's stored record cannot be read, when it cannot.
     broken: str | None = None
     #: Why sequence enrollment is paused (a missing scope, a mailbox that cannot send).
@@ -65,7 +65,7 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class Window:
+class LastHour:
     """Counter increases over the last hour (or since the first sample, if younger)."""
 
     received: int = 0
@@ -74,7 +74,7 @@ class Window:
     failed: int = 0
 
     @classmethod
-    def between(cls, old: Mapping[str, int], new: Mapping[str, int]) -> Window:
+    def between(cls, old: Mapping[str, int], new: Mapping[str, int]) -> LastHour:
         # A counter that went down was reset: count from zero rather than go negative.
         def grew(name: str) -> int:
             before, now = old.get(name, 0), new.get(name, 0)
@@ -114,7 +114,12 @@ def snapshot_from_status(doc: DestinationStatus) -> Snapshot:
 
 
 def conditions(
-    snap: Snapshot, window: Window, settings: Settings, *, pause_since_s: float | None, now_s: float
+    snap: Snapshot,
+    window: LastHour,
+    settings: Settings,
+    *,
+    pause_since_s: float | None,
+    now_s: float,
 ) -> list[Condition]:
     """Every rule that holds for ``snap``; ``pause_since_s`` is when its user's current 429
     pause was first seen."""
@@ -152,7 +157,7 @@ def conditions(
     return found
 
 
-def _rates(snap: Snapshot, w: Window, s: Settings) -> list[Condition]:
+def _rates(snap: Snapshot, w: LastHour, s: Settings) -> list[Condition]:
     found = []
     attempted = w.delivered + w.failed
     if attempted >= s.alert_min_volume and w.failed / attempted > s.alert_failure_rate:

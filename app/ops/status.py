@@ -28,7 +28,7 @@ from app.ops.mapping_issues import learned_view, notes
 from app.ops.status_doc import (
     AudienceRow,
     BulkStatus,
-    ConnectionState,
+    ConnectionDoc,
     DestinationStatus,
     EnrollmentRow,
     EnrollmentStatus,
@@ -37,12 +37,24 @@ from app.ops.status_doc import (
     HourFlow,
     Metrics,
     Quota,
+    ResolveStatus,
     WindowFlow,
     governing,
 )
 from app.ratelimit.gate import QuotaGate, gate_for
-from app.store import counters as metrics
+from app.store import by_email
 from app.store.bulk_state import bulk_status
+from app.store.counters import (
+    HOUR_S,
+    Lag,
+    Window,
+    audience_rows,
+    hour_of,
+    read_lag,
+    read_totals,
+    read_window,
+    summary,
+)
 from app.store.prospects import ProspectStore
 from app.store.registry import Registry
 
@@ -63,11 +75,14 @@ class BadQuery(ValueError):
 
 
 def parse_hours(raw: str | None, *, keys: Keys) -> int:
-    """``?hours=N``: 1 up to the metrics retention (default ``DEFAULT_HOURS``)."""
+    """``?hours=N``: 1 up to the metrics retention (absent: ``DEFAULT_HOURS``; empty is not
+    a number, as the OpenAPI document says)."""
     most = keys.metrics_retention_hours
-    if raw is None or raw == "":
+    if raw is None:
         return min(DEFAULT_HOURS, most)
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
+    # Length first: int() of thousands of digits is slow, and past 4,300 a ValueError.
+    digits = raw.isascii() and raw.isdigit() and len(raw) <= 9
+    if not digits or not 1 <= int(raw) <= most:
         raise BadQuery(f"hours must be a whole number from 1 to {most} (got {raw[:20]!r})")
     return int(raw)
 
@@ -123,7 +138,7 @@ async def destination_status(
                 invalid=row["mapping_id"] in invalid,
                 mapping_issue=issue_notes.get(row["mapping_id"]),
             )
-            for row in metrics.audience_rows(dest, flows.totals, flows.in_window)
+            for row in audience_rows(dest, flows.totals, flows.in_window)
         ],
         connection=connection,
         quota=quota,
@@ -132,6 +147,7 @@ async def destination_status(
         ),
         mapping_ids=dest.mapping_ids,
         mapping_issues=issues,
+        resolve=await resolve_status(client, keys, dest, flows.totals, now_ms=int(now * 1000)),
         bulk=BulkStatus.model_validate(
             await bulk_status(
                 client,
@@ -174,6 +190,37 @@ async def enrollment_status(
     )
 
 
+#: The resolve section's counts: status field -> the drain's tally (``drain_`` + name).
+RESOLVE_COUNTS = {
+    "from_cache": "resolve_cache_hits",
+    "by_lookup": "resolve_looked_up",
+    "lookups": "resolve_lookups",
+    "not_found": "resolve_not_found",
+    "ambiguous": "resolve_ambiguous",
+    "created": "resolve_created",
+    "create_requests": "resolve_create_requests",
+    "gone": "resolve_gone",
+}
+
+
+async def resolve_status(
+    client: aioredis.Redis, keys: Keys, dest: Destination, totals: Mapping[str, int], *, now_ms: int
+) -> ResolveStatus:
+    """Identity resolution of a destination (profiles known by email, ``app/resolve``)."""
+    waiting, resolving = await by_email.waiting(client, keys, dest.id)
+    oldest = await by_email.oldest_ms(client, keys, dest.id)
+    identity = dest.identity
+    return ResolveStatus(
+        by_email=identity is not None and identity.by_email,
+        on_missing=identity.on_missing if identity else "skip",
+        on_ambiguous=identity.on_ambiguous if identity else "skip",
+        waiting=waiting,
+        resolving=resolving,
+        oldest_waiting_s=None if oldest is None else max(0, now_ms - oldest) / 1000,
+        **{name: int(totals.get(f"drain_{tally}", 0)) for name, tally in RESOLVE_COUNTS.items()},
+    )
+
+
 async def _broken_status(
     dest_id: str,
     reason: str,
@@ -194,7 +241,7 @@ async def _broken_status(
         enabled=False,
         **flows.fields(),
         audiences=[],
-        connection=ConnectionState(id="", known=False),
+        connection=ConnectionDoc(id="", known=False),
         recent_failures=(
             await recent_failures(client, keys, dest_id, limit=failures) if failures else None
         ),
@@ -210,9 +257,9 @@ class _Flows:
     hours: int
     pending: int
     in_flight: int
-    lag: metrics.Lag
+    lag: Lag
     totals: dict[str, int]
-    window: metrics.Window
+    window: Window
     in_window: dict[str, int]
     invalid_mapping_ids: list[int]
 
@@ -232,12 +279,12 @@ class _Flows:
                 totals=Flow.of(self.totals),
                 window=WindowFlow(
                     hours=self.hours,
-                    from_=iso(self.window.first_hour * metrics.HOUR_S),
+                    from_=iso(self.window.first_hour * HOUR_S),
                     to=iso(self.now_s),
-                    **metrics.summary(self.in_window),
+                    **summary(self.in_window),
                 ),
                 hourly=[
-                    _hour((self.window.first_hour + i) * metrics.HOUR_S, c)
+                    _hour((self.window.first_hour + i) * HOUR_S, c)
                     for i, c in enumerate(self.window.hourly)
                 ],
             ),
@@ -247,10 +294,10 @@ class _Flows:
 async def _flows(store: ProspectStore, dest_id: str, *, hours: int, now_s: float) -> _Flows:
     client, keys = store.redis, store.keys
     pending, in_flight = await store.backlog(dest_id)
-    lag = await metrics.read_lag(client, keys, dest_id)
+    lag = await read_lag(client, keys, dest_id)
     await _sample(client, keys, dest_id, now_s, pending, in_flight, lag.seconds(int(now_s * 1000)))
-    totals = await metrics.read_totals(client, keys, dest_id)
-    window = await metrics.read_window(client, keys, dest_id, hours=hours, now_s=now_s)
+    totals = await read_totals(client, keys, dest_id)
+    window = await read_window(client, keys, dest_id, hours=hours, now_s=now_s)
     invalid = sorted(await store.invalid_mappings(dest_id))
     return _Flows(now_s, hours, pending, in_flight, lag, totals, window, window.total(), invalid)
 
@@ -261,7 +308,7 @@ def _hour(start_s: int, counts: Mapping[str, int]) -> HourFlow:
         pending=counts.get(SAMPLE_PENDING),
         in_flight=counts.get(SAMPLE_IN_FLIGHT),
         lag_s=counts.get(SAMPLE_LAG_S),
-        **metrics.summary(counts),
+        **summary(counts),
     )
 
 
@@ -276,7 +323,7 @@ async def _sample(
 ) -> None:
     """The backlog and lag as last seen this hour, beside the hour's counts (same retention);
     one pipelined write per status read."""
-    hour = keys.metrics_hour(dest, metrics.hour_of(now_s))
+    hour = keys.metrics_hour(dest, hour_of(now_s))
     sample = {SAMPLE_PENDING: pending, SAMPLE_IN_FLIGHT: in_flight, SAMPLE_LAG_S: round(lag_s or 0)}
     pipe = client.pipeline(transaction=False)
     pipe.hset(hour, mapping=sample)
@@ -316,7 +363,7 @@ async def read_quota(
 
 async def _connection(
     client: aioredis.Redis, keys: Keys, conn_id: str, known: bool
-) -> ConnectionState:
+) -> ConnectionDoc:
     """The connection's id and state (``active`` / ``reauth_required``, when the stored
     record carries one); read from the raw record, so no token is ever decrypted here."""
     raw = await cast("Any", client.hget(keys.connections(), conn_id))
@@ -327,7 +374,7 @@ async def _connection(
     found: dict[str, str] = {}
     if isinstance(rec, dict):
         found = {k: rec[k] for k in ("state", "reason") if isinstance(rec.get(k), str)}
-    return ConnectionState(id=conn_id, known=known, **found)
+    return ConnectionDoc(id=conn_id, known=known, **found)
 
 
 def _values(value: Any) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.ratelimit.governing import QuotaLimits
-from app.store import counters as metrics
+from app.store.counters import summary
 
 
 class _Doc(BaseModel):
@@ -45,7 +45,7 @@ class Flow(_Doc):
 
     @classmethod
     def of(cls, flat: Mapping[str, int]) -> Flow:
-        return cls(**metrics.summary(flat))
+        return cls(**summary(flat))
 
 
 class WindowFlow(Flow):
@@ -100,7 +100,7 @@ class AudienceRow(_Doc):
     mapping_issue: str | None = None
 
 
-class ConnectionState(_Doc):
+class ConnectionDoc(_Doc):
     """The connection's id and state as stored; ``user`` when its record exists."""
 
     id: str
@@ -183,7 +183,7 @@ class MappingIssue(_Doc):
     at_ms: int
 
 
-class BulkOff(_Doc):
+class BulkOffDoc(_Doc):
     """Why bulk delivery is off (for the destination or its whole connection), until when."""
 
     scope: Literal["destination", "connection"]
@@ -196,7 +196,7 @@ class BulkStatus(_Doc):
     per prospect it delivered; PATCH costs 1)."""
 
     enabled: bool = False
-    off: BulkOff | None = None
+    off: BulkOffDoc | None = None
     calls: int = 0
     records: int = 0
     delivered: int = 0
@@ -227,6 +227,29 @@ class EnrollmentStatus(_Doc):
     audiences: list[EnrollmentRow] = Field(default_factory=list)
 
 
+class ResolveStatus(_Doc):
+    """Identity resolution (profiles known by email): its rules, what waits, what it cost."""
+
+    by_email: bool = False
+    on_missing: str = "skip"
+    on_ambiguous: str = "skip"
+    #: Emails whose changes wait for their prospect(s), of which being resolved now.
+    waiting: int = 0
+    resolving: int = 0
+    #: Age of the oldest change waiting for resolution.
+    oldest_waiting_s: float | None = None
+    from_cache: int = 0
+    by_lookup: int = 0
+    #: Lookup requests spent (each one permit of the quota).
+    lookups: int = 0
+    not_found: int = 0
+    ambiguous: int = 0
+    created: int = 0
+    create_requests: int = 0
+    #: Prospects a PATCH found gone (404): their email resolved again.
+    gone: int = 0
+
+
 class DestinationStatus(_Doc):
     """One destination's status document."""
 
@@ -244,7 +267,7 @@ class DestinationStatus(_Doc):
     invalid_mapping_ids: list[int]
     metrics: Metrics
     audiences: list[AudienceRow]
-    connection: ConnectionState
+    connection: ConnectionDoc
     quota: Quota | None = None
     recent_failures: list[Failure] | None = None
     #: Where mapping IDs come from (``config`` or ``data``), and the learned ones' issues.
@@ -252,6 +275,7 @@ class DestinationStatus(_Doc):
     mapping_issues: list[MappingIssue] = Field(default_factory=list)
     bulk: BulkStatus = Field(default_factory=BulkStatus)
     enrollment: EnrollmentStatus = Field(default_factory=EnrollmentStatus)
+    resolve: ResolveStatus = Field(default_factory=ResolveStatus)
     #: Why its stored record cannot be read (None: it can). A broken destination shows what
     #: Redis holds for it (backlog, counts) and nothing of its configuration.
     broken: str | None = None
@@ -288,3 +312,15 @@ def governing(limits: QuotaLimits) -> Governing:
     else:
         why = "Outreach reports the configured limit: spending follows Outreach's count"
     return Governing(limit=limits.governing, source=limits.source, why=why)
+
+
+def duration(seconds: float | None) -> str:
+    """A span of seconds as people read it (``4.2s``, ``3m05s``, ``2h10m``); ``-`` for none."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 120:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

@@ -70,7 +70,7 @@ class UnexpectedAnswer(DeliveryError):
 
 
 @dataclass(frozen=True, slots=True)
-class Batch:
+class BulkBatch:
     """Where a bulk call's batch stands; state names are Outreach's (not enumerated)."""
 
     id: int
@@ -117,7 +117,7 @@ class BulkClient:
         self._base = client.api_url
         self._fallback_pause_s = fallback_pause_s
 
-    async def modify(self, access_token: str, mod: BulkModification) -> BulkAnswer[Batch]:
+    async def modify(self, access_token: str, mod: BulkModification) -> BulkAnswer[BulkBatch]:
         """Start a bulk modification (confirmation skipped: the ids are named)."""
         params = {"actionParams[skipConfirmation]": "true"}
         resp = await self._client.call(
@@ -125,12 +125,12 @@ class BulkClient:
         )
         return self._answer(resp, parse_batch)
 
-    async def batch(self, access_token: str, batch_id: int) -> BulkAnswer[Batch]:
+    async def batch(self, access_token: str, batch_id: int) -> BulkAnswer[BulkBatch]:
         """Where a batch stands."""
         resp = await self._client.call(access_token, "GET", f"{self._base}/batches/{batch_id}")
         return self._answer(resp, parse_batch)
 
-    async def cancel(self, access_token: str, batch_id: int) -> BulkAnswer[Batch]:
+    async def cancel(self, access_token: str, batch_id: int) -> BulkAnswer[BulkBatch]:
         """Stop a batch; records already done stay done."""
         url = f"{self._base}/batches/{batch_id}/actions/cancel"
         return self._answer(await self._client.call(access_token, "POST", url), parse_batch)
@@ -168,7 +168,7 @@ class BulkClient:
             return BulkAnswer(resp, reply, error=unexpected)
 
 
-def parse_batch(doc: Any) -> Batch:
+def parse_batch(doc: Any) -> BulkBatch:
     """A Batch resource; raises ValueError/KeyError/TypeError for any other shape."""
     data = doc["data"]
     attrs = data["attributes"]
@@ -181,7 +181,7 @@ def parse_batch(doc: Any) -> Batch:
     finished = not canceled and (bool(attrs.get("finishedAt")) or state in FINISHED)
     if state in FAILED:
         canceled = True
-    return Batch(_id(data["id"]), state, total, pending, failures, finished, canceled)
+    return BulkBatch(_id(data["id"]), state, total, pending, failures, finished, canceled)
 
 
 def parse_items(doc: Any, batch_id: int) -> ItemsPage:

@@ -16,3 +16,11 @@ def prospect_patch(prospect: int, fields: Mapping[str, Any]) -> dict[str, Any]:
 
 def prospect_patch_bytes(prospect: int, fields: Mapping[str, Any]) -> bytes:
     return json.dumps(prospect_patch(prospect, fields), separators=(",", ":")).encode()
+
+
+def prospect_create_bytes(email: str, fields: Mapping[str, Any]) -> bytes:
+    """``POST /prospects`` body: a new prospect with its email and every pending field, so
+    one request creates it complete (no PATCH after it)."""
+    attributes = {**fields, "emails": [email]}
+    doc = {"data": {"type": "prospect", "attributes": attributes}}
+    return json.dumps(doc, separators=(",", ":")).encode()

@@ -12,13 +12,14 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 
 from app.core.keys import Keys
 from app.store.prospects import Change, encode, merge_sync
 
+_P = TypeVar("_P", int, str)
 #: Records merged and deleted per round trip while replaying or purging by filter.
 BATCH = 500
 #: Characters of Outreach's detail shown in the table.
@@ -120,13 +121,16 @@ def _select(
     return batches(), missing
 
 
-def _changes(records: list[dict[str, Any]]) -> tuple[dict[int, list[Change]], int]:
-    """Per prospect the newest recorded value of each field, and how many were superseded."""
-    best: dict[int, dict[str, tuple[int, int, Any]]] = {}
+def _changes(
+    records: list[dict[str, Any]], key: Callable[[dict[str, Any]], _P]
+) -> tuple[dict[_P, list[Change]], int]:
+    """Per prospect (or email) the newest recorded value of each field, and how many were
+    superseded."""
+    best: dict[_P, dict[str, tuple[int, int, Any]]] = {}
     superseded = 0
     for rec in records:
         versions = rec.get("versions") or {}
-        fields = best.setdefault(int(rec["prospect"]), {})
+        fields = best.setdefault(key(rec), {})
         for name, value in rec["fields"].items():
             # Without a recorded version the value counts as oldest: it never overwrites a
             # value whose version is known, and is applied only where none is.
@@ -166,11 +170,22 @@ def replay(
     batches, missing = _select(client, keys, destination, failure_ids, _Filter(reason, mapping_id))
     replayed = applied = stale = 0
     for batch in batches:
-        changes, superseded = _changes(batch)
+        by_id = [r for r in batch if r.get("email") is None]
+        changes, superseded = _changes(by_id, lambda r: int(r["prospect"]))
         for rec in batch:
             if requeue is not None and isinstance(rec.get("enrollment"), dict):
                 applied += requeue(rec)
         res = merge_sync(client, keys, destination, changes, now_ms=now, window_ms=window_ms)
+        # Changes of a profile known by email go back under the email: resolved again, so
+        # a prospect made since (or a rule changed since) is found, not the cached miss.
+        by_email = [r for r in batch if r.get("email") is not None]
+        if by_email:
+            mail, more = _changes(by_email, lambda r: str(r["email"]))
+            client.delete(*(keys.email_cache(destination, e) for e in mail))
+            res += merge_sync(
+                client, keys.for_emails(), destination, mail, now_ms=now, window_ms=window_ms
+            )
+            superseded += more
         # Deleted only after the merge: a crash in between replays again, never loses.
         _delete(client, keys, destination, [str(r["id"]) for r in batch])
         replayed += len(batch)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -98,18 +98,11 @@ def poll_sync(
     """The dispatcher's look at a destination (see ``lua/poll.lua``)."""
     script = SCRIPTS.sync(client, "poll")
     seq = keys.drainer_seq(dest)
-    res = script(
-        keys=[
-            keys.due(dest),
-            keys.leases(dest),
-            keys.drainers(dest),
-            keys.hold(dest),
-            seq,
-            keys.enroll_due(dest),
-            keys.enroll_pause(dest),
-        ],
-        args=[now_ms, batch, max_drainers, slot_ttl_ms],
-    )
+    kk = [keys.due(dest), keys.leases(dest), keys.drainers(dest), keys.hold(dest), seq]
+    kk += [keys.enroll_due(dest), keys.enroll_pause(dest)]
+    # Emails waiting for resolution fall due like prospects: a drain resolves them first.
+    kk += [keys.email_due(dest), keys.email_leases(dest)]
+    res = script(keys=kk, args=[now_ms, batch, max_drainers, slot_ttl_ms])
     return parse_poll(res)
 
 
@@ -125,10 +118,14 @@ def _parse_claimed(flat: Sequence[Any]) -> list[Claimed]:
     return out
 
 
+#: What the merge keys pending state by: a prospect id, or an email (``Keys.for_emails``).
+P = TypeVar("P", int, str)
+
+
 def _merge_call(
     keys: Keys,
     dest: str,
-    chunk: Sequence[tuple[int, Sequence[Change]]],
+    chunk: Sequence[tuple[P, Sequence[Change]]],
     now_ms: int,
     window_ms: int,
 ) -> tuple[list[str], list[str | int]]:
@@ -146,8 +143,8 @@ def _merge_call(
 
 
 def _chunks(
-    changes: Mapping[int, Sequence[Change]],
-) -> Iterable[Sequence[tuple[int, Sequence[Change]]]]:
+    changes: Mapping[P, Sequence[Change]],
+) -> Iterable[Sequence[tuple[P, Sequence[Change]]]]:
     items = [(p, c) for p, c in changes.items() if c]
     for start in range(0, len(items), MERGE_CHUNK):
         yield items[start : start + MERGE_CHUNK]
@@ -156,7 +153,7 @@ def _chunks(
 def merge_op(
     keys: Keys,
     dest: str,
-    changes: Mapping[int, Sequence[Change]],
+    changes: Mapping[P, Sequence[Change]],
     *,
     now_ms: int,
     window_ms: int,
@@ -186,7 +183,7 @@ def merge_sync(
     client: redis.Redis,
     keys: Keys,
     dest: str,
-    changes: Mapping[int, Sequence[Change]],
+    changes: Mapping[P, Sequence[Change]],
     *,
     now_ms: int,
     window_ms: int,

@@ -126,6 +126,7 @@ async def _retire(
     if await stored_destination(client, keys, dest_id) != expected:
         return False
     kk = [keys.retired(dest_id), keys.due(dest_id), keys.leases(dest_id), keys.failures(dest_id)]
+    kk += [keys.email_due(dest_id), keys.email_leases(dest_id)]  # changes waiting by email
     retire = package_scripts("app.store").aio(client, "retire_destination")
     if await retire(keys=kk, args=[int(only_if_idle)]) == -1:
         raise DestinationBusy(dest_id)

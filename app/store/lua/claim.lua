@@ -7,7 +7,7 @@
 -- another claim took meanwhile is skipped and counted (the caller then looks again).
 -- KEYS[1] due, KEYS[2] leases, KEYS[3] lease tokens, KEYS[4] first-seen, KEYS[5] counters,
 -- KEYS[6] attempts hash, KEYS[7] failing-since hash, KEYS[8] this hour's metrics hash
--- (app/metrics.py), then per candidate, in ARGV's order, its in-flight, pending and
+-- (app/store/counters.py), then per candidate, in ARGV's order, its in-flight, pending and
 -- delivered hashes (KEYS[6 + 3i] .. KEYS[8 + 3i]).
 -- ARGV: now_ms, lease_ms, batch, token, TTL of the hourly metrics hash in seconds, how many
 --       of the candidates come from expired leases, then the candidates' ids.

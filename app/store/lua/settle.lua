@@ -3,7 +3,7 @@
 -- outcome then changes nothing (the other worker's claim decides) and is counted.
 -- KEYS[1] due, KEYS[2] leases, KEYS[3] lease tokens, KEYS[4] first-seen, KEYS[5] counters,
 -- KEYS[6] attempts, KEYS[7] failing-since, KEYS[8] in-flight hash, KEYS[9] pending hash,
--- KEYS[10] delivered hash, KEYS[11] this hour's metrics hash (app/metrics.py).
+-- KEYS[10] delivered hash, KEYS[11] this hour's metrics hash (app/store/counters.py).
 -- ARGV: pid, token, now_ms, window_ms, outcome ("ok" | "retry" | "defer" | "drop"),
 --       ("defer" returns the change like "retry" without counting a failed attempt),
 --       due_ms (for retry), TTL of the hourly metrics hash in seconds, then fields: for ok

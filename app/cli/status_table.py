@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from app.ops.status_doc import AudienceRow, DestinationStatus, Flow, Quota
+from app.ops.status_doc import (
+    AudienceRow,
+    DestinationStatus,
+    Flow,
+    Quota,
+    ResolveStatus,
+    duration,
+)
 
 AUDIENCE_HEAD = (
     "AUDIENCE",
@@ -34,17 +41,6 @@ def table(rows: Sequence[Sequence[str]], *, numeric_from: int = _NUMERIC_FROM) -
         ]
         out.append("  ".join(cells).rstrip())
     return out
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 120:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _clock(epoch_s: float | None) -> str:
@@ -124,6 +120,20 @@ def _audiences(rows: Sequence[AudienceRow]) -> list[str]:
     return ["  " + line for line in table(lines)]
 
 
+def resolve_lines(r: ResolveStatus) -> list[str]:
+    """Identity resolution, for a destination that reaches prospects by email."""
+    if not r.by_email and not r.waiting:
+        return []
+    return [
+        f"  {'by email':<10}waiting {r.waiting} (resolving {r.resolving}, oldest "
+        f"{duration(r.oldest_waiting_s)})  missing: {r.on_missing}  "
+        f"ambiguous: {r.on_ambiguous}",
+        f"  {'':<10}from cache {r.from_cache}  by lookup {r.by_lookup} ({r.lookups} "
+        f"lookups)  not found {r.not_found}  ambiguous {r.ambiguous}  created {r.created}"
+        f"  gone {r.gone}",
+    ]
+
+
 def destination_block(d: DestinationStatus) -> list[str]:
     if d.broken is not None:
         return [
@@ -148,6 +158,7 @@ def destination_block(d: DestinationStatus) -> list[str]:
     ]
     if d.quota is not None:
         lines += quota_lines(d.quota)
+    lines += resolve_lines(d.resolve)
     m = d.metrics
     lines += _flow(f"last {m.window.hours}h", m.window)
     lines += _flow("total", m.totals)
