@@ -29,7 +29,7 @@ from app.core.keys import Keys
 from app.delivery.drain import Deliverer
 from app.enroll import EnrollStore
 from app.enroll.store import connection_enrolls
-from app.ops.alerts import Window, conditions, snapshot_from_status
+from app.ops.alerts import LastHour, conditions, snapshot_from_status
 from app.ops.status import destination_status
 from app.outreach.client import OutreachClient
 from app.ratelimit.gate import gate_for
@@ -351,7 +351,7 @@ async def test_a_missing_scope_pauses_enrollment(rig: Any) -> None:
     figures = await r.enroll.figures(D)
     assert figures.paused_reason.startswith("scope_missing")
     snap = snapshot_from_status(await r.status())
-    window = Window()
+    window = LastHour()
     found = conditions(snap, window, r.deliverer.settings, pause_since_s=None, now_s=time.time())
     assert [c.kind for c in found] == ["enrollment_paused"]
     assert r.sandbox.prospects()[1][FIELD] == "realized"
