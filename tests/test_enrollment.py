@@ -29,6 +29,7 @@ from app.core.keys import Keys
 from app.delivery.drain import Deliverer
 from app.enroll import EnrollStore
 from app.enroll.store import connection_enrolls
+from app.ingest.batch import ingest_async
 from app.ops.alerts import LastHour, conditions, snapshot_from_status
 from app.ops.status import destination_status
 from app.outreach.client import OutreachClient
@@ -119,7 +120,11 @@ async def rig(
     sandbox = shared_sandbox
 
     async def make(
-        *, opted_out: tuple[int, ...] = (), bulk: dict[str, Any] | None = None, **sequencing: Any
+        *,
+        opted_out: tuple[int, ...] = (),
+        bulk: dict[str, Any] | None = None,
+        identity: dict[str, Any] | None = None,
+        **sequencing: Any,
     ) -> Rig:
         sandbox.post("/_sandbox/reset")
         sandbox.post("/_sandbox/config", {"static_token_scope": ALL_SCOPES})
@@ -144,6 +149,7 @@ async def rig(
                     "audiences": {"aud": 5},
                     "sequencing": {"sequences": {"aud": rule}, "retry_base_s": 0.02, **sequencing},
                     "bulk": bulk or {},
+                    **({"identity": identity} if identity else {}),
                 }
             ],
         }
@@ -167,6 +173,28 @@ async def rig(
     for aclient, session in made:
         await session.close()
         await aclient.aclose()
+
+
+async def test_a_prospect_created_for_an_email_is_enrolled_after_its_create(rig: Any) -> None:
+    """A profile known only by email, its prospect missing: one create carries its fields,
+    then the audience it entered enrolls the new prospect, once."""
+    r: Rig = await rig(identity={"match": ["OutreachId", "Email"], "on_missing": "create"})
+    dest = await r.deliverer.registry.destination(D)
+    assert dest is not None
+    seen = "2026-11-20T10:00:00Z"
+    entered = {"ups": {"aud": {"status": "realized", "lastQualificationTime": seen}}}
+    doc = {"identityMap": {"Email": [{"id": "new@example.com"}]}, "segmentMembership": entered}
+    await ingest_async(r.store, dest, [doc], window_ms=0)
+    for _ in range(3):  # drains after the create find nothing more to send
+        await r.settle_all()
+    [prospect] = r.sandbox.emails()["new@example.com"]
+    [state] = r.states(prospect)
+    assert (state["sequence_id"], state["mailbox_id"]) == (SEQ, MAILBOX)
+    paths = [(m, p) for m, p, _ in r.log()]
+    assert paths.index(("POST", "/api/v2/prospects")) < paths.index(
+        ("POST", "/api/v2/sequenceStates")
+    )
+    assert r.enroll_calls() == [("POST", "/api/v2/sequenceStates", 201)]
 
 
 async def test_entering_enrolls_once_after_the_fields_are_delivered(rig: Any) -> None:

@@ -9,7 +9,10 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
+from app.config.destinations import Destination
 from app.connections.crypto import cipher_for
 from app.connections.oauth import TokenManager
 from app.connections.records import ConnectionStore
@@ -95,7 +98,9 @@ class Deliverer:
             settings=settings,
         )
         calls = Calls(client=client, gate=gate, permits=permits, settings=settings)
-        self.resolver = Resolver(store=store, calls=calls, settings=settings)
+        self.resolver = Resolver(
+            store=store, calls=calls, settings=settings, note=self._note_created
+        )
         self.bulk = BulkSender(
             store=store,
             client=client,
@@ -167,6 +172,11 @@ class Deliverer:
             if slot is not None:
                 await self.store.release_slot(dest_id, slot)
         return stats
+
+    async def _note_created(
+        self, dest: Destination, token: str, prospect: int, fields: Mapping[str, Any], email: str
+    ) -> int:
+        return await self.enrollment.note(dest, token, [(prospect, fields)], by_email=email)
 
     async def resolve(self, lot: Lot, stats: Counter[str]) -> bool:
         """The stage before the senders: emails due for resolution become their prospects'

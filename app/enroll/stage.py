@@ -104,16 +104,22 @@ class Enrollment:
         self.settings = settings
 
     async def note(
-        self, dest: Destination, token: str, delivered: Sequence[tuple[int, Mapping[str, Any]]]
+        self,
+        dest: Destination,
+        token: str,
+        delivered: Sequence[tuple[int, Mapping[str, Any]]],
+        *,
+        by_email: str | None = None,
     ) -> int:
         """Record the enrollments and exits of ``delivered`` (prospect, fields) while their
-        claims are still ``token``'s: call before settling them."""
+        claims are still ``token``'s: call before settling them. ``by_email``: the prospect
+        was created for that email, whose claim is the one to hold."""
         if not dest.sequencing.enabled or not delivered:
             return 0
         learned = await self.learned(dest.id) if dest.mapping_ids == "data" else {}
         by_field = audience_fields(dest, learned)
         found = [i for p, fields in delivered for i in intents(dest, by_field, p, fields)]
-        return await self.store.note(dest.id, token, found, now_ms=now_ms())
+        return await self.store.note(dest.id, token, found, now_ms=now_ms(), by_email=by_email)
 
     async def run(self, s: Sending, stats: Counter[str]) -> None:
         """Send what is due of ``s.dest``, up to ``per_drain``, while permits last (what a

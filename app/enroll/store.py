@@ -118,19 +118,25 @@ class EnrollStore:
         self.redis = redis
         self.keys = keys
 
-    async def note(self, dest: str, token: str, intents: Sequence[Intent], *, now_ms: int) -> int:
-        """Record ``intents`` if the claims of their prospects are still ``token``'s."""
+    async def note(
+        self,
+        dest: str,
+        token: str,
+        intents: Sequence[Intent],
+        *,
+        now_ms: int,
+        by_email: str | None = None,
+    ) -> int:
+        """Record ``intents`` if the claims of their prospects are still ``token``'s (with
+        ``by_email``: the claim of the email whose create made the prospect)."""
         if not intents:
             return 0
         k = self.keys
-        kk = [
-            k.lease_tokens(dest),
-            k.enroll_states(dest),
-            k.enroll_due(dest),
-            k.enroll_counts(dest),
-        ]
+        leases = k.lease_tokens(dest) if by_email is None else k.email_lease_tokens(dest)
+        kk = [leases, k.enroll_states(dest), k.enroll_due(dest), k.enroll_counts(dest)]
+        owner = [] if by_email is None else [by_email]
         doc = [
-            [i.prospect, i.sequence, i.audience, i.kind, int(i.reenroll), i.on_exit]
+            [i.prospect, i.sequence, i.audience, i.kind, int(i.reenroll), i.on_exit, *owner]
             for i in intents
         ]
         script = SCRIPTS.aio(self.redis, "note", prelude=PRELUDE)

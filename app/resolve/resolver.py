@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from app.config.destinations import Destination, Identity
@@ -33,11 +34,25 @@ log = logging.getLogger(__name__)
 TAKEN = "has already been taken"
 
 
+#: Notes what a create's fields call for beyond the new prospect (sequence enrollment,
+#: ``app.enroll.Enrollment.note``) while the email's claim is ``token``'s: destination,
+#: token, the new prospect and its fields, the email it was created for.
+NoteCreated = Callable[[Destination, str, int, Mapping[str, Any], str], Awaitable[int]]
+
+
 class Resolver:
     """Resolves one destination's due emails; the drain runs it before claiming prospects."""
 
-    def __init__(self, *, store: ProspectStore, calls: Calls, settings: Settings) -> None:
+    def __init__(
+        self,
+        *,
+        store: ProspectStore,
+        calls: Calls,
+        settings: Settings,
+        note: NoteCreated | None = None,
+    ) -> None:
         self.store = store
+        self.note = note
         self.emails = EmailStore(store.redis, store.keys)
         self.calls = calls
         self.settings = settings
@@ -143,6 +158,10 @@ class Resolver:
         dest, token, status = lot.dest.id, lot.token, sent.status
         if status == 201:
             prospect = int(json.loads(sent.body)["data"]["id"])
+            if self.note is not None:
+                # The create delivered these fields, as a PATCH would have: what they call for
+                # (an enrollment) is noted before the email's claim is settled.
+                await self.note(lot.dest, token, prospect, w.fields, w.email)
             await self.emails.remember(
                 dest,
                 {w.email: [(prospect, "")]},
