@@ -437,6 +437,23 @@ async def test_the_connection_users_default_mailbox_is_looked_up_once(rig: Any) 
     assert users == [("GET", f"/api/v2/users/{USER}", 200)]
 
 
+async def test_the_owner_mailbox_is_the_prospect_owners_default_and_no_owner_is_refused(
+    rig: Any,
+) -> None:
+    r: Rig = await rig(rule={"mailbox": "owner"})
+    owners = {"id": 77, "user": "owner-1", "email": "o@x.com", "default": True}
+    r.sandbox.post("/_sandbox/mailboxes", {"mailboxes": [owners]})
+    seeded = [{"id": 1, "emails": ["p1@x.com"], "owner": "owner-1"}, {"id": 2, "emails": []}]
+    r.sandbox.post("/_sandbox/prospects", {"prospects": seeded})
+    for prospect in (1, 2):
+        await r.member(prospect, "realized")
+    await r.settle_all()
+    [state] = r.states()
+    assert (state["prospect_id"], state["mailbox_id"]) == (1, 77)
+    [failure] = [f for f in list_failures(r.rclient, r.keys, destination=D) if f["prospect"] == 2]
+    assert failure["reason"] == "enroll_no_owner" and "no owner" in failure["detail"]
+
+
 async def test_status_and_metrics_show_enrollments_by_audience_and_reason(rig: Any) -> None:
     r: Rig = await rig(opted_out=(2,))
     for prospect in (1, 2):

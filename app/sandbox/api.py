@@ -49,8 +49,13 @@ def _patch(call: Call) -> web.Response:
 
 def _get(call: Call) -> web.Response:
     prospect_id = _existing(call)
-    stored = call.sandbox.state.prospects.get(prospect_id, {})
-    return jsonapi_response(200, _resource(prospect_id, stored))
+    state = call.sandbox.state
+    doc = _resource(prospect_id, state.prospects.get(prospect_id, {}))
+    owner = state.owners.get(prospect_id)
+    if owner is not None:
+        user = int(owner) if owner.isdigit() else owner
+        doc["data"]["relationships"] = {"owner": {"data": {"type": "user", "id": user}}}
+    return jsonapi_response(200, doc)
 
 
 def _types(call: Call) -> web.Response:

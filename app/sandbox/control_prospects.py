@@ -27,6 +27,8 @@ class _Seeded(TypedDict):
     #: Epoch seconds or ISO 8601; absent: now.
     created_at: NotRequired[float | str]
     updated_at: NotRequired[float | str]
+    #: The owner's user id (the prospect's ``owner`` relationship).
+    owner: NotRequired[str]
 
 
 class _Seed(TypedDict):
@@ -40,7 +42,8 @@ _SEED = TypeAdapter(_Seed)
 
 async def seed(request: web.Request) -> web.Response:
     """`POST /_sandbox/prospects` `{"prospects": [{id?, emails, attributes, created_at?,
-    updated_at?}, ...]}`: store them as given (duplicate emails included); answers the ids."""
+    updated_at?, owner?}, ...]}`: store them as given (duplicate emails included); answers
+    the ids."""
     try:
         body = _SEED.validate_json(await request.read())
     except ValidationError as exc:
@@ -63,6 +66,8 @@ async def seed(request: web.Request) -> web.Response:
             now=now if updated is None else _epoch(updated),
             created_at=None if created is None else _epoch(created),
         )
+        if "owner" in one:
+            state.owners[pid] = one["owner"]
         ids.append(pid)
     return web.json_response({"ids": ids})
 

@@ -47,6 +47,8 @@ class SandboxState:
         """Forget prospects, log and counters."""
         self.prospects: dict[int, dict[str, Any]] = {}
         self.directory = Directory()
+        #: Prospect id -> its owner's user id (the ``owner`` relationship), when seeded.
+        self.owners: dict[int, str] = {}
         self.log: deque[RequestRecord] = deque(maxlen=LOG_CAPACITY)
         self.by_status: Counter[int] = Counter()
         self.by_user: Counter[str] = Counter()
