@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from app.core.keys import Keys
 from app.core.scripts import package_scripts
+from app.store.registry import any_destination_of
 
 SCRIPTS = package_scripts("app.enroll")
 PRELUDE = ("enroll_rules",)
@@ -232,15 +233,9 @@ def requeue_sync(
 async def connection_enrolls(client: aioredis.Redis, keys: Keys, conn: str) -> bool:
     """Whether any destination of ``conn`` enrolls into sequences (the connection then needs
     the sequence scopes, ``app.connections.oauth.SEQUENCE_SCOPES``)."""
-    raw = await cast("Awaitable[dict[bytes, bytes]]", client.hgetall(keys.destinations()))
-    for value in raw.values():
-        try:
-            doc = json.loads(value)
-        except ValueError:
-            continue  # a broken record, reported where destinations are read
-        if not isinstance(doc, dict) or doc.get("connection") != conn:
-            continue
+
+    def enrolls(doc: dict[str, Any]) -> bool:
         sequencing = doc.get("sequencing")
-        if isinstance(sequencing, dict) and sequencing.get("sequences"):
-            return True
-    return False
+        return isinstance(sequencing, dict) and bool(sequencing.get("sequences"))
+
+    return await any_destination_of(client, keys, conn, enrolls)

@@ -11,6 +11,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from app.core.keys import Keys
+from app.store.registry import any_destination_of
 
 #: Figures (``Keys.bulk_state`` members) and what they count.
 CALLS = "calls"  # bulk calls Outreach took
@@ -148,15 +149,9 @@ async def bulk_status(
 async def connection_uses_bulk(client: aioredis.Redis, keys: Keys, conn: str) -> bool:
     """Whether any destination of ``conn`` has bulk delivery on (it then needs the
     ``batches.read`` and ``batches.write`` scopes)."""
-    raw = await cast("Awaitable[dict[bytes, bytes]]", client.hgetall(keys.destinations()))
-    for value in raw.values():
-        try:
-            doc = json.loads(value)
-        except ValueError:
-            continue  # a broken record, reported where destinations are read
-        if not isinstance(doc, dict) or doc.get("connection") != conn:
-            continue
+
+    def bulk_on(doc: dict[str, Any]) -> bool:
         bulk = doc.get("bulk")
-        if isinstance(bulk, dict) and bulk.get("enabled"):
-            return True
-    return False
+        return isinstance(bulk, dict) and bool(bulk.get("enabled"))
+
+    return await any_destination_of(client, keys, conn, bulk_on)

@@ -6,9 +6,10 @@ seconds, so a change reaches running workers without a restart.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Awaitable
-from typing import cast
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -207,3 +208,19 @@ class Registry:
     def forget(self) -> None:
         """Drop the cached copy: the next read loads again (after this process's own edit)."""
         self._loaded_at = float("-inf")
+
+
+async def any_destination_of(
+    client: aioredis.Redis, keys: Keys, conn: str, wants: Callable[[dict[str, Any]], bool]
+) -> bool:
+    """Whether any stored destination of connection ``conn`` is one ``wants`` (given its
+    record as JSON): what a connection must be granted follows from its destinations."""
+    raw = await cast("Awaitable[dict[bytes, bytes]]", client.hgetall(keys.destinations()))
+    for value in raw.values():
+        try:
+            doc = json.loads(value)
+        except ValueError:
+            continue  # a broken record, reported where destinations are read
+        if isinstance(doc, dict) and doc.get("connection") == conn and wants(doc):
+            return True
+    return False
