@@ -122,13 +122,21 @@ class Deliverer:
         deadline = time.monotonic() + self.settings.drain_budget_s
         token = uuid.uuid4().hex
         held = 0  # prospects claimed by the batch under way
+        looked = False  # whether this drain has looked for emails due yet
         lot: Lot | None = None
         try:
             while time.monotonic() < deadline:
                 lot = await self.lots.open(dest_id, token)
                 if lot is None:
                     break
-                resolved = await self.resolve(lot, stats)
+                # Emails wait only where the destination matches by email, or were left by
+                # an earlier rule: looked for every batch there, else once per drain.
+                identity = lot.dest.identity
+                if looked and not (identity is not None and identity.by_email):
+                    resolved = False
+                else:
+                    resolved = await self.resolve(lot, stats)
+                looked = True
                 claimed = await self.store.claim(
                     dest_id,
                     now_ms=now_ms(),
@@ -185,8 +193,9 @@ class Deliverer:
         try:
             return await self.resolver.run(lot, tally)
         finally:
-            stats.update(tally)
-            await self.store.count(lot.dest.id, **drain_metrics(tally))
+            if tally:
+                stats.update(tally)
+                await self.store.count(lot.dest.id, **drain_metrics(tally))
 
     async def enroll(self, lot: Lot, stats: Counter[str]) -> None:
         """The enrollment stage, with the drain's last lot: after the senders, so an
